@@ -1,0 +1,115 @@
+"""The aggregation interface every mode implements: ``plain`` (insecure, for comparison), ``secagg``
+(SecAgg/SecAgg+ masking) and ``ckks`` (homomorphic encryption).
+
+The federated loop hands each mode the participants' clipped float updates (L2 norm <= ``clip_norm``,
+already multiplied by the client's public weight in (0, 1]) and gets back only the SUM of the
+survivors' inputs, plus the transcript facts the audit log and privacy ledger need. Client-level DP
+noise is the mode's job, because where it is added differs: in the integer domain after scaling for
+masking (distributed discrete Gaussian), as a Gaussian share before encryption for CKKS and plain.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from securefl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from securefl.crypto.random import RandomSource
+
+__all__ = ["AggregateOutcome", "Aggregator", "NoisePlan", "RandomFactory", "RoundSpec"]
+
+#: returns the randomness source for (client id, purpose), e.g. (2, "noise") or (2, "rounding").
+RandomFactory = Callable[[int, str], "RandomSource"]
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """Client-level DP noise of the sum (DP-FedAvg, McMahan et al., ICLR 2018).
+
+    The released sum carries Gaussian(-like) noise of std ``noise_multiplier * clip_norm`` per
+    coordinate whenever at least ``min_survivors`` clients survive: each client adds a share of variance
+    (z*C)^2 / min_survivors, so more survivors only add noise.
+    """
+
+    noise_multiplier: float
+    min_survivors: int
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier >= 0 and np.isfinite(self.noise_multiplier)):
+            raise ConfigError("noise_multiplier must be a finite number >= 0")
+        if self.min_survivors < 1:
+            raise ConfigError("min_survivors must be >= 1")
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What every party agrees on before a round starts (part of the signed RoundConfig)."""
+
+    session_id: bytes
+    round: int
+    participants: tuple[int, ...]
+    clip_norm: float
+    threshold: int
+    noise: NoisePlan | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.session_id) != 16:
+            raise ConfigError("session_id must be 16 bytes")
+        if self.round < 0:
+            raise ConfigError("round must be >= 0")
+        if len(set(self.participants)) != len(self.participants) or not self.participants:
+            raise ConfigError("participants must be a non-empty list of distinct ids")
+        if not (self.clip_norm > 0 and np.isfinite(self.clip_norm)):
+            raise ConfigError("clip_norm must be a positive finite number")
+        if not 1 <= self.threshold <= len(self.participants):
+            raise ConfigError(
+                f"threshold {self.threshold} must be between 1 and the number of participants "
+                f"({len(self.participants)})"
+            )
+
+
+@dataclass
+class AggregateOutcome:
+    """The only thing a round releases: the sum of the survivors' (noised) inputs."""
+
+    total: NDArray[np.float64]
+    survivors: tuple[int, ...]
+    #: client id -> name of the stage at which it dropped
+    dropouts: dict[int, str] = field(default_factory=dict)
+    #: per-coordinate std of the DP noise actually present in ``total`` (input units); 0 if none
+    noise_std: float = 0.0
+    #: sha256 hex digests for the audit log: "input/<id>", "aggregate", ...; never raw values
+    digests: dict[str, str] = field(default_factory=dict)
+    #: bytes each party sent ("server", "client/<id>", ...)
+    bytes_sent: dict[str, int] = field(default_factory=dict)
+
+
+class Aggregator(ABC):
+    """A way to compute the sum of the survivors' inputs."""
+
+    name: ClassVar[str]
+    #: False only for ``plain``, which the server sees in the clear
+    secure: ClassVar[bool]
+
+    @abstractmethod
+    def aggregate(
+        self,
+        spec: RoundSpec,
+        inputs: Mapping[int, NDArray[np.float64]],
+        *,
+        random: RandomFactory,
+        dropouts: Mapping[int, str] | None = None,
+    ) -> AggregateOutcome:
+        """Run one round. ``dropouts`` maps client id -> stage name at which it disappears.
+
+        Raises :class:`~securefl.errors.AggregationAbortedError` if too few survive; nothing is
+        released then.
+        """

@@ -1,0 +1,1 @@
+"""Differential privacy: clipping, noise (continuous and discrete), ledger events and accountants."""

@@ -1,0 +1,68 @@
+"""``plain`` aggregation: the server sees every update in the clear. INSECURE, for comparison only."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from securefl.aggregation import AggregateOutcome, Aggregator, RandomFactory, RoundSpec
+from securefl.dp.noise import gaussian
+from securefl.errors import AggregationAbortedError, LocalProtocolError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+__all__ = ["PlainAggregator"]
+
+
+class PlainAggregator(Aggregator):
+    """Sums float updates with no protection. Each client still adds its DP noise share."""
+
+    name = "plain"
+    secure = False
+
+    def aggregate(
+        self,
+        spec: RoundSpec,
+        inputs: Mapping[int, NDArray[np.float64]],
+        *,
+        random: RandomFactory,
+        dropouts: Mapping[int, str] | None = None,
+    ) -> AggregateOutcome:
+        dropouts = dict(dropouts or {})
+        if set(inputs) != set(spec.participants):
+            raise LocalProtocolError("inputs must be given for exactly the round's participants")
+        survivors = tuple(c for c in spec.participants if c not in dropouts)
+        if len(survivors) < spec.threshold:
+            raise AggregationAbortedError(
+                f"only {len(survivors)} of {len(spec.participants)} clients survived; "
+                f"threshold is {spec.threshold}"
+            )
+        dim = len(next(iter(inputs.values())))
+        total = np.zeros(dim, dtype=np.float64)
+        share_std = 0.0
+        if spec.noise is not None and spec.noise.noise_multiplier > 0:
+            share_std = spec.noise.noise_multiplier * spec.clip_norm / np.sqrt(
+                spec.noise.min_survivors
+            )
+        digests: dict[str, str] = {}
+        for cid in survivors:
+            vec = np.asarray(inputs[cid], dtype=np.float64)
+            if vec.shape != (dim,):
+                raise LocalProtocolError("all inputs must have the same dimension")
+            if share_std > 0:
+                vec = vec + gaussian(dim, share_std, random(cid, "noise"))
+            digests[f"input/{cid}"] = hashlib.sha256(vec.tobytes()).hexdigest()
+            total += vec
+        digests["aggregate"] = hashlib.sha256(total.tobytes()).hexdigest()
+        return AggregateOutcome(
+            total=total,
+            survivors=survivors,
+            dropouts=dropouts,
+            noise_std=share_std * float(np.sqrt(len(survivors))),
+            digests=digests,
+            bytes_sent={f"client/{c}": 8 * dim for c in survivors},
+        )

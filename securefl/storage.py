@@ -1,0 +1,64 @@
+"""Crash-safe file writes: temp file in the same directory, fsync, atomic rename, fsync the directory.
+
+A crash at any instant leaves either the old file or the new one, never a torn mix (POSIX rename(2)
+is atomic within a file system).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["append_line", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir"]
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory so a rename inside it survives power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically (permissions ``mode``, e.g. 0o600 for key files)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(target.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, mode: int = 0o644) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, mode: int = 0o644) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n",
+                      mode=mode)
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one line and fsync (for logs where a torn last line is detectable and dropped)."""
+    if "\n" in line:
+        raise ValueError("append_line takes a single line")
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
