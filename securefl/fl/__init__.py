@@ -1,0 +1,1 @@
+"""Federated learning pieces: models, local training, server optimizers and metrics."""

@@ -1,0 +1,5 @@
+import sys
+
+from securefl.cli.main import main
+
+sys.exit(main())

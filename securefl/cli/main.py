@@ -1,0 +1,149 @@
+"""The ``securefl`` command line.
+
+One place maps error classes to exit codes (:data:`securefl.errors.EXIT_CODES`); tracebacks appear
+only with ``--debug``. Heavy libraries load only inside the subcommand that needs them, so
+``securefl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from securefl import __version__
+from securefl.errors import SecureFLError, exit_code_for
+
+Handler = Callable[[argparse.Namespace], int]
+
+RUN_HELP: dict[str, str] = {
+    "data": "CSV or Parquet file with your own table (default: the embedded Taiwan credit data)",
+    "label": "label column of --data (embedded data: default)",
+    "task": "classification | regression | auto (inferred from the label)",
+    "split_by": "column whose values define the banks (natural split)",
+    "banks": "number of simulated banks",
+    "partition": "natural | iid | dirichlet",
+    "alpha": "Dirichlet concentration for --partition dirichlet (smaller = more skew)",
+    "test_fraction": "fraction of rows held out as the global test split",
+    "local_test_fraction": "fraction of each bank's rows it keeps as a local test split",
+    "model": "mlp | logreg",
+    "hidden": "MLP hidden layer widths, e.g. 64,32 or 128,64",
+    "loss": "auto | bce | mse | huber",
+    "local_epochs": "local epochs per round",
+    "batch_size": "local batch size",
+    "lr": "local learning rate",
+    "optimizer": "local optimizer: sgd | adam",
+    "rounds": "federated rounds",
+    "clients_per_round": "fraction of banks sampled each round",
+    "server_optimizer": "fedavg | fedadam | fedprox",
+    "server_lr": "server learning rate",
+    "prox_mu": "FedProx proximal coefficient",
+    "aggregation": "secagg (masking) | ckks (homomorphic) | plain (INSECURE, comparison only)",
+    "threshold": "survivors needed for a round (default: majority, >= 2)",
+    "neighbours": "SecAgg+ neighbourhood size k (default O(log n); banks-1 = classic SecAgg)",
+    "dropout": "simulated per-round probability that a bank drops out",
+    "clip_norm": "client-level L2 clip of each bank's update",
+    "noise_multiplier": "client-level noise multiplier z (sum noise std = z * clip_norm)",
+    "record_epsilon": "per-bank record-level DP-SGD target epsilon for the whole run",
+    "record_noise_multiplier": "per-bank DP-SGD noise multiplier (instead of --record-epsilon)",
+    "record_clip": "DP-SGD per-example gradient clip",
+    "delta": "DP delta",
+    "target_epsilon": "client-level epsilon budget; the run refuses or stops when exceeded",
+    "seed": "random seed (the run is deterministic given it)",
+    "out": "run directory (default runs/<timestamp>)",
+}
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    from securefl.config import FIELD_TYPES
+
+    p.add_argument("--config", metavar="FILE", help="TOML config file; flags override it")
+    for name, typ in FIELD_TYPES.items():
+        flag = "--" + name.replace("_", "-")
+        t = str(typ)
+        if name in ("dp", "baselines"):
+            continue
+        if "tuple[int" in t:
+            p.add_argument(flag, type=_int_list, default=None, help=RUN_HELP.get(name))
+        elif t.startswith("int"):
+            p.add_argument(flag, type=int, default=None, help=RUN_HELP.get(name))
+        elif t.startswith("float"):
+            p.add_argument(flag, type=float, default=None, help=RUN_HELP.get(name))
+        else:
+            p.add_argument(flag, type=str, default=None, help=RUN_HELP.get(name))
+    p.add_argument("--dp", dest="dp", action="store_true", default=None,
+                   help="differential privacy on")
+    p.add_argument("--no-dp", dest="dp", action="store_false",
+                   help="differential privacy off (for comparison; labelled in every output)")
+    p.add_argument("--baselines", action="store_true", default=None,
+                   help="also train the centralized and bank-alone baselines")
+    p.add_argument("--resume", metavar="RUN_DIR", help="resume an interrupted run")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from securefl.cli.run import run_command
+
+    return run_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="securefl",
+        description="Federated training across institutions with secure aggregation, "
+        "differential privacy and a tamper-evident audit log.",
+    )
+    parser.add_argument("--version", action="version", version=f"securefl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p_run = sub.add_parser("run", help="run a federated training (simulated banks, one machine)")
+    _add_run_args(p_run)
+    p_run.set_defaults(handler=cmd_run)
+    from securefl.cli import extra
+
+    extra.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except SecureFLError as err:
+        if args.debug:
+            raise
+        _print_error(err, as_json=bool(getattr(args, "json", False)))
+        return exit_code_for(err)
+    except KeyboardInterrupt:
+        print("securefl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _print_error(err: SecureFLError, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"error": err.to_dict()}))
+    print(f"securefl: error {err.code}: {err.message}", file=sys.stderr)
+    print(f"  hint: {err.hint}", file=sys.stderr)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""``securefl run``: resolve the configuration, run, show progress, print the result."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from securefl.config import FIELD_TYPES, resolve
+
+if TYPE_CHECKING:
+    from securefl.runtime import RoundReport, RunResult
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k, None) for k in FIELD_TYPES}
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from securefl.runtime import run
+
+    overrides = _overrides(args)
+    if args.resume:
+        overrides["out"] = args.resume
+    elif overrides.get("out") is None:
+        overrides["out"] = time.strftime("runs/%Y%m%d-%H%M%S")
+    config = resolve(args.config, overrides)
+    interactive = sys.stderr.isatty() and not args.json
+    label = _label(config.to_dict())
+    if interactive:
+        result = _run_with_progress(config, label, resume=args.resume)
+    else:
+        result = run(config, resume=args.resume)
+    if args.json:
+        from securefl.cli.main import print_json
+
+        print_json(result.to_dict())
+    else:
+        print(format_result(result))
+    return 0
+
+
+def _label(cfg: dict[str, Any]) -> str:
+    parts = [str(cfg["aggregation"])]
+    if cfg["aggregation"] == "plain":
+        parts.append("INSECURE")
+    parts.append("DP" if cfg["dp"] else "NO-DP")
+    return " ".join(parts)
+
+
+def _run_with_progress(config: Any, label: str, *, resume: str | None) -> RunResult:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from securefl.runtime import run
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} rounds"),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                  transient=False) as bar:
+        task = bar.add_task(f"securefl run ({label})", total=config.rounds, status="")
+
+        def on_round(rep: RoundReport) -> None:
+            m = rep.metrics
+            main = (f"AUC {m['roc_auc']:.4f}" if "roc_auc" in m
+                    else f"RMSE {m.get('rmse', float('nan')):.4g}")
+            eps = "".join(f" eps[{k}] {v:.3g}" for k, v in rep.epsilon.items())
+            drop = f" dropped {len(rep.dropouts)}" if rep.dropouts else ""
+            bar.update(task, completed=rep.round, status=f"{main}{eps}{drop}")
+
+        return run(config, progress=on_round, resume=resume)
+
+
+def format_result(result: RunResult) -> str:
+    d = result.to_dict()
+    lines = [f"securefl run: {d['rounds_completed']} rounds, aggregation={d['aggregation']}"
+             + (" (INSECURE: the server saw every update)" if d["insecure"] else "")
+             + (", DP on" if d["dp"] else ", NO DP (comparison only)"),
+             f"run directory: {d['run_dir']}"]
+    if d["stopped_early"]:
+        lines.append(f"stopped early: {d['stopped_early']}")
+    lines.append("global test: " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                             d["final_metrics"].items()))
+    for name, metrics in d["baselines"].items():
+        lines.append(f"baseline {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    for party, eps in (d["privacy"].get("epsilon") or {}).items():
+        lines.append(f"epsilon {party}: {eps}")
+    lines.append(f"model sha256: {d['model_sha256']}  ({d['seconds']:.1f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Atomic writes: a crash mid-write leaves the previous file intact."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from securefl import storage
+
+
+def test_atomic_write_replaces(tmp_path: Path) -> None:
+    p = tmp_path / "a.json"
+    storage.atomic_write_json(p, {"x": 1})
+    storage.atomic_write_json(p, {"x": 2})
+    assert p.read_text() == '{\n  "x": 2\n}\n'
+    assert [f.name for f in tmp_path.iterdir()] == ["a.json"]  # no temp files left
+
+
+def test_crash_mid_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "state"
+    storage.atomic_write_bytes(p, b"old contents")
+
+    def crash(*_a: object, **_k: object) -> None:
+        raise OSError("disk full (simulated crash before rename)")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        storage.atomic_write_bytes(p, b"new contents that never land")
+    assert p.read_bytes() == b"old contents"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["state"]
+
+
+def test_crash_during_write_of_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "state"
+    storage.atomic_write_bytes(p, b"old")
+    real_fsync = os.fsync
+
+    def crash(fd: int) -> None:
+        real_fsync(fd)
+        raise OSError("power loss (simulated)")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError):
+        storage.atomic_write_bytes(p, b"new")
+    monkeypatch.undo()
+    assert p.read_bytes() == b"old"
+
+
+def test_private_mode(tmp_path: Path) -> None:
+    p = tmp_path / "key"
+    storage.atomic_write_bytes(p, b"k", mode=0o600)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+
+
+def test_append_line_rejects_newlines(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        storage.append_line(tmp_path / "l", "a\nb")
