@@ -199,5 +199,5 @@ EXIT_CODES: dict[type[SecureFLError], int] = {
 def exit_code_for(err: SecureFLError) -> int:
     for cls in type(err).__mro__:
         if cls in EXIT_CODES:
-            return EXIT_CODES[cls]  # type: ignore[index]
+            return EXIT_CODES[cls]
     return 1
