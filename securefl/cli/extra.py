@@ -1,11 +1,13 @@
-"""Subcommands beyond ``run``: audit, privacy, keys (registered lazily)."""
+"""Subcommands beyond ``run``: keys, federation, audit, privacy (each module imports lazily)."""
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 
 def register(sub: Any) -> None:
-    """Add the audit / privacy / keys subcommands to ``sub``."""
-    _ = argparse
+    """Add the keys / federation / audit / privacy subcommands to ``sub``."""
+    from securefl.cli.keys import register_federation, register_keys
+
+    register_keys(sub)
+    register_federation(sub)

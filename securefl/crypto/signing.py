@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -112,7 +113,7 @@ class SigningKey:
     def __repr__(self) -> str:
         return f"SigningKey({self.verify_key.fingerprint()}, <redacted>)"
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("SigningKey cannot be pickled")
 
 
