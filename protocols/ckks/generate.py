@@ -1,0 +1,109 @@
+"""Generate protocols/ckks/schemas/*.json (JSON Schema of every message) and vectors/vectors.json.
+
+Vectors cover what is deterministic: the ciphertext digest, the manifest digest and Ed25519
+signatures (RFC 8032 signatures are deterministic) over fixed inputs with fixed seeds. An
+independent
+verifier (tests/test_ckks_vectors.py) recomputes them with hashlib and `cryptography` directly.
+
+    python protocols/ckks/generate.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+from securefl.crypto.secret import Secret
+from securefl.crypto.signing import SigningKey, sign_bound
+from securefl.he.params import DEFAULT_PARAMS
+from securefl.he.vectors import ciphertext_digest
+from securefl.protocol.ckks import (
+    DOMAIN_CONTEXT,
+    DOMAIN_CONTRIBUTION,
+    DOMAIN_COSIGN,
+    context_message,
+    contribution_message,
+    cosign_message,
+    key_id_for,
+    manifest_digest,
+)
+from securefl.protocol.ckks_messages import CKKS_MESSAGES, ContributionEntry, Manifest
+
+HERE = Path(__file__).parent
+
+
+def schemas() -> dict[str, dict[str, object]]:
+    return {cls.__name__: msgspec.json.schema(cls) for cls in CKKS_MESSAGES}
+
+
+def vectors() -> dict[str, object]:
+    session = bytes(range(16))
+    client_seed = bytes([0x11]) * 32
+    holder_seed = bytes([0x22]) * 32
+    client = SigningKey.from_seed(Secret(client_seed))
+    holder = SigningKey.from_seed(Secret(holder_seed))
+    chunks = [b"chunk-0", b"chunk-1-longer"]
+    digest = ciphertext_digest(chunks)
+    contrib_sig = sign_bound(
+        client,
+        domain=DOMAIN_CONTRIBUTION,
+        session_id=session,
+        round_=7,
+        message=contribution_message(5, 9000, digest),
+    )
+    manifest = Manifest(
+        session_id=session,
+        round=7,
+        num_values=9000,
+        entries=[ContributionEntry(client_id=5, digest=digest, signature=contrib_sig)],
+        aggregate_digest=ciphertext_digest([b"sum"]),
+    )
+    mdig = manifest_digest(manifest)
+    cosig = sign_bound(
+        client, domain=DOMAIN_COSIGN, session_id=session, round_=7, message=cosign_message(5, mdig)
+    )
+    fake_context = b"public-context-bytes"
+    ctx_sig = sign_bound(
+        holder,
+        domain=DOMAIN_CONTEXT,
+        session_id=key_id_for(fake_context),
+        round_=0,
+        message=context_message(DEFAULT_PARAMS, fake_context),
+    )
+    return {
+        "session_id": session.hex(),
+        "round": 7,
+        "client_id": 5,
+        "num_values": 9000,
+        "client_seed": client_seed.hex(),
+        "client_public_key": client.verify_key.raw.hex(),
+        "holder_seed": holder_seed.hex(),
+        "holder_public_key": holder.verify_key.raw.hex(),
+        "chunks": [c.hex() for c in chunks],
+        "ciphertext_digest": digest.hex(),
+        "contribution_signature": contrib_sig.hex(),
+        "aggregate_chunks": [b"sum".hex()],
+        "aggregate_digest": manifest.aggregate_digest.hex(),
+        "manifest_digest": mdig.hex(),
+        "cosignature": cosig.hex(),
+        "params_canonical": DEFAULT_PARAMS.canonical_bytes().hex(),
+        "context_bytes": fake_context.hex(),
+        "context_key_id": key_id_for(fake_context).hex(),
+        "context_signature": ctx_sig.hex(),
+    }
+
+
+def main() -> None:
+    (HERE / "schemas").mkdir(exist_ok=True)
+    for name, schema in schemas().items():
+        (HERE / "schemas" / f"{name}.json").write_text(
+            json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        )
+    (HERE / "vectors").mkdir(exist_ok=True)
+    (HERE / "vectors" / "vectors.json").write_text(json.dumps(vectors(), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

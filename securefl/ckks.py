@@ -1,0 +1,286 @@
+"""``ckks`` aggregation: homomorphic sum under a separate key holder's CKKS key (TenSEAL).
+
+:class:`CKKSAggregator` runs a whole round in process through the sans-IO roles of
+securefl.protocol.ckks, encoding and decoding every message with size limits as a transport would.
+:func:`create_key_holder_keys` / :func:`load_key_holder` back ``securefl keys ckks --out DIR``.
+
+Dropout stages: ``"contribution"`` (the client never sends its ciphertext: it is simply not in the
+sum) and ``"verification"`` (it contributed but does not co-sign); any other stage name is treated
+as ``"contribution"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from securefl.aggregation import AggregateOutcome, Aggregator, RandomFactory, RoundSpec
+from securefl.crypto.secret import Secret
+from securefl.crypto.signing import SigningKey, VerifyKey
+from securefl.errors import AggregationAbortedError, ConfigError, LocalProtocolError
+from securefl.he.context import generate_context, load_secret_context
+from securefl.he.flooding import DEFAULT_MAX_QUERIES, DEFAULT_STATISTICAL_SECURITY
+from securefl.he.params import DEFAULT_PARAMS, CKKSParams
+from securefl.protocol import wire
+from securefl.protocol.ckks import (
+    CKKSClient,
+    CKKSKeyHolder,
+    CKKSServer,
+    CKKSVerifier,
+    accept_public_context,
+)
+from securefl.protocol.ckks_messages import (
+    Contribution,
+    CoSignature,
+    DecryptionRequest,
+    DecryptionResult,
+    SignedPublicContext,
+    VerifyRequest,
+    max_message_bytes,
+)
+from securefl.storage import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+__all__ = [
+    "KEY_FILES",
+    "CKKSAggregator",
+    "KeyHolderKeys",
+    "create_key_holder_keys",
+    "load_key_holder",
+    "load_signed_public_context",
+]
+
+T = TypeVar("T")
+
+#: file names written by `securefl keys ckks --out DIR`
+KEY_FILES = {
+    "signing_key": "keyholder-ed25519.pem",  # 0600
+    "secret_context": "ckks-secret-context.bin",  # 0600
+    "public_context": "ckks-public-context.msgpack",  # 0644, SignedPublicContext
+    "verify_key": "keyholder-ed25519.pub",  # 0644, raw 32 bytes hex
+}
+
+
+def _wire(msg: Any, typ: type[T], max_bytes: int) -> tuple[T, int]:
+    """Encode then decode (size-checked) as a transport would; return (message, bytes on the
+    wire)."""
+    data = wire.encode(msg)
+    return wire.decode(data, typ, max_bytes=max_bytes), len(data)
+
+
+@dataclass(frozen=True)
+class KeyHolderKeys:
+    """Paths of a key holder's key files."""
+
+    signing_key: Path
+    secret_context: Path
+    public_context: Path
+    verify_key: Path
+
+
+def create_key_holder_keys(
+    out_dir: str | os.PathLike[str],
+    params: CKKSParams = DEFAULT_PARAMS,
+    passphrase: bytes | None = None,
+) -> KeyHolderKeys:
+    """Create a key holder's Ed25519 key and CKKS keys in ``out_dir``; export the signed public
+    context.
+
+    Secret files are written atomically with mode 0o600 and never logged.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sk = SigningKey.generate()
+    secret = generate_context(params)
+    holder = CKKSKeyHolder(sk, secret, {}, min_clients=1, verifiers=1)
+    paths = KeyHolderKeys(
+        *(
+            out / KEY_FILES[k]
+            for k in ("signing_key", "secret_context", "public_context", "verify_key")
+        )
+    )
+    atomic_write_bytes(paths.signing_key, sk.to_pem(passphrase).expose(), mode=0o600)
+    atomic_write_bytes(paths.secret_context, secret.export_secret().expose(), mode=0o600)
+    atomic_write_bytes(paths.public_context, wire.encode(holder.public_context_message()))
+    atomic_write_bytes(paths.verify_key, (sk.verify_key.raw.hex() + "\n").encode())
+    return paths
+
+
+def load_key_holder(
+    key_dir: str | os.PathLike[str],
+    federation: Mapping[int, VerifyKey],
+    *,
+    params: CKKSParams = DEFAULT_PARAMS,
+    min_clients: int,
+    verifiers: int = 2,
+    passphrase: bytes | None = None,
+) -> CKKSKeyHolder:
+    """Load a key holder from files written by :func:`create_key_holder_keys`."""
+    d = Path(key_dir)
+    sk = SigningKey.from_pem((d / KEY_FILES["signing_key"]).read_bytes(), passphrase)
+    secret = load_secret_context(
+        Secret((d / KEY_FILES["secret_context"]).read_bytes(), label="ckks-secret-context"), params
+    )
+    return CKKSKeyHolder(sk, secret, federation, min_clients=min_clients, verifiers=verifiers)
+
+
+def load_signed_public_context(path: str | os.PathLike[str]) -> SignedPublicContext:
+    """Read the exported SignedPublicContext (verify it with accept_public_context)."""
+    return wire.decode(Path(path).read_bytes(), SignedPublicContext, max_bytes=32 * 1024 * 1024)
+
+
+class CKKSAggregator(Aggregator):
+    """Homomorphic sum with a separate key holder, verifier co-signatures and noise flooding."""
+
+    name = "ckks"
+    secure = True
+
+    def __init__(
+        self,
+        params: CKKSParams = DEFAULT_PARAMS,
+        *,
+        verifiers: int = 2,
+        max_queries: int = DEFAULT_MAX_QUERIES,
+        statistical_security: int = DEFAULT_STATISTICAL_SECURITY,
+    ) -> None:
+        if verifiers < 1:
+            raise ConfigError("verifiers must be >= 1")
+        self.params = params
+        self.verifiers = verifiers
+        self.max_queries = max_queries
+        self.statistical_security = statistical_security
+        self._holder: CKKSKeyHolder | None = None
+        #: in-process identities: one Ed25519 key per client id, kept across rounds
+        self._client_keys: dict[int, SigningKey] = {}
+
+    def _key_holder(self, federation: Mapping[int, VerifyKey], min_clients: int) -> CKKSKeyHolder:
+        """The aggregator's key holder (created once: its replay set and query budget persist)."""
+        if self._holder is None:
+            self._holder = CKKSKeyHolder(
+                SigningKey.generate(),
+                generate_context(self.params),
+                federation,
+                min_clients=min_clients,
+                verifiers=self.verifiers,
+                max_queries=self.max_queries,
+                statistical_security=self.statistical_security,
+            )
+        self._holder.federation.update(federation)
+        self._holder.min_clients = min_clients
+        return self._holder
+
+    def aggregate(
+        self,
+        spec: RoundSpec,
+        inputs: Mapping[int, NDArray[np.float64]],
+        *,
+        random: RandomFactory,
+        dropouts: Mapping[int, str] | None = None,
+    ) -> AggregateOutcome:
+        dropouts = dict(dropouts or {})
+        if set(inputs) != set(spec.participants):
+            raise LocalProtocolError("inputs must be given for exactly the round's participants")
+        dims = {np.asarray(v).shape for v in inputs.values()}
+        if len(dims) != 1 or len(next(iter(dims))) != 1:
+            raise LocalProtocolError("all inputs must be 1-D vectors of the same dimension")
+        dim = int(next(iter(dims))[0])
+        ids = sorted(spec.participants)
+        for cid in ids:
+            self._client_keys.setdefault(cid, SigningKey.generate())
+        keys = {cid: self._client_keys[cid] for cid in ids}
+        federation = {cid: k.verify_key for cid, k in keys.items()}
+        holder = self._key_holder(federation, spec.threshold)
+        params = self.params
+        ct_bytes, n_chunks = params.ciphertext_max_bytes(), params.num_chunks(dim)
+        bytes_sent: dict[str, int] = {}
+
+        pub_msg, size = _wire(holder.public_context_message(), SignedPublicContext, 32 * 2**20)
+        bytes_sent["key_holder"] = size
+        public = accept_public_context(pub_msg, holder.verify_key, params)
+
+        share_std = 0.0
+        if spec.noise is not None and spec.noise.noise_multiplier > 0:
+            share_std = (
+                spec.noise.noise_multiplier * spec.clip_norm / math.sqrt(spec.noise.min_survivors)
+            )
+        server = CKKSServer(
+            public,
+            federation,
+            session_id=spec.session_id,
+            round_=spec.round,
+            num_values=dim,
+            participants=tuple(ids),
+            min_clients=spec.threshold,
+            verifiers=self.verifiers,
+        )
+        for cid in ids:
+            if cid in dropouts and dropouts[cid] != "verification":
+                continue
+            client = CKKSClient(cid, keys[cid], public)
+            contribution = client.contribute(
+                session_id=spec.session_id,
+                round_=spec.round,
+                values=np.asarray(inputs[cid], dtype=np.float64),
+                clip_norm=spec.clip_norm,
+                num_participants=len(ids),
+                noise_std=share_std,
+                random=random(cid, "noise"),
+            )
+            msg, size = _wire(contribution, Contribution, max_message_bytes(ct_bytes, n_chunks))
+            bytes_sent[f"client/{cid}"] = size
+            server.receive_contribution(msg)
+
+        manifest = server.close()
+        survivors = tuple(e.client_id for e in manifest.entries)
+        req, size = _wire(
+            server.verify_request(),
+            VerifyRequest,
+            max_message_bytes(ct_bytes, n_chunks, len(survivors)),
+        )
+        bytes_sent["server/verify_request"] = size
+        verifier_ids = [c for c in survivors if c not in dropouts][: self.verifiers]
+        if len(verifier_ids) < self.verifiers:
+            raise AggregationAbortedError(
+                f"only {len(verifier_ids)} verifiers available; {self.verifiers} required"
+            )
+        for vid in verifier_ids:
+            verifier = CKKSVerifier(vid, keys[vid], public, federation, min_clients=spec.threshold)
+            cs, size = _wire(
+                verifier.verify(req, session_id=spec.session_id, round_=spec.round),
+                CoSignature,
+                4096,
+            )
+            bytes_sent[f"verifier/{vid}"] = size
+            server.receive_cosignature(cs)
+
+        dreq, size = _wire(
+            server.decryption_request(),
+            DecryptionRequest,
+            max_message_bytes(ct_bytes, n_chunks, 2) + 4096 * len(verifier_ids),
+        )
+        bytes_sent["server/decrypt_request"] = size
+        result = holder.decrypt(dreq, random(-1, "ckks-flooding"))
+        res, size = _wire(result, DecryptionResult, 8 * dim + 65536)
+        bytes_sent["key_holder/release"] = bytes_sent["key_holder"] + size
+        total = server.receive_result(res, holder.verify_key)
+
+        digests = {f"input/{e.client_id}": e.digest.hex() for e in manifest.entries}
+        digests["aggregate"] = manifest.aggregate_digest.hex()
+        digests["release"] = hashlib.sha256(res.values).hexdigest()
+        return AggregateOutcome(
+            total=total,
+            survivors=survivors,
+            dropouts={c: s for c, s in dropouts.items()},
+            noise_std=share_std * math.sqrt(len(survivors)),
+            digests=digests,
+            bytes_sent=bytes_sent,
+        )

@@ -1,0 +1,612 @@
+"""Sans-IO CKKS aggregation: key holder, client, server and verifier (protocols/ckks/spec.md).
+
+No I/O, no clock, no global RNG: randomness is an injected RandomSource; messages are the Structs of
+securefl.protocol.ckks_messages. The flow of one round:
+
+1. key holder -> all: SignedPublicContext (public key only, Ed25519-signed).
+2. client -> server: Contribution = Enc(w_i clip(delta_i) + DP noise share), signed over its digest.
+3. server: validates, sums homomorphically, publishes a Manifest (client id, digest, signature) with
+   the aggregate's digest; sends each verifier a VerifyRequest.
+4. verifier (a client): re-checks every contribution, recomputes the sum, co-signs the manifest.
+5. server -> key holder: DecryptionRequest (aggregate + manifest + co-signatures), never an
+individual
+   ciphertext. The key holder decrypts once per (session, round), only with >= min_clients distinct
+   enrolled signed contributions and >= verifiers distinct co-signatures, then floods and rounds
+   (Li-Micciancio, EUROCRYPT 2021; see securefl.he.flooding) and signs the release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from securefl.crypto.signing import SigningKey, VerifyKey, sign_bound, verify_bound
+from securefl.dp.noise import gaussian
+from securefl.errors import (
+    AggregationAbortedError,
+    ConfigError,
+    CryptoError,
+    IntegrityError,
+    LocalProtocolError,
+    OverflowRiskError,
+    RemoteProtocolError,
+    SignatureError,
+    StateError,
+)
+from securefl.he.context import PublicContext, SecretContext, load_public_context
+from securefl.he.flooding import (
+    DEFAULT_MAX_QUERIES,
+    DEFAULT_STATISTICAL_SECURITY,
+    coefficient_error_bound,
+    flooding_std,
+    release_grid,
+    tail_factor,
+)
+from securefl.he.params import CKKSParams
+from securefl.he.vectors import (
+    check_no_overflow,
+    ciphertext_digest,
+    decrypt_chunks,
+    encrypt_chunks,
+    load_chunks,
+    sum_chunks,
+)
+from securefl.protocol.ckks_messages import (
+    Contribution,
+    ContributionEntry,
+    CoSignature,
+    DecryptionRequest,
+    DecryptionResult,
+    Manifest,
+    SignedPublicContext,
+    VerifyRequest,
+)
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from securefl.crypto.random import RandomSource
+
+__all__ = [
+    "DOMAIN_CONTEXT",
+    "DOMAIN_CONTRIBUTION",
+    "DOMAIN_COSIGN",
+    "DOMAIN_RELEASE",
+    "CKKSClient",
+    "CKKSKeyHolder",
+    "CKKSServer",
+    "CKKSVerifier",
+    "DecryptionRefusedError",
+    "Federation",
+    "accept_public_context",
+    "contribution_message",
+    "cosign_message",
+    "manifest_digest",
+    "noise_bound",
+    "release_message",
+]
+
+DOMAIN_CONTEXT = "securefl/ckks/public-context/v1"
+DOMAIN_CONTRIBUTION = "securefl/ckks/contribution/v1"
+DOMAIN_COSIGN = "securefl/ckks/aggregate-cosign/v1"
+DOMAIN_RELEASE = "securefl/ckks/release/v1"
+
+#: client id -> enrolled Ed25519 identity key (the federation manifest is the PKI)
+Federation = Mapping[int, VerifyKey]
+
+
+class DecryptionRefusedError(RemoteProtocolError):
+    """The key holder refused to decrypt: missing signatures, co-signatures, or a replayed round."""
+
+    code = "SFL312"
+    default_hint = "nothing was decrypted or released for this round"
+
+
+# --- canonical byte strings that are signed (spec.md section "Signatures")
+# ---------------------------
+def context_message(params: CKKSParams, context: bytes) -> bytes:
+    return params.canonical_bytes() + hashlib.sha256(context).digest()
+
+
+def key_id_for(context: bytes) -> bytes:
+    """16-byte identifier of a public context: sha256(context)[:16]."""
+    return hashlib.sha256(context).digest()[:16]
+
+
+def contribution_message(client_id: int, num_values: int, digest: bytes) -> bytes:
+    return struct.pack(">QQ", client_id, num_values) + digest
+
+
+def cosign_message(verifier_id: int, manifest_digest_: bytes) -> bytes:
+    return struct.pack(">Q", verifier_id) + manifest_digest_
+
+
+def release_message(manifest_digest_: bytes, num_values: int, values: bytes) -> bytes:
+    return manifest_digest_ + struct.pack(">Q", num_values) + hashlib.sha256(values).digest()
+
+
+def manifest_digest(m: Manifest) -> bytes:
+    """SHA-256 over a canonical encoding of the manifest (spec.md, "Manifest digest")."""
+    h = hashlib.sha256(b"securefl-ckks-manifest-v1")
+    h.update(m.session_id + struct.pack(">QQI", m.round, m.num_values, len(m.entries)))
+    for e in m.entries:
+        h.update(struct.pack(">Q", e.client_id) + e.digest + e.signature)
+    h.update(m.aggregate_digest)
+    return h.digest()
+
+
+def noise_bound(clip_norm: float, noise_std: float, num_values: int) -> float:
+    """Bound B on every |x_j| a client encrypts: clip_norm + Gaussian tail (2^-40 over all
+    coords)."""
+    if noise_std == 0:
+        return clip_norm
+    return clip_norm + tail_factor(num_values) * noise_std
+
+
+# --- key holder
+# ---------------------------------------------------------------------------------------
+def accept_public_context(
+    msg: SignedPublicContext, key_holder: VerifyKey, params: CKKSParams
+) -> PublicContext:
+    """Verify the key holder's signature and parameters; reject a context carrying the secret
+    key."""
+    got = CKKSParams(msg.poly_modulus_degree, tuple(msg.coeff_mod_bit_sizes), msg.scale_bits)
+    if got != params:
+        raise CryptoError("the published CKKS parameters differ from the agreed ones")
+    if msg.key_id != key_id_for(msg.context):
+        raise IntegrityError("the public context's key_id does not match its contents")
+    verify_bound(
+        key_holder,
+        msg.signature,
+        domain=DOMAIN_CONTEXT,
+        session_id=msg.key_id,
+        round_=0,
+        message=context_message(params, msg.context),
+    )
+    return load_public_context(msg.context, params)
+
+
+def _check_entries(manifest: Manifest, federation: Federation, min_clients: int) -> None:
+    """Entries sorted by id, distinct, enrolled, >= min_clients, each signature valid."""
+    ids = [e.client_id for e in manifest.entries]
+    if len(set(ids)) != len(ids):
+        raise DecryptionRefusedError("the manifest lists a client more than once")
+    if ids != sorted(ids):
+        raise RemoteProtocolError("manifest entries must be sorted by client id")
+    if len(ids) < min_clients:
+        raise DecryptionRefusedError(
+            f"the manifest has {len(ids)} contributions; at least {min_clients} are required"
+        )
+    for e in manifest.entries:
+        key = federation.get(e.client_id)
+        if key is None:
+            raise SignatureError(f"client {e.client_id} is not enrolled in the federation")
+        verify_bound(
+            key,
+            e.signature,
+            domain=DOMAIN_CONTRIBUTION,
+            session_id=manifest.session_id,
+            round_=manifest.round,
+            message=contribution_message(e.client_id, manifest.num_values, e.digest),
+        )
+
+
+class CKKSKeyHolder:
+    """Holds the secret key; decrypts at most one verified aggregate per (session, round)."""
+
+    def __init__(
+        self,
+        signing_key: SigningKey,
+        secret_context: SecretContext,
+        federation: Federation,
+        *,
+        min_clients: int,
+        verifiers: int = 2,
+        max_queries: int = DEFAULT_MAX_QUERIES,
+        statistical_security: int = DEFAULT_STATISTICAL_SECURITY,
+    ) -> None:
+        if min_clients < 1 or verifiers < 1:
+            raise ConfigError("min_clients and verifiers must be >= 1")
+        if statistical_security < 30:
+            raise ConfigError("statistical security must be >= 30 bits")
+        self._key = signing_key
+        self._ctx = secret_context
+        self.params = secret_context.params
+        self.federation = dict(federation)
+        self.min_clients = min_clients
+        self.verifiers = verifiers
+        self.max_queries = max_queries
+        self.statistical_security = statistical_security
+        self.queries_used = 0
+        self._decrypted: set[tuple[bytes, int]] = set()
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        return self._key.verify_key
+
+    def public_context_message(self) -> SignedPublicContext:
+        context = self._ctx.public_bytes()
+        kid = key_id_for(context)
+        sig = sign_bound(
+            self._key,
+            domain=DOMAIN_CONTEXT,
+            session_id=kid,
+            round_=0,
+            message=context_message(self.params, context),
+        )
+        return SignedPublicContext(
+            poly_modulus_degree=self.params.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(self.params.coeff_mod_bit_sizes),
+            scale_bits=self.params.scale_bits,
+            context=context,
+            key_id=kid,
+            signature=sig,
+        )
+
+    def decrypt(self, req: DecryptionRequest, random: RandomSource) -> DecryptionResult:
+        """Check everything, then decrypt, flood, round and sign. Raises and releases nothing on
+        failure."""
+        m = req.manifest
+        slot = (m.session_id, m.round)
+        if slot in self._decrypted:
+            raise DecryptionRefusedError(
+                f"round {m.round} of this session was already decrypted; one release per round"
+            )
+        _check_entries(m, self.federation, self.min_clients)
+        if ciphertext_digest(req.aggregate) != m.aggregate_digest:
+            raise DecryptionRefusedError("the aggregate does not match the manifest's digest")
+        mdig = manifest_digest(m)
+        signers: set[int] = set()
+        for cs in req.cosignatures:
+            if cs.verifier_id in signers:
+                raise DecryptionRefusedError(f"verifier {cs.verifier_id} co-signed twice")
+            if (cs.session_id, cs.round) != slot or cs.manifest_digest != mdig:
+                raise DecryptionRefusedError(
+                    f"the co-signature of verifier {cs.verifier_id} is for another manifest"
+                )
+            key = self.federation.get(cs.verifier_id)
+            if key is None:
+                raise SignatureError(f"verifier {cs.verifier_id} is not enrolled")
+            verify_bound(
+                key,
+                cs.signature,
+                domain=DOMAIN_COSIGN,
+                session_id=m.session_id,
+                round_=m.round,
+                message=cosign_message(cs.verifier_id, mdig),
+            )
+            signers.add(cs.verifier_id)
+        if len(signers) < self.verifiers:
+            raise DecryptionRefusedError(
+                f"{len(signers)} verifier co-signatures; {self.verifiers} are required"
+            )
+        chunks = self.params.num_chunks(m.num_values)
+        if self.queries_used + chunks > self.max_queries:
+            raise DecryptionRefusedError(
+                f"decrypting {chunks} more ciphertexts would exceed this key's budget of "
+                f"{self.max_queries} (noise flooding assumes at most that many); rotate the key",
+                hint="create a new key holder key with `securefl keys ckks` and restart the "
+                "session",
+            )
+        # Commit the refusal state before decrypting, so no failure path can decrypt twice.
+        self._decrypted.add(slot)
+        self.queries_used += chunks
+        total = decrypt_chunks(self._ctx, req.aggregate, m.num_values)
+        # Noise flooding (Li-Micciancio, EUROCRYPT 2021), sized as OpenFHE documents:
+        # sigma = sqrt(12 tau) 2^(s/2) t, moved to the slot domain (securefl.he.flooding).
+        flood = flooding_std(
+            len(m.entries),
+            self.params.poly_modulus_degree,
+            self.params.scale,
+            max_queries=self.max_queries,
+            statistical_security=self.statistical_security,
+        )
+        grid = release_grid(flood)
+        released = np.round((total + gaussian(total.size, flood, random)) / grid) * grid
+        values = released.astype("<f8").tobytes()
+        sig = sign_bound(
+            self._key,
+            domain=DOMAIN_RELEASE,
+            session_id=m.session_id,
+            round_=m.round,
+            message=release_message(mdig, m.num_values, values),
+        )
+        return DecryptionResult(
+            session_id=m.session_id,
+            round=m.round,
+            manifest_digest=mdig,
+            num_values=m.num_values,
+            values=values,
+            flood_std=flood,
+            grid=grid,
+            signature=sig,
+        )
+
+
+# --- client
+# ----------------------------------------------------------------------------------------------
+class CKKSClient:
+    """One institution: noises, checks overflow, encrypts and signs its contribution."""
+
+    def __init__(self, client_id: int, signing_key: SigningKey, context: PublicContext) -> None:
+        self.client_id = client_id
+        self._key = signing_key
+        self.context = context
+
+    def contribute(
+        self,
+        *,
+        session_id: bytes,
+        round_: int,
+        values: NDArray[np.float64],
+        clip_norm: float,
+        num_participants: int,
+        noise_std: float,
+        random: RandomSource,
+    ) -> Contribution:
+        """Encrypt w_i clip(delta_i) (+ N(0, noise_std^2) per coordinate) and sign it.
+
+        ``values`` must already be clipped to L2 norm ``clip_norm`` and weighted; ``noise_std`` is
+        this
+        client's DP share z*C/sqrt(min_survivors) (0 for none). Raises OverflowRiskError when
+        num_participants * B * scale could wrap the modulus, B = clip_norm + noise tail bound.
+        """
+        x = np.asarray(values, dtype=np.float64)
+        if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+            raise LocalProtocolError("values must be a non-empty finite 1-D vector")
+        bound = noise_bound(clip_norm, noise_std, x.size)
+        check_no_overflow(
+            self.context,
+            num_participants,
+            bound,
+            error_margin=coefficient_error_bound(
+                num_participants, self.context.params.poly_modulus_degree
+            ),
+        )
+        if float(np.linalg.norm(x)) > clip_norm * (1 + 1e-9):
+            raise OverflowRiskError(
+                f"the input's L2 norm exceeds the clip norm {clip_norm}; the overflow bound "
+                "assumes clipped inputs",
+                hint="clip (and weight) the update before encrypting",
+            )
+        if noise_std > 0:
+            x = x + gaussian(x.size, noise_std, random)
+        if float(np.max(np.abs(x))) > bound:  # probability <= 2^-40 for honest noise
+            raise OverflowRiskError("a noised coordinate exceeds the overflow bound; not encrypted")
+        chunks = encrypt_chunks(self.context, x)
+        digest = ciphertext_digest(chunks)
+        sig = sign_bound(
+            self._key,
+            domain=DOMAIN_CONTRIBUTION,
+            session_id=session_id,
+            round_=round_,
+            message=contribution_message(self.client_id, x.size, digest),
+        )
+        return Contribution(
+            session_id=session_id,
+            round=round_,
+            client_id=self.client_id,
+            num_values=x.size,
+            chunks=chunks,
+            signature=sig,
+        )
+
+
+# --- verifier
+# --------------------------------------------------------------------------------------------
+class CKKSVerifier:
+    """A client that recomputes the aggregate from the published contributions and co-signs it."""
+
+    def __init__(
+        self,
+        client_id: int,
+        signing_key: SigningKey,
+        context: PublicContext,
+        federation: Federation,
+        *,
+        min_clients: int,
+    ) -> None:
+        self.client_id = client_id
+        self._key = signing_key
+        self.context = context
+        self.federation = dict(federation)
+        self.min_clients = min_clients
+
+    def verify(self, req: VerifyRequest, *, session_id: bytes, round_: int) -> CoSignature:
+        m = req.manifest
+        if (m.session_id, m.round) != (session_id, round_):
+            raise RemoteProtocolError("the manifest is for another session or round")
+        _check_entries(m, self.federation, self.min_clients)
+        if len(req.contributions) != len(m.entries):
+            raise RemoteProtocolError("the request must carry one chunk list per manifest entry")
+        for entry, chunks in zip(m.entries, req.contributions, strict=True):
+            if ciphertext_digest(chunks) != entry.digest:
+                raise IntegrityError(
+                    f"client {entry.client_id}'s ciphertext does not match its digest"
+                )
+        total = sum_chunks(self.context, req.contributions, m.num_values)
+        if ciphertext_digest(total) != m.aggregate_digest:
+            raise IntegrityError("the recomputed sum differs from the manifest's aggregate digest")
+        mdig = manifest_digest(m)
+        sig = sign_bound(
+            self._key,
+            domain=DOMAIN_COSIGN,
+            session_id=m.session_id,
+            round_=m.round,
+            message=cosign_message(self.client_id, mdig),
+        )
+        return CoSignature(
+            session_id=m.session_id,
+            round=m.round,
+            verifier_id=self.client_id,
+            manifest_digest=mdig,
+            signature=sig,
+        )
+
+
+# --- server
+# ----------------------------------------------------------------------------------------------
+class CKKSServer:
+    """Collects contributions, sums them, gathers co-signatures, asks the key holder to decrypt."""
+
+    def __init__(
+        self,
+        context: PublicContext,
+        federation: Federation,
+        *,
+        session_id: bytes,
+        round_: int,
+        num_values: int,
+        participants: tuple[int, ...],
+        min_clients: int,
+        verifiers: int = 2,
+    ) -> None:
+        if verifiers < 1 or min_clients < 1:
+            raise ConfigError("verifiers and min_clients must be >= 1")
+        self.context = context
+        self.federation = dict(federation)
+        self.session_id = session_id
+        self.round = round_
+        self.num_values = num_values
+        self.participants = frozenset(participants)
+        self.min_clients = min_clients
+        self.verifiers = verifiers
+        self._contributions: dict[int, Contribution] = {}
+        self._digests: dict[int, bytes] = {}
+        #: running homomorphic sum (addition is exact and commutative: arrival order is irrelevant)
+        self._acc: list[Any] | None = None
+        self._manifest: Manifest | None = None
+        self._aggregate: list[bytes] | None = None
+        self._cosignatures: dict[int, CoSignature] = {}
+
+    def receive_contribution(self, c: Contribution) -> None:
+        if self._manifest is not None:
+            raise StateError("contributions are closed for this round")
+        if (c.session_id, c.round) != (self.session_id, self.round):
+            raise RemoteProtocolError("contribution for another session or round")
+        if c.client_id not in self.participants:
+            raise RemoteProtocolError(f"client {c.client_id} is not a participant of this round")
+        if c.client_id in self._contributions:
+            raise RemoteProtocolError(f"client {c.client_id} already contributed")
+        if c.num_values != self.num_values:
+            raise RemoteProtocolError("contribution has the wrong number of values")
+        key = self.federation.get(c.client_id)
+        if key is None:
+            raise SignatureError(f"client {c.client_id} is not enrolled")
+        digest = ciphertext_digest(c.chunks)
+        verify_bound(
+            key,
+            c.signature,
+            domain=DOMAIN_CONTRIBUTION,
+            session_id=c.session_id,
+            round_=c.round,
+            message=contribution_message(c.client_id, c.num_values, digest),
+        )
+        vecs = load_chunks(self.context, c.chunks, self.num_values)  # sizes, parameters, parse
+        if self._acc is None:
+            self._acc = vecs
+        else:
+            for a, b in zip(self._acc, vecs, strict=True):
+                a.add_(b)
+        self._contributions[c.client_id] = c
+        self._digests[c.client_id] = digest
+
+    def close(self) -> Manifest:
+        """Sum the received contributions and publish the manifest."""
+        if self._manifest is not None:
+            return self._manifest
+        if len(self._contributions) < self.min_clients:
+            raise AggregationAbortedError(
+                f"only {len(self._contributions)} contributions; at least {self.min_clients} needed"
+            )
+        ids = sorted(self._contributions)
+        if self._acc is None:  # unreachable: min_clients >= 1
+            raise StateError("no contribution was summed")
+        self._aggregate = [bytes(v.serialize()) for v in self._acc]
+        self._acc = None
+        entries = [
+            ContributionEntry(
+                client_id=i,
+                digest=self._digests[i],
+                signature=self._contributions[i].signature,
+            )
+            for i in ids
+        ]
+        self._manifest = Manifest(
+            session_id=self.session_id,
+            round=self.round,
+            num_values=self.num_values,
+            entries=entries,
+            aggregate_digest=ciphertext_digest(self._aggregate),
+        )
+        return self._manifest
+
+    def verify_request(self) -> VerifyRequest:
+        m = self.close()
+        return VerifyRequest(
+            manifest=m, contributions=[self._contributions[e.client_id].chunks for e in m.entries]
+        )
+
+    def receive_cosignature(self, cs: CoSignature) -> None:
+        if self._manifest is None:
+            raise StateError("no manifest published yet")
+        mdig = manifest_digest(self._manifest)
+        if (cs.session_id, cs.round, cs.manifest_digest) != (self.session_id, self.round, mdig):
+            raise RemoteProtocolError(f"verifier {cs.verifier_id} co-signed another manifest")
+        key = self.federation.get(cs.verifier_id)
+        if key is None:
+            raise SignatureError(f"verifier {cs.verifier_id} is not enrolled")
+        verify_bound(
+            key,
+            cs.signature,
+            domain=DOMAIN_COSIGN,
+            session_id=self.session_id,
+            round_=self.round,
+            message=cosign_message(cs.verifier_id, mdig),
+        )
+        self._cosignatures[cs.verifier_id] = cs
+
+    def decryption_request(self) -> DecryptionRequest:
+        if self._manifest is None or self._aggregate is None:
+            raise StateError("close the round before asking for decryption")
+        if len(self._cosignatures) < self.verifiers:
+            raise AggregationAbortedError(
+                f"{len(self._cosignatures)} co-signatures; {self.verifiers} required"
+            )
+        return DecryptionRequest(
+            manifest=self._manifest,
+            aggregate=self._aggregate,
+            cosignatures=[self._cosignatures[i] for i in sorted(self._cosignatures)],
+        )
+
+    def receive_result(self, res: DecryptionResult, key_holder: VerifyKey) -> NDArray[np.float64]:
+        """Verify the key holder's signed release and return the released sum (float64)."""
+        if self._manifest is None:
+            raise StateError("no manifest published yet")
+        mdig = manifest_digest(self._manifest)
+        if (res.session_id, res.round, res.manifest_digest, res.num_values) != (
+            self.session_id,
+            self.round,
+            mdig,
+            self.num_values,
+        ):
+            raise RemoteProtocolError("the release is for another manifest")
+        if len(res.values) != 8 * self.num_values:
+            raise RemoteProtocolError("the release has the wrong length")
+        verify_bound(
+            key_holder,
+            res.signature,
+            domain=DOMAIN_RELEASE,
+            session_id=self.session_id,
+            round_=self.round,
+            message=release_message(mdig, res.num_values, res.values),
+        )
+        out = np.frombuffer(res.values, dtype="<f8").astype(np.float64)
+        if not np.all(np.isfinite(out)) or not math.isfinite(res.flood_std):
+            raise RemoteProtocolError("the release contains non-finite values")
+        return out
