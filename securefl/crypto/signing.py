@@ -11,7 +11,7 @@ import hashlib
 import struct
 from typing import NoReturn
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -102,7 +102,7 @@ class SigningKey:
     def from_pem(cls, pem: bytes, passphrase: bytes | None = None) -> SigningKey:
         try:
             key = serialization.load_pem_private_key(pem, password=passphrase)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise CryptoError(
                 "cannot load the private key (wrong passphrase or not a PKCS#8 PEM key)"
             ) from exc
