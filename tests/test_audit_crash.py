@@ -175,7 +175,7 @@ def test_open_without_commit_file(tmp_path: Path) -> None:
 def test_open_detects_tampering(tmp_path: Path) -> None:
     d = tmp_path / "run"
     make_run(d, 2, finish=False)
-    model = d / "models/round-00001.pt"
+    model = d / "models/round-00001.safetensors"
     model.write_bytes(b"evil" + model.read_bytes()[4:])
-    with pytest.raises(AuditError, match=r"models/round-00001\.pt"):
+    with pytest.raises(AuditError, match=r"models/round-00001\.safetensors"):
         RunStore.open(d)

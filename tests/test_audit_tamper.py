@@ -122,7 +122,7 @@ def _structural(
                 if j + 1 < len(body):
                     sw = [*body[:j], body[j + 1], body[j], *body[j + 2 :]]
                     yield f"swap lines {j},{j + 1} of {rel}", _write(path, b"\n".join(sw + tail))
-    for rel in ("extra.txt", "models/round-00099.pt", "audit/extra", "keys/other.key",
+    for rel in ("extra.txt", "models/round-00099.safetensors", "audit/extra", "keys/other.key",
                 ".COMMIT.abc.tmp"):
         yield f"add {rel}", _write(run_dir / rel, b"x")
     yield "add directory", lambda: (run_dir / "newdir").mkdir()
@@ -144,8 +144,8 @@ def _check_byte_flips(run_dir: Path, dense: bool) -> None:
     original = snapshot(run_dir)
     assert set(original) >= {"COMMIT", "config.json", "federation.json", "keys/server.key",
                              "ledger.jsonl", "metrics.jsonl", "result.json", "audit/log.jsonl",
-                             "audit/checkpoints", "models/round-00000.pt",
-                             "models/round-00005.pt"}
+                             "audit/checkpoints", "models/round-00000.safetensors",
+                             "models/round-00005.safetensors"}
     missed: list[str] = []
     count = 0
     try:

@@ -28,13 +28,13 @@ MODELS_DIR = "models"
 #: append-only files whose committed sizes COMMIT records, in the order commit_round appends them.
 APPEND_ONLY = (LEDGER, LOG, CHECKPOINTS, METRICS)
 SUBDIRS = ("keys", MODELS_DIR, "audit")
-_MODEL_RE = re.compile(r"round-([0-9]{5,9})\.pt")
+_MODEL_RE = re.compile(r"round-([0-9]{5,9})\.safetensors")
 RESULT_DOMAIN = b"securefl-audit-result-v1\n"
 
 
 def model_name(round_: int) -> str:
-    """``models/round-00000.pt`` (at least 5 digits)."""
-    return f"{MODELS_DIR}/round-{round_:05d}.pt"
+    """``models/round-00000.safetensors`` (at least 5 digits)."""
+    return f"{MODELS_DIR}/round-{round_:05d}.safetensors"
 
 
 def model_round(filename: str) -> int | None:
@@ -43,7 +43,7 @@ def model_round(filename: str) -> int | None:
     if m is None:
         return None
     r = int(m.group(1))
-    return r if f"round-{r:05d}.pt" == filename else None
+    return r if f"round-{r:05d}.safetensors" == filename else None
 
 
 def sha256_hex(data: bytes) -> str:

@@ -2,7 +2,7 @@
 
 Commit protocol of one round (protocols/audit/spec.md, "Commit protocol"):
 
-1. write ``models/round-NNNNN.pt`` atomically (temp file, fsync, rename, fsync dir);
+1. write ``models/round-NNNNN.safetensors`` atomically (temp file, fsync, rename, fsync dir);
 2. append the round's ledger lines to ``ledger.jsonl`` (fsync);
 3. append the round's leaf to ``audit/log.jsonl`` (fsync);
 4. append the signed checkpoint to ``audit/checkpoints`` (fsync);
