@@ -1,0 +1,97 @@
+"""Privacy budgets: refuse a plan that exceeds the target, stop before the round that would.
+
+DESIGN.md section 6: a run refuses to start when its plan exceeds the target epsilon, and stops at
+the first round whose entries would take the spent epsilon above it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from securefl.dp.accountants import (
+    entry_events,
+    epsilon_of_events,
+    max_rounds_within,
+    to_add_remove,
+)
+from securefl.dp.events import ComposedEvent, Event, SelfComposedEvent
+from securefl.dp.ledger import Draft, Ledger, LedgerEntry
+from securefl.errors import BudgetExceededError, PrivacyError
+
+__all__ = ["BudgetCheck", "check_plan", "spent_epsilon", "would_exceed"]
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """Outcome of a budget check: epsilon after the step and the target it was compared with."""
+
+    epsilon: float
+    target_epsilon: float
+    delta: float
+    accountant: str
+
+    @property
+    def exceeds(self) -> bool:
+        return self.epsilon > self.target_epsilon
+
+
+def _check_target(target_epsilon: float) -> None:
+    if not isinstance(target_epsilon, int | float) or math.isnan(target_epsilon) \
+            or target_epsilon <= 0:
+        raise PrivacyError(f"target_epsilon must be > 0, got {target_epsilon!r}")
+
+
+def check_plan(per_round: Sequence[Event], rounds: int, target_epsilon: float, delta: float,
+               accountant: str = "rdp", *, spent: Sequence[Event] = ()) -> BudgetCheck:
+    """Raise :class:`BudgetExceededError` if ``rounds`` repetitions of ``per_round`` (after
+    ``spent``) exceed ``target_epsilon`` at ``delta``; the message gives the planned epsilon, the
+    excess and the largest number of rounds that fits. Returns the check when the plan fits.
+
+    ``per_round``: the events one party releases per round at one level (e.g. the federation's
+    client-level Gaussian, or one bank's DP-SGD steps).
+    """
+    _check_target(target_epsilon)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise PrivacyError(f"rounds must be an integer >= 0, got {rounds!r}")
+    planned = list(spent) + ([SelfComposedEvent(ComposedEvent(list(per_round)), rounds)]
+                             if rounds else [])
+    eps = epsilon_of_events(planned, delta, accountant)
+    check = BudgetCheck(eps, float(target_epsilon), delta, accountant)
+    if check.exceeds:
+        fit = max_rounds_within(target_epsilon, delta, per_round, accountant, spent=spent,
+                                limit=rounds)
+        raise BudgetExceededError(
+            f"the plan of {rounds} rounds spends epsilon = {eps:.4f} ({accountant}, "
+            f"delta = {delta:g}), {eps - target_epsilon:.4f} above the target "
+            f"{target_epsilon:g}; at most {fit} rounds fit",
+            hint=f"run at most {fit} rounds, raise the noise multiplier, or raise the target")
+    return check
+
+
+def spent_epsilon(entries: Sequence[LedgerEntry], delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of the given ledger entries (select one party and level before calling)."""
+    return epsilon_of_events(entry_events(entries), delta, accountant)
+
+
+def would_exceed(ledger: Ledger, next_round: Sequence[Draft], target_epsilon: float,
+                 delta: float, accountant: str = "rdp") -> dict[tuple[str, str], BudgetCheck]:
+    """Checks, per (party, level) touched by ``next_round``, whether committing it would exceed the
+    target. Returns every check; the caller stops before the round if any ``check.exceeds``.
+
+    Client-level entries of the federation also count against every bank (each bank's
+    participation is what client-level DP protects), so they are checked as ("federation",
+    "client").
+    """
+    _check_target(target_epsilon)
+    out: dict[tuple[str, str], BudgetCheck] = {}
+    keys = sorted({(d.party, d.level) for d in next_round})
+    for party, level in keys:
+        past = [e for e in ledger.entries if e.party == party and e.level == level]
+        new = [d for d in next_round if d.party == party and d.level == level]
+        events = entry_events(past) + [
+            d.event if d.neighbouring == "add_remove" else to_add_remove(d.event) for d in new]
+        eps = epsilon_of_events(events, delta, accountant)
+        out[(party, level)] = BudgetCheck(eps, float(target_epsilon), delta, accountant)
+    return out
