@@ -21,7 +21,7 @@ from securefl.aggregation import Aggregator, NoisePlan, RoundSpec
 from securefl.config import RunConfig
 from securefl.crypto.random import SeededRandomSource
 from securefl.crypto.secret import Secret
-from securefl.errors import ConfigError
+from securefl.errors import BudgetExceededError, ConfigError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["RoundReport", "RunResult", "make_aggregator", "run", "weighted_mean_update"]
 
 ProgressCallback = Callable[["RoundReport"], None]
+
+#: per-bank record-level (DP-SGD) epsilon over the whole run when DP is on and none is given
+DEFAULT_RECORD_EPSILON = 8.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class RoundReport:
     update_norms_clipped: int  # how many banks' updates were clipped
     seconds: float
     epsilon: dict[str, float] = field(default_factory=dict)
+    #: the error code/message when the round aborted (nothing released, model unchanged)
+    aborted: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +61,7 @@ class RoundReport:
             "clipped": self.update_norms_clipped,
             "seconds": round(self.seconds, 4),
             "epsilon": dict(self.epsilon),
+            "aborted": self.aborted,
         }
 
 
@@ -171,7 +177,7 @@ class Engine:
             test_fraction=c.test_fraction, local_test_fraction=c.local_test_fraction, seed=c.seed,
         )
 
-    def _standardize(self, fed: Any, aggregator: Aggregator) -> Any:
+    def _standardize(self, fed: Any, aggregator: Aggregator) -> tuple[Any, str]:
         """Federated standardisation: the banks' moment vectors are summed by the aggregator, so
         only federation-wide per-feature means and variances are revealed (docs/data.md)."""
         from securefl.data import Standardizer
@@ -186,7 +192,8 @@ class Engine:
                          threshold=len(moments), noise=None)
         outcome = aggregator.aggregate(
             spec, moments, random=lambda cid, purpose: self.random.source(0, cid, purpose))
-        return fed.standardized(Standardizer.from_summed_moments(outcome.total))
+        return (fed.standardized(Standardizer.from_summed_moments(outcome.total)),
+                outcome.digests.get("aggregate", ""))
 
     def _train_spec(self, task: str) -> Any:
         from securefl.fl.train import LocalTrainSpec
@@ -251,78 +258,304 @@ class Engine:
             out[name] = self._evaluate(model, fed)
         return out
 
-    # -- the run -----------------------------------------------------------------------------------
+    # -- privacy ------------------------------------------------------------------------------------
+    def _record_noise(self, fed: Any) -> dict[int, float]:
+        """Per-bank DP-SGD noise multiplier: given, or calibrated (RDP) so that every step the bank
+        will run in the whole run stays within ``record_epsilon`` at ``delta``."""
+        from securefl.dp.accountants import calibrate_noise
+
+        c = self.config
+        if not c.dp:
+            return {}
+        if c.record_noise_multiplier is not None:
+            return {i: c.record_noise_multiplier for i in range(len(fed.banks))}
+        target = c.record_epsilon if c.record_epsilon is not None else DEFAULT_RECORD_EPSILON
+        out: dict[int, float] = {}
+        from securefl.dp.dpsgd import dpsgd_schedule
+
+        for i, bank in enumerate(fed.banks):
+            steps, q = dpsgd_schedule(len(bank.y_train), c.batch_size, c.local_epochs)
+            out[i] = calibrate_noise(target, c.delta, c.rounds, q, "rdp", steps_per_round=steps)
+        return out
+
+    def _client_drafts(self, round_: int, n_participants: int, threshold: int,
+                       outcome: Any, dim: int) -> list[Any]:
+        """The client-level mechanism this round actually released (survivors, not the plan)."""
+        from securefl.dp.fedavg import client_level_event, ddg_event
+        from securefl.dp.ledger import Draft
+
+        c = self.config
+        if not (c.dp and c.noise_multiplier > 0):
+            return []
+        survivors = len(outcome.survivors)
+        encoding = getattr(outcome, "encoding", None)
+        if encoding is not None:  # SecAgg: distributed discrete Gaussian in integer units
+            event: Any = ddg_event(outcome.noise_sigma2_share, survivors,
+                                   encoding.sensitivity_int, dim)
+        else:
+            event = client_level_event(c.noise_multiplier, threshold, survivors)
+        return [Draft(round=round_, level="client", party="federation", event=event,
+                      clip_norm=c.clip_norm, participants=n_participants, survivors=survivors,
+                      neighbouring="add_remove",
+                      sampling="all" if c.clients_per_round >= 1 else "fixed_size", steps=1)]
+
+    def _planned_client_drafts(self, round_: int, n_participants: int, threshold: int
+                               ) -> list[Any]:
+        """The worst admissible round (exactly ``threshold`` survivors), for budget checks."""
+        from securefl.dp.fedavg import client_level_event
+        from securefl.dp.ledger import Draft
+
+        c = self.config
+        if not (c.dp and c.noise_multiplier > 0):
+            return []
+        return [Draft(round=round_, level="client", party="federation",
+                      event=client_level_event(c.noise_multiplier, threshold, threshold),
+                      clip_norm=c.clip_norm, participants=n_participants, survivors=threshold,
+                      neighbouring="add_remove",
+                      sampling="all" if c.clients_per_round >= 1 else "fixed_size", steps=1)]
+
+    def _check_budget_before_start(self, n_banks: int) -> None:
+        from securefl.dp.budget import check_plan
+
+        c = self.config
+        if c.target_epsilon is None:
+            return
+        if not (c.dp and c.noise_multiplier > 0):
+            raise BudgetExceededError(
+                "a client-level target epsilon needs client-level noise (--dp with "
+                "--noise-multiplier > 0); without it epsilon is infinite")
+        k = len(self._sample(1, n_banks))
+        threshold = min(c.threshold or default_threshold(k), k)
+        drafts = self._planned_client_drafts(1, k, threshold)
+        check_plan([d.event for d in drafts], c.rounds, c.target_epsilon, c.delta)
+
+    def _running_epsilon(self, ledger: Any) -> dict[str, float]:
+        from securefl.dp.budget import spent_epsilon
+
+        c = self.config
+        out: dict[str, float] = {}
+        if not c.dp:
+            return out
+        entries = ledger.entries
+        client = [e for e in entries if e.level == "client"]
+        if client:
+            out["client"] = spent_epsilon(client, c.delta)
+        record = {e.party for e in entries if e.level == "record"}
+        if record:
+            out["record(max bank)"] = max(
+                spent_epsilon([e for e in entries if e.party == p and e.level == "record"],
+                              c.delta) for p in record)
+        return out
+
+    # -- persistence --------------------------------------------------------------------------------
+    def _store_config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.config.to_dict().items() if k != "out"}
+
+    def _open_store(self, fed: Any, initial_model: bytes, facts: dict[str, Any]
+                    ) -> tuple[Any, Any]:
+        from securefl.audit.store import RunStore
+        from securefl.crypto.signing import SigningKey
+        from securefl.dp.ledger import Ledger
+
+        run_dir = Path(self.config.out or "runs/securefl")
+        if self.resume is not None:
+            store = RunStore.open(run_dir)
+            stored = json.loads((run_dir / "config.json").read_text("utf-8"))
+            if stored != json.loads(json.dumps(self._store_config())):
+                raise ConfigError(f"{run_dir}/config.json does not match the run being resumed")
+            ledger = Ledger.from_bytes((run_dir / "ledger.jsonl").read_bytes())
+            return store, ledger
+        store = RunStore.create(
+            run_dir, config=self._store_config(), server_key=SigningKey.generate(),
+            origin=f"securefl/{self.session_id.hex()}", initial_model=initial_model,
+            federation=facts)
+        return store, Ledger()
+
+    # -- the run ------------------------------------------------------------------------------------
     def run(self, *, progress: ProgressCallback | None = None) -> RunResult:
         import torch
 
+        from securefl.errors import AggregationAbortedError
         from securefl.fl.models import build_model
-        from securefl.fl.params import get_flat, model_tensors, set_flat, to_bytes
+        from securefl.fl.params import from_bytes, get_flat, model_tensors, set_flat, to_bytes
         from securefl.fl.server_opt import ServerOptimizer
-        from securefl.fl.train import local_train
 
         c = self.config
         t_start = _now()
         torch.manual_seed(c.seed)
         aggregator = make_aggregator(c.aggregation, neighbours=c.neighbours)
-        fed = self._standardize(self._load_data(), aggregator)
+        fed, stats_digest = self._standardize(self._load_data(), aggregator)
+        self._check_budget_before_start(len(fed.banks))
         task = fed.task
         train_spec = self._train_spec(task)
         model = build_model(c.model, fed.X_test.shape[1], c.hidden)
-        weights = get_flat(model)
         server_opt = ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr)
         sizes = [len(b.y_train) for b in fed.banks]
         public_weight = [n / max(sizes) for n in sizes]  # example counts are public metadata
-        bank_names = [b.name for b in fed.banks]
+        names = [b.name for b in fed.banks]
+        record_noise = self._record_noise(fed)
+        facts = {
+            "banks": [{"name": b.name, "train_examples": len(b.y_train)} for b in fed.banks],
+            "data_source": fed.source, "task": task, "n_features": int(fed.X_test.shape[1]),
+            "standardisation": {"mode": c.aggregation, "aggregate_sha256": stats_digest},
+            "record_noise_multiplier": {names[i]: z for i, z in record_noise.items()},
+        }
+        store, ledger = self._open_store(
+            fed, to_bytes(model_tensors(model)), facts)
+        start = store.last_round + 1
+        tensors = from_bytes(store.model_bytes(store.last_round))
+        server_opt.load_state({k: v.astype(np.float64) for k, v in tensors.items()
+                               if k.startswith("server_opt.")})
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()
+                               if not k.startswith("server_opt.")})
+        weights = get_flat(model)
+        history = self._history_from(store, names) if start > 1 else []
+        stopped: str | None = None
 
-        history: list[RoundReport] = []
-        for round_ in range(1, c.rounds + 1):
+        for round_ in range(start, c.rounds + 1):
             t0 = _now()
             participants = self._sample(round_, len(fed.banks))
-            threshold = c.threshold or default_threshold(len(participants))
-            threshold = min(threshold, len(participants))
+            threshold = min(c.threshold or default_threshold(len(participants)),
+                            len(participants))
+            if c.target_epsilon is not None:
+                from securefl.dp.budget import would_exceed
+
+                planned = self._planned_client_drafts(round_, len(participants), threshold)
+                checks = would_exceed(ledger, planned, c.target_epsilon, c.delta)
+                over = [f"{p}/{lv}: {ch.epsilon:.4g}" for (p, lv), ch in checks.items()
+                        if ch.exceeds]
+                if over:
+                    stopped = (f"round {round_} would exceed target epsilon "
+                               f"{c.target_epsilon:g} ({', '.join(over)})")
+                    break
             dropouts = self._simulated_dropouts(round_, participants,
                                                 getattr(aggregator, "stages", ("upload",)))
-            inputs: dict[int, NDArray[np.float64]] = {}
-            clipped = 0
-            for cid in participants:
-                bank = fed.banks[cid]
-                set_flat(model, weights)
-                local_train(model, bank.X_train, bank.y_train, train_spec,
-                            seed=int.from_bytes(self.random.source(round_, cid, "train")
-                                                .random_bytes(8), "big") >> 1)
-                delta, was_clipped = _clip(get_flat(model) - weights, c.clip_norm)
-                clipped += int(was_clipped)
-                inputs[cid] = public_weight[cid] * delta
+            inputs, drafts, clipped = self._local_updates(
+                round_, participants, fed, model, weights, train_spec, record_noise,
+                public_weight)
             noise = (NoisePlan(c.noise_multiplier, threshold)
                      if c.dp and c.noise_multiplier > 0 else None)
             spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
                              clip_norm=c.clip_norm, threshold=threshold, noise=noise)
-            outcome = aggregator.aggregate(
-                spec, inputs, dropouts=dropouts,
-                random=lambda cid, purpose, r=round_: self.random.source(r, cid, purpose))
+            record: dict[str, Any] = {
+                "session_id": self.session_id.hex(), "aggregation": c.aggregation,
+                "participants": [names[i] for i in participants]}
+            try:
+                outcome = aggregator.aggregate(
+                    spec, inputs, dropouts=dropouts,
+                    random=lambda cid, purpose, r=round_: self.random.source(r, cid, purpose))
+            except AggregationAbortedError as err:
+                # nothing was released: the model stays, the round is recorded as aborted
+                alive = [names[i] for i in participants if i not in dropouts]
+                record.update(survivors=alive, status="aborted", error_code=err.code,
+                              dropouts={names[i]: st for i, st in dropouts.items()})
+                metrics = history[-1].metrics if history else self._evaluate(model, fed)
+                set_flat(model, weights)
+                store.commit_round(round_=round_, record_fields=record,
+                                   model=to_bytes({**model_tensors(model), **server_opt.state()}),
+                                   ledger_lines=self._seal(ledger, drafts), metrics=metrics)
+                history.append(RoundReport(round_, tuple(record["participants"]), tuple(alive),
+                                           record["dropouts"], metrics, clipped, _now() - t0,
+                                           self._running_epsilon(ledger), aborted=err.message))
+                if progress is not None:
+                    progress(history[-1])
+                continue
+            drafts += self._client_drafts(round_, len(participants), threshold, outcome,
+                                          len(weights))
             weights = server_opt.step(
                 weights, weighted_mean_update(outcome.total, outcome.survivors, public_weight))
             set_flat(model, weights)
             metrics = self._evaluate(model, fed)
+            record.update(
+                survivors=[names[i] for i in outcome.survivors],
+                dropouts={names[i]: st for i, st in outcome.dropouts.items()},
+                input_digests={names[int(k.split("/", 1)[1])]: v
+                               for k, v in outcome.digests.items() if k.startswith("input/")},
+                aggregate_digest=outcome.digests.get("aggregate"))
+            store.commit_round(round_=round_, record_fields=record,
+                               model=to_bytes({**model_tensors(model), **server_opt.state()}),
+                               ledger_lines=self._seal(ledger, drafts), metrics=metrics)
             report = RoundReport(
-                round=round_,
-                participants=tuple(bank_names[i] for i in participants),
-                survivors=tuple(bank_names[i] for i in outcome.survivors),
-                dropouts={bank_names[i]: st for i, st in outcome.dropouts.items()},
-                metrics=metrics, update_norms_clipped=clipped, seconds=_now() - t0)
+                round=round_, participants=tuple(record["participants"]),
+                survivors=tuple(record["survivors"]), dropouts=record["dropouts"],
+                metrics=metrics, update_norms_clipped=clipped, seconds=_now() - t0,
+                epsilon=self._running_epsilon(ledger))
             history.append(report)
             if progress is not None:
                 progress(report)
 
         baselines = self._baselines(fed, train_spec) if c.baselines else {}
-        model_bytes = to_bytes({**model_tensors(model), **server_opt.state()})
+        privacy: dict[str, Any] = {}
+        if c.dp:
+            from securefl.dp.report import privacy_report
+
+            privacy = privacy_report(ledger, c.delta, "rdp")
         result = RunResult(
-            run_dir=Path(c.out or "."), config=c.to_dict(), task=task,
-            rounds_completed=len(history), final_metrics=history[-1].metrics if history else {},
-            history=history, baselines=baselines, model_sha256=hashlib.sha256(model_bytes).hexdigest(),
-            seconds=_now() - t_start)
+            run_dir=store.run_dir, config=c.to_dict(), task=task,
+            rounds_completed=sum(1 for h in history if h.aborted is None),
+            final_metrics=history[-1].metrics if history else self._evaluate(model, fed),
+            history=history, baselines=baselines, privacy=privacy,
+            model_sha256=store.model_sha256(store.last_round), seconds=_now() - t_start,
+            stopped_early=stopped)
+        store.finish(result.to_dict())
         return result
 
+    @staticmethod
+    def _seal(ledger: Any, drafts: list[Any]) -> list[bytes]:
+        """Chain this round's ledger drafts and return their canonical lines for the round's
+        commit. If the commit then fails the run stops, so memory never outlives the disk."""
+        from securefl.dp.ledger import canonical_bytes
+
+        entries = ledger.record(drafts)
+        return [canonical_bytes(e) for e in entries]
+
+    def _local_updates(self, round_: int, participants: tuple[int, ...], fed: Any, model: Any,
+                       weights: NDArray[np.float64], train_spec: Any,
+                       record_noise: dict[int, float], public_weight: list[float]
+                       ) -> tuple[dict[int, NDArray[np.float64]], list[Any], int]:
+        """Each participant trains on its own rows (DP-SGD when on) and clips its update."""
+        import torch
+
+        from securefl.fl.params import get_flat, set_flat
+        from securefl.fl.train import local_train, loss_function
+
+        c = self.config
+        inputs: dict[int, NDArray[np.float64]] = {}
+        drafts: list[Any] = []
+        clipped = 0
+        for cid in participants:
+            bank = fed.banks[cid]
+            seed = int.from_bytes(self.random.source(round_, cid, "train").random_bytes(8),
+                                  "big") >> 1
+            set_flat(model, weights)
+            if cid in record_noise:
+                from securefl.dp.dpsgd import dp_train_epochs
+
+                state, dp_run = dp_train_epochs(
+                    model, torch.from_numpy(bank.X_train), torch.from_numpy(bank.y_train),
+                    loss_fn=loss_function(train_spec.task, train_spec.loss),
+                    epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
+                    optimizer=c.optimizer, noise_multiplier=record_noise[cid],
+                    max_grad_norm=c.record_clip, random_seed=seed)
+                model.load_state_dict(state)
+                drafts.append(dp_run.draft(round=round_, bank=bank.name))
+            else:
+                local_train(model, bank.X_train, bank.y_train, train_spec, seed=seed)
+            delta, was_clipped = _clip(get_flat(model) - weights, c.clip_norm)
+            clipped += int(was_clipped)
+            inputs[cid] = public_weight[cid] * delta
+        return inputs, drafts, clipped
+
+    def _history_from(self, store: Any, names: list[str]) -> list[RoundReport]:
+        """Round reports of the rounds committed before a resume, from the audit records."""
+        out: list[RoundReport] = []
+        for rec in store.records[1:]:
+            out.append(RoundReport(
+                round=rec.round, participants=tuple(rec.participants),
+                survivors=tuple(rec.survivors), dropouts=dict(rec.dropouts),
+                metrics=dict(rec.metrics), update_norms_clipped=0, seconds=0.0,
+                aborted=rec.error_code if rec.status == "aborted" else None))
+        return out
 
 def run(
     config: RunConfig,

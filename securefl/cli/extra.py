@@ -7,7 +7,10 @@ from typing import Any
 
 def register(sub: Any) -> None:
     """Add the keys / federation / audit / privacy subcommands to ``sub``."""
+    from securefl.cli.audit import register_audit, register_privacy
     from securefl.cli.keys import register_federation, register_keys
 
     register_keys(sub)
     register_federation(sub)
+    register_audit(sub)
+    register_privacy(sub)

@@ -22,10 +22,11 @@ def run_command(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     if args.resume:
-        overrides["out"] = args.resume
-    elif overrides.get("out") is None:
-        overrides["out"] = time.strftime("runs/%Y%m%d-%H%M%S")
-    config = resolve(args.config, overrides)
+        config = _resume_config(args, overrides)
+    else:
+        if overrides.get("out") is None:
+            overrides["out"] = time.strftime("runs/%Y%m%d-%H%M%S")
+        config = resolve(args.config, overrides)
     interactive = sys.stderr.isatty() and not args.json
     label = _label(config.to_dict())
     if interactive:
@@ -39,6 +40,28 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         print(format_result(result))
     return 0
+
+
+def _resume_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    """A resumed run uses the configuration stored in its directory; other flags are refused."""
+    import json
+    from pathlib import Path
+
+    from securefl.config import from_mapping
+    from securefl.errors import ConfigError
+
+    given = sorted(k for k, v in overrides.items() if v is not None)
+    if given or args.config:
+        raise ConfigError(f"--resume takes no other run options (got {', '.join(given) or
+                          '--config'})", hint="the stored config.json of the run is used")
+    path = Path(args.resume) / "config.json"
+    try:
+        stored = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{path} is not a configuration")
+    return from_mapping({**stored, "out": str(args.resume)}, source=str(path))
 
 
 def _label(cfg: dict[str, Any]) -> str:

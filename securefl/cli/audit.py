@@ -1,0 +1,131 @@
+"""``securefl audit verify|show|prove`` and ``securefl privacy report``: for auditors, from the run
+directory alone (no data, no model training, no trust in the server's operator)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register_audit(sub: Any) -> None:
+    p = sub.add_parser("audit", help="verify, show or prove a run's tamper-evident audit log")
+    asub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+
+    v = asub.add_parser("verify", help="check every signature, proof, hash chain and file")
+    v.add_argument("run_dir", type=Path)
+    v.add_argument("--pubkey", help="the server's verifier key string or a file holding it "
+                                    "(default: the key in federation.json)")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(handler=_verify)
+
+    s = asub.add_parser("show", help="print the round records for people")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--round", type=int, dest="round_")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=_show)
+
+    pr = asub.add_parser("prove", help="emit an inclusion proof of one round's record")
+    pr.add_argument("run_dir", type=Path)
+    pr.add_argument("--round", type=int, dest="round_", required=True)
+    pr.add_argument("--json", action="store_true", help="(the proof is always JSON)")
+    pr.set_defaults(handler=_prove)
+
+    pv = asub.add_parser("check-proof", help="check a proof emitted by `audit prove`")
+    pv.add_argument("proof", type=Path)
+    pv.add_argument("--pubkey", required=True, help="the server's verifier key string or file")
+    pv.add_argument("--json", action="store_true")
+    pv.set_defaults(handler=_check_proof)
+
+
+def register_privacy(sub: Any) -> None:
+    p = sub.add_parser("privacy", help="recompute (epsilon, delta) from a run's privacy ledger")
+    psub = p.add_subparsers(dest="privacy_command", metavar="ACTION", required=True)
+    r = psub.add_parser("report", help="per bank and federation, record and client level")
+    r.add_argument("run_dir", type=Path)
+    r.add_argument("--accountant", choices=("rdp", "prv", "pld"), default="rdp")
+    r.add_argument("--delta", type=float, default=None,
+                   help="delta (default: the run's configured delta)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(handler=_privacy_report)
+
+
+def _pubkey(text: str | None) -> Any:
+    if text is None:
+        return None
+    from securefl.audit.note import NoteVerifier
+
+    path = Path(text)
+    raw = path.read_text("utf-8").strip() if path.is_file() else text.strip()
+    return NoteVerifier.from_string(raw).key
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from securefl.audit.verify import verify_run_dir
+
+    report = verify_run_dir(args.run_dir, pubkey=_pubkey(args.pubkey))
+    d = report.to_dict()
+    if args.json:
+        print(json.dumps({"ok": True, **d}, indent=2, sort_keys=True))
+    else:
+        print(f"OK: {args.run_dir} verifies: {d['rounds_committed']} committed and "
+              f"{d['rounds_aborted']} aborted rounds, tree size {d['tree_size']}, "
+              f"root {d['root_hash']}, {d['ledger_lines']} ledger entries, "
+              f"{len(d['files_checked'])} files checked")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from securefl.audit.verify import show
+
+    print(show(args.run_dir, args.round_))
+    return 0
+
+
+def _prove(args: argparse.Namespace) -> int:
+    from securefl.audit.verify import prove
+
+    print(json.dumps(prove(args.run_dir, args.round_), indent=2, sort_keys=True))
+    return 0
+
+
+def _check_proof(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from securefl.audit.verify import verify_proof
+    from securefl.errors import AuditError
+
+    try:
+        proof = json.loads(args.proof.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"cannot read the proof {args.proof}: {exc}") from exc
+    record = verify_proof(proof, _pubkey(args.pubkey))
+    out = msgspec.to_builtins(record)
+    if args.json:
+        print(json.dumps({"ok": True, "record": out}, indent=2, sort_keys=True))
+    else:
+        print(f"OK: the record of round {out.get('round', 0)} is in the signed log")
+    return 0
+
+
+def _privacy_report(args: argparse.Namespace) -> int:
+    from securefl.dp.ledger import Ledger
+    from securefl.dp.report import format_report, privacy_report
+    from securefl.errors import LedgerError
+
+    ledger_path = args.run_dir / "ledger.jsonl"
+    if not ledger_path.is_file():
+        raise LedgerError(f"{ledger_path} does not exist", hint="is this a securefl run directory?")
+    delta = args.delta
+    if delta is None:
+        try:
+            delta = float(json.loads((args.run_dir / "config.json").read_text("utf-8"))["delta"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise LedgerError("no --delta given and config.json has none") from exc
+    report = privacy_report(Ledger.load(ledger_path), delta, args.accountant)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True, allow_nan=False))
+    else:
+        print(format_report(report))
+    return 0
