@@ -52,8 +52,9 @@ def _resume_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
 
     given = sorted(k for k, v in overrides.items() if v is not None)
     if given or args.config:
-        raise ConfigError(f"--resume takes no other run options (got {', '.join(given) or
-                          '--config'})", hint="the stored config.json of the run is used")
+        named = ", ".join(given) or "--config"
+        raise ConfigError(f"--resume takes no other run options (got {named})",
+                          hint="the stored config.json of the run is used")
     path = Path(args.resume) / "config.json"
     try:
         stored = json.loads(path.read_text("utf-8"))
