@@ -98,6 +98,8 @@ class Aggregator(ABC):
     name: ClassVar[str]
     #: False only for ``plain``, which the server sees in the clear
     secure: ClassVar[bool]
+    #: protocol stages at which a client can drop out (for dropout simulation), in order
+    stages: ClassVar[tuple[str, ...]] = ("upload",)
 
     @abstractmethod
     def aggregate(

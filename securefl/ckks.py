@@ -142,6 +142,7 @@ class CKKSAggregator(Aggregator):
     """Homomorphic sum with a separate key holder, verifier co-signatures and noise flooding."""
 
     name = "ckks"
+    stages = ("contribution", "verification")
     secure = True
 
     def __init__(

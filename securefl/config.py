@@ -39,8 +39,8 @@ class RunConfig:
     hidden: tuple[int, ...] = (64, 32)
     loss: str = "auto"  # bce (classification); mse | huber (regression); auto picks bce / mse
     local_epochs: int = 1
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int = 256
+    lr: float = 3e-3
     optimizer: str = "adam"  # local optimizer: sgd | adam
     # federation
     rounds: int = 20
@@ -48,15 +48,15 @@ class RunConfig:
     server_optimizer: str = "fedavg"  # fedavg | fedadam | fedprox
     server_lr: float = 1.0
     prox_mu: float = 0.01  # FedProx only
-    aggregation: str = "plain"  # secagg | ckks | plain (INSECURE, for comparison)
+    aggregation: str = "secagg"  # secagg | ckks | plain (INSECURE, for comparison)
     threshold: int | None = None  # survivors needed (default: majority of participants, >= 2)
     neighbours: int | None = None  # SecAgg+ graph degree k (default: O(log n); n-1 = classic)
     dropout: float = 0.0  # simulated probability that a bank drops in a round
     # differential privacy
-    dp: bool = False
+    dp: bool = True  # --no-dp for comparison only
     clip_norm: float = 1.0  # client-level L2 clip of each bank's update
-    noise_multiplier: float = 0.0  # client-level z: the sum carries noise std z * clip_norm
-    record_epsilon: float | None = None  # per-bank DP-SGD target epsilon over the run
+    noise_multiplier: float = 0.02  # client-level z: the sum carries noise std z * clip_norm
+    record_epsilon: float | None = None  # per-bank DP-SGD target epsilon (default 8.0)
     record_noise_multiplier: float | None = None
     record_clip: float = 1.0  # DP-SGD per-example gradient clip
     delta: float = 1e-5

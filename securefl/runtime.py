@@ -100,7 +100,8 @@ class RunResult:
         }
 
 
-def make_aggregator(name: str, *, neighbours: int | None = None) -> Aggregator:
+def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits: int = 16
+                    ) -> Aggregator:
     """The aggregation mode called ``name`` (imports its module lazily)."""
     if name == "plain":
         from securefl.plain import PlainAggregator
@@ -109,7 +110,7 @@ def make_aggregator(name: str, *, neighbours: int | None = None) -> Aggregator:
     if name == "secagg":
         from securefl.secagg import SecAggAggregator
 
-        return SecAggAggregator(neighbours=neighbours)
+        return SecAggAggregator(degree=neighbours, precision_bits=precision_bits)
     if name == "ckks":
         from securefl.ckks import CKKSAggregator
 
@@ -150,6 +151,30 @@ def weighted_mean_update(total: NDArray[np.float64], survivors: tuple[int, ...],
     return total / sum(public_weight[s] for s in survivors)
 
 
+def _discard_unfinished_create(run_dir: Path) -> bool:
+    """A run killed while its directory was being created (before the first COMMIT) committed
+    nothing: remove exactly the files creation writes, so the run starts afresh. Returns True if it
+    did; refuses (AuditError) when anything else is in the directory."""
+    from securefl.audit import layout as L
+    from securefl.errors import AuditError
+
+    if (run_dir / L.COMMIT).exists() or not run_dir.exists():
+        return False
+    known = {L.CONFIG, L.FEDERATION, L.SERVER_KEY, L.model_name(0), *L.APPEND_ONLY}
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    rel = [p.relative_to(run_dir).as_posix() for p in files]
+    strangers = [r for r, p in zip(rel, files, strict=True)
+                 if r not in known and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    if strangers:
+        raise AuditError(f"{run_dir} has no COMMIT but holds {', '.join(sorted(strangers)[:5])}",
+                         hint="not a securefl run directory; nothing was changed")
+    for p in files:
+        p.unlink()
+    for d in sorted((p for p in run_dir.rglob("*") if p.is_dir()), reverse=True):
+        d.rmdir()
+    return True
+
+
 def _clip(vec: NDArray[np.float64], bound: float) -> tuple[NDArray[np.float64], bool]:
     norm = float(np.linalg.norm(vec))
     if norm > bound:
@@ -183,6 +208,11 @@ class Engine:
         from securefl.data import Standardizer
 
         moments = {i: np.asarray(b.moments(), dtype=np.float64) for i, b in enumerate(fed.banks)}
+        if aggregator.name == "secagg":
+            # sums of squares span many orders of magnitude: quantize finely (the field still
+            # holds the sum of n inputs in 32 bits)
+            aggregator = make_aggregator(
+                "secagg", precision_bits=29 - max(1, int(np.ceil(np.log2(len(moments))))))
         # a public bound on the moment vectors' norm: each bank reveals only the power of two
         # above its own norm (documented leak of < 7 bits of scale)
         bound = float(2.0 ** max(int(np.ceil(np.log2(max(np.linalg.norm(m), 1.0)))) + 1
@@ -236,17 +266,21 @@ class Engine:
 
     def _baselines(self, fed: Any, train_spec: Any) -> dict[str, dict[str, float]]:
         """Centralized (all banks' training rows pooled: what federation tries to approach) and each
-        bank alone (what a bank gets without federating), trained for the same number of epochs as a
-        federated bank (rounds x local epochs) and scored on the same global test split."""
+        bank alone (what a bank gets without federating), trained for as many epochs as a federated
+        bank (rounds x local epochs) and scored on the same global test split. With DP on they
+        train with DP-SGD at the same record-level epsilon, so the comparison is like for like."""
         import dataclasses
 
         import torch
 
+        from securefl.dp.accountants import calibrate_noise
+        from securefl.dp.dpsgd import dp_train_epochs, dpsgd_schedule
         from securefl.fl.models import build_model
-        from securefl.fl.train import local_train
+        from securefl.fl.train import local_train, loss_function
 
         c = self.config
-        spec = dataclasses.replace(train_spec, epochs=c.rounds * c.local_epochs, prox_mu=0.0)
+        epochs = c.rounds * c.local_epochs
+        spec = dataclasses.replace(train_spec, epochs=epochs, prox_mu=0.0)
         sets = {"centralized": (np.concatenate([b.X_train for b in fed.banks]),
                                 np.concatenate([b.y_train for b in fed.banks]))}
         sets.update({f"alone:{b.name}": (b.X_train, b.y_train) for b in fed.banks})
@@ -254,7 +288,19 @@ class Engine:
         for name, (X, y) in sets.items():
             torch.manual_seed(c.seed)
             model = build_model(c.model, fed.X_test.shape[1], c.hidden)
-            local_train(model, X, y, spec, seed=c.seed)
+            if c.dp:
+                steps, q = dpsgd_schedule(len(y), c.batch_size, epochs)
+                z = c.record_noise_multiplier or calibrate_noise(
+                    c.record_epsilon or DEFAULT_RECORD_EPSILON, c.delta, 1, q, "rdp",
+                    steps_per_round=steps)
+                state, _ = dp_train_epochs(
+                    model, torch.from_numpy(X), torch.from_numpy(y),
+                    loss_fn=loss_function(spec.task, spec.loss), epochs=epochs,
+                    batch_size=c.batch_size, lr=c.lr, optimizer=c.optimizer,
+                    noise_multiplier=z, max_grad_norm=c.record_clip, random_seed=c.seed)
+                model.load_state_dict(state)
+            else:
+                local_train(model, X, y, spec, seed=c.seed)
             out[name] = self._evaluate(model, fed)
         return out
 
@@ -290,7 +336,7 @@ class Engine:
         survivors = len(outcome.survivors)
         encoding = getattr(outcome, "encoding", None)
         if encoding is not None:  # SecAgg: distributed discrete Gaussian in integer units
-            event: Any = ddg_event(outcome.noise_sigma2_share, survivors,
+            event: Any = ddg_event(encoding.noise_sigma2_int, survivors,
                                    encoding.sensitivity_int, dim)
         else:
             event = client_level_event(c.noise_multiplier, threshold, survivors)
@@ -358,7 +404,7 @@ class Engine:
         from securefl.dp.ledger import Ledger
 
         run_dir = Path(self.config.out or "runs/securefl")
-        if self.resume is not None:
+        if self.resume is not None and not _discard_unfinished_create(run_dir):
             store = RunStore.open(run_dir)
             stored = json.loads((run_dir / "config.json").read_text("utf-8"))
             if stored != json.loads(json.dumps(self._store_config())):
@@ -429,7 +475,7 @@ class Engine:
                                f"{c.target_epsilon:g} ({', '.join(over)})")
                     break
             dropouts = self._simulated_dropouts(round_, participants,
-                                                getattr(aggregator, "stages", ("upload",)))
+                                                aggregator.stages)
             inputs, drafts, clipped = self._local_updates(
                 round_, participants, fed, model, weights, train_spec, record_noise,
                 public_weight)
@@ -468,7 +514,10 @@ class Engine:
             metrics = self._evaluate(model, fed)
             record.update(
                 survivors=[names[i] for i in outcome.survivors],
-                dropouts={names[i]: st for i, st in outcome.dropouts.items()},
+                # a client that vanished after its masked input was in (consistency or unmask
+                # stage) is still in the sum: it is a survivor, not a dropout, for the record
+                dropouts={names[i]: st for i, st in outcome.dropouts.items()
+                          if i not in outcome.survivors},
                 input_digests={names[int(k.split("/", 1)[1])]: v
                                for k, v in outcome.digests.items() if k.startswith("input/")},
                 aggregate_digest=outcome.digests.get("aggregate"))

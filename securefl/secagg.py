@@ -28,7 +28,7 @@ from securefl.errors import (
 )
 from securefl.protocol import quantize
 from securefl.protocol.quantize import Encoding
-from securefl.protocol.secagg import Federation, SecAggClient, SecAggConfig, SecAggServer
+from securefl.protocol.secagg import STAGES, Federation, SecAggClient, SecAggConfig, SecAggServer
 from securefl.transport.inprocess import InProcessDriver, Tamper
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class SecAggAggregator(Aggregator):
 
     name = "secagg"
     secure = True
+    stages = STAGES
 
     def __init__(
         self,

@@ -95,6 +95,22 @@ def _run_with_progress(config: Any, label: str, *, resume: str | None) -> RunRes
         return run(config, progress=on_round, resume=resume)
 
 
+def _privacy_lines(privacy: dict[str, Any]) -> list[str]:
+    if not privacy:
+        return ["privacy: NO differential privacy (--no-dp); for comparison only"]
+    fed = privacy["federation"]["client"]
+    lines = [f"privacy (delta {privacy['delta']:g}, {privacy['accountant']}): client-level "
+             f"epsilon {fed['epsilon']:.4g}" if fed.get("epsilon") is not None else
+             "privacy: no client-level noise"]
+    for bank, levels in privacy["banks"].items():
+        rec = levels["record"].get("epsilon")
+        if rec is not None:
+            lines.append(f"  {bank}: record-level epsilon {rec:.4g}")
+    lines += [f"  ! {w}" for w in privacy.get("warnings", [])]
+    lines.append("  recompute: securefl privacy report RUN_DIR [--accountant rdp|prv|pld]")
+    return lines
+
+
 def format_result(result: RunResult) -> str:
     d = result.to_dict()
     lines = [f"securefl run: {d['rounds_completed']} rounds, aggregation={d['aggregation']}"
@@ -107,7 +123,6 @@ def format_result(result: RunResult) -> str:
                                              d["final_metrics"].items()))
     for name, metrics in d["baselines"].items():
         lines.append(f"baseline {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    for party, eps in (d["privacy"].get("epsilon") or {}).items():
-        lines.append(f"epsilon {party}: {eps}")
+    lines += _privacy_lines(d["privacy"])
     lines.append(f"model sha256: {d['model_sha256']}  ({d['seconds']:.1f} s)")
     return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""Crash safety of a real `securefl run`: SIGKILL at random instants, resume, same final model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from securefl.audit.verify import verify_run_dir
+from securefl.dp.ledger import Ledger
+
+ARGS = ["--aggregation", "secagg", "--model", "logreg", "--rounds", "4", "--dp",
+        "--noise-multiplier", "0.02", "--seed", "7", "--dropout", "0.2"]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "securefl", *args]
+
+
+def _run_to_end(out: Path) -> dict[str, object]:
+    subprocess.run(_cli("run", *ARGS, "--out", str(out), "--json"), check=True,
+                   capture_output=True, timeout=600)
+    return json.loads((out / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
+    reference = _run_to_end(tmp_path / "reference")
+    ref_model = reference["body"]["model_sha256"]  # type: ignore[index]
+    ref_ledger = Ledger.load(tmp_path / "reference" / "ledger.jsonl")
+
+    rng = np.random.default_rng(2026)
+    kills = 0
+    for trial in range(3):
+        out = tmp_path / f"trial{trial}"
+        first = True
+        for _attempt in range(12):
+            cmd = _cli("run", *ARGS, "--out", str(out)) if first else _cli(
+                "run", "--resume", str(out))
+            first = False
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                time.sleep(float(rng.uniform(1.0, 9.0)))
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    kills += 1
+                proc.wait(timeout=600)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            if proc.returncode == 0:
+                break
+            assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+        else:
+            pytest.fail("the run never completed")
+        result = json.loads((out / "result.json").read_text())
+        assert result["body"]["model_sha256"] == ref_model
+        ledger = Ledger.load(out / "ledger.jsonl")  # verifies the hash chain: no gap, no dup
+        assert [e.seq for e in ledger.entries] == list(range(len(ref_ledger)))
+        assert ledger.head_hash == ref_ledger.head_hash
+        verify_run_dir(out)
+    assert kills >= 2, "the random kill points never hit a running process"
