@@ -10,7 +10,7 @@ The CLI maps classes to exit codes in one place (:data:`EXIT_CODES`), in the spi
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import ClassVar
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-class Fault(str, Enum):
+class Fault(StrEnum):
     """Whose fault a protocol error is (h11's Local/RemoteProtocolError distinction)."""
 
     LOCAL = "local"  # this party misused the API or its own state is inconsistent

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from securefl import __version__
-from securefl.aggregation import Aggregator, NoisePlan, RoundSpec
+from securefl.aggregation import Aggregator, NoisePlan, RandomFactory, RoundSpec
 from securefl.config import RunConfig
 from securefl.crypto.random import SeededRandomSource
 from securefl.crypto.secret import Secret
@@ -138,6 +138,14 @@ class _Randomness:
     def source(self, round_: int, party: int | str, purpose: str) -> RandomSource:
         return SeededRandomSource(self._seed, f"{self._session}/{round_}/{party}/{purpose}")
 
+    def factory(self, round_: int) -> RandomFactory:
+        """The (client, purpose) -> source callable the aggregators take, for one round."""
+
+        def make(party: int, purpose: str) -> RandomSource:
+            return self.source(round_, party, purpose)
+
+        return make
+
 
 def _session_id(config: RunConfig) -> bytes:
     body = json.dumps({k: v for k, v in config.to_dict().items() if k != "out"}, sort_keys=True)
@@ -198,7 +206,8 @@ class Engine:
         c = self.config
         return build_federated_data(
             data=c.data, label=c.label, task=None if c.task == "auto" else c.task,
-            split_by=c.split_by, banks=c.banks, partition=c.partition, alpha=c.alpha,
+            split_by=c.split_by, banks=c.banks, partition=c.partition,  # type: ignore[arg-type]
+            alpha=c.alpha,
             test_fraction=c.test_fraction, local_test_fraction=c.local_test_fraction, seed=c.seed,
         )
 
@@ -215,13 +224,12 @@ class Engine:
                 "secagg", precision_bits=29 - max(1, int(np.ceil(np.log2(len(moments))))))
         # a public bound on the moment vectors' norm: each bank reveals only the power of two
         # above its own norm (documented leak of < 7 bits of scale)
-        bound = float(2.0 ** max(int(np.ceil(np.log2(max(np.linalg.norm(m), 1.0)))) + 1
+        bound = float(2.0 ** max(int(np.ceil(np.log2(max(float(np.linalg.norm(m)), 1.0)))) + 1
                                  for m in moments.values()))
         spec = RoundSpec(session_id=self.session_id, round=0,
                          participants=tuple(moments), clip_norm=bound,
                          threshold=len(moments), noise=None)
-        outcome = aggregator.aggregate(
-            spec, moments, random=lambda cid, purpose: self.random.source(0, cid, purpose))
+        outcome = aggregator.aggregate(spec, moments, random=self.random.factory(0))
         return (fed.standardized(Standardizer.from_summed_moments(outcome.total)),
                 outcome.digests.get("aggregate", ""))
 
@@ -487,9 +495,8 @@ class Engine:
                 "session_id": self.session_id.hex(), "aggregation": c.aggregation,
                 "participants": [names[i] for i in participants]}
             try:
-                outcome = aggregator.aggregate(
-                    spec, inputs, dropouts=dropouts,
-                    random=lambda cid, purpose, r=round_: self.random.source(r, cid, purpose))
+                outcome = aggregator.aggregate(spec, inputs, dropouts=dropouts,
+                                               random=self.random.factory(round_))
             except AggregationAbortedError as err:
                 # nothing was released: the model stays, the round is recorded as aborted
                 alive = [names[i] for i in participants if i not in dropouts]

@@ -24,7 +24,8 @@ def test_layout_and_contents(tmp_path: Path) -> None:
     files = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
     assert files == ["COMMIT", "audit/checkpoints", "audit/log.jsonl", "config.json",
                      "federation.json", "keys/server.key", "ledger.jsonl", "metrics.jsonl",
-                     "models/round-00000.safetensors", "models/round-00001.safetensors", "models/round-00002.safetensors",
+                     "models/round-00000.safetensors", "models/round-00001.safetensors",
+                     "models/round-00002.safetensors",
                      "models/round-00003.safetensors", "result.json"]
     assert os.stat(d / "keys/server.key").st_mode & 0o777 == 0o600
     assert json.loads((d / "config.json").read_bytes()) == CONFIG

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from securefl.data.encoding import (
-    CREDIT_AMOUNTS,
     Task,
     binary_labels,
     encode_features,
@@ -222,8 +221,9 @@ def build_federated_data(*, data: str | Path | None = None, label: str | None = 
 
     scaler: TargetScaler | None = None
     if kind == "regression":
-        tname: Literal["identity", "signed_log1p"] = (
-            "signed_log1p" if embedded and table.label in CREDIT_AMOUNTS else "identity")
+        # identity: squared error in label units, and a linear, stable inverse for reporting
+        # (a log target made exp() of noisy DP predictions dominate RMSE and R^2)
+        tname: Literal["identity", "signed_log1p"] = "identity"
         f = target_values(y, tname)
         total = np.sum([moments(f[tr][:, None]) for tr, _ in splits], axis=0)
         scaler = TargetScaler.from_summed_moments(total, tname)

@@ -208,10 +208,8 @@ def _train_ghost(model: torch.nn.Sequential, X: torch.Tensor, y: torch.Tensor,
     inv_b = 1.0 / expected_batch
     model.train()
     for _ in range(steps):
-        if secure:
-            mask = torch.from_numpy(sysrand.uniform(n) < q)
-        else:
-            mask = torch.rand(n, generator=gen) < q
+        mask = (torch.from_numpy(sysrand.uniform(n) < q) if secure
+                else torch.rand(n, generator=gen) < q)
         idx = mask.nonzero(as_tuple=True)[0]
         # noise for all parameters at once, already divided by the expected batch size
         if z > 0:

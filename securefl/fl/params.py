@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,7 +39,7 @@ def set_flat(model: torch.nn.Module, flat: NDArray[np.float64]) -> None:
         raise IntegrityError("parameter vector is longer than the model")
 
 
-def to_bytes(tensors: dict[str, NDArray[np.float32] | NDArray[np.float64]]) -> bytes:
+def to_bytes(tensors: Mapping[str, NDArray[np.float32] | NDArray[np.float64]]) -> bytes:
     """safetensors bytes of named arrays; identical arrays give identical bytes."""
     from safetensors.numpy import save
 

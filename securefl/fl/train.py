@@ -108,4 +108,5 @@ def predict(model: torch.nn.Module, X: NDArray[np.float32], task: str) -> NDArra
         out = model(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))).reshape(-1)
         if task == "classification":
             out = torch.sigmoid(out)
-    return out.double().numpy()
+    result: NDArray[np.float64] = out.double().numpy()
+    return result
