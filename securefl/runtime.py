@@ -412,7 +412,7 @@ class Engine:
         from securefl.dp.ledger import Ledger
 
         run_dir = Path(self.config.out or "runs/securefl")
-        if self.resume is not None and not _discard_unfinished_create(run_dir):
+        if not _discard_unfinished_create(run_dir) and self.resume is not None:
             store = RunStore.open(run_dir)
             stored = json.loads((run_dir / "config.json").read_text("utf-8"))
             if stored != json.loads(json.dumps(self._store_config())):

@@ -42,8 +42,10 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
         out = tmp_path / f"trial{trial}"
         first = True
         for _attempt in range(12):
-            cmd = _cli("run", *ARGS, "--out", str(out)) if first else _cli(
-                "run", "--resume", str(out))
+            # what an operator does: resume once the run has written its config, else start again
+            resumable = not first and (out / "config.json").exists()
+            cmd = _cli("run", "--resume", str(out)) if resumable else _cli(
+                "run", *ARGS, "--out", str(out))
             first = False
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:

@@ -56,6 +56,10 @@ def _resume_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
         raise ConfigError(f"--resume takes no other run options (got {named})",
                           hint="the stored config.json of the run is used")
     path = Path(args.resume) / "config.json"
+    if not path.exists():
+        raise ConfigError(f"nothing to resume: {path} does not exist",
+                          hint="the run was stopped before it wrote anything; start it again "
+                          "with its original command")
     try:
         stored = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
