@@ -1,10 +1,13 @@
-"""securefl: federated training across institutions with secure aggregation, DP and an audit log.
+"""securefl: federated training across institutions with secure aggregation (SecAgg+, CKKS),
+differential privacy and a tamper-evident audit log.
 
-Importing securefl is cheap: torch, tenseal and opacus load only when a function needs them.
+Importing securefl is cheap: torch, tenseal and opacus load only when a function needs them. The
+public names below are resolved lazily (PEP 562).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -12,10 +15,37 @@ __version__ = "0.1.0"
 from securefl.errors import SecureFLError
 
 if TYPE_CHECKING:
-    pass
+    from securefl import privacy
+    from securefl.config import RunConfig
+    from securefl.runtime import RoundReport, RunResult, run
+    from securefl.simulate import SecureSumResult, simulate_secure_sum
 
-__all__ = ["SecureFLError", "__version__"]
+__all__ = [
+    "RoundReport",
+    "RunConfig",
+    "RunResult",
+    "SecureFLError",
+    "SecureSumResult",
+    "__version__",
+    "privacy",
+    "run",
+    "simulate_secure_sum",
+]
+
+_LAZY = {
+    "RunConfig": "securefl.config",
+    "run": "securefl.runtime",
+    "RunResult": "securefl.runtime",
+    "RoundReport": "securefl.runtime",
+    "simulate_secure_sum": "securefl.simulate",
+    "SecureSumResult": "securefl.simulate",
+}
 
 
-def __getattr__(name: str) -> Any:  # PEP 562 lazy public API
-    raise AttributeError(f"module 'securefl' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    if name == "privacy":
+        return importlib.import_module("securefl.privacy")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'securefl' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -59,6 +59,8 @@ class RunConfig:
     record_epsilon: float | None = None  # per-bank DP-SGD target epsilon (default 8.0)
     record_noise_multiplier: float | None = None
     record_clip: float = 1.0  # DP-SGD per-example gradient clip
+    dp_backend: str = "auto"  # DP-SGD: auto | ghost (exact, fast, MLPs) | opacus (PrivacyEngine)
+    secure_mode: bool = False  # DP-SGD noise and sampling from the OS CSPRNG (not reproducible)
     delta: float = 1e-5
     target_epsilon: float | None = None  # budget (client level); refuse/stop when exceeded
     # run
@@ -118,6 +120,8 @@ def _validate(c: RunConfig) -> None:
           "record_noise_multiplier", "must be a positive number")
     _need(0 < c.record_clip < math.inf, "record_clip", "must be a positive number")
     _need(0 < c.delta < 1, "delta", "must be in (0, 1)")
+    _need(c.dp_backend in ("auto", "ghost", "opacus"), "dp_backend",
+          "must be auto, ghost or opacus")
     _need(c.target_epsilon is None or 0 < c.target_epsilon < math.inf, "target_epsilon",
           "must be a positive number")
     _need(0 <= c.seed < 2**63, "seed", "must be a non-negative integer")

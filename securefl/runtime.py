@@ -457,6 +457,7 @@ class Engine:
         store, ledger = self._open_store(
             fed, to_bytes(model_tensors(model)), facts)
         start = store.last_round + 1
+        keepers = self._checkpoint_keepers(store, len(fed.banks))
         tensors = from_bytes(store.model_bytes(store.last_round))
         server_opt.load_state({k: v.astype(np.float64) for k, v in tensors.items()
                                if k.startswith("server_opt.")})
@@ -507,6 +508,7 @@ class Engine:
                 store.commit_round(round_=round_, record_fields=record,
                                    model=to_bytes({**model_tensors(model), **server_opt.state()}),
                                    ledger_lines=self._seal(ledger, drafts), metrics=metrics)
+                self._send_checkpoint(store, keepers, participants)
                 history.append(RoundReport(round_, tuple(record["participants"]), tuple(alive),
                                            record["dropouts"], metrics, clipped, _now() - t0,
                                            self._running_epsilon(ledger), aborted=err.message))
@@ -531,6 +533,7 @@ class Engine:
             store.commit_round(round_=round_, record_fields=record,
                                model=to_bytes({**model_tensors(model), **server_opt.state()}),
                                ledger_lines=self._seal(ledger, drafts), metrics=metrics)
+            self._send_checkpoint(store, keepers, participants)
             report = RoundReport(
                 round=round_, participants=tuple(record["participants"]),
                 survivors=tuple(record["survivors"]), dropouts=record["dropouts"],
@@ -555,6 +558,28 @@ class Engine:
             stopped_early=stopped)
         store.finish(result.to_dict())
         return result
+
+    @staticmethod
+    def _checkpoint_keepers(store: Any, n_banks: int) -> list[Any]:
+        """Each bank keeps the signed checkpoints it was shown (RFC 9162 consistency-checked), so a
+        forked or rewritten log is caught by any participant. In this simulation they live in
+        memory and start from the checkpoint current at (re)start."""
+        from securefl.audit.log import CheckpointKeeper
+
+        keepers = [CheckpointKeeper(store.verifier, origin=store.origin) for _ in range(n_banks)]
+        for k in keepers:
+            k.receive(store.signed_checkpoint(), [])
+        return keepers
+
+    @staticmethod
+    def _send_checkpoint(store: Any, keepers: list[Any], participants: tuple[int, ...]) -> None:
+        """After a commit the server sends each participant the new signed checkpoint with a
+        consistency proof from the last one it accepted; a bank refuses (AuditError) a fork."""
+        note = store.signed_checkpoint()
+        for cid in participants:
+            last = keepers[cid].latest.size
+            proof = store.log.consistency_proof(last) if last < store.log.size else []
+            keepers[cid].receive(note, proof)
 
     @staticmethod
     def _seal(ledger: Any, drafts: list[Any]) -> list[bytes]:
@@ -592,7 +617,9 @@ class Engine:
                     loss_fn=loss_function(train_spec.task, train_spec.loss),
                     epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
                     optimizer=c.optimizer, noise_multiplier=record_noise[cid],
-                    max_grad_norm=c.record_clip, random_seed=seed)
+                    max_grad_norm=c.record_clip, random_seed=seed,
+                    backend=c.dp_backend,  # type: ignore[arg-type]
+                    secure_mode=c.secure_mode)
                 model.load_state_dict(state)
                 drafts.append(dp_run.draft(round=round_, bank=bank.name))
             else:

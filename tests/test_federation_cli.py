@@ -134,3 +134,16 @@ def test_help_does_not_import_heavy_modules() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == ""
+
+
+def test_keys_ckks_creates_private_files_0600(tmp_path: Path) -> None:
+    from securefl.ckks import load_signed_public_context
+    from securefl.cli.main import main as cli_main
+
+    out = tmp_path / "holder"
+    assert cli_main(["keys", "ckks", "--out", str(out), "--json"]) == 0
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    secret = [n for n in modes if "secret" in n or n.endswith(".pem")]
+    assert len(secret) == 2 and all(modes[n] == 0o600 for n in secret)
+    public = [p for p in out.iterdir() if "public-context" in p.name]
+    assert public and load_signed_public_context(public[0]) is not None

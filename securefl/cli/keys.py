@@ -37,7 +37,34 @@ def register_keys(sub: Any) -> None:
     p_init.add_argument("--force", action="store_true", help="overwrite an existing key")
     p_init.add_argument("--json", action="store_true", help="print the public identity as JSON")
     p_init.set_defaults(handler=cmd_keys_init)
+    p_ckks = ks.add_parser(
+        "ckks", help="create a CKKS key holder's keys and export its signed public context")
+    p_ckks.add_argument("--out", required=True, metavar="DIR",
+                        help="directory for the key holder's files (secret ones mode 0600)")
+    p_ckks.add_argument("--passphrase-file", metavar="FILE",
+                        help="encrypt the key holder's Ed25519 key with the passphrase in FILE")
+    p_ckks.add_argument("--json", action="store_true", help="print the file paths as JSON")
+    p_ckks.set_defaults(handler=cmd_keys_ckks)
     p_keys.set_defaults(handler=_help_of(p_keys))
+
+
+def cmd_keys_ckks(args: argparse.Namespace) -> int:
+    """``securefl keys ckks``: the key holder keeps the secret context; it publishes the rest."""
+    from securefl.ckks import create_key_holder_keys
+
+    passphrase = None
+    if args.passphrase_file:
+        passphrase = Path(args.passphrase_file).read_bytes().rstrip(b"\n")
+    keys = create_key_holder_keys(args.out, passphrase=passphrase)
+    paths = {k: str(getattr(keys, k))
+             for k in ("signing_key", "secret_context", "public_context", "verify_key")}
+    if args.json:
+        print(json.dumps(paths, indent=2, sort_keys=True))
+    else:
+        print(f"CKKS key holder keys in {args.out}: keep {paths['signing_key']} and "
+              f"{paths['secret_context']} secret; publish {paths['public_context']} and "
+              f"{paths['verify_key']}")
+    return 0
 
 
 def register_federation(sub: Any) -> None:

@@ -49,6 +49,7 @@ RUN_HELP: dict[str, str] = {
     "record_epsilon": "per-bank record-level DP-SGD target epsilon for the whole run",
     "record_noise_multiplier": "per-bank DP-SGD noise multiplier (instead of --record-epsilon)",
     "record_clip": "DP-SGD per-example gradient clip",
+    "dp_backend": "DP-SGD backend: auto | ghost (exact per-example clipping for MLPs) | opacus",
     "delta": "DP delta",
     "target_epsilon": "client-level epsilon budget; the run refuses or stops when exceeded",
     "seed": "random seed (the run is deterministic given it)",
@@ -63,7 +64,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     for name, typ in FIELD_TYPES.items():
         flag = "--" + name.replace("_", "-")
         t = str(typ)
-        if name in ("dp", "baselines"):
+        if name in ("dp", "baselines", "secure_mode"):
             continue
         if "tuple[int" in t:
             p.add_argument(flag, type=_int_list, default=None, help=RUN_HELP.get(name))
@@ -79,6 +80,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="differential privacy off (for comparison; labelled in every output)")
     p.add_argument("--baselines", action="store_true", default=None,
                    help="also train the centralized and bank-alone baselines")
+    p.add_argument("--secure-mode", dest="secure_mode", action="store_true", default=None,
+                   help="DP-SGD noise and sampling from the OS CSPRNG (runs are then not "
+                   "reproducible; Opacus' own secure mode needs torchcsprng)")
     p.add_argument("--resume", metavar="RUN_DIR", help="resume an interrupted run")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 

@@ -117,7 +117,9 @@ def _privacy_lines(privacy: dict[str, Any]) -> list[str]:
 
 def format_result(result: RunResult) -> str:
     d = result.to_dict()
-    lines = [f"securefl run: {d['rounds_completed']} rounds, aggregation={d['aggregation']}"
+    how = "inferred from the label" if result.config.get("task") == "auto" else "as configured"
+    lines = [f"securefl run: {d['rounds_completed']} rounds, task={d['task']} ({how}), "
+             f"aggregation={d['aggregation']}"
              + (" (INSECURE: the server saw every update)" if d["insecure"] else "")
              + (", DP on" if d["dp"] else ", NO DP (comparison only)"),
              f"run directory: {d['run_dir']}"]
