@@ -1,6 +1,7 @@
-"""Benchmark of ``--aggregation ckks``: per-role costs, bytes per parameter, error, and TenSEAL's
-raw
-cost with the same parameters (overhead ratio). Prints a table; writes benchmarks/results/ckks.json.
+"""Benchmark of ``--aggregation ckks``: per-role costs, bytes per parameter, error, TenSEAL's raw
+cost with the same parameters (overhead ratio), and the commit phase's own cost (CPU seconds of
+commitments, closing and signing the set, checking it, plus bytes; it also adds one message round
+trip per round). Prints a table; writes benchmarks/results/ckks.json.
 
     python benchmarks/ckks.py            # d in {1e5, 1e6}, n in {3, 10, 50}
     python benchmarks/ckks.py --quick    # d = 2e4, n in {3, 5}
@@ -25,6 +26,7 @@ from securefl.crypto.signing import SigningKey
 from securefl.he.context import generate_context
 from securefl.he.flooding import release_error_bound
 from securefl.he.params import COMPACT_PARAMS, DEFAULT_PARAMS, NVFLARE_PARAMS, CKKSParams
+from securefl.protocol import wire
 from securefl.protocol.ckks import (
     CKKSClient,
     CKKSKeyHolder,
@@ -73,6 +75,7 @@ def run_one(params: CKKSParams, d: int, n: int, raw_reps: int) -> dict[str, floa
     fed = {i: k.verify_key for i, k in keys.items()}
     secret = generate_context(params)
     verifiers = min(2, n)
+    server_key = SigningKey.from_seed(Secret(b"\xdd" * 32))
     holder = CKKSKeyHolder(
         SigningKey.from_seed(Secret(b"\xee" * 32)),
         secret,
@@ -80,6 +83,7 @@ def run_one(params: CKKSParams, d: int, n: int, raw_reps: int) -> dict[str, floa
         min_clients=n,
         verifiers=verifiers,
         max_queries=2**20,
+        server_key=server_key.verify_key,
     )
     public = accept_public_context(holder.public_context_message(), holder.verify_key, params)
     v = rng.normal(size=d)
@@ -87,6 +91,7 @@ def run_one(params: CKKSParams, d: int, n: int, raw_reps: int) -> dict[str, floa
     server = CKKSServer(
         public,
         fed,
+        server_key,
         session_id=SESSION,
         round_=0,
         num_values=d,
@@ -95,11 +100,12 @@ def run_one(params: CKKSParams, d: int, n: int, raw_reps: int) -> dict[str, floa
         verifiers=verifiers,
     )
     ours_enc, raw_enc, server_s, nbytes = [], [], 0.0, 0
-    raw_contribs: list[list[bytes]] = []
+    commit_s, commit_bytes = 0.0, 0  # the commit phase alone: hashing, signing, checking
+    clients = {}
     for i in range(n):
-        client = CKKSClient(i, keys[i], public)
+        client = CKKSClient(i, keys[i], public, server_key.verify_key)
         t = time.perf_counter()
-        c = client.contribute(
+        com = client.commit(
             session_id=SESSION,
             round_=0,
             values=x,
@@ -109,12 +115,26 @@ def run_one(params: CKKSParams, d: int, n: int, raw_reps: int) -> dict[str, floa
             random=SeededRandomSource(Secret(b"\x01" * 32), f"{i}"),
         )
         ours_enc.append(time.perf_counter() - t)
-        nbytes = sum(len(ch) for ch in c.chunks)
-        raw_contribs.append(list(c.chunks))
+        commit_bytes += len(wire.encode(com))
+        t = time.perf_counter()
+        server.receive_commitment(com)
+        commit_s += time.perf_counter() - t
+        clients[i] = client
         if i < raw_reps:
             raw_enc.append(raw_encrypt(public.raw, x, params.slots)[0])
+    t = time.perf_counter()
+    cset = server.close_commitments()
+    commit_s += time.perf_counter() - t
+    commit_bytes += n * len(wire.encode(cset))
+    raw_contribs: list[list[bytes]] = []
+    for client in clients.values():
         t = time.perf_counter()
-        server.receive_contribution(c)  # signature check, parse and validation
+        c = client.reveal(cset)  # checks the set's signature, signs the reveal
+        commit_s += (time.perf_counter() - t) / n  # per client (they run in parallel)
+        nbytes = sum(len(ch) for ch in c.chunks)
+        raw_contribs.append(list(c.chunks))
+        t = time.perf_counter()
+        server.receive_contribution(c)  # commitment, signature check, parse and validation
         server_s += time.perf_counter() - t
     t = time.perf_counter()
     server.close()
@@ -122,10 +142,15 @@ def run_one(params: CKKSParams, d: int, n: int, raw_reps: int) -> dict[str, floa
     raw_sum_s = raw_sum(public.raw, raw_contribs)
     req = server.verify_request()
     ver = []
-    for vid in range(verifiers):
+    for vid in server.verifier_ranking()[:verifiers]:
         t = time.perf_counter()
-        cs = CKKSVerifier(vid, keys[vid], public, fed, min_clients=n).verify(
-            req, session_id=SESSION, round_=0
+        cs = CKKSVerifier(
+            vid, keys[vid], public, fed, server_key.verify_key, min_clients=n, verifiers=verifiers
+        ).verify(
+            req,
+            session_id=SESSION,
+            round_=0,
+            revealed_under=clients[vid].revealed_under[(SESSION, 0)],
         )
         ver.append(time.perf_counter() - t)
         server.receive_cosignature(cs)
@@ -138,8 +163,7 @@ def run_one(params: CKKSParams, d: int, n: int, raw_reps: int) -> dict[str, floa
     enc_s = float(np.median(ours_enc[: max(raw_reps, 1)]))
     raw_enc_s = float(np.median(raw_enc))
     return {
-        "params": f"N={params.poly_modulus_degree} {list(params.coeff_mod_bit_sizes)} "
-        f"2^{params.scale_bits}",
+        "params": f"N={params.poly_modulus_degree} {list(params.coeff_mod_bit_sizes)} 2^{params.scale_bits}",
         "d": d,
         "n": n,
         "client_encrypt_s": enc_s,
@@ -157,6 +181,8 @@ def run_one(params: CKKSParams, d: int, n: int, raw_reps: int) -> dict[str, floa
             n, params.poly_modulus_degree, params.scale, d, max_queries=2**20
         ),
         "flood_std": res.flood_std,
+        "commit_phase_s": commit_s,
+        "commit_phase_bytes": commit_bytes,
     }
 
 
@@ -176,11 +202,13 @@ COLUMNS = (
     ("raw_decrypt_s", "{:>8.2f}"),
     ("max_abs_error_sum", "{:>9.2e}"),
     ("error_bound_sum", "{:>9.2e}"),
+    ("commit_phase_s", "{:>8.4f}"),
+    ("commit_phase_bytes", "{:>8}"),
 )
 HEADER = (
     f"{'params':<27} {'d':>8} {'n':>3} {'enc s':>8} {'raw enc':>8} {'x':>6} {'B/par':>7} "
     f"{'sum s':>8} {'raw sum':>8} {'x':>6} {'verify':>8} {'decrypt':>8} {'raw dec':>8} "
-    f"{'max err':>9} {'bound':>9}"
+    f"{'max err':>9} {'bound':>9} {'commit s':>8} {'commit B':>8}"
 )
 
 
@@ -214,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         "notes": "times in seconds; client_encrypt_s / raw_encrypt_s are medians over the "
         "first min(n, 5) clients, measured interleaved; server_sum_s includes "
         "signature checks, parsing and validation of every contribution; "
-        "errors are on the SUM (divide by n for the mean)",
+        "errors are on the SUM (divide by n for the mean); commit_phase_s is the CPU time "
+        "the commit phase adds (server: check commitments, close and sign the set; per client: "
+        "check the set, sign the reveal), commit_phase_bytes the bytes it adds (commitments "
+        "plus the set sent to every client); it also adds one message round trip per round",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,14 @@
 securefl.protocol.ckks, encoding and decoding every message with size limits as a transport would.
 :func:`create_key_holder_keys` / :func:`load_key_holder` back ``securefl keys ckks --out DIR``.
 
-Dropout stages: ``"contribution"`` (the client never sends its ciphertext: it is simply not in the
-sum) and ``"verification"`` (it contributed but does not co-sign); any other stage name is treated
-as ``"contribution"``.
+Dropout stages: ``"contribution"`` (the client never commits: it is simply not in the sum),
+``"reveal"`` (it committed but never reveals its ciphertext: it is in the closed commitment set but
+not in the sum) and ``"verification"`` (it contributed but does not co-sign); any other stage name is
+treated as ``"contribution"``.
+
+Identities: enrolled Ed25519 keys can be passed (``identities`` for the clients, ``server_identity``
+for the server); by default (simulation) they are derived from ``random(client, "identity")`` and
+``random(-1, "server-identity")``.
 """
 
 from __future__ import annotations
@@ -30,19 +35,24 @@ from securefl.he.flooding import DEFAULT_MAX_QUERIES, DEFAULT_STATISTICAL_SECURI
 from securefl.he.params import DEFAULT_PARAMS, CKKSParams
 from securefl.protocol import wire
 from securefl.protocol.ckks import (
+    DEFAULT_VERIFIER_SKIPS,
     CKKSClient,
     CKKSKeyHolder,
     CKKSServer,
     CKKSVerifier,
     accept_public_context,
+    commitment_set_digest,
 )
 from securefl.protocol.ckks_messages import (
+    Commitment,
+    CommitmentSet,
     Contribution,
     CoSignature,
     DecryptionRequest,
     DecryptionResult,
     SignedPublicContext,
     VerifyRequest,
+    max_commitment_set_bytes,
     max_message_bytes,
 )
 from securefl.storage import atomic_write_bytes
@@ -123,14 +133,23 @@ def load_key_holder(
     min_clients: int,
     verifiers: int = 2,
     passphrase: bytes | None = None,
+    server_key: VerifyKey | None = None,
 ) -> CKKSKeyHolder:
-    """Load a key holder from files written by :func:`create_key_holder_keys`."""
+    """Load a key holder from files written by :func:`create_key_holder_keys`; ``server_key`` is
+    the aggregation server's enrolled identity (needed before anything is decrypted)."""
     d = Path(key_dir)
     sk = SigningKey.from_pem((d / KEY_FILES["signing_key"]).read_bytes(), passphrase)
     secret = load_secret_context(
         Secret((d / KEY_FILES["secret_context"]).read_bytes(), label="ckks-secret-context"), params
     )
-    return CKKSKeyHolder(sk, secret, federation, min_clients=min_clients, verifiers=verifiers)
+    return CKKSKeyHolder(
+        sk,
+        secret,
+        federation,
+        min_clients=min_clients,
+        verifiers=verifiers,
+        server_key=server_key,
+    )
 
 
 def load_signed_public_context(path: str | os.PathLike[str]) -> SignedPublicContext:
@@ -139,10 +158,11 @@ def load_signed_public_context(path: str | os.PathLike[str]) -> SignedPublicCont
 
 
 class CKKSAggregator(Aggregator):
-    """Homomorphic sum with a separate key holder, verifier co-signatures and noise flooding."""
+    """Homomorphic sum with a separate key holder, a commit phase, verifier co-signatures and noise
+    flooding."""
 
     name = "ckks"
-    stages = ("contribution", "verification")
+    stages = ("contribution", "reveal", "verification")
     secure = True
 
     def __init__(
@@ -150,20 +170,44 @@ class CKKSAggregator(Aggregator):
         params: CKKSParams = DEFAULT_PARAMS,
         *,
         verifiers: int = 2,
+        verifier_skips: int = DEFAULT_VERIFIER_SKIPS,
         max_queries: int = DEFAULT_MAX_QUERIES,
         statistical_security: int = DEFAULT_STATISTICAL_SECURITY,
+        identities: Mapping[int, SigningKey] | None = None,
+        server_identity: SigningKey | None = None,
     ) -> None:
-        if verifiers < 1:
-            raise ConfigError("verifiers must be >= 1")
+        if verifiers < 1 or verifier_skips < 0:
+            raise ConfigError("verifiers must be >= 1 and verifier_skips >= 0")
         self.params = params
         self.verifiers = verifiers
+        self.verifier_skips = verifier_skips
         self.max_queries = max_queries
         self.statistical_security = statistical_security
+        self.identities = dict(identities) if identities is not None else None
+        self.server_identity = server_identity
         self._holder: CKKSKeyHolder | None = None
-        #: in-process identities: one Ed25519 key per client id, kept across rounds
-        self._client_keys: dict[int, SigningKey] = {}
 
-    def _key_holder(self, federation: Mapping[int, VerifyKey], min_clients: int) -> CKKSKeyHolder:
+    def _identities(self, spec: RoundSpec, random: RandomFactory) -> dict[int, SigningKey]:
+        """The clients' Ed25519 identity keys: the enrolled ones given to the constructor, or (for
+        simulations) keys drawn from ``random(client, "identity")``."""
+        if self.identities is not None:
+            missing = set(spec.participants) - set(self.identities)
+            if missing:
+                raise ConfigError(f"no identity key for participants {sorted(missing)[:5]}")
+            return {c: self.identities[c] for c in spec.participants}
+        return {
+            c: SigningKey.from_seed(Secret(random(c, "identity").random_bytes(32)))
+            for c in spec.participants
+        }
+
+    def _server_identity(self, random: RandomFactory) -> SigningKey:
+        if self.server_identity is not None:
+            return self.server_identity
+        return SigningKey.from_seed(Secret(random(-1, "server-identity").random_bytes(32)))
+
+    def _key_holder(
+        self, federation: Mapping[int, VerifyKey], min_clients: int, server_key: VerifyKey
+    ) -> CKKSKeyHolder:
         """The aggregator's key holder (created once: its replay set and query budget persist)."""
         if self._holder is None:
             self._holder = CKKSKeyHolder(
@@ -174,9 +218,12 @@ class CKKSAggregator(Aggregator):
                 verifiers=self.verifiers,
                 max_queries=self.max_queries,
                 statistical_security=self.statistical_security,
+                server_key=server_key,
+                verifier_skips=self.verifier_skips,
             )
         self._holder.federation.update(federation)
         self._holder.min_clients = min_clients
+        self._holder.server_key = server_key
         return self._holder
 
     def aggregate(
@@ -195,11 +242,10 @@ class CKKSAggregator(Aggregator):
             raise LocalProtocolError("all inputs must be 1-D vectors of the same dimension")
         dim = int(next(iter(dims))[0])
         ids = sorted(spec.participants)
-        for cid in ids:
-            self._client_keys.setdefault(cid, SigningKey.generate())
-        keys = {cid: self._client_keys[cid] for cid in ids}
+        keys = self._identities(spec, random)
         federation = {cid: k.verify_key for cid, k in keys.items()}
-        holder = self._key_holder(federation, spec.threshold)
+        server_key = self._server_identity(random)
+        holder = self._key_holder(federation, spec.threshold, server_key.verify_key)
         params = self.params
         ct_bytes, n_chunks = params.ciphertext_max_bytes(), params.num_chunks(dim)
         bytes_sent: dict[str, int] = {}
@@ -216,6 +262,7 @@ class CKKSAggregator(Aggregator):
         server = CKKSServer(
             public,
             federation,
+            server_key,
             session_id=spec.session_id,
             round_=spec.round,
             num_values=dim,
@@ -223,11 +270,14 @@ class CKKSAggregator(Aggregator):
             min_clients=spec.threshold,
             verifiers=self.verifiers,
         )
+        stage = {c: dropouts[c] if dropouts[c] in self.stages else "contribution" for c in dropouts}
+        # 1. commit: no ciphertext leaves a client before the commitment set is closed
+        clients: dict[int, CKKSClient] = {}
         for cid in ids:
-            if cid in dropouts and dropouts[cid] != "verification":
+            if stage.get(cid) == "contribution":
                 continue
-            client = CKKSClient(cid, keys[cid], public)
-            contribution = client.contribute(
+            client = CKKSClient(cid, keys[cid], public, server_key.verify_key)
+            commitment = client.commit(
                 session_id=spec.session_id,
                 round_=spec.round,
                 values=np.asarray(inputs[cid], dtype=np.float64),
@@ -236,27 +286,60 @@ class CKKSAggregator(Aggregator):
                 noise_std=share_std,
                 random=random(cid, "noise"),
             )
-            msg, size = _wire(contribution, Contribution, max_message_bytes(ct_bytes, n_chunks))
+            msg, size = _wire(commitment, Commitment, max_commitment_set_bytes(1))
             bytes_sent[f"client/{cid}"] = size
-            server.receive_contribution(msg)
+            server.receive_commitment(msg)
+            clients[cid] = client
+        # 2. the server closes and signs the set; every committed client receives it
+        cset = server.close_commitments()
+        bytes_sent["server/commitment_set"] = 0
+        # 3. reveal
+        for cid, client in clients.items():
+            shown, size = _wire(cset, CommitmentSet, max_commitment_set_bytes(len(ids)))
+            bytes_sent["server/commitment_set"] += size
+            if stage.get(cid) == "reveal":
+                continue
+            reveal, size = _wire(
+                client.reveal(shown), Contribution, max_message_bytes(ct_bytes, n_chunks)
+            )
+            bytes_sent[f"client/{cid}"] += size
+            server.receive_contribution(reveal)
 
         manifest = server.close()
         survivors = tuple(e.client_id for e in manifest.entries)
         req, size = _wire(
             server.verify_request(),
             VerifyRequest,
-            max_message_bytes(ct_bytes, n_chunks, len(survivors)),
+            max_message_bytes(ct_bytes, n_chunks, len(survivors))
+            + max_commitment_set_bytes(len(ids)),
         )
         bytes_sent["server/verify_request"] = size
-        verifier_ids = [c for c in survivors if c not in dropouts][: self.verifiers]
+        # 4. verifiers: the first contributors that answer, in the order drawn from the closed set
+        window = server.verifier_ranking()[: self.verifiers + self.verifier_skips]
+        verifier_ids = [c for c in window if c not in stage][: self.verifiers]
         if len(verifier_ids) < self.verifiers:
             raise AggregationAbortedError(
-                f"only {len(verifier_ids)} verifiers available; {self.verifiers} required"
+                f"only {len(verifier_ids)} of the {len(window)} drawn verifiers answered; "
+                f"{self.verifiers} required"
             )
         for vid in verifier_ids:
-            verifier = CKKSVerifier(vid, keys[vid], public, federation, min_clients=spec.threshold)
+            verifier = CKKSVerifier(
+                vid,
+                keys[vid],
+                public,
+                federation,
+                server_key.verify_key,
+                min_clients=spec.threshold,
+                verifiers=self.verifiers,
+                verifier_skips=self.verifier_skips,
+            )
             cs, size = _wire(
-                verifier.verify(req, session_id=spec.session_id, round_=spec.round),
+                verifier.verify(
+                    req,
+                    session_id=spec.session_id,
+                    round_=spec.round,
+                    revealed_under=clients[vid].revealed_under[(spec.session_id, spec.round)],
+                ),
                 CoSignature,
                 4096,
             )
@@ -266,7 +349,9 @@ class CKKSAggregator(Aggregator):
         dreq, size = _wire(
             server.decryption_request(),
             DecryptionRequest,
-            max_message_bytes(ct_bytes, n_chunks, 2) + 4096 * len(verifier_ids),
+            max_message_bytes(ct_bytes, n_chunks, 2)
+            + 4096 * len(verifier_ids)
+            + max_commitment_set_bytes(len(ids)),
         )
         bytes_sent["server/decrypt_request"] = size
         result = holder.decrypt(dreq, random(-1, "ckks-flooding"))
@@ -276,6 +361,7 @@ class CKKSAggregator(Aggregator):
 
         digests = {f"input/{e.client_id}": e.digest.hex() for e in manifest.entries}
         digests["aggregate"] = manifest.aggregate_digest.hex()
+        digests["commitment_set"] = commitment_set_digest(manifest.commitment_set).hex()
         digests["release"] = hashlib.sha256(res.values).hexdigest()
         return AggregateOutcome(
             total=total,

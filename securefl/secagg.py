@@ -196,7 +196,12 @@ class SecAggAggregator(Aggregator):
         integer_total = quantize.from_field(result.field_sum, enc.bits)
         total = integer_total.astype(np.float64) * enc.gamma
         noise_std = math.sqrt(len(survivors) * enc.noise_sigma2_int) * enc.gamma
-        digests = {"aggregate": hashlib.sha256(total.tobytes()).hexdigest()}
+        # audit: sha256 of each summed client's masked input vector (MaskedInput.data, packed
+        # Z_2^b words) exactly as the server received it; reveals nothing beyond the masked input
+        digests = {
+            f"input/{c}": hashlib.sha256(driver.masked_inputs[c]).hexdigest() for c in survivors
+        }
+        digests["aggregate"] = hashlib.sha256(total.tobytes()).hexdigest()
         return SecAggOutcome(
             total=total,
             survivors=survivors,

@@ -48,10 +48,13 @@ def simulate_secure_sum(
     seed: int | bytes | None = None,
     clip_norm: float | None = None,
 ) -> SecureSumResult:
-    """Sum ``updates`` (client id -> vector, or a list indexed 0..n-1) under ``mode`` ("secagg" or
-    "plain"). ``threshold`` defaults to a majority, ``neighbours`` (SecAgg+ degree k) to
-    min(n - 1, 2 ceil(log2 n)), ``clip_norm`` to the largest input norm; ``seed`` makes it
-    reproducible."""
+    """Sum ``updates`` (client id -> vector, or a list indexed 0..n-1) under ``mode`` ("secagg",
+    "ckks" or "plain"). ``threshold`` defaults to a majority, ``neighbours`` (SecAgg+ degree k, only
+    for "secagg") to min(n - 1, 2 ceil(log2 n)), ``clip_norm`` to the largest input norm; ``seed``
+    makes the masks, noise and identities reproducible (with "ckks" the key holder's CKKS key and
+    its flooding noise are fresh each call, so totals differ within the release error bound).
+    Dropout stages are the mode's ``stages`` (ckks: "contribution", "reveal", "verification").
+    ckks needs at least 2 clients that contribute and verify (two verifier co-signatures)."""
     inputs = dict(updates) if isinstance(updates, Mapping) else dict(enumerate(updates))
     if not inputs:
         raise ConfigError("no updates")
@@ -79,9 +82,11 @@ def simulate_secure_sum(
 
         outcome = PlainAggregator().aggregate(spec, arrays, random=random, dropouts=dropouts)
     elif mode == "ckks":
-        raise ConfigError("mode 'ckks' is not available in simulate_secure_sum yet")
+        from securefl.ckks import CKKSAggregator
+
+        outcome = CKKSAggregator().aggregate(spec, arrays, random=random, dropouts=dropouts)
     else:
-        raise ConfigError(f"unknown mode {mode!r}; use 'secagg' or 'plain'")
+        raise ConfigError(f"unknown mode {mode!r}; use 'secagg', 'ckks' or 'plain'")
     return SecureSumResult(
         total=outcome.total,
         survivors=outcome.survivors,

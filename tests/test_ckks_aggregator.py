@@ -3,7 +3,9 @@ files."""
 
 from __future__ import annotations
 
+import hashlib
 import stat
+import struct
 
 import numpy as np
 import pytest
@@ -134,3 +136,61 @@ def test_key_files(tmp_path):
     holder = load_key_holder(tmp_path / "kh", {}, min_clients=1, verifiers=1)
     assert holder.verify_key == vk
     assert public.to_bytes() == holder.public_context_message().context
+
+
+def test_committed_but_unrevealed_client_is_not_in_the_sum(agg):
+    n, d = 5, 300
+    inputs = _inputs(n, d, seed=5)
+    spec = RoundSpec(
+        session_id=b"G" * 16, round=0, participants=tuple(range(n)), clip_norm=1.0, threshold=3
+    )
+    out = agg.aggregate(spec, inputs, random=_factory(), dropouts={1: "reveal", 3: "contribution"})
+    assert out.survivors == (0, 2, 4)
+    exact = inputs[0] + inputs[2] + inputs[4]
+    assert np.max(np.abs(out.total - exact)) <= release_error_bound(
+        3, 8192, DEFAULT_PARAMS.scale, d
+    )
+    assert {"input/0", "input/2", "input/4", "commitment_set"} <= set(out.digests)
+    assert "input/1" not in out.digests and "input/3" not in out.digests
+    # verifiers: the first two survivors ranked by sha256(domain || closed set digest || u64 id)
+    set_digest = bytes.fromhex(out.digests["commitment_set"])
+    ranked = sorted(
+        out.survivors,
+        key=lambda i: hashlib.sha256(
+            b"securefl-ckks-verifiers-v1" + set_digest + struct.pack(">Q", i)
+        ).digest(),
+    )
+    assert {k for k in out.bytes_sent if k.startswith("verifier/")} == {
+        f"verifier/{v}" for v in ranked[:2]
+    }
+    # the closed set went to the 4 committed clients (1 included): 4 equal messages
+    assert out.bytes_sent["server/commitment_set"] % 4 == 0 and "client/3" not in out.bytes_sent
+
+
+def test_enrolled_identities_are_used_and_must_cover_participants():
+    from securefl.crypto.signing import SigningKey
+    from securefl.errors import ConfigError
+
+    keys = {c: SigningKey.from_seed(Secret(bytes([c + 1]) * 32)) for c in (0, 1, 2)}
+    server = SigningKey.from_seed(Secret(b"\x77" * 32))
+    spec = RoundSpec(
+        session_id=b"H" * 16, round=0, participants=(0, 1, 2), clip_norm=1.0, threshold=2
+    )
+    agg = CKKSAggregator(identities=keys, server_identity=server)
+    inputs = _inputs(3, 50, seed=6)
+    out = agg.aggregate(spec, inputs, random=_factory())
+    assert out.survivors == (0, 1, 2)
+    holder = agg._holder
+    assert holder is not None and holder.server_key == server.verify_key
+    assert holder.federation == {c: k.verify_key for c, k in keys.items()}
+    with pytest.raises(ConfigError, match="no identity key"):
+        CKKSAggregator(identities={0: keys[0]}).aggregate(spec, inputs, random=_factory())
+    # default: derived per client from random(client, "identity"), so the same seed gives the
+    # same identities and another seed other ones
+    a, b = CKKSAggregator(), CKKSAggregator()
+    a.aggregate(spec, inputs, random=_factory())
+    b.aggregate(spec, inputs, random=_factory(b"\x05" * 32))
+    assert a._holder is not None and b._holder is not None
+    assert a._holder.federation[0] != b._holder.federation[0]
+    expected = SigningKey.from_seed(Secret(_factory()(0, "identity").random_bytes(32))).verify_key
+    assert a._holder.federation[0] == expected

@@ -30,7 +30,7 @@ from securefl.protocol.ckks_messages import ContributionEntry, DecryptionRequest
 
 D = 64
 ROUNDS = itertools.count()
-STAGES = st.sampled_from([None, "contribution", "verification"])
+STAGES = st.sampled_from([None, "contribution", "reveal", "verification"])
 
 
 def _rf(cid: int, purpose: str) -> SeededRandomSource:
@@ -39,7 +39,8 @@ def _rf(cid: int, purpose: str) -> SeededRandomSource:
 
 @pytest.fixture(scope="module")
 def agg():
-    return CKKSAggregator(verifiers=2)
+    # every contributor may verify (skips >= n): which ones are drawn is tested in test_ckks_protocol
+    return CKKSAggregator(verifiers=2, verifier_skips=6)
 
 
 @settings(
@@ -80,22 +81,25 @@ def honest_request():
     fed = {i: k.verify_key for i, k in keys.items()}
     secret = generate_context(DEFAULT_PARAMS)
     hk = SigningKey.from_seed(Secret(b"\x31" * 32))
-    holder = CKKSKeyHolder(hk, secret, fed, min_clients=3, verifiers=2)
+    sk = SigningKey.from_seed(Secret(b"\x32" * 32))
+    holder = CKKSKeyHolder(hk, secret, fed, min_clients=3, verifiers=2, server_key=sk.verify_key)
     public = accept_public_context(
         holder.public_context_message(), holder.verify_key, DEFAULT_PARAMS
     )
     server = CKKSServer(
         public,
         fed,
+        sk,
         session_id=session,
         round_=1,
         num_values=D,
         participants=(0, 1, 2, 3),
         min_clients=3,
     )
-    for i in range(4):
-        server.receive_contribution(
-            CKKSClient(i, keys[i], public).contribute(
+    clients = {i: CKKSClient(i, keys[i], public, sk.verify_key) for i in range(4)}
+    for i, c in clients.items():
+        server.receive_commitment(
+            c.commit(
                 session_id=session,
                 round_=1,
                 values=np.full(D, 0.1),
@@ -105,15 +109,21 @@ def honest_request():
                 random=_rf(i, "noise"),
             )
         )
+    cset = server.close_commitments()
+    for c in clients.values():
+        server.receive_contribution(c.reveal(cset))
     server.close()
     req = server.verify_request()
-    for v in (0, 1):
+    for v in server.verifier_ranking()[:2]:
         server.receive_cosignature(
-            CKKSVerifier(v, keys[v], public, fed, min_clients=3).verify(
-                req, session_id=session, round_=1
+            CKKSVerifier(v, keys[v], public, fed, sk.verify_key, min_clients=3).verify(
+                req,
+                session_id=session,
+                round_=1,
+                revealed_under=clients[v].revealed_under[(session, 1)],
             )
         )
-    return (hk, secret, fed), server.decryption_request()
+    return (hk, secret, fed, sk.verify_key), server.decryption_request()
 
 
 def _tamper(req: DecryptionRequest, what: str, k: int) -> DecryptionRequest:
@@ -142,9 +152,17 @@ def _tamper(req: DecryptionRequest, what: str, k: int) -> DecryptionRequest:
         css = list(req.cosignatures)
         css[k % 2] = rep(cs, signature=bytes(sig))
         return rep(req, cosignatures=css)
+    if what == "set_entry":  # the server drops a commitment from the closed set afterwards
+        cset = m.commitment_set
+        entries = cset.entries[: k % 4] + cset.entries[k % 4 + 1 :]
+        return rep(req, manifest=rep(m, commitment_set=rep(cset, entries=entries)))
+    if what == "set_signature":
+        sig = bytearray(m.commitment_set.signature)
+        sig[k % 64] ^= 0x04
+        return rep(req, manifest=rep(m, commitment_set=rep(m.commitment_set, signature=bytes(sig))))
     if what == "cosig_verifier":
         css = list(req.cosignatures)
-        css[k % 2] = rep(css[k % 2], verifier_id=3)
+        css[k % 2] = rep(css[k % 2], verifier_id=(css[k % 2].verifier_id + 1 + k % 3) % 4)
         return rep(req, cosignatures=css)
     raise AssertionError(what)
 
@@ -162,13 +180,15 @@ def _tamper(req: DecryptionRequest, what: str, k: int) -> DecryptionRequest:
             "entry_digest",
             "cosig_byte",
             "cosig_verifier",
+            "set_entry",
+            "set_signature",
         ]
     ),
     k=st.integers(0, 10_000),
 )
 def test_hostile_server_any_tampering_is_refused(honest_request, what, k):
-    (hk, secret, fed), req = honest_request
-    holder = CKKSKeyHolder(hk, secret, fed, min_clients=3, verifiers=2)
+    (hk, secret, fed, server_key), req = honest_request
+    holder = CKKSKeyHolder(hk, secret, fed, min_clients=3, verifiers=2, server_key=server_key)
     with pytest.raises(SecureFLError):
         holder.decrypt(_tamper(req, what, k), _rf(-1, "flood"))
     assert holder.queries_used == 0  # nothing decrypted

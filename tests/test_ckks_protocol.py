@@ -8,7 +8,7 @@ import pytest
 
 from securefl.crypto.random import SeededRandomSource
 from securefl.crypto.secret import Secret
-from securefl.crypto.signing import SigningKey
+from securefl.crypto.signing import SigningKey, sign_bound
 from securefl.errors import (
     AggregationAbortedError,
     IntegrityError,
@@ -16,25 +16,48 @@ from securefl.errors import (
     OverflowRiskError,
     RemoteProtocolError,
     SignatureError,
+    StateError,
 )
 from securefl.he.context import generate_context
 from securefl.he.errors import SecretKeyExposureError
 from securefl.he.params import DEFAULT_PARAMS
+from securefl.he.vectors import (
+    ciphertext_digest,
+    decrypt_chunks,
+    encrypt_chunks,
+    load_chunks,
+    sum_chunks,
+)
 from securefl.protocol import wire
 from securefl.protocol.ckks import (
+    DOMAIN_COMMITMENT,
+    DOMAIN_COMMITMENT_SET,
+    DOMAIN_CONTRIBUTION,
+    DOMAIN_COSIGN,
     CKKSClient,
     CKKSKeyHolder,
     CKKSServer,
     CKKSVerifier,
     DecryptionRefusedError,
     accept_public_context,
+    commitment_message,
+    commitment_set_digest,
+    commitment_value,
+    contribution_message,
+    cosign_message,
+    manifest_digest,
 )
 from securefl.protocol.ckks_messages import (
+    Commitment,
+    CommitmentEntry,
+    CommitmentSet,
     Contribution,
     ContributionEntry,
+    CoSignature,
     DecryptionRequest,
     Manifest,
     SignedPublicContext,
+    VerifyRequest,
 )
 
 SESSION = bytes(range(16))
@@ -52,7 +75,10 @@ def world():
     keys = {i: SigningKey.from_seed(Secret(bytes([i]) * 32)) for i in IDS}
     fed = {i: k.verify_key for i, k in keys.items()}
     holder_key = SigningKey.from_seed(Secret(b"\xaa" * 32))
-    holder = CKKSKeyHolder(holder_key, secret, fed, min_clients=3, verifiers=2)
+    server_key = SigningKey.from_seed(Secret(b"\xbb" * 32))
+    holder = CKKSKeyHolder(
+        holder_key, secret, fed, min_clients=3, verifiers=2, server_key=server_key.verify_key
+    )
     public = accept_public_context(
         holder.public_context_message(), holder.verify_key, DEFAULT_PARAMS
     )
@@ -66,20 +92,22 @@ def world():
         "keys": keys,
         "fed": fed,
         "holder_key": holder_key,
+        "server_key": server_key,
         "public": public,
         "inputs": inputs,
     }
 
 
 def _holder(world, **kw):
-    args = {"min_clients": 3, "verifiers": 2} | kw
+    args = {"min_clients": 3, "verifiers": 2, "server_key": world["server_key"].verify_key} | kw
     return CKKSKeyHolder(world["holder_key"], world["secret"], world["fed"], **args)
 
 
-def _run_to_request(world, round_=0, ids=IDS):
-    server = CKKSServer(
+def _server(world, round_=0):
+    return CKKSServer(
         world["public"],
         world["fed"],
+        world["server_key"],
         session_id=SESSION,
         round_=round_,
         num_values=D,
@@ -87,24 +115,57 @@ def _run_to_request(world, round_=0, ids=IDS):
         min_clients=3,
         verifiers=2,
     )
+
+
+def _client(world, i):
+    return CKKSClient(i, world["keys"][i], world["public"], world["server_key"].verify_key)
+
+
+def _commit(world, client, round_=0, values=None):
+    return client.commit(
+        session_id=SESSION,
+        round_=round_,
+        values=world["inputs"][client.client_id] if values is None else values,
+        clip_norm=1.0,
+        num_participants=len(IDS),
+        noise_std=0.0,
+        random=_rand(f"{client.client_id}"),
+    )
+
+
+def _verifier(world, vid):
+    return CKKSVerifier(
+        vid,
+        world["keys"][vid],
+        world["public"],
+        world["fed"],
+        world["server_key"].verify_key,
+        min_clients=3,
+    )
+
+
+def _run_to_request(world, round_=0, ids=IDS):
+    server = _server(world, round_)
+    clients = {i: _client(world, i) for i in ids}
+    for c in clients.values():
+        server.receive_commitment(wire.decode(wire.encode(_commit(world, c, round_)), Commitment))
+    cset = server.close_commitments()
     contribs = {}
-    for i in ids:
-        c = CKKSClient(i, world["keys"][i], world["public"]).contribute(
-            session_id=SESSION,
-            round_=round_,
-            values=world["inputs"][i],
-            clip_norm=1.0,
-            num_participants=len(IDS),
-            noise_std=0.0,
-            random=_rand(f"{i}"),
-        )
-        contribs[i] = c
-        server.receive_contribution(wire.decode(wire.encode(c), Contribution))
+    for i, c in clients.items():
+        contribs[i] = c.reveal(wire.decode(wire.encode(cset), CommitmentSet))
+        server.receive_contribution(wire.decode(wire.encode(contribs[i]), Contribution))
     server.close()
     req = server.verify_request()
-    for vid in ids[:2]:
-        v = CKKSVerifier(vid, world["keys"][vid], world["public"], world["fed"], min_clients=3)
-        server.receive_cosignature(v.verify(req, session_id=SESSION, round_=round_))
+    for vid in server.verifier_ranking()[:2]:
+        key = (SESSION, round_)
+        server.receive_cosignature(
+            _verifier(world, vid).verify(
+                req,
+                session_id=SESSION,
+                round_=round_,
+                revealed_under=clients[vid].revealed_under[key],
+            )
+        )
     return server, server.decryption_request(), contribs
 
 
@@ -155,7 +216,7 @@ def test_verifier_refuses_to_cosign_a_wrong_sum(world):
             req.manifest, aggregate_digest=ciphertext_digest(contribs[1].chunks)
         ),
     )
-    v = CKKSVerifier(1, world["keys"][1], world["public"], world["fed"], min_clients=3)
+    v = _verifier(world, server.verifier_ranking()[0])
     with pytest.raises(IntegrityError):
         v.verify(bad, session_id=SESSION, round_=0)
 
@@ -241,34 +302,23 @@ def test_public_context_signature_checked(world):
         )
 
 
-def test_server_rejects_bad_contributions(world):
-    server = CKKSServer(
-        world["public"],
-        world["fed"],
-        session_id=SESSION,
-        round_=0,
-        num_values=D,
-        participants=IDS,
-        min_clients=3,
-    )
-    c = CKKSClient(1, world["keys"][1], world["public"]).contribute(
-        session_id=SESSION,
-        round_=0,
-        values=world["inputs"][1],
-        clip_norm=1.0,
-        num_participants=4,
-        noise_std=0.0,
-        random=_rand("1"),
-    )
+def test_server_rejects_bad_commitments_and_reveals(world):
+    server = _server(world)
+    c1 = _client(world, 1)
+    com = _commit(world, c1)
+    early = _client(world, 2)
+    early_com = _commit(world, early)
     with pytest.raises(SignatureError):  # signature by client 1, claimed by client 2
-        server.receive_contribution(msgspec.structs.replace(c, client_id=2))
-    with pytest.raises(SignatureError):  # a chunk swapped after signing
-        server.receive_contribution(msgspec.structs.replace(c, chunks=[c.chunks[0][:-1] + b"\x00"]))
-    server.receive_contribution(c)
+        server.receive_commitment(msgspec.structs.replace(com, client_id=2))
+    with pytest.raises(SignatureError):  # commitment changed after signing
+        server.receive_commitment(msgspec.structs.replace(com, commitment=bytes(32)))
+    with pytest.raises(StateError):  # no ciphertext before the set is closed
+        server.receive_contribution(early.reveal(_signed_set(world, [early_com])))
+    server.receive_commitment(com)
     with pytest.raises(RemoteProtocolError, match="already"):
-        server.receive_contribution(c)
+        server.receive_commitment(com)
     with pytest.raises(AggregationAbortedError):
-        server.close()
+        server.close_commitments()
 
 
 def test_oversized_and_malformed_messages_rejected(world):
@@ -292,9 +342,9 @@ def test_oversized_and_malformed_messages_rejected(world):
 
 
 def test_overflow_prone_inputs_refused(world):
-    client = CKKSClient(1, world["keys"][1], world["public"])
+    client = _client(world, 1)
     with pytest.raises(OverflowRiskError):  # huge clip norm: the sum could wrap
-        client.contribute(
+        client.commit(
             session_id=SESSION,
             round_=0,
             values=world["inputs"][1],
@@ -304,7 +354,7 @@ def test_overflow_prone_inputs_refused(world):
             random=_rand("x"),
         )
     with pytest.raises(OverflowRiskError):  # input not clipped
-        client.contribute(
+        client.commit(
             session_id=SESSION,
             round_=0,
             values=world["inputs"][1] * 10,
@@ -313,3 +363,325 @@ def test_overflow_prone_inputs_refused(world):
             noise_std=0.0,
             random=_rand("x"),
         )
+
+
+# --- commit phase (spec.md "Commit phase") ------------------------------------------------------
+def _signed_set(world, commitments, key=None, round_=0):
+    """A commitment set as a (possibly colluding) server would sign it."""
+    entries = [
+        CommitmentEntry(client_id=c.client_id, commitment=c.commitment, signature=c.signature)
+        for c in sorted(commitments, key=lambda c: c.client_id)
+    ]
+    unsigned = CommitmentSet(
+        session_id=SESSION, round=round_, num_values=D, entries=entries, signature=bytes(64)
+    )
+    sig = sign_bound(
+        key or world["server_key"],
+        domain=DOMAIN_COMMITMENT_SET,
+        session_id=SESSION,
+        round_=round_,
+        message=commitment_set_digest(unsigned),
+    )
+    return msgspec.structs.replace(unsigned, signature=sig)
+
+
+def _negate_rerandomised(world, chunks):
+    """-ct + Enc(0): what a colluding client builds from another client's ciphertext."""
+    neg = load_chunks(world["public"], chunks, D)
+    zero = load_chunks(world["public"], encrypt_chunks(world["public"], np.zeros(D)), D)
+    for a, z in zip(neg, zero, strict=True):
+        a.neg_()
+        a.add_(z)
+    return [bytes(v.serialize()) for v in neg]
+
+
+def _reveal_as(world, cid, chunks, set_digest, round_=0):
+    """A correctly signed reveal of arbitrary chunks by client ``cid`` (it holds its own key)."""
+    sig = sign_bound(
+        world["keys"][cid],
+        domain=DOMAIN_CONTRIBUTION,
+        session_id=SESSION,
+        round_=round_,
+        message=contribution_message(cid, D, ciphertext_digest(chunks), set_digest),
+    )
+    return Contribution(
+        session_id=SESSION,
+        round=round_,
+        client_id=cid,
+        num_values=D,
+        chunks=chunks,
+        commitment_set_digest=set_digest,
+        signature=sig,
+    )
+
+
+def test_rogue_negation_after_seeing_ct_b_is_refused(world):
+    """Client 1 colludes with the server, sees client 2's ciphertext, submits -ct_2 + Enc(0) so the
+    sum would be x_3 alone. Its commitment had to be made before ct_2 was revealed, so the rogue
+    ciphertext opens no commitment: server, verifiers and key holder all refuse."""
+    a, b, c = 1, 2, 3
+    server = _server(world)
+    clients = {i: _client(world, i) for i in (a, b, c)}
+    commits = {i: _commit(world, clients[i]) for i in (a, b, c)}
+    for com in commits.values():
+        server.receive_commitment(com)
+    cset = server.close_commitments()
+    set_digest = commitment_set_digest(cset)
+    ct_b = clients[b].reveal(cset)
+    ct_c = clients[c].reveal(cset)
+    rogue_chunks = _negate_rerandomised(world, ct_b.chunks)
+    # the attack works on the ciphertexts themselves: rogue + ct_b + ct_c decrypts to x_c
+    isolated = decrypt_chunks(
+        world["secret"], sum_chunks(world["public"], [rogue_chunks, ct_b.chunks, ct_c.chunks], D), D
+    )
+    assert np.max(np.abs(isolated - world["inputs"][c])) < 1e-6
+    rogue = _reveal_as(world, a, rogue_chunks, set_digest)
+    server.receive_contribution(ct_b)
+    server.receive_contribution(ct_c)
+    with pytest.raises(IntegrityError, match="does not match its commitment"):
+        server.receive_contribution(rogue)
+    # committing late, after ct_b was seen, is refused: the set is closed
+    late = _client(world, 4)
+    with pytest.raises(StateError, match="closed"):
+        server.receive_commitment(_commit(world, late))
+
+    # a colluding server lists the rogue reveal anyway: verifiers and key holder refuse
+    entries = [
+        ContributionEntry(
+            client_id=x.client_id, digest=ciphertext_digest(x.chunks), signature=x.signature
+        )
+        for x in (rogue, ct_b, ct_c)
+    ]
+    agg = sum_chunks(world["public"], [rogue_chunks, ct_b.chunks, ct_c.chunks], D)
+    manifest = Manifest(
+        session_id=SESSION,
+        round=0,
+        num_values=D,
+        entries=entries,
+        aggregate_digest=ciphertext_digest(agg),
+        commitment_set=cset,
+    )
+    req = VerifyRequest(manifest=manifest, contributions=[rogue_chunks, ct_b.chunks, ct_c.chunks])
+    with pytest.raises(DecryptionRefusedError, match="does not match its commitment"):
+        _verifier(world, b).verify(
+            req,
+            session_id=SESSION,
+            round_=0,
+            revealed_under=clients[b].revealed_under[(SESSION, 0)],
+        )
+    holder = _holder(world)
+    with pytest.raises(DecryptionRefusedError, match="does not match its commitment"):
+        holder.decrypt(
+            DecryptionRequest(
+                manifest=manifest, aggregate=agg, cosignatures=[_fake_cosig(world, a, manifest)]
+            ),
+            _rand("f"),
+        )
+    assert holder.queries_used == 0
+
+    # ... or re-opens the set with a late commitment to the rogue ciphertext: the honest reveals
+    # bind the first set's digest, so their signatures no longer verify
+    late_commit = Commitment(
+        session_id=SESSION,
+        round=0,
+        client_id=a,
+        num_values=D,
+        commitment=commitment_value(SESSION, 0, a, D, ciphertext_digest(rogue_chunks)),
+        signature=sign_bound(
+            world["keys"][a],
+            domain=DOMAIN_COMMITMENT,
+            session_id=SESSION,
+            round_=0,
+            message=commitment_message(
+                a, D, commitment_value(SESSION, 0, a, D, ciphertext_digest(rogue_chunks))
+            ),
+        ),
+    )
+    cset2 = _signed_set(world, [late_commit, commits[b], commits[c]])
+    rogue2 = _reveal_as(world, a, rogue_chunks, commitment_set_digest(cset2))
+    entries2 = [
+        ContributionEntry(
+            client_id=a, digest=ciphertext_digest(rogue_chunks), signature=rogue2.signature
+        ),
+        *entries[1:],
+    ]
+    m2 = msgspec.structs.replace(manifest, entries=entries2, commitment_set=cset2)
+    with pytest.raises(SignatureError):
+        holder.decrypt(
+            DecryptionRequest(manifest=m2, aggregate=agg, cosignatures=[_fake_cosig(world, a, m2)]),
+            _rand("f"),
+        )
+    with pytest.raises(RemoteProtocolError, match="another commitment set"):
+        server.receive_contribution(rogue2)
+    assert holder.queries_used == 0
+
+
+def _fake_cosig(world, vid, manifest):
+    mdig = manifest_digest(manifest)
+    return CoSignature(
+        session_id=SESSION,
+        round=manifest.round,
+        verifier_id=vid,
+        manifest_digest=mdig,
+        signature=sign_bound(
+            world["keys"][vid],
+            domain=DOMAIN_COSIGN,
+            session_id=SESSION,
+            round_=manifest.round,
+            message=cosign_message(vid, mdig),
+        ),
+    )
+
+
+def test_reveal_that_does_not_match_its_commitment_is_refused(world):
+    server = _server(world)
+    clients = {i: _client(world, i) for i in (1, 2, 3)}
+    for c in clients.values():
+        server.receive_commitment(_commit(world, c))
+    cset = server.close_commitments()
+    honest = clients[1].reveal(cset)
+    # client 1 reveals a fresh encryption of the same values (not the committed ciphertext)
+    other = encrypt_chunks(world["public"], world["inputs"][1])
+    swapped = _reveal_as(world, 1, other, commitment_set_digest(cset))
+    with pytest.raises(IntegrityError, match="does not match its commitment"):
+        server.receive_contribution(swapped)
+    # a chunk flipped in transit: no longer the committed ciphertext either
+    chunk = bytearray(honest.chunks[0])
+    chunk[-1] ^= 1
+    with pytest.raises(IntegrityError, match="does not match its commitment"):
+        server.receive_contribution(msgspec.structs.replace(honest, chunks=[bytes(chunk)]))
+    server.receive_contribution(honest)  # the committed ciphertext is accepted
+    # a client never reveals twice, and never under a second set
+    with pytest.raises(RemoteProtocolError, match="already revealed"):
+        clients[1].reveal(cset)
+
+
+def test_commitment_set_shown_differently_to_different_clients_is_caught(world):
+    """The server shows client 2 a set without client 4 and clients 1, 3 and 4 the full set."""
+    server = _server(world)
+    clients = {i: _client(world, i) for i in IDS}
+    commits = {i: _commit(world, c) for i, c in clients.items()}
+    for com in commits.values():
+        server.receive_commitment(com)
+    full = server.close_commitments()
+    partial = _signed_set(world, [commits[i] for i in (1, 2, 3)])
+    reveals = {i: clients[i].reveal(partial if i == 2 else full) for i in IDS}
+    # the honest server code refuses the reveal bound to the other set
+    with pytest.raises(RemoteProtocolError, match="another commitment set"):
+        server.receive_contribution(reveals[2])
+    # a colluding server that lists it anyway is caught by the verifiers and the key holder
+    chunks = [reveals[i].chunks for i in IDS]
+    agg = sum_chunks(world["public"], chunks, D)
+    for shown in (full, partial):
+        m = Manifest(
+            session_id=SESSION,
+            round=0,
+            num_values=D,
+            entries=[
+                ContributionEntry(
+                    client_id=i,
+                    digest=ciphertext_digest(reveals[i].chunks),
+                    signature=reveals[i].signature,
+                )
+                for i in IDS
+                if shown is full or i != 4
+            ],
+            aggregate_digest=ciphertext_digest(agg),
+            commitment_set=shown,
+        )
+        with pytest.raises(SignatureError):
+            _holder(world).decrypt(
+                DecryptionRequest(
+                    manifest=m, aggregate=agg, cosignatures=[_fake_cosig(world, 1, m)]
+                ),
+                _rand("f"),
+            )
+    # a verifier compares the manifest's set with the one it revealed under
+    m = Manifest(
+        session_id=SESSION,
+        round=0,
+        num_values=D,
+        entries=[
+            ContributionEntry(
+                client_id=i,
+                digest=ciphertext_digest(reveals[i].chunks),
+                signature=reveals[i].signature,
+            )
+            for i in (1, 3, 4)
+        ],
+        aggregate_digest=ciphertext_digest(
+            sum_chunks(world["public"], [chunks[0], chunks[2], chunks[3]], D)
+        ),
+        commitment_set=full,
+    )
+    req = VerifyRequest(manifest=m, contributions=[chunks[0], chunks[2], chunks[3]])
+    seen_by_2 = clients[2].revealed_under[(SESSION, 0)]
+    assert seen_by_2 == commitment_set_digest(partial)
+    v2 = CKKSVerifier(
+        2,
+        world["keys"][2],
+        world["public"],
+        world["fed"],
+        world["server_key"].verify_key,
+        min_clients=3,
+        verifier_skips=4,
+    )
+    with pytest.raises(RemoteProtocolError, match="differs from the one this client was shown"):
+        v2.verify(req, session_id=SESSION, round_=0, revealed_under=seen_by_2)
+
+
+def test_commitment_set_must_be_signed_by_the_server(world):
+    client = _client(world, 1)
+    com = _commit(world, client)
+    forged = _signed_set(world, [com], key=world["keys"][2])
+    with pytest.raises(SignatureError):
+        client.reveal(forged)
+    # a set that drops or changes this client's commitment is refused too
+    other = _commit(world, _client(world, 2))
+    with pytest.raises(RemoteProtocolError, match="this client's commitment"):
+        client.reveal(_signed_set(world, [other]))
+
+
+def test_verifiers_drawn_from_the_closed_commitment_set(world):
+    """Verifiers follow the ranking sha256(domain || set digest || id), recomputed here with
+    hashlib; the key holder refuses co-signers outside the first verifiers + skips."""
+    import hashlib
+    import struct
+
+    server, dreq, _ = _run_to_request(world)
+    m = dreq.manifest
+    set_digest = commitment_set_digest(m.commitment_set)
+    expected = sorted(
+        IDS,
+        key=lambda i: hashlib.sha256(
+            b"securefl-ckks-verifiers-v1" + set_digest + struct.pack(">Q", i)
+        ).digest(),
+    )
+    assert list(server.verifier_ranking()) == expected
+    assert [cs.verifier_id for cs in dreq.cosignatures] == sorted(expected[:2])
+    # a different round's set (different commitments) gives an independent ranking; over 12 rounds
+    # the first verifier is not always the lowest id (the old rule)
+    firsts = set()
+    for r in range(1, 13):
+        s, _, _ = _run_to_request(world, round_=r)
+        firsts.add(s.verifier_ranking()[0])
+    assert len(firsts) >= 2
+    # the key holder: with no skips allowed only the two top-ranked contributors may co-sign
+    last = expected[-1]
+    cos = [_fake_cosig(world, expected[0], m), _fake_cosig(world, last, m)]
+    strict = _holder(world, verifier_skips=0)
+    with pytest.raises(DecryptionRefusedError, match="not among the verifiers"):
+        strict.decrypt(msgspec.structs.replace(dreq, cosignatures=cos), _rand("f"))
+    # and a low-ranked client refuses to act as verifier
+    strict_v = CKKSVerifier(
+        last,
+        world["keys"][last],
+        world["public"],
+        world["fed"],
+        world["server_key"].verify_key,
+        min_clients=3,
+        verifier_skips=0,
+    )
+    with pytest.raises(RemoteProtocolError, match="not among the verifiers"):
+        strict_v.verify(server.verify_request(), session_id=SESSION, round_=0)
+    strict.decrypt(dreq, _rand("f"))  # the drawn verifiers' co-signatures are accepted

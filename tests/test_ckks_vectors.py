@@ -43,21 +43,57 @@ def test_vectors_recomputed_independently():
     chunks = [bytes.fromhex(c) for c in V["chunks"]]
     digest = _digest(chunks)
     assert digest.hex() == V["ciphertext_digest"]
-    msg = struct.pack(">QQ", V["client_id"], V["num_values"]) + digest
-    sig = priv.sign(_bound("securefl/ckks/contribution/v1", session, V["round"], msg))
+    round_, cid, d = V["round"], V["client_id"], V["num_values"]
+    commitment = hashlib.sha256(
+        b"securefl-ckks-commit-v1" + session + struct.pack(">QQQ", round_, cid, d) + digest
+    ).digest()
+    assert commitment.hex() == V["commitment"]
+    commit_sig = priv.sign(
+        _bound(
+            "securefl/ckks/commitment/v1",
+            session,
+            round_,
+            struct.pack(">QQ", cid, d) + commitment,
+        )
+    )
+    assert commit_sig.hex() == V["commitment_signature"]
+    set_digest = hashlib.sha256(
+        b"securefl-ckks-commitment-set-v1"
+        + session
+        + struct.pack(">QQI", round_, d, 1)
+        + struct.pack(">Q", cid)
+        + commitment
+        + commit_sig
+    ).digest()
+    assert set_digest.hex() == V["commitment_set_digest"]
+    server = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(V["server_seed"]))
+    assert server.public_key().public_bytes_raw().hex() == V["server_public_key"]
+    set_sig = server.sign(_bound("securefl/ckks/commitment-set/v1", session, round_, set_digest))
+    assert set_sig.hex() == V["commitment_set_signature"]
+    msg = struct.pack(">QQ", cid, d) + digest + set_digest
+    sig = priv.sign(_bound("securefl/ckks/contribution/v2", session, round_, msg))
     assert sig.hex() == V["contribution_signature"]
     agg = _digest([bytes.fromhex(c) for c in V["aggregate_chunks"]])
     assert agg.hex() == V["aggregate_digest"]
     m = hashlib.sha256(
-        b"securefl-ckks-manifest-v1"
+        b"securefl-ckks-manifest-v2"
         + session
-        + struct.pack(">QQI", V["round"], V["num_values"], 1)
-        + struct.pack(">Q", V["client_id"])
+        + struct.pack(">QQI", round_, d, 1)
+        + struct.pack(">Q", cid)
         + digest
         + sig
         + agg
+        + set_digest
+        + set_sig
     ).digest()
     assert m.hex() == V["manifest_digest"]
+    ranked = sorted(
+        V["verifier_ranking_ids"],
+        key=lambda i: hashlib.sha256(
+            b"securefl-ckks-verifiers-v1" + set_digest + struct.pack(">Q", i)
+        ).digest(),
+    )
+    assert ranked == V["verifier_ranking"]
     cos = priv.sign(
         _bound(
             "securefl/ckks/aggregate-cosign/v1",

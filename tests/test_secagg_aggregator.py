@@ -134,3 +134,54 @@ def test_enrolled_identities_are_used_and_must_cover_participants() -> None:
         SecAggAggregator(identities={0: keys[0]}).aggregate(
             spec, _inputs(3, 4, 1.0), random=factory
         )
+
+
+def test_digests_of_masked_inputs_as_the_server_received_them() -> None:
+    import hashlib
+
+    import msgspec
+
+    n, dim, clip = 5, 40, 1.0
+    spec = RoundSpec(
+        session_id=b"D" * 16, round=0, participants=tuple(range(n)), clip_norm=clip, threshold=3
+    )
+    inputs = _inputs(n, dim, clip)
+    delivered: dict[int, bytes] = {}
+
+    def record(stage: str, sender: int, recipient: int, data: bytes) -> bytes:
+        if stage == "masked" and recipient == -1:
+            delivered[sender] = data
+        return data
+
+    dropouts = {1: "masked", 3: "unmask"}
+    out = SecAggAggregator(degree=4, tamper=record).aggregate(
+        spec, inputs, random=factory, dropouts=dropouts
+    )
+    assert out.survivors == (0, 2, 3, 4)  # 3 dropped after its masked input was summed
+    assert set(delivered) == {0, 2, 3, 4}
+    # independent: plain msgpack decoding of the delivered bytes, then hashlib
+    expected = {
+        f"input/{c}": hashlib.sha256(msgspec.msgpack.decode(delivered[c])["data"]).hexdigest()
+        for c in out.survivors
+    }
+    assert {k: v for k, v in out.digests.items() if k.startswith("input/")} == expected
+    assert out.digests["aggregate"] == hashlib.sha256(out.total.tobytes()).hexdigest()
+
+    # a masked input altered in transit: its digest is that of the altered bytes, the others stay
+    def flip(stage: str, sender: int, recipient: int, data: bytes) -> bytes:
+        if stage == "masked" and recipient == -1 and sender == 0:
+            raw = msgspec.msgpack.decode(data)
+            masked = bytearray(raw["data"])
+            masked[0] ^= 0x01
+            raw["data"] = bytes(masked)
+            delivered[0] = bytes(masked)
+            return msgspec.msgpack.encode(raw)
+        return data
+
+    bad = SecAggAggregator(degree=4, tamper=flip).aggregate(
+        spec, inputs, random=factory, dropouts=dropouts
+    )
+    assert bad.digests["input/0"] != out.digests["input/0"]
+    assert bad.digests["input/0"] == hashlib.sha256(delivered[0]).hexdigest()
+    for c in (2, 3, 4):
+        assert bad.digests[f"input/{c}"] == out.digests[f"input/{c}"]

@@ -1,11 +1,11 @@
-"""simulate_secure_sum: secagg and plain agree with the float sum; ckks is not available yet."""
+"""simulate_secure_sum: secagg, ckks and plain agree with the float sum."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from securefl.errors import ConfigError
+from securefl.errors import AggregationAbortedError, ConfigError
 from securefl.simulate import simulate_secure_sum
 
 
@@ -35,8 +35,28 @@ def test_mapping_input_and_plain_mode() -> None:
     assert np.max(np.abs(sec.total - 1.75)) < 3 * 2.0 / 2**16
 
 
+def test_ckks_matches_float_sum_with_dropouts() -> None:
+    from securefl.he.flooding import release_error_bound
+    from securefl.he.params import DEFAULT_PARAMS
+
+    ups = _updates(6, 40)
+    res = simulate_secure_sum(
+        ups, mode="ckks", seed=3, dropouts={1: "contribution", 4: "reveal", 5: "verification"}
+    )
+    assert res.survivors == (0, 2, 3, 5)  # 5 contributed before dropping; 4 never revealed
+    assert res.dropouts == {1: "contribution", 4: "reveal", 5: "verification"}
+    exact = ups[0] + ups[2] + ups[3] + ups[5]  # independent float sum
+    err = float(np.max(np.abs(res.total - exact)))
+    assert err <= release_error_bound(
+        4, DEFAULT_PARAMS.poly_modulus_degree, DEFAULT_PARAMS.scale, 40
+    )
+    assert res.bytes_sent["server/commitment_set"] > 0 and res.bytes_sent["client/0"] > 0
+    with pytest.raises(AggregationAbortedError):  # below the majority threshold
+        simulate_secure_sum(
+            ups, mode="ckks", seed=3, dropouts={0: "reveal", 1: "reveal", 2: "reveal"}
+        )
+
+
 def test_modes() -> None:
-    with pytest.raises(ConfigError):
-        simulate_secure_sum(_updates(3, 2), mode="ckks")
     with pytest.raises(ConfigError):
         simulate_secure_sum(_updates(3, 2), mode="nope")

@@ -1,9 +1,9 @@
 """Generate protocols/ckks/schemas/*.json (JSON Schema of every message) and vectors/vectors.json.
 
-Vectors cover what is deterministic: the ciphertext digest, the manifest digest and Ed25519
-signatures (RFC 8032 signatures are deterministic) over fixed inputs with fixed seeds. An
-independent
-verifier (tests/test_ckks_vectors.py) recomputes them with hashlib and `cryptography` directly.
+Vectors cover what is deterministic: the ciphertext digest, the commitment, the commitment set
+digest, the manifest digest, the verifier ranking and Ed25519 signatures (RFC 8032 signatures are
+deterministic) over fixed inputs with fixed seeds. An independent verifier
+(tests/test_ckks_vectors.py) recomputes them with hashlib and `cryptography` directly.
 
     python protocols/ckks/generate.py
 """
@@ -20,16 +20,28 @@ from securefl.crypto.signing import SigningKey, sign_bound
 from securefl.he.params import DEFAULT_PARAMS
 from securefl.he.vectors import ciphertext_digest
 from securefl.protocol.ckks import (
+    DOMAIN_COMMITMENT,
+    DOMAIN_COMMITMENT_SET,
     DOMAIN_CONTEXT,
     DOMAIN_CONTRIBUTION,
     DOMAIN_COSIGN,
+    commitment_message,
+    commitment_set_digest,
+    commitment_value,
     context_message,
     contribution_message,
     cosign_message,
     key_id_for,
     manifest_digest,
+    verifier_ranking,
 )
-from securefl.protocol.ckks_messages import CKKS_MESSAGES, ContributionEntry, Manifest
+from securefl.protocol.ckks_messages import (
+    CKKS_MESSAGES,
+    CommitmentEntry,
+    CommitmentSet,
+    ContributionEntry,
+    Manifest,
+)
 
 HERE = Path(__file__).parent
 
@@ -42,16 +54,38 @@ def vectors() -> dict[str, object]:
     session = bytes(range(16))
     client_seed = bytes([0x11]) * 32
     holder_seed = bytes([0x22]) * 32
+    server_seed = bytes([0x33]) * 32
     client = SigningKey.from_seed(Secret(client_seed))
     holder = SigningKey.from_seed(Secret(holder_seed))
+    server = SigningKey.from_seed(Secret(server_seed))
     chunks = [b"chunk-0", b"chunk-1-longer"]
     digest = ciphertext_digest(chunks)
+    commitment = commitment_value(session, 7, 5, 9000, digest)
+    commit_sig = sign_bound(
+        client,
+        domain=DOMAIN_COMMITMENT,
+        session_id=session,
+        round_=7,
+        message=commitment_message(5, 9000, commitment),
+    )
+    unsigned = CommitmentSet(
+        session_id=session,
+        round=7,
+        num_values=9000,
+        entries=[CommitmentEntry(client_id=5, commitment=commitment, signature=commit_sig)],
+        signature=bytes(64),
+    )
+    set_digest = commitment_set_digest(unsigned)
+    set_sig = sign_bound(
+        server, domain=DOMAIN_COMMITMENT_SET, session_id=session, round_=7, message=set_digest
+    )
+    cset = msgspec.structs.replace(unsigned, signature=set_sig)
     contrib_sig = sign_bound(
         client,
         domain=DOMAIN_CONTRIBUTION,
         session_id=session,
         round_=7,
-        message=contribution_message(5, 9000, digest),
+        message=contribution_message(5, 9000, digest, set_digest),
     )
     manifest = Manifest(
         session_id=session,
@@ -59,6 +93,7 @@ def vectors() -> dict[str, object]:
         num_values=9000,
         entries=[ContributionEntry(client_id=5, digest=digest, signature=contrib_sig)],
         aggregate_digest=ciphertext_digest([b"sum"]),
+        commitment_set=cset,
     )
     mdig = manifest_digest(manifest)
     cosig = sign_bound(
@@ -81,13 +116,21 @@ def vectors() -> dict[str, object]:
         "client_public_key": client.verify_key.raw.hex(),
         "holder_seed": holder_seed.hex(),
         "holder_public_key": holder.verify_key.raw.hex(),
+        "server_seed": server_seed.hex(),
+        "server_public_key": server.verify_key.raw.hex(),
         "chunks": [c.hex() for c in chunks],
         "ciphertext_digest": digest.hex(),
+        "commitment": commitment.hex(),
+        "commitment_signature": commit_sig.hex(),
+        "commitment_set_digest": set_digest.hex(),
+        "commitment_set_signature": set_sig.hex(),
         "contribution_signature": contrib_sig.hex(),
         "aggregate_chunks": [b"sum".hex()],
         "aggregate_digest": manifest.aggregate_digest.hex(),
         "manifest_digest": mdig.hex(),
         "cosignature": cosig.hex(),
+        "verifier_ranking_ids": [1, 2, 3, 4, 5, 6, 7, 8],
+        "verifier_ranking": list(verifier_ranking(set_digest, range(1, 9))),
         "params_canonical": DEFAULT_PARAMS.canonical_bytes().hex(),
         "context_bytes": fake_context.hex(),
         "context_key_id": key_id_for(fake_context).hex(),

@@ -4,14 +4,21 @@ No I/O, no clock, no global RNG: randomness is an injected RandomSource; message
 securefl.protocol.ckks_messages. The flow of one round:
 
 1. key holder -> all: SignedPublicContext (public key only, Ed25519-signed).
-2. client -> server: Contribution = Enc(w_i clip(delta_i) + DP noise share), signed over its digest.
-3. server: validates, sums homomorphically, publishes a Manifest (client id, digest, signature) with
-   the aggregate's digest; sends each verifier a VerifyRequest.
-4. verifier (a client): re-checks every contribution, recomputes the sum, co-signs the manifest.
-5. server -> key holder: DecryptionRequest (aggregate + manifest + co-signatures), never an
-individual
-   ciphertext. The key holder decrypts once per (session, round), only with >= min_clients distinct
-   enrolled signed contributions and >= verifiers distinct co-signatures, then floods and rounds
+2. client -> server: Commitment = sha256 of its ciphertext's digest bound to (session, round, id,
+   size), signed. No ciphertext is revealed yet.
+3. server -> committed clients: CommitmentSet, the closed set of commitments, signed by the server.
+4. client -> server: Contribution (the reveal) = Enc(w_i clip(delta_i) + DP noise share), signed over
+   its digest AND the digest of the closed commitment set it was shown. A ciphertext chosen after
+   seeing another client's ciphertext cannot match a commitment made before the set closed, so the
+   rogue-ciphertext attack (submit -ct_B to isolate client C) is refused.
+5. server: checks each reveal against its commitment, sums homomorphically, publishes a Manifest
+   (commitment set, client id, digest, signature, aggregate digest); verifiers are ranked by a hash
+   of the closed commitment set (public, fixed once the set is signed) and each gets a VerifyRequest.
+6. verifier (a client): re-checks every commitment and contribution, recomputes the sum, co-signs.
+7. server -> key holder: DecryptionRequest (aggregate + manifest + co-signatures), never an
+   individual ciphertext. The key holder decrypts once per (session, round), only with >=
+   min_clients distinct enrolled contributions that match commitments in one server-signed set and
+   all bind that set, and >= verifiers co-signatures from eligible verifiers, then floods and rounds
    (Li-Micciancio, EUROCRYPT 2021; see securefl.he.flooding) and signs the release.
 """
 
@@ -20,9 +27,10 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from securefl.crypto.signing import SigningKey, VerifyKey, sign_bound, verify_bound
@@ -57,6 +65,9 @@ from securefl.he.vectors import (
     sum_chunks,
 )
 from securefl.protocol.ckks_messages import (
+    Commitment,
+    CommitmentEntry,
+    CommitmentSet,
     Contribution,
     ContributionEntry,
     CoSignature,
@@ -73,6 +84,9 @@ if TYPE_CHECKING:
     from securefl.crypto.random import RandomSource
 
 __all__ = [
+    "DEFAULT_VERIFIER_SKIPS",
+    "DOMAIN_COMMITMENT",
+    "DOMAIN_COMMITMENT_SET",
     "DOMAIN_CONTEXT",
     "DOMAIN_CONTRIBUTION",
     "DOMAIN_COSIGN",
@@ -84,20 +98,30 @@ __all__ = [
     "DecryptionRefusedError",
     "Federation",
     "accept_public_context",
+    "commitment_message",
+    "commitment_set_digest",
+    "commitment_value",
     "contribution_message",
     "cosign_message",
+    "eligible_verifiers",
     "manifest_digest",
     "noise_bound",
     "release_message",
+    "verifier_ranking",
 ]
 
 DOMAIN_CONTEXT = "securefl/ckks/public-context/v1"
-DOMAIN_CONTRIBUTION = "securefl/ckks/contribution/v1"
+DOMAIN_COMMITMENT = "securefl/ckks/commitment/v1"
+DOMAIN_COMMITMENT_SET = "securefl/ckks/commitment-set/v1"
+DOMAIN_CONTRIBUTION = "securefl/ckks/contribution/v2"
 DOMAIN_COSIGN = "securefl/ckks/aggregate-cosign/v1"
 DOMAIN_RELEASE = "securefl/ckks/release/v1"
 
 #: client id -> enrolled Ed25519 identity key (the federation manifest is the PKI)
 Federation = Mapping[int, VerifyKey]
+
+#: how many ranked verifiers may be skipped (dropped out) before the key holder refuses co-signers
+DEFAULT_VERIFIER_SKIPS = 2
 
 
 class DecryptionRefusedError(RemoteProtocolError):
@@ -118,8 +142,39 @@ def key_id_for(context: bytes) -> bytes:
     return hashlib.sha256(context).digest()[:16]
 
 
-def contribution_message(client_id: int, num_values: int, digest: bytes) -> bytes:
-    return struct.pack(">QQ", client_id, num_values) + digest
+def commitment_value(
+    session_id: bytes, round_: int, client_id: int, num_values: int, ct_digest: bytes
+) -> bytes:
+    """The hash commitment to a ciphertext: SHA-256("securefl-ckks-commit-v1" || session(16) ||
+    u64 round || u64 id || u64 d || ct_digest). Binding by collision resistance; it reveals nothing
+    about the ciphertext's digest (which carries the encryption's fresh randomness) and, being bound
+    to the client id, cannot be copied by another client."""
+    return hashlib.sha256(
+        b"securefl-ckks-commit-v1"
+        + session_id
+        + struct.pack(">QQQ", round_, client_id, num_values)
+        + ct_digest
+    ).digest()
+
+
+def commitment_message(client_id: int, num_values: int, commitment: bytes) -> bytes:
+    return struct.pack(">QQ", client_id, num_values) + commitment
+
+
+def commitment_set_digest(cs: CommitmentSet) -> bytes:
+    """SHA-256 over the closed commitment set (without the server's signature over it)."""
+    h = hashlib.sha256(b"securefl-ckks-commitment-set-v1")
+    h.update(cs.session_id + struct.pack(">QQI", cs.round, cs.num_values, len(cs.entries)))
+    for e in cs.entries:
+        h.update(struct.pack(">Q", e.client_id) + e.commitment + e.signature)
+    return h.digest()
+
+
+def contribution_message(
+    client_id: int, num_values: int, digest: bytes, commitment_set_digest_: bytes
+) -> bytes:
+    """What a reveal signs: u64 id || u64 d || ct_digest || commitment_set_digest."""
+    return struct.pack(">QQ", client_id, num_values) + digest + commitment_set_digest_
 
 
 def cosign_message(verifier_id: int, manifest_digest_: bytes) -> bytes:
@@ -131,13 +186,36 @@ def release_message(manifest_digest_: bytes, num_values: int, values: bytes) -> 
 
 
 def manifest_digest(m: Manifest) -> bytes:
-    """SHA-256 over a canonical encoding of the manifest (spec.md, "Manifest digest")."""
-    h = hashlib.sha256(b"securefl-ckks-manifest-v1")
+    """SHA-256 over a canonical encoding of the manifest (spec.md, "Encodings")."""
+    h = hashlib.sha256(b"securefl-ckks-manifest-v2")
     h.update(m.session_id + struct.pack(">QQI", m.round, m.num_values, len(m.entries)))
     for e in m.entries:
         h.update(struct.pack(">Q", e.client_id) + e.digest + e.signature)
     h.update(m.aggregate_digest)
+    h.update(commitment_set_digest(m.commitment_set) + m.commitment_set.signature)
     return h.digest()
+
+
+def verifier_ranking(set_digest: bytes, client_ids: Iterable[int]) -> tuple[int, ...]:
+    """Clients ordered by SHA-256("securefl-ckks-verifiers-v1" || set_digest || u64 id), ties by
+    id. ``set_digest`` is the closed commitment set's digest: public, fixed once the server signs
+    the set, and unpredictable before every commitment is in (each commitment hides a fresh
+    ciphertext digest). Verifiers are the first ranked contributors that answer."""
+
+    def key(cid: int) -> tuple[bytes, int]:
+        tag = b"securefl-ckks-verifiers-v1" + set_digest + struct.pack(">Q", cid)
+        return hashlib.sha256(tag).digest(), cid
+
+    return tuple(sorted(set(client_ids), key=key))
+
+
+def eligible_verifiers(m: Manifest, verifiers: int, skips: int) -> tuple[int, ...]:
+    """The contributors of ``m`` allowed to co-sign: the first ``verifiers + skips`` of the ranking
+    derived from the manifest's closed commitment set."""
+    ranking = verifier_ranking(
+        commitment_set_digest(m.commitment_set), (e.client_id for e in m.entries)
+    )
+    return ranking[: verifiers + skips]
 
 
 def noise_bound(clip_norm: float, noise_std: float, num_values: int) -> float:
@@ -171,8 +249,60 @@ def accept_public_context(
     return load_public_context(msg.context, params)
 
 
-def _check_entries(manifest: Manifest, federation: Federation, min_clients: int) -> None:
-    """Entries sorted by id, distinct, enrolled, >= min_clients, each signature valid."""
+def _verify_set_signature(cs: CommitmentSet, server_key: VerifyKey) -> bytes:
+    """Entries sorted and distinct, and the server's signature over the set; returns its digest."""
+    ids = [e.client_id for e in cs.entries]
+    if len(set(ids)) != len(ids) or ids != sorted(ids):
+        raise RemoteProtocolError("commitment set entries must be sorted by client id and distinct")
+    digest = commitment_set_digest(cs)
+    verify_bound(
+        server_key,
+        cs.signature,
+        domain=DOMAIN_COMMITMENT_SET,
+        session_id=cs.session_id,
+        round_=cs.round,
+        message=digest,
+    )
+    return digest
+
+
+def _check_commitment_set(
+    cs: CommitmentSet, federation: Federation, server_key: VerifyKey
+) -> bytes:
+    """Server signature, entries sorted and distinct, enrolled, each commitment signature valid.
+    Returns the set's digest."""
+    digest = _verify_set_signature(cs, server_key)
+    for e in cs.entries:
+        key = federation.get(e.client_id)
+        if key is None:
+            raise SignatureError(f"client {e.client_id} is not enrolled in the federation")
+        verify_bound(
+            key,
+            e.signature,
+            domain=DOMAIN_COMMITMENT,
+            session_id=cs.session_id,
+            round_=cs.round,
+            message=commitment_message(e.client_id, cs.num_values, e.commitment),
+        )
+    return digest
+
+
+def _check_entries(
+    manifest: Manifest, federation: Federation, server_key: VerifyKey, min_clients: int
+) -> bytes:
+    """The closed commitment set is the server's, for this round, with valid commitment
+    signatures; entries sorted by id, distinct, enrolled, >= min_clients; every entry opens its
+    client's commitment in that set, and every reveal signature binds that same set (a client shown
+    another set signed another digest). Returns the commitment set's digest."""
+    cs = manifest.commitment_set
+    if (cs.session_id, cs.round, cs.num_values) != (
+        manifest.session_id,
+        manifest.round,
+        manifest.num_values,
+    ):
+        raise DecryptionRefusedError("the commitment set is for another session, round or size")
+    set_digest = _check_commitment_set(cs, federation, server_key)
+    committed = {e.client_id: e.commitment for e in cs.entries}
     ids = [e.client_id for e in manifest.entries]
     if len(set(ids)) != len(ids):
         raise DecryptionRefusedError("the manifest lists a client more than once")
@@ -182,18 +312,33 @@ def _check_entries(manifest: Manifest, federation: Federation, min_clients: int)
         raise DecryptionRefusedError(
             f"the manifest has {len(ids)} contributions; at least {min_clients} are required"
         )
+    if len({e.digest for e in manifest.entries}) != len(ids):
+        raise DecryptionRefusedError("two contributions carry the same ciphertext")
     for e in manifest.entries:
         key = federation.get(e.client_id)
         if key is None:
             raise SignatureError(f"client {e.client_id} is not enrolled in the federation")
+        commitment = committed.get(e.client_id)
+        if commitment is None:
+            raise DecryptionRefusedError(
+                f"client {e.client_id} contributed without a commitment in the closed set"
+            )
+        opened = commitment_value(
+            manifest.session_id, manifest.round, e.client_id, manifest.num_values, e.digest
+        )
+        if opened != commitment:
+            raise DecryptionRefusedError(
+                f"client {e.client_id}'s ciphertext does not match its commitment"
+            )
         verify_bound(
             key,
             e.signature,
             domain=DOMAIN_CONTRIBUTION,
             session_id=manifest.session_id,
             round_=manifest.round,
-            message=contribution_message(e.client_id, manifest.num_values, e.digest),
+            message=contribution_message(e.client_id, manifest.num_values, e.digest, set_digest),
         )
+    return set_digest
 
 
 class CKKSKeyHolder:
@@ -209,9 +354,15 @@ class CKKSKeyHolder:
         verifiers: int = 2,
         max_queries: int = DEFAULT_MAX_QUERIES,
         statistical_security: int = DEFAULT_STATISTICAL_SECURITY,
+        server_key: VerifyKey | None = None,
+        verifier_skips: int = DEFAULT_VERIFIER_SKIPS,
     ) -> None:
-        if min_clients < 1 or verifiers < 1:
-            raise ConfigError("min_clients and verifiers must be >= 1")
+        """``server_key`` is the aggregation server's enrolled identity (it signs the closed
+        commitment set); decryption is refused until it is set. ``verifier_skips``: how many
+        ranked verifiers may have dropped out (co-signers must rank in the first
+        ``verifiers + verifier_skips`` contributors)."""
+        if min_clients < 1 or verifiers < 1 or verifier_skips < 0:
+            raise ConfigError("min_clients and verifiers must be >= 1, verifier_skips >= 0")
         if statistical_security < 30:
             raise ConfigError("statistical security must be >= 30 bits")
         self._key = signing_key
@@ -222,6 +373,8 @@ class CKKSKeyHolder:
         self.verifiers = verifiers
         self.max_queries = max_queries
         self.statistical_security = statistical_security
+        self.server_key = server_key
+        self.verifier_skips = verifier_skips
         self.queries_used = 0
         self._decrypted: set[tuple[bytes, int]] = set()
 
@@ -257,14 +410,22 @@ class CKKSKeyHolder:
             raise DecryptionRefusedError(
                 f"round {m.round} of this session was already decrypted; one release per round"
             )
-        _check_entries(m, self.federation, self.min_clients)
+        if self.server_key is None:
+            raise ConfigError("the key holder does not know the server's identity key")
+        _check_entries(m, self.federation, self.server_key, self.min_clients)
         if ciphertext_digest(req.aggregate) != m.aggregate_digest:
             raise DecryptionRefusedError("the aggregate does not match the manifest's digest")
         mdig = manifest_digest(m)
+        eligible = eligible_verifiers(m, self.verifiers, self.verifier_skips)
         signers: set[int] = set()
         for cs in req.cosignatures:
             if cs.verifier_id in signers:
                 raise DecryptionRefusedError(f"verifier {cs.verifier_id} co-signed twice")
+            if cs.verifier_id not in eligible:
+                raise DecryptionRefusedError(
+                    f"client {cs.verifier_id} is not among the verifiers drawn from the closed "
+                    "commitment set"
+                )
             if (cs.session_id, cs.round) != slot or cs.manifest_digest != mdig:
                 raise DecryptionRefusedError(
                     f"the co-signature of verifier {cs.verifier_id} is for another manifest"
@@ -331,14 +492,29 @@ class CKKSKeyHolder:
 # --- client
 # ----------------------------------------------------------------------------------------------
 class CKKSClient:
-    """One institution: noises, checks overflow, encrypts and signs its contribution."""
+    """One institution: noises, checks overflow, encrypts and commits; reveals once the set closes.
 
-    def __init__(self, client_id: int, signing_key: SigningKey, context: PublicContext) -> None:
+    ``server_key`` is the aggregation server's enrolled identity key (it signs the closed
+    commitment set). One commitment and at most one reveal per (session, round).
+    """
+
+    def __init__(
+        self,
+        client_id: int,
+        signing_key: SigningKey,
+        context: PublicContext,
+        server_key: VerifyKey,
+    ) -> None:
         self.client_id = client_id
         self._key = signing_key
         self.context = context
+        self.server_key = server_key
+        #: (session, round) -> (ciphertext chunks, ct digest, commitment, d) not yet revealed
+        self._pending: dict[tuple[bytes, int], tuple[list[bytes], bytes, bytes, int]] = {}
+        #: (session, round) -> digest of the commitment set this client revealed under
+        self.revealed_under: dict[tuple[bytes, int], bytes] = {}
 
-    def contribute(
+    def commit(
         self,
         *,
         session_id: bytes,
@@ -348,14 +524,17 @@ class CKKSClient:
         num_participants: int,
         noise_std: float,
         random: RandomSource,
-    ) -> Contribution:
-        """Encrypt w_i clip(delta_i) (+ N(0, noise_std^2) per coordinate) and sign it.
+    ) -> Commitment:
+        """Encrypt w_i clip(delta_i) (+ N(0, noise_std^2) per coordinate), keep the ciphertext and
+        return a signed commitment to it.
 
         ``values`` must already be clipped to L2 norm ``clip_norm`` and weighted; ``noise_std`` is
-        this
-        client's DP share z*C/sqrt(min_survivors) (0 for none). Raises OverflowRiskError when
+        this client's DP share z*C/sqrt(min_survivors) (0 for none). Raises OverflowRiskError when
         num_participants * B * scale could wrap the modulus, B = clip_norm + noise tail bound.
         """
+        slot = (session_id, round_)
+        if slot in self._pending or slot in self.revealed_under:
+            raise StateError("this client already committed in this round")
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
             raise LocalProtocolError("values must be a non-empty finite 1-D vector")
@@ -380,19 +559,57 @@ class CKKSClient:
             raise OverflowRiskError("a noised coordinate exceeds the overflow bound; not encrypted")
         chunks = encrypt_chunks(self.context, x)
         digest = ciphertext_digest(chunks)
+        commitment = commitment_value(session_id, round_, self.client_id, x.size, digest)
+        self._pending[slot] = (chunks, digest, commitment, x.size)
         sig = sign_bound(
             self._key,
-            domain=DOMAIN_CONTRIBUTION,
+            domain=DOMAIN_COMMITMENT,
             session_id=session_id,
             round_=round_,
-            message=contribution_message(self.client_id, x.size, digest),
+            message=commitment_message(self.client_id, x.size, commitment),
         )
-        return Contribution(
+        return Commitment(
             session_id=session_id,
             round=round_,
             client_id=self.client_id,
             num_values=x.size,
+            commitment=commitment,
+            signature=sig,
+        )
+
+    def reveal(self, cs: CommitmentSet) -> Contribution:
+        """Check the server-signed closed commitment set (this client's own commitment is in it,
+        unchanged) and reveal the committed ciphertext, signed over its digest and the set's
+        digest. Reveals at most once: a second set for the same round is refused."""
+        slot = (cs.session_id, cs.round)
+        if slot in self.revealed_under:
+            raise RemoteProtocolError("already revealed under a commitment set for this round")
+        pending = self._pending.get(slot)
+        if pending is None:
+            raise RemoteProtocolError("no commitment of this client for that session and round")
+        chunks, digest, commitment, num_values = pending
+        if cs.num_values != num_values:
+            raise RemoteProtocolError("the commitment set is for another number of values")
+        mine = [e for e in cs.entries if e.client_id == self.client_id]
+        if len(mine) != 1 or mine[0].commitment != commitment:
+            raise RemoteProtocolError("the commitment set does not carry this client's commitment")
+        set_digest = _verify_set_signature(cs, self.server_key)
+        sig = sign_bound(
+            self._key,
+            domain=DOMAIN_CONTRIBUTION,
+            session_id=cs.session_id,
+            round_=cs.round,
+            message=contribution_message(self.client_id, cs.num_values, digest, set_digest),
+        )
+        del self._pending[slot]
+        self.revealed_under[slot] = set_digest
+        return Contribution(
+            session_id=cs.session_id,
+            round=cs.round,
+            client_id=self.client_id,
+            num_values=cs.num_values,
             chunks=chunks,
+            commitment_set_digest=set_digest,
             signature=sig,
         )
 
@@ -400,7 +617,12 @@ class CKKSClient:
 # --- verifier
 # --------------------------------------------------------------------------------------------
 class CKKSVerifier:
-    """A client that recomputes the aggregate from the published contributions and co-signs it."""
+    """A client that recomputes the aggregate from the published contributions and co-signs it.
+
+    It co-signs only if it is among the first ``verifiers + verifier_skips`` contributors ranked by
+    the closed commitment set's hash, and (when it contributed) only the commitment set it revealed
+    under.
+    """
 
     def __init__(
         self,
@@ -408,20 +630,43 @@ class CKKSVerifier:
         signing_key: SigningKey,
         context: PublicContext,
         federation: Federation,
+        server_key: VerifyKey,
         *,
         min_clients: int,
+        verifiers: int = 2,
+        verifier_skips: int = DEFAULT_VERIFIER_SKIPS,
     ) -> None:
         self.client_id = client_id
         self._key = signing_key
         self.context = context
         self.federation = dict(federation)
+        self.server_key = server_key
         self.min_clients = min_clients
+        self.verifiers = verifiers
+        self.verifier_skips = verifier_skips
 
-    def verify(self, req: VerifyRequest, *, session_id: bytes, round_: int) -> CoSignature:
+    def verify(
+        self,
+        req: VerifyRequest,
+        *,
+        session_id: bytes,
+        round_: int,
+        revealed_under: bytes | None = None,
+    ) -> CoSignature:
+        """Check and co-sign. ``revealed_under``: the digest of the commitment set this client
+        revealed its own contribution under (``CKKSClient.revealed_under``), if it contributed."""
         m = req.manifest
         if (m.session_id, m.round) != (session_id, round_):
             raise RemoteProtocolError("the manifest is for another session or round")
-        _check_entries(m, self.federation, self.min_clients)
+        set_digest = _check_entries(m, self.federation, self.server_key, self.min_clients)
+        if revealed_under is not None and revealed_under != set_digest:
+            raise RemoteProtocolError(
+                "the manifest's commitment set differs from the one this client was shown"
+            )
+        if self.client_id not in eligible_verifiers(m, self.verifiers, self.verifier_skips):
+            raise RemoteProtocolError(
+                "this client is not among the verifiers drawn from the closed commitment set"
+            )
         if len(req.contributions) != len(m.entries):
             raise RemoteProtocolError("the request must carry one chunk list per manifest entry")
         for entry, chunks in zip(m.entries, req.contributions, strict=True):
@@ -452,12 +697,14 @@ class CKKSVerifier:
 # --- server
 # ----------------------------------------------------------------------------------------------
 class CKKSServer:
-    """Collects contributions, sums them, gathers co-signatures, asks the key holder to decrypt."""
+    """Collects commitments, closes and signs the commitment set, collects the reveals, sums them,
+    gathers co-signatures, asks the key holder to decrypt."""
 
     def __init__(
         self,
         context: PublicContext,
         federation: Federation,
+        signing_key: SigningKey,
         *,
         session_id: bytes,
         round_: int,
@@ -470,12 +717,16 @@ class CKKSServer:
             raise ConfigError("verifiers and min_clients must be >= 1")
         self.context = context
         self.federation = dict(federation)
+        self._key = signing_key
         self.session_id = session_id
         self.round = round_
         self.num_values = num_values
         self.participants = frozenset(participants)
         self.min_clients = min_clients
         self.verifiers = verifiers
+        self._commitments: dict[int, Commitment] = {}
+        self._commitment_set: CommitmentSet | None = None
+        self._set_digest: bytes | None = None
         self._contributions: dict[int, Contribution] = {}
         self._digests: dict[int, bytes] = {}
         #: running homomorphic sum (addition is exact and commutative: arrival order is irrelevant)
@@ -484,29 +735,108 @@ class CKKSServer:
         self._aggregate: list[bytes] | None = None
         self._cosignatures: dict[int, CoSignature] = {}
 
+    @property
+    def verify_key(self) -> VerifyKey:
+        return self._key.verify_key
+
+    def receive_commitment(self, c: Commitment) -> None:
+        if self._commitment_set is not None:
+            raise StateError("commitments are closed for this round")
+        if (c.session_id, c.round) != (self.session_id, self.round):
+            raise RemoteProtocolError("commitment for another session or round")
+        if c.client_id not in self.participants:
+            raise RemoteProtocolError(f"client {c.client_id} is not a participant of this round")
+        if c.client_id in self._commitments:
+            raise RemoteProtocolError(f"client {c.client_id} already committed")
+        if c.num_values != self.num_values:
+            raise RemoteProtocolError("commitment has the wrong number of values")
+        key = self.federation.get(c.client_id)
+        if key is None:
+            raise SignatureError(f"client {c.client_id} is not enrolled")
+        verify_bound(
+            key,
+            c.signature,
+            domain=DOMAIN_COMMITMENT,
+            session_id=c.session_id,
+            round_=c.round,
+            message=commitment_message(c.client_id, c.num_values, c.commitment),
+        )
+        self._commitments[c.client_id] = c
+
+    def close_commitments(self) -> CommitmentSet:
+        """Close the set of commitments (no later commitment is accepted) and sign it; send the
+        result to every committed client. Idempotent."""
+        if self._commitment_set is not None:
+            return self._commitment_set
+        if len(self._commitments) < self.min_clients:
+            raise AggregationAbortedError(
+                f"only {len(self._commitments)} commitments; at least {self.min_clients} needed"
+            )
+        entries = [
+            CommitmentEntry(
+                client_id=i,
+                commitment=self._commitments[i].commitment,
+                signature=self._commitments[i].signature,
+            )
+            for i in sorted(self._commitments)
+        ]
+        unsigned = CommitmentSet(
+            session_id=self.session_id,
+            round=self.round,
+            num_values=self.num_values,
+            entries=entries,
+            signature=bytes(64),
+        )
+        digest = commitment_set_digest(unsigned)
+        sig = sign_bound(
+            self._key,
+            domain=DOMAIN_COMMITMENT_SET,
+            session_id=self.session_id,
+            round_=self.round,
+            message=digest,
+        )
+        self._commitment_set = msgspec.structs.replace(unsigned, signature=sig)
+        self._set_digest = digest
+        return self._commitment_set
+
     def receive_contribution(self, c: Contribution) -> None:
+        """Accept a reveal: it must open the client's commitment in the closed set and bind that
+        set's digest."""
+        if self._commitment_set is None or self._set_digest is None:
+            raise StateError("close the commitment set before accepting ciphertexts")
         if self._manifest is not None:
             raise StateError("contributions are closed for this round")
         if (c.session_id, c.round) != (self.session_id, self.round):
             raise RemoteProtocolError("contribution for another session or round")
-        if c.client_id not in self.participants:
-            raise RemoteProtocolError(f"client {c.client_id} is not a participant of this round")
+        commitment = self._commitments.get(c.client_id)
+        if commitment is None:
+            raise RemoteProtocolError(
+                f"client {c.client_id} has no commitment in the closed set; its ciphertext is "
+                "refused"
+            )
         if c.client_id in self._contributions:
             raise RemoteProtocolError(f"client {c.client_id} already contributed")
         if c.num_values != self.num_values:
             raise RemoteProtocolError("contribution has the wrong number of values")
-        key = self.federation.get(c.client_id)
-        if key is None:
-            raise SignatureError(f"client {c.client_id} is not enrolled")
+        if c.commitment_set_digest != self._set_digest:
+            raise RemoteProtocolError(f"client {c.client_id} revealed under another commitment set")
         digest = ciphertext_digest(c.chunks)
+        opened = commitment_value(c.session_id, c.round, c.client_id, c.num_values, digest)
+        if opened != commitment.commitment:
+            raise IntegrityError(f"client {c.client_id}'s ciphertext does not match its commitment")
+        key = self.federation.get(c.client_id)
+        if key is None:  # unreachable: commitments are only accepted from enrolled clients
+            raise SignatureError(f"client {c.client_id} is not enrolled")
         verify_bound(
             key,
             c.signature,
             domain=DOMAIN_CONTRIBUTION,
             session_id=c.session_id,
             round_=c.round,
-            message=contribution_message(c.client_id, c.num_values, digest),
+            message=contribution_message(c.client_id, c.num_values, digest, self._set_digest),
         )
+        if digest in self._digests.values():
+            raise RemoteProtocolError(f"client {c.client_id} sent another client's ciphertext")
         vecs = load_chunks(self.context, c.chunks, self.num_values)  # sizes, parameters, parse
         if self._acc is None:
             self._acc = vecs
@@ -520,6 +850,8 @@ class CKKSServer:
         """Sum the received contributions and publish the manifest."""
         if self._manifest is not None:
             return self._manifest
+        if self._commitment_set is None:
+            raise StateError("no commitment set was closed")
         if len(self._contributions) < self.min_clients:
             raise AggregationAbortedError(
                 f"only {len(self._contributions)} contributions; at least {self.min_clients} needed"
@@ -543,8 +875,18 @@ class CKKSServer:
             num_values=self.num_values,
             entries=entries,
             aggregate_digest=ciphertext_digest(self._aggregate),
+            commitment_set=self._commitment_set,
         )
         return self._manifest
+
+    def verifier_ranking(self) -> tuple[int, ...]:
+        """Contributors in the order they are asked to verify (public: derived from the closed
+        commitment set); the key holder accepts co-signers among the first
+        ``verifiers + verifier_skips``."""
+        m = self.close()
+        return verifier_ranking(
+            commitment_set_digest(m.commitment_set), (e.client_id for e in m.entries)
+        )
 
     def verify_request(self) -> VerifyRequest:
         m = self.close()

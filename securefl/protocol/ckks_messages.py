@@ -16,6 +16,9 @@ __all__ = [
     "CKKS_MESSAGES",
     "CKKSMessage",
     "CoSignature",
+    "Commitment",
+    "CommitmentEntry",
+    "CommitmentSet",
     "Contribution",
     "ContributionEntry",
     "DecryptionRequest",
@@ -23,9 +26,12 @@ __all__ = [
     "Manifest",
     "SignedPublicContext",
     "VerifyRequest",
+    "max_commitment_set_bytes",
+    "max_message_bytes",
 ]
 
-PROTOCOL_VERSION = 1
+#: 2: commit phase (Commitment, CommitmentSet) before the ciphertexts are revealed
+PROTOCOL_VERSION = 2
 #: serialized chunk: at most N=32768 with 3 data limbs, uncompressed (2 * 32768 * 3 * 8 + slack)
 MAX_CHUNK_BYTES = 2 * 1024 * 1024
 #: at most 2^16 chunks (2^28 parameters at N=8192)
@@ -62,20 +68,56 @@ class SignedPublicContext(_Msg, tag="ckks.public_context", frozen=True, forbid_u
     version: int = PROTOCOL_VERSION
 
 
+class Commitment(_Msg, tag="ckks.commitment", frozen=True, forbid_unknown_fields=True):
+    """Client -> server, before any ciphertext is revealed: a hash commitment to its ciphertext
+    (``commitment_value``: sha256 of the ciphertext digest bound to session, round, client id and
+    size), signed (domain ckks/commitment)."""
+
+    session_id: SessionId
+    round: Round
+    client_id: ClientId
+    num_values: NumValues
+    commitment: Digest
+    signature: Sig
+    version: int = PROTOCOL_VERSION
+
+
+class CommitmentEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One line of the closed commitment set: a client's commitment and its signature on it."""
+
+    client_id: ClientId
+    commitment: Digest
+    signature: Sig
+
+
+class CommitmentSet(_Msg, tag="ckks.commitment_set", frozen=True, forbid_unknown_fields=True):
+    """Server -> every committed client: the closed, complete set of commitments (sorted by client
+    id), signed by the server (domain ckks/commitment-set) over ``commitment_set_digest``."""
+
+    session_id: SessionId
+    round: Round
+    num_values: NumValues
+    entries: Annotated[list[CommitmentEntry], Meta(min_length=1, max_length=MAX_CLIENTS)]
+    signature: Sig
+    version: int = PROTOCOL_VERSION
+
+
 class Contribution(_Msg, tag="ckks.contribution", frozen=True, forbid_unknown_fields=True):
-    """Client -> server: encrypted, noised, weighted update, signed over its digest."""
+    """Client -> server (the reveal): the committed ciphertext, signed over its digest and the
+    digest of the closed commitment set the client was shown."""
 
     session_id: SessionId
     round: Round
     client_id: ClientId
     num_values: NumValues
     chunks: Chunks
+    commitment_set_digest: Digest
     signature: Sig
     version: int = PROTOCOL_VERSION
 
 
 class ContributionEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One manifest line: who contributed which ciphertext (digest), and their signature on it."""
+    """One manifest line: who contributed which ciphertext (digest), and their reveal signature."""
 
     client_id: ClientId
     digest: Digest
@@ -91,6 +133,8 @@ class Manifest(_Msg, tag="ckks.manifest", frozen=True, forbid_unknown_fields=Tru
     num_values: NumValues
     entries: Annotated[list[ContributionEntry], Meta(min_length=1, max_length=MAX_CLIENTS)]
     aggregate_digest: Digest
+    #: the closed commitment set every listed contribution was committed in and revealed under
+    commitment_set: CommitmentSet
     version: int = PROTOCOL_VERSION
 
 
@@ -139,6 +183,8 @@ class DecryptionResult(_Msg, tag="ckks.decrypt_result", frozen=True, forbid_unkn
 
 CKKSMessage = (
     SignedPublicContext
+    | Commitment
+    | CommitmentSet
     | Contribution
     | Manifest
     | VerifyRequest
@@ -148,6 +194,8 @@ CKKSMessage = (
 )
 CKKS_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     SignedPublicContext,
+    Commitment,
+    CommitmentSet,
     Contribution,
     Manifest,
     VerifyRequest,
@@ -161,3 +209,8 @@ def max_message_bytes(chunk_bytes: int, num_chunks: int, num_clients: int = 1) -
     """Size limit for a message carrying ``num_clients`` chunk lists (plus 64 KiB per client
     slack)."""
     return num_clients * (num_chunks * (chunk_bytes + 16) + 65536) + 65536
+
+
+def max_commitment_set_bytes(num_clients: int) -> int:
+    """Size limit for a Commitment or CommitmentSet message with ``num_clients`` entries."""
+    return num_clients * 160 + 4096

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from securefl.errors import ConfigError
-from securefl.protocol.messages import decode_message, encode_message
+from securefl.protocol.messages import MaskedInput, decode_message, encode_message
 from securefl.protocol.secagg import (
     STAGES,
     Deadline,
@@ -65,6 +65,9 @@ class InProcessDriver:
                 raise ConfigError(f"unknown dropout stage {stage!r}; stages are {STAGES}")
         self.tamper = tamper
         self.stats = RunStats()
+        #: client id -> the masked input vector (``MaskedInput.data``) as delivered to the server,
+        #: after the tamper hook and decoding; the first one per sender
+        self.masked_inputs: dict[int, bytes] = {}
 
     def _alive(self, client: int, stage: str) -> bool:
         drop = self.dropouts.get(client)
@@ -75,7 +78,10 @@ class InProcessDriver:
         if self.tamper is not None:
             data = self.tamper(stage, sender, recipient, data)
         self.stats.bytes_sent["server" if sender == SERVER else f"client/{sender}"] += len(data)
-        return decode_message(data)
+        delivered = decode_message(data)
+        if recipient == SERVER and isinstance(delivered, MaskedInput):
+            self.masked_inputs.setdefault(delivered.sender, delivered.data)
+        return delivered
 
     def _client_step(self, cid: int, event: Any, stage: str) -> list[Any]:
         t0 = time.process_time()
