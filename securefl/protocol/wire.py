@@ -32,6 +32,6 @@ def decode(data: bytes, typ: type[T] | Any, *, max_bytes: int = DEFAULT_MAX_MESS
         raise MessageError(f"message of {len(data)} bytes exceeds the limit of {max_bytes} bytes")
     try:
         result: T = msgspec.msgpack.decode(data, type=typ)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MessageError(f"malformed message: {exc}") from exc
     return result
