@@ -181,6 +181,22 @@ def cosign_message(verifier_id: int, manifest_digest_: bytes) -> bytes:
     return struct.pack(">Q", verifier_id) + manifest_digest_
 
 
+def verify_cosignature(federation: Mapping[int, VerifyKey], cs: CoSignature, mdig: bytes) -> None:
+    """Raise unless ``cs`` is an enrolled verifier's signature over manifest digest ``mdig`` in the
+    co-signature's own session and round (callers check those match the round first)."""
+    key = federation.get(cs.verifier_id)
+    if key is None:
+        raise SignatureError(f"verifier {cs.verifier_id} is not enrolled")
+    verify_bound(
+        key,
+        cs.signature,
+        domain=DOMAIN_COSIGN,
+        session_id=cs.session_id,
+        round_=cs.round,
+        message=cosign_message(cs.verifier_id, mdig),
+    )
+
+
 def release_message(manifest_digest_: bytes, num_values: int, values: bytes) -> bytes:
     return manifest_digest_ + struct.pack(">Q", num_values) + hashlib.sha256(values).digest()
 
@@ -430,17 +446,7 @@ class CKKSKeyHolder:
                 raise DecryptionRefusedError(
                     f"the co-signature of verifier {cs.verifier_id} is for another manifest"
                 )
-            key = self.federation.get(cs.verifier_id)
-            if key is None:
-                raise SignatureError(f"verifier {cs.verifier_id} is not enrolled")
-            verify_bound(
-                key,
-                cs.signature,
-                domain=DOMAIN_COSIGN,
-                session_id=m.session_id,
-                round_=m.round,
-                message=cosign_message(cs.verifier_id, mdig),
-            )
+            verify_cosignature(self.federation, cs, mdig)
             signers.add(cs.verifier_id)
         if len(signers) < self.verifiers:
             raise DecryptionRefusedError(
@@ -900,17 +906,7 @@ class CKKSServer:
         mdig = manifest_digest(self._manifest)
         if (cs.session_id, cs.round, cs.manifest_digest) != (self.session_id, self.round, mdig):
             raise RemoteProtocolError(f"verifier {cs.verifier_id} co-signed another manifest")
-        key = self.federation.get(cs.verifier_id)
-        if key is None:
-            raise SignatureError(f"verifier {cs.verifier_id} is not enrolled")
-        verify_bound(
-            key,
-            cs.signature,
-            domain=DOMAIN_COSIGN,
-            session_id=self.session_id,
-            round_=self.round,
-            message=cosign_message(cs.verifier_id, mdig),
-        )
+        verify_cosignature(self.federation, cs, mdig)
         self._cosignatures[cs.verifier_id] = cs
 
     def decryption_request(self) -> DecryptionRequest:
