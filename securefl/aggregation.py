@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from securefl.errors import ConfigError
+from securefl.errors import ConfigError, LocalProtocolError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from securefl.crypto.random import RandomSource
 
-__all__ = ["AggregateOutcome", "Aggregator", "NoisePlan", "RandomFactory", "RoundSpec"]
+__all__ = ["AggregateOutcome", "Aggregator", "NoisePlan", "RandomFactory", "RoundSpec",
+           "check_inputs"]
 
 #: returns the randomness source for (client id, purpose), e.g. (2, "noise") or (2, "rounding").
 RandomFactory = Callable[[int, str], "RandomSource"]
@@ -90,6 +91,17 @@ class AggregateOutcome:
     digests: dict[str, str] = field(default_factory=dict)
     #: bytes each party sent ("server", "client/<id>", ...)
     bytes_sent: dict[str, int] = field(default_factory=dict)
+
+
+def check_inputs(spec: RoundSpec, inputs: Mapping[int, NDArray[np.float64]]) -> int:
+    """The common dimension of the round's inputs; LocalProtocolError unless there is exactly one
+    1-D input per participant, all of the same length."""
+    if set(inputs) != set(spec.participants):
+        raise LocalProtocolError("inputs must be given for exactly the round's participants")
+    dims = {np.asarray(v).shape for v in inputs.values()}
+    if len(dims) != 1 or len(next(iter(dims))) != 1:
+        raise LocalProtocolError("all inputs must be 1-D vectors of the same dimension")
+    return int(next(iter(dims))[0])
 
 
 class Aggregator(ABC):

@@ -26,10 +26,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from securefl.aggregation import AggregateOutcome, Aggregator, RandomFactory, RoundSpec
+from securefl.aggregation import (
+    AggregateOutcome,
+    Aggregator,
+    RandomFactory,
+    RoundSpec,
+    check_inputs,
+)
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey, VerifyKey
-from securefl.errors import AggregationAbortedError, ConfigError, LocalProtocolError
+from securefl.errors import AggregationAbortedError, ConfigError
 from securefl.he.context import generate_context, load_secret_context
 from securefl.he.flooding import DEFAULT_MAX_QUERIES, DEFAULT_STATISTICAL_SECURITY
 from securefl.he.params import DEFAULT_PARAMS, CKKSParams
@@ -235,12 +241,7 @@ class CKKSAggregator(Aggregator):
         dropouts: Mapping[int, str] | None = None,
     ) -> AggregateOutcome:
         dropouts = dict(dropouts or {})
-        if set(inputs) != set(spec.participants):
-            raise LocalProtocolError("inputs must be given for exactly the round's participants")
-        dims = {np.asarray(v).shape for v in inputs.values()}
-        if len(dims) != 1 or len(next(iter(dims))) != 1:
-            raise LocalProtocolError("all inputs must be 1-D vectors of the same dimension")
-        dim = int(next(iter(dims))[0])
+        dim = check_inputs(spec, inputs)
         ids = sorted(spec.participants)
         keys = self._identities(spec, random)
         federation = {cid: k.verify_key for cid, k in keys.items()}

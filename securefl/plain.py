@@ -8,9 +8,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from securefl.aggregation import AggregateOutcome, Aggregator, RandomFactory, RoundSpec
+from securefl.aggregation import (
+    AggregateOutcome,
+    Aggregator,
+    RandomFactory,
+    RoundSpec,
+    check_inputs,
+)
 from securefl.dp.noise import gaussian
-from securefl.errors import AggregationAbortedError, LocalProtocolError
+from securefl.errors import AggregationAbortedError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -33,15 +39,13 @@ class PlainAggregator(Aggregator):
         dropouts: Mapping[int, str] | None = None,
     ) -> AggregateOutcome:
         dropouts = dict(dropouts or {})
-        if set(inputs) != set(spec.participants):
-            raise LocalProtocolError("inputs must be given for exactly the round's participants")
+        dim = check_inputs(spec, inputs)
         survivors = tuple(c for c in spec.participants if c not in dropouts)
         if len(survivors) < spec.threshold:
             raise AggregationAbortedError(
                 f"only {len(survivors)} of {len(spec.participants)} clients survived; "
                 f"threshold is {spec.threshold}"
             )
-        dim = len(next(iter(inputs.values())))
         total = np.zeros(dim, dtype=np.float64)
         share_std = 0.0
         if spec.noise is not None and spec.noise.noise_multiplier > 0:
@@ -51,8 +55,6 @@ class PlainAggregator(Aggregator):
         digests: dict[str, str] = {}
         for cid in survivors:
             vec = np.asarray(inputs[cid], dtype=np.float64)
-            if vec.shape != (dim,):
-                raise LocalProtocolError("all inputs must have the same dimension")
             if share_std > 0:
                 vec = vec + gaussian(dim, share_std, random(cid, "noise"))
             digests[f"input/{cid}"] = hashlib.sha256(vec.tobytes()).hexdigest()

@@ -17,13 +17,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from securefl.aggregation import AggregateOutcome, Aggregator, RandomFactory, RoundSpec
+from securefl.aggregation import (
+    AggregateOutcome,
+    Aggregator,
+    RandomFactory,
+    RoundSpec,
+    check_inputs,
+)
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey
 from securefl.errors import (
     AggregationAbortedError,
     ConfigError,
-    LocalProtocolError,
     OverflowRiskError,
 )
 from securefl.protocol import quantize
@@ -144,12 +149,7 @@ class SecAggAggregator(Aggregator):
         dropouts: Mapping[int, str] | None = None,
     ) -> SecAggOutcome:
         dropouts = dict(dropouts or {})
-        if set(inputs) != set(spec.participants):
-            raise LocalProtocolError("inputs must be given for exactly the round's participants")
-        dims = {np.asarray(v).shape for v in inputs.values()}
-        if len(dims) != 1 or len(next(iter(dims))) != 1:
-            raise LocalProtocolError("all inputs must be 1-D vectors of the same dimension")
-        dim = next(iter(dims))[0]
+        dim = check_inputs(spec, inputs)
         enc = self.encoding_for(spec, dim)
         cfg = SecAggConfig.build(
             session_id=spec.session_id,
