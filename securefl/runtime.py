@@ -519,6 +519,9 @@ class Engine:
                                           len(weights))
             weights = server_opt.step(
                 weights, weighted_mean_update(outcome.total, outcome.survivors, public_weight))
+            # the global model is float32 on disk: keep exactly that in memory too, so a run resumed
+            # from a checkpoint continues bit for bit like one that never stopped
+            weights = weights.astype(np.float32).astype(np.float64)
             set_flat(model, weights)
             metrics = self._evaluate(model, fed)
             record.update(

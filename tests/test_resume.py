@@ -37,7 +37,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
     ref_ledger = Ledger.load(tmp_path / "reference" / "ledger.jsonl")
 
     rng = np.random.default_rng(2026)
-    kills = 0
+    kills = mid_run_kills = 0
     for trial in range(3):
         out = tmp_path / f"trial{trial}"
         # three SIGKILLs at random instants, then a resume that is left to finish
@@ -51,8 +51,11 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
                 if delay is not None:
                     time.sleep(delay)
                     if proc.poll() is None:
+                        committed = (out / "metrics.jsonl").is_file() and (
+                            out / "metrics.jsonl").stat().st_size > 0
                         os.kill(proc.pid, signal.SIGKILL)
                         kills += 1
+                        mid_run_kills += int(committed)
                 proc.wait(timeout=600)
             finally:
                 if proc.poll() is None:
@@ -70,3 +73,4 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
         assert ledger.head_hash == ref_ledger.head_hash
         verify_run_dir(out)
     assert kills >= 3, "the random kill points never hit a running process"
+    assert mid_run_kills >= 1, "no kill landed after a committed round; resume was not exercised"
