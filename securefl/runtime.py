@@ -19,8 +19,7 @@ import numpy as np
 from securefl import __version__
 from securefl.aggregation import Aggregator, NoisePlan, RandomFactory, RoundSpec
 from securefl.config import RunConfig
-from securefl.crypto.random import SeededRandomSource
-from securefl.crypto.secret import Secret
+from securefl.crypto.random import SimulationRandomness
 from securefl.errors import BudgetExceededError, ConfigError
 
 if TYPE_CHECKING:
@@ -28,7 +27,8 @@ if TYPE_CHECKING:
 
     from securefl.crypto.random import RandomSource
 
-__all__ = ["RoundReport", "RunResult", "make_aggregator", "run", "weighted_mean_update"]
+__all__ = ["RoundReport", "RunResult", "make_aggregator", "run", "seal_round", "session_id_for",
+           "weighted_mean_update"]
 
 ProgressCallback = Callable[["RoundReport"], None]
 
@@ -123,20 +123,9 @@ def default_threshold(n: int) -> int:
     return min(n, max(2, n // 2 + 1))
 
 
-class _Randomness:
-    """Per-(round, party, purpose) CSPRNG streams for the simulation, derived from the run seed.
-
-    Reproducible given ``--seed`` (so a resumed run ends in the same model). A deployment uses the
-    OS CSPRNG instead; see DESIGN.md section 8.
-    """
-
-    def __init__(self, seed: int, session_id: bytes) -> None:
-        self._seed = Secret(hashlib.sha256(b"securefl-sim-seed-v1" + seed.to_bytes(8, "big")
-                                           + session_id).digest(), label="sim-seed")
-        self._session = session_id.hex()
-
-    def source(self, round_: int, party: int | str, purpose: str) -> RandomSource:
-        return SeededRandomSource(self._seed, f"{self._session}/{round_}/{party}/{purpose}")
+class _Randomness(SimulationRandomness):
+    """The simulation's streams (see :class:`securefl.crypto.random.SimulationRandomness`), plus the
+    per-round factory the aggregators take. A deployment uses the OS CSPRNG (DESIGN.md section 8)."""
 
     def factory(self, round_: int) -> RandomFactory:
         """The (client, purpose) -> source callable the aggregators take, for one round."""
@@ -147,7 +136,8 @@ class _Randomness:
         return make
 
 
-def _session_id(config: RunConfig) -> bytes:
+def session_id_for(config: RunConfig) -> bytes:
+    """The 16-byte session id of a run: a hash of its configuration (the run directory aside)."""
     body = json.dumps({k: v for k, v in config.to_dict().items() if k != "out"}, sort_keys=True)
     return hashlib.sha256(b"securefl-session-v1" + body.encode()).digest()[:16]
 
@@ -157,6 +147,15 @@ def weighted_mean_update(total: NDArray[np.float64], survivors: tuple[int, ...],
     """FedAvg: each survivor sent w_i * update_i (w_i = n_i / max n, public); the weighted mean is
     the released sum divided by the survivors' total weight."""
     return total / sum(public_weight[s] for s in survivors)
+
+
+def seal_round(ledger: Any, drafts: list[Any]) -> list[bytes]:
+    """Chain one round's ledger drafts and return their canonical lines for the round's commit. If
+    the commit then fails the run stops, so memory never outlives the disk."""
+    from securefl.dp.ledger import canonical_bytes
+
+    entries = ledger.record(drafts)
+    return [canonical_bytes(e) for e in entries]
 
 
 def _discard_unfinished_create(run_dir: Path) -> bool:
@@ -196,7 +195,7 @@ class Engine:
     def __init__(self, config: RunConfig, *, resume: Path | None = None) -> None:
         self.config = config
         self.resume = resume
-        self.session_id = _session_id(config)
+        self.session_id = session_id_for(config)
         self.random = _Randomness(config.seed, self.session_id)
 
     # -- setup ------------------------------------------------------------------------------------
@@ -507,7 +506,7 @@ class Engine:
                 set_flat(model, weights)
                 store.commit_round(round_=round_, record_fields=record,
                                    model=to_bytes({**model_tensors(model), **server_opt.state()}),
-                                   ledger_lines=self._seal(ledger, drafts), metrics=metrics)
+                                   ledger_lines=seal_round(ledger, drafts), metrics=metrics)
                 self._send_checkpoint(store, keepers, participants)
                 history.append(RoundReport(round_, tuple(record["participants"]), tuple(alive),
                                            record["dropouts"], metrics, clipped, _now() - t0,
@@ -535,7 +534,7 @@ class Engine:
                 aggregate_digest=outcome.digests.get("aggregate"))
             store.commit_round(round_=round_, record_fields=record,
                                model=to_bytes({**model_tensors(model), **server_opt.state()}),
-                               ledger_lines=self._seal(ledger, drafts), metrics=metrics)
+                               ledger_lines=seal_round(ledger, drafts), metrics=metrics)
             self._send_checkpoint(store, keepers, participants)
             report = RoundReport(
                 round=round_, participants=tuple(record["participants"]),
@@ -583,15 +582,6 @@ class Engine:
             last = keepers[cid].latest.size
             proof = store.log.consistency_proof(last) if last < store.log.size else []
             keepers[cid].receive(note, proof)
-
-    @staticmethod
-    def _seal(ledger: Any, drafts: list[Any]) -> list[bytes]:
-        """Chain this round's ledger drafts and return their canonical lines for the round's
-        commit. If the commit then fails the run stops, so memory never outlives the disk."""
-        from securefl.dp.ledger import canonical_bytes
-
-        entries = ledger.record(drafts)
-        return [canonical_bytes(e) for e in entries]
 
     def _local_updates(self, round_: int, participants: tuple[int, ...], fed: Any, model: Any,
                        weights: NDArray[np.float64], train_spec: Any,

@@ -68,6 +68,23 @@ def _noise_sampler() -> NoiseSampler:
     return discrete_gaussian
 
 
+def encode_input(x: NDArray[np.float64], *, clip_norm: float, encoding: Encoding,
+                 rounding: RandomSource, noise: RandomSource, who: str = "client"
+                 ) -> NDArray[np.uint32]:
+    """One client's field input (protocols/secagg/spec.md, "Quantization"): check the clip,
+    stochastic rounding to multiples of gamma, this client's discrete Gaussian noise share (when the
+    encoding carries noise), then Z_2^b. OverflowRiskError if the input breaks the field bound."""
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)) or float(np.linalg.norm(x)) > clip_norm * (1 + 1e-9):
+        raise OverflowRiskError(f"input of {who} is not finite or exceeds the clip norm")
+    q = quantize.stochastic_round(x, encoding.gamma, rounding)
+    if np.any(np.abs(q) > math.ceil(clip_norm / encoding.gamma)):
+        raise OverflowRiskError(f"input of {who} exceeds the per-coordinate bound")
+    if encoding.noise_sigma2_int > 0:
+        q = q + _noise_sampler()(x.size, encoding.noise_sigma2_int, noise)
+    return quantize.to_field(q, encoding.bits)
+
+
 class SecAggAggregator(Aggregator):
     """SecAgg+ by default (k = min(n - 1, 2 ceil(log2 n))); ``degree = n - 1`` is classic SecAgg."""
 
@@ -163,22 +180,13 @@ class SecAggAggregator(Aggregator):
         )
         identities = self._identities(spec, random)
         federation = Federation(spec.session_id, {c: k.verify_key for c, k in identities.items()})
-        per_coord = math.ceil(spec.clip_norm / enc.gamma)
-        sampler = _noise_sampler() if enc.noise_sigma2_int > 0 else None
         clients = {}
         for c in spec.participants:
-            x = np.asarray(inputs[c], dtype=np.float64)
-            if not np.all(np.isfinite(x)) or float(np.linalg.norm(x)) > spec.clip_norm * (1 + 1e-9):
-                raise OverflowRiskError(
-                    f"input of client {c} is not finite or exceeds the clip norm"
-                )
-            q = quantize.stochastic_round(x, enc.gamma, random(c, "rounding"))
-            if np.any(np.abs(q) > per_coord):
-                raise OverflowRiskError(f"input of client {c} exceeds the per-coordinate bound")
-            if sampler is not None:
-                q = q + sampler(dim, enc.noise_sigma2_int, random(c, "noise"))
+            field_input = encode_input(inputs[c], clip_norm=spec.clip_norm, encoding=enc,
+                                       rounding=random(c, "rounding"), noise=random(c, "noise"),
+                                       who=f"client {c}")
             clients[c] = SecAggClient(
-                cfg, federation, c, identities[c], quantize.to_field(q, enc.bits), random(c, "keys")
+                cfg, federation, c, identities[c], field_input, random(c, "keys")
             )
         server = SecAggServer(cfg, federation)
         driver = InProcessDriver(server, clients, dropouts=dropouts, tamper=self.tamper)

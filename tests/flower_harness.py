@@ -319,21 +319,26 @@ class FlowerCluster:
         _wait_port(self.port, 60, self.procs["superlink"], lambda: self.log("superlink"))
         self.timings["superlink_up_s"] = time.monotonic() - t0
 
-    def add_supernode(self, i: int) -> None:
+    def add_supernode(self, i: int, *, name: str | None = None,
+                      node_config: str | None = None) -> None:
+        """Register and start SuperNode ``name`` (default inst<i>) with ``node_config`` (default:
+        the probe's data-path/member/federation)."""
         t0 = time.monotonic()
-        name = f"inst{i}"
+        name = name or f"inst{i}"
         priv, pub = make_node_key(self.root / "pki", name)
         reg = self.flwr("supernode", "register", str(pub), CONN, "--name", name)
         if reg.returncode != 0:
             raise RuntimeError(f"register {name} failed: {reg.stdout}\n{reg.stderr}")
         data = self.root / "data" / name
         data.mkdir(parents=True, exist_ok=True)
+        if node_config is None:
+            node_config = f'data-path="{data}" member="{name}" federation="{FEDERATION}"'
         self._spawn(name, [
             str(BIN / "flower-supernode"),
             "--superlink", f"127.0.0.1:{self.port}",
             "--root-certificates", str(self.pki.ca_cert),
             "--auth-supernode-private-key", str(priv),
-            "--node-config", f'data-path="{data}" member="{name}" federation="{FEDERATION}"',
+            "--node-config", node_config,
             "--port", str(free_port()),
             "--max-retries", "10",
         ])

@@ -142,7 +142,7 @@ def test_limit_bal_quintiles_match_readme_default_rates() -> None:
 def test_natural_groups_generic_rules() -> None:
     # one bank per value
     a, names = natural_groups(np.array([3.0, 1.0, 3.0, 2.0]), 3, column="c")
-    assert a.tolist() == [2, 0, 2, 1] and names == ("bank0-c=1", "bank1-c=2", "bank2-c=3")
+    assert a.tolist() == [2, 0, 2, 1] and names == ("bank0-c-1", "bank1-c-2", "bank2-c-3")
     # quantile ranges (pandas.qcut bins), worked by hand: quartile edges of 1..8 are 4.5
     a, _ = natural_groups(np.arange(1.0, 9.0), 2, column="c")
     assert a.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]

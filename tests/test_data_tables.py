@@ -94,8 +94,8 @@ def test_parquet_nulls_are_missing(tmp_path: Path) -> None:
 def test_build_from_user_csv_natural_and_dirichlet(tmp_path: Path) -> None:
     p = _write_csv(tmp_path / "d.csv", _frame(n=2000))
     fd = build_federated_data(data=str(p), label="y", split_by="region", banks=4)
-    assert [b.name for b in fd.banks] == ["bank0-region=east", "bank1-region=north",
-                                          "bank2-region=south", "bank3-region=west"]
+    assert [b.name for b in fd.banks] == ["bank0-region-east", "bank1-region-north",
+                                          "bank2-region-south", "bank3-region-west"]
     assert fd.feature_names == ("x1", "x2", "flag") and fd.task == "classification"
     assert fd.source.startswith(str(p))
     total = fd.y_test.size + sum(b.y_train.size + b.y_test.size for b in fd.banks)

@@ -1,4 +1,4 @@
-"""Subcommands beyond ``run``: keys, federation, audit, privacy (each module imports lazily)."""
+"""Subcommands beyond ``run``: keys, federation, audit, privacy, deploy (lazy imports)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from typing import Any
 def register(sub: Any) -> None:
     """Add the keys / federation / audit / privacy subcommands to ``sub``."""
     from securefl.cli.audit import register_audit, register_privacy
+    from securefl.cli.deploy import register_deploy
     from securefl.cli.keys import register_federation, register_keys
 
     register_keys(sub)
     register_federation(sub)
     register_audit(sub)
     register_privacy(sub)
+    register_deploy(sub)

@@ -12,6 +12,7 @@ Both expose the same small API: ``random_bytes``, ``uint64`` (a numpy vector of 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import TYPE_CHECKING, Protocol
 
@@ -25,7 +26,7 @@ from securefl.crypto.secret import Secret
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-__all__ = ["RandomSource", "SeededRandomSource", "SystemRandomSource"]
+__all__ = ["RandomSource", "SeededRandomSource", "SimulationRandomness", "SystemRandomSource"]
 
 
 class RandomSource(Protocol):
@@ -93,3 +94,23 @@ class SeededRandomSource(_Base):
 
     def __repr__(self) -> str:
         return f"SeededRandomSource({self._label!r}, <redacted seed>)"
+
+
+class SimulationRandomness:
+    """Per-(round, party, purpose) ChaCha20 streams derived from a run seed and session id, so a
+    simulated run (``securefl run --seed``) and a test deployment with the same seed draw exactly
+    the same rounding, noise and key streams. INSECURE for real deployments: whoever knows the seed
+    knows every stream; deployments use :class:`SystemRandomSource`."""
+
+    __slots__ = ("_seed", "_session")
+
+    def __init__(self, seed: int, session_id: bytes) -> None:
+        self._seed = Secret(hashlib.sha256(b"securefl-sim-seed-v1" + seed.to_bytes(8, "big")
+                                           + session_id).digest(), label="sim-seed")
+        self._session = session_id.hex()
+
+    def source(self, round_: int, party: int | str, purpose: str) -> SeededRandomSource:
+        return SeededRandomSource(self._seed, f"{self._session}/{round_}/{party}/{purpose}")
+
+    def __repr__(self) -> str:
+        return "SimulationRandomness(<redacted seed>)"

@@ -122,7 +122,8 @@ class NaturalRule:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text).strip("-")[:48]
+    """Bank-name-safe text: the audit log, the ledger and the manifest accept [A-Za-z0-9_.-]."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text.replace("=", "-")).strip("-")[:48]
 
 
 def _fmt(v: float) -> str:

@@ -1,8 +1,7 @@
-"""DRAFT: carry securefl protocol messages over Flower's deployment runtime (flwr 1.42).
+"""Carry securefl protocol messages over Flower's deployment runtime (flwr 1.42).
 
-Status: shape only. No protocol logic lives here and the SecAgg/CKKS state machines are not wired
-yet (TODO(lead): plug the sans-IO machines of securefl/protocol/ into :class:`ServerStages` /
-:data:`ClientHandler`). What is settled, and measured with tests/flower_harness.py:
+No protocol logic lives here: securefl/deploy/ drives the SecAgg machines and uses this module to
+move opaque bytes. What is settled, and measured with tests/flower_harness.py:
 
 - One protocol stage = one Flower round trip: the ServerApp sends each member an opaque securefl
   payload in an :class:`Envelope`, carried as raw bytes in an ``ArrayRecord`` (uint8 array), and
@@ -45,6 +44,7 @@ __all__ = [
     "StageResult",
     "handle_client_message",
     "make_client_app",
+    "make_node_client_app",
     "make_server_app",
     "run_round",
 ]
@@ -287,6 +287,36 @@ def make_client_app(handler: ClientHandler, *, member_key: str = "member",
     def _query(msg: Any, context: Any) -> Any:
         member = str(context.node_config[member_key])
         federation = str(context.node_config[federation_key])
+        data = msg.content[_RECORD][_ARRAY].numpy().tobytes()
+        saved = context.state.array_records.get(_STATE)
+        state = saved[_ARRAY].numpy().tobytes() if saved is not None else None
+        reply, new_state = handle_client_message(data, state, member=member,
+                                                 federation=federation, handler=handler)
+        context.state.array_records[_STATE] = ArrayRecord(
+            {_ARRAY: Array(np.frombuffer(new_state, dtype=np.uint8))})
+        return Message(RecordDict({_RECORD: ArrayRecord(
+            {_ARRAY: Array(np.frombuffer(reply, dtype=np.uint8))})}), reply_to=msg)
+
+    app.query(ENVELOPE_ACTION)(_query)
+    return app
+
+
+#: node_config -> (member name, manifest digest, handler) for that node
+NodeHandlerFactory = Callable[[Mapping[str, Any]], tuple[str, str, ClientHandler]]
+
+
+def make_node_client_app(factory: NodeHandlerFactory, *, app: Any = None) -> Any:
+    """Like :func:`make_client_app`, but the member, the federation digest and the handler come
+    from ``factory(context.node_config)`` (securefl.deploy.app: from the node's manifest)."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
+    from flwr.clientapp import ClientApp
+
+    if app is None:
+        app = ClientApp()
+
+    def _query(msg: Any, context: Any) -> Any:
+        member, federation, handler = factory(context.node_config)
         data = msg.content[_RECORD][_ARRAY].numpy().tobytes()
         saved = context.state.array_records.get(_STATE)
         state = saved[_ARRAY].numpy().tobytes() if saved is not None else None

@@ -1,0 +1,146 @@
+"""Deployment latency over loopback: one training round with d ~ 1e5 parameters, measured three
+ways in the same run, and the number of Flower round trips per training round.
+
+- in-process: ``securefl run``'s simulation (Engine + the in-process SecAgg driver);
+- local link: the deployment's server and bank handlers in one process (envelopes, state bytes,
+  state replay; no Flower);
+- Flower: SuperLink + N SuperNodes on 127.0.0.1 with TLS and node auth (N = 3, and 10 unless
+  --quick), the securefl Flower App, ``flwr run``.
+
+Round latency = the seconds of one steady-state training round (the last of 2): in-process and
+local link from the run's history; Flower as the sum of that round's 4 trips (advertise, which
+also carries the previous round's unmask, share incl. local training, masked, consistency).
+
+    python benchmarks/deploy.py --quick   # N = 3 only
+    python benchmarks/deploy.py           # N = 3 and 10 -> benchmarks/results/deploy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import table, write_json
+from deploy_helpers import make_federation
+from flower_harness import CONN, FlowerCluster
+
+from securefl.deploy.server import TRIPS_PER_ROUND, trips_for
+
+ROUNDS = 2
+HIDDEN = (4000,)  # mlp 23 -> 4000 -> 1: 25 * 4000 + 1 = 100001 parameters
+
+
+def _run_cfg(banks: int) -> dict[str, Any]:
+    # the embedded data's natural split exists for 3 and 4 banks; larger federations are iid
+    return {"rounds": ROUNDS, "seed": 0, "banks": banks, "hidden": list(HIDDEN), "dp": False,
+            "local_epochs": 1, "partition": "natural" if banks in (3, 4) else "iid"}
+
+
+def in_process(banks: int, out: Path) -> dict[str, Any]:
+    from securefl.config import RunConfig
+    from securefl.runtime import run
+
+    cfg = _run_cfg(banks)
+    t0 = time.monotonic()
+    res = run(RunConfig(**{**cfg, "hidden": HIDDEN}, out=str(out)))
+    return {"round_s": res.history[-1].seconds, "total_s": time.monotonic() - t0,
+            "model_sha256": res.model_sha256}
+
+
+def local_link(f: Any, out: Path) -> dict[str, Any]:
+    from securefl.deploy.client import BankNode
+    from securefl.deploy.local import LocalLink
+    from securefl.deploy.server import DeployServer, ServerSettings
+
+    srv = DeployServer(ServerSettings.load(f.server_file(out)))
+    link = LocalLink({i: BankNode.from_node_config(f.node_config(b, sim_seed=0))
+                      for i, b in enumerate(f.banks)}, srv.fed.digest)
+    t0 = time.monotonic()
+    res = srv.run(link, link.names())
+    trips = [t for t in res["trips"] if t["round"] == ROUNDS and t["stage"] != "unmask"]
+    return {"round_s": sum(t["seconds"] for t in trips), "total_s": time.monotonic() - t0,
+            "trips": res["round_trips"], "model_sha256": res["model_sha256"]}
+
+
+def flower(f: Any, root: Path) -> dict[str, Any]:
+    from securefl.deploy.app import write_app
+
+    progress = root / "progress.jsonl"
+    cfg = f.server_file(root / "run", progress=str(progress), stage_timeout_s=300.0)
+    app = write_app(root / "app", cfg)
+    cluster = FlowerCluster(root / "flower", 0)
+    t0 = time.monotonic()
+    lines: list[dict[str, Any]] = []
+    try:
+        cluster.start_superlink()
+        for i, bank in enumerate(f.banks):
+            conf = " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}"
+                            for k, v in f.node_config(bank, sim_seed=0).items())
+            cluster.add_supernode(i, name=bank, node_config=conf)
+        t_up = time.monotonic() - t0
+        cluster.flwr("run", str(app), CONN, timeout=180)
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            if progress.exists():
+                lines = [json.loads(x) for x in progress.read_text().splitlines() if x.strip()]
+                if any("status" in x for x in lines):
+                    break
+            time.sleep(1)
+    finally:
+        cluster.stop()
+    status = [x for x in lines if "status" in x]
+    if not status or status[-1]["status"] != "done":
+        raise RuntimeError(f"Flower run did not finish: {status}")
+    trips = [x for x in lines if "stage" in x]
+    steady = [t for t in trips if t["round"] == ROUNDS and t["stage"] != "unmask"]
+    from securefl.audit.store import RunStore
+
+    return {"round_s": sum(t["seconds"] for t in steady), "total_s": time.monotonic() - t0,
+            "cluster_up_s": t_up, "trips": len(trips),
+            "trip_s": {f"{t['stage']}@{t['round']}": t["seconds"] for t in trips},
+            "model_sha256": RunStore.open(root / "run").model_sha256(ROUNDS)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="3 SuperNodes only")
+    ap.add_argument("--sizes", type=int, nargs="*", help="SuperNode counts (default 3 10)")
+    args = ap.parse_args()
+    import logging
+
+    logging.getLogger("securefl.deploy").setLevel(logging.ERROR)
+    sizes = args.sizes or ([3] if args.quick else [3, 10])
+    rows, out = [], {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            f = make_federation(root / "fed", _run_cfg(n))
+            sim = in_process(n, root / "sim")
+            loc = local_link(f, root / "local")
+            flw = flower(f, root / "flower")
+        same = sim["model_sha256"] == loc["model_sha256"] == flw["model_sha256"]
+        out[str(n)] = {"in_process": sim, "local_link": loc, "flower": flw,
+                       "same_model": same}
+        rows.append([n, sim["round_s"], loc["round_s"], flw["round_s"], flw["trips"],
+                     TRIPS_PER_ROUND, flw["cluster_up_s"], flw["total_s"], same])
+        print(f"n={n}: {json.dumps(out[str(n)])}", flush=True)
+    headers = ["SuperNodes", "in-process round s", "local-link round s", "Flower round s",
+               "Flower trips (run)", "trips/round", "cluster up s", "Flower run total s",
+               "same model"]
+    print(table(headers, rows))
+    path = write_json("deploy", {"rounds": ROUNDS, "dim": 25 * HIDDEN[0] + 1,
+                                 "trips_per_round": TRIPS_PER_ROUND,
+                                 "trips_per_run": trips_for(ROUNDS), "results": out})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

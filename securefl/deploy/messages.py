@@ -1,0 +1,165 @@
+"""Deployment-layer payloads carried inside a :class:`securefl.transport.flower.Envelope`.
+
+One Flower round trip carries, per bank, one :class:`ServerPayload` and returns one
+:class:`ClientPayload`. The SecAgg messages themselves are the protocol's own encoded bytes
+(securefl.protocol.messages), wrapped in :class:`ProtocolItem` with the round they belong to, so two
+rounds can share a trip (pipelining: round r's unmask rides with round r + 1's start).
+
+Everything the server dictates (the round plan, the global model) is signed with the server's
+Ed25519 identity key from the federation manifest (``sign_bound``, domain-separated), so a bank
+refuses a plan or a model the manifest's server did not sign.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from securefl.dp.ledger import Draft
+from securefl.protocol import wire
+
+__all__ = [
+    "HELLO_DOMAIN",
+    "MAX_PAYLOAD_BYTES",
+    "MODEL_DOMAIN",
+    "START_DOMAIN",
+    "BankInfo",
+    "ClientPayload",
+    "GlobalModel",
+    "Hello",
+    "ProtocolItem",
+    "RoundStart",
+    "ServerPayload",
+    "Signed",
+    "TrainPlan",
+    "decode_client",
+    "decode_server",
+]
+
+START_DOMAIN = "securefl/deploy/v1/round-start"
+MODEL_DOMAIN = "securefl/deploy/v1/global-model"
+HELLO_DOMAIN = "securefl/deploy/v1/hello"
+MAX_PAYLOAD_BYTES = 255 * 1024 * 1024
+
+Task = Literal["moments", "train"]
+
+
+class TrainPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How every bank trains locally (public, identical for all banks; from the run config)."""
+
+    model: str
+    hidden: list[int]
+    task: str
+    loss: str
+    local_epochs: Annotated[int, Meta(ge=1)]
+    batch_size: Annotated[int, Meta(ge=1)]
+    lr: Annotated[float, Meta(gt=0)]
+    optimizer: str
+    prox_mu: float
+    rounds: Annotated[int, Meta(ge=1)]
+    dp: bool
+    record_epsilon: float
+    record_noise_multiplier: float | None
+    record_clip: float
+    delta: float
+
+
+class Hello(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The first message of a run: the session, the manifest digest and the plan. Signed."""
+
+    session: Annotated[bytes, Meta(min_length=16, max_length=16)]
+    federation: str
+    plan: TrainPlan
+
+
+class BankInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Public metadata a bank reveals once (DESIGN.md section 6: example counts are public):
+    training rows, feature count, the power of two above the L2 norm of its moment vector
+    (< 7 bits of scale, as in ``securefl run``) and its DP-SGD noise multiplier (None without DP)."""
+
+    n_train: Annotated[int, Meta(ge=1)]
+    n_features: Annotated[int, Meta(ge=1)]
+    moments_norm_log2: int
+    record_noise_multiplier: float | None
+
+
+class RoundStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The public plan of one aggregation round (DESIGN.md section 3 step 1). Bank ids in the
+    SecAgg machines are indices into the manifest's client list."""
+
+    session: Annotated[bytes, Meta(min_length=16, max_length=16)]
+    round: Annotated[int, Meta(ge=0)]
+    task: Task
+    participants: list[str]
+    threshold: Annotated[int, Meta(ge=1)]
+    clip_norm: Annotated[float, Meta(gt=0)]
+    noise_multiplier: Annotated[float, Meta(ge=0)]
+    min_survivors: Annotated[int, Meta(ge=1)]
+    degree: int | None
+    precision_bits: Annotated[int, Meta(ge=1, le=30)]
+    dim: Annotated[int, Meta(ge=1)]
+    #: public FedAvg weight n_i / max n per participant (train rounds)
+    weights: dict[str, float] = {}
+    #: the released sum of the banks' moment vectors (train rounds: every bank standardises with it)
+    moments_total: list[float] = []
+
+
+class Signed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``body`` (msgpack of a Hello / RoundStart, or sha256 of a model) and the server's
+    ``sign_bound`` signature over it."""
+
+    body: bytes
+    signature: Annotated[bytes, Meta(min_length=64, max_length=64)]
+
+
+class GlobalModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The global weights a bank trains from in ``round`` (float64 little-endian, ``get_flat``
+    order) and the released sum of the banks' moment vectors (standardisation, docs/data.md)."""
+
+    round: Annotated[int, Meta(ge=1)]
+    weights: bytes
+    moments_total: list[float]
+
+
+class ProtocolItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One encoded securefl.protocol message and the round it belongs to."""
+
+    round: Annotated[int, Meta(ge=0)]
+    data: bytes
+
+
+class ServerPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
+                    tag="securefl.deploy.server.v1", tag_field="type"):
+    """Server -> bank, one per trip: protocol messages first (oldest round first), then an
+    optional signed Hello / RoundStart, and the signed global model when the bank must train."""
+
+    protocol: list[ProtocolItem] = []
+    hello: Signed | None = None
+    start: Signed | None = None
+    #: a signed :class:`GlobalModel` (train rounds, with the key roster)
+    model: Signed | None = None
+
+
+class ClientPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
+                    tag="securefl.deploy.client.v1", tag_field="type"):
+    """Bank -> server, one per trip."""
+
+    protocol: list[ProtocolItem] = []
+    info: BankInfo | None = None
+    #: record-level DP-SGD ledger drafts of this bank's local training (train rounds)
+    drafts: list[Draft] = []
+    clipped: bool = False
+
+
+def decode_server(data: bytes) -> ServerPayload:
+    """Size-checked strict decode (MessageError on anything off)."""
+    out: ServerPayload = wire.decode(data, ServerPayload, max_bytes=MAX_PAYLOAD_BYTES)
+    return out
+
+
+def decode_client(data: bytes) -> ClientPayload:
+    """Size-checked strict decode (MessageError on anything off)."""
+    out: ClientPayload = wire.decode(data, ClientPayload, max_bytes=MAX_PAYLOAD_BYTES)
+    return out

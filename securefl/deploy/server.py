@@ -1,0 +1,526 @@
+"""The aggregation server's side of a deployment (runs inside the Flower ServerApp).
+
+Round plan (DESIGN.md section 3) over Flower round trips, pipelined so a training round costs
+FOUR round trips in steady state (``TRIPS_PER_ROUND``):
+
+  trip "advertise":   round r - 1's UnmaskRequest + round r's signed RoundStart
+                      -> UnmaskShares (r - 1) + AdvertiseKeys (r); the server then finishes r - 1
+                         (unmask, FedAvg, audit commit)
+  trip "share":       KeyRoster (r) + the signed global model -> the bank trains, encodes,
+                      ShareKeys (r)
+  trip "masked":      ForwardedShares (r) -> MaskedInput (r)
+  trip "consistency": SurvivorList (r) -> ConsistencySignature (r)
+
+A run adds one "hello" trip (bank metadata), round 0 (federated standardisation: the banks'
+moment vectors summed with SecAgg, 4 trips) and one last "unmask" trip: 4 * (rounds + 1) + 2.
+
+A bank that misses a trip's deadline is a dropout for that stage (the SecAgg machine decides
+what that means) and is not asked again in later rounds of the run.
+
+The server never opens a bank's file: it sees the banks' public metadata (row counts, a power of
+two bounding the moments' norm, DP-SGD noise multipliers) and the SecAgg sums; metrics come from
+an optional global test file of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from securefl import __version__
+from securefl.config import RunConfig, from_mapping
+from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
+from securefl.deploy.common import (
+    bank_ids,
+    encoding_for,
+    protocol_federation,
+    round_spec,
+    secagg_config,
+)
+from securefl.deploy.messages import (
+    HELLO_DOMAIN,
+    MODEL_DOMAIN,
+    START_DOMAIN,
+    BankInfo,
+    GlobalModel,
+    Hello,
+    ProtocolItem,
+    RoundStart,
+    ServerPayload,
+    Signed,
+    TrainPlan,
+    decode_client,
+)
+from securefl.errors import (
+    AggregationAbortedError,
+    ConfigError,
+    MessageError,
+    SecureFLError,
+    SignatureError,
+)
+from securefl.federation import Federation, load_manifest, load_signing_key, verify_manifest
+from securefl.protocol import quantize, wire
+from securefl.protocol.messages import AdvertiseKeys, decode_message, encode_message
+from securefl.protocol.secagg import (
+    ADVERTISE_DOMAIN,
+    Deadline,
+    SecAggServer,
+    advertise_message,
+)
+from securefl.transport.flower import Link, StageExchange
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from securefl.aggregation import RoundSpec
+    from securefl.protocol.quantize import Encoding
+
+__all__ = ["TRIPS_PER_ROUND", "DeployServer", "ServerSettings", "trips_for"]
+
+log = logging.getLogger("securefl.deploy")
+
+TRIPS_PER_ROUND = 4
+
+
+def trips_for(rounds: int) -> int:
+    """Flower round trips of a whole run: hello + 4 per round (incl. round 0) + the last unmask."""
+    return 1 + TRIPS_PER_ROUND * (rounds + 1) + 1
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The server's deployment file (JSON): paths and the run configuration (securefl.config keys;
+    ``data`` / ``banks`` / ``split_by`` are the banks' business and ignored here)."""
+
+    manifest: Path
+    key: Path
+    run_dir: Path
+    run: dict[str, Any]
+    test_data: Path | None = None
+    label: str = "default"
+    passphrase_file: Path | None = None
+    stage_timeout_s: float = 60.0
+    wait_nodes_s: float = 120.0
+    #: derive the session id from the run config like ``securefl run`` (tests compare the two)
+    reproducible_session: bool = False
+    #: JSON lines of progress (one per trip), for operators and tests
+    progress: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> ServerSettings:
+        try:
+            raw = json.loads(Path(path).read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the server deployment file {path}: {exc}") from exc
+        opt = {k: raw.get(k) for k in ("test_data", "passphrase_file", "progress")}
+        try:
+            return cls(manifest=Path(raw["manifest"]), key=Path(raw["key"]),
+                       run_dir=Path(raw["run_dir"]), run=dict(raw.get("run", {})),
+                       test_data=Path(opt["test_data"]) if opt["test_data"] else None,
+                       label=str(raw.get("label", "default")),
+                       passphrase_file=(Path(opt["passphrase_file"])
+                                        if opt["passphrase_file"] else None),
+                       stage_timeout_s=float(raw.get("stage_timeout_s", 60.0)),
+                       wait_nodes_s=float(raw.get("wait_nodes_s", 120.0)),
+                       reproducible_session=bool(raw.get("reproducible_session", False)),
+                       progress=Path(opt["progress"]) if opt["progress"] else None)
+        except KeyError as exc:
+            raise ConfigError(f"{path} lacks {exc.args[0]!r}") from exc
+
+
+@dataclass
+class _Flight:
+    """One SecAgg round in flight on the server."""
+
+    start: RoundStart
+    spec: RoundSpec
+    enc: Encoding
+    machine: SecAggServer
+    names: dict[int, str]
+    t0: float
+    drafts: list[Any] = field(default_factory=list)
+    clipped: int = 0
+    aborted: SecureFLError | None = None
+
+
+class DeployServer:
+    """Runs a whole federated training over a :class:`~securefl.transport.flower.Link`."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.s = settings
+        self.config: RunConfig = from_mapping(
+            {k: v for k, v in settings.run.items() if k not in ("data", "out")},
+            source=str(settings.manifest))
+        self.fed: Federation = verify_manifest(load_manifest(settings.manifest))
+        pw = settings.passphrase_file.read_bytes().strip() if settings.passphrase_file else None
+        self.key = load_signing_key(settings.key, pw)
+        if self.key.verify_key != self.fed.verify_key(self.fed.server):
+            raise SignatureError("the server key is not the one the manifest lists for "
+                                 f"{self.fed.server!r}")
+        if self.config.aggregation != "secagg" or self.fed.params.aggregation != "secagg":
+            raise ConfigError("deployments support aggregation 'secagg' only (CKKS: TODO)")
+        self.ids = bank_ids(self.fed)
+        self.session = self._session()
+        self.trips: list[dict[str, Any]] = []
+        self.refused: dict[str, str] = {}
+        self.history: list[dict[str, Any]] = []
+
+    def _session(self) -> bytes:
+        if self.s.reproducible_session:
+            from securefl.runtime import session_id_for
+
+            return session_id_for(self.config)
+        return hashlib.sha256(b"securefl-deploy-session-v1" + bytes.fromhex(self.fed.digest)
+                              + os.urandom(16)).digest()[:16]
+
+    # -- signing ------------------------------------------------------------------------------------
+    def _sign(self, body: bytes, domain: str, round_: int) -> Signed:
+        return Signed(body=body, signature=sign_bound(self.key, domain=domain,
+                                                      session_id=self.session, round_=round_,
+                                                      message=body))
+
+    # -- trips ----------------------------------------------------------------------------------------
+    def _trip(self, ex: StageExchange, round_: int, stage: str,
+              payloads: Mapping[str, ServerPayload]) -> dict[str, Any]:
+        t0 = time.monotonic()
+        res = ex.exchange(round_, stage, {n: wire.encode(p) for n, p in payloads.items()})
+        replies: dict[str, Any] = {}
+        for name, data in res.replies.items():
+            try:
+                replies[name] = decode_client(data)
+            except MessageError as err:
+                log.error("malformed reply from %s: %s", name, err.code)
+        for name, why in res.dropped.items():
+            log.warning("round %d stage %s: %s dropped (%s)", round_, stage, name, why)
+        entry = {"round": round_, "stage": stage, "seconds": round(time.monotonic() - t0, 3),
+                 "sent": sorted(payloads), "replied": sorted(replies),
+                 "dropped": dict(res.dropped)}
+        self.trips.append(entry)
+        if self.s.progress is not None:
+            with self.s.progress.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        return replies
+
+    def _feed(self, flight: _Flight, name: str, item: ProtocolItem) -> None:
+        """Deliver one bank's message to the round's machine. A message that is not the bank's own
+        (wrong sender id) or whose key advertisement is not signed by its manifest key is refused
+        (logged) and the bank is a dropout; any other protocol error aborts the round."""
+        if flight.aborted is not None:
+            return
+        try:
+            msg = decode_message(item.data)
+        except MessageError as err:
+            log.error("%s: malformed protocol message (%s)", name, err.code)
+            return
+        if getattr(msg, "sender", None) != self.ids[name]:
+            self.refused[name] = "sender id is not the bank's own"
+            log.error("%s sent a message as client %s: refused", name, getattr(msg, "sender", "?"))
+            return
+        if isinstance(msg, AdvertiseKeys):
+            try:
+                verify_bound(self.fed.verify_key(name), msg.signature, domain=ADVERTISE_DOMAIN,
+                             session_id=self.session, round_=flight.start.round,
+                             message=advertise_message(msg.sender, msg.cipher_pk, msg.mask_pk))
+            except SignatureError as err:
+                self.refused[name] = f"{err.code}: key advertisement not signed by its manifest key"
+                log.error("%s refused: %s %s", name, err.code, err.message)
+                return
+        try:
+            flight.machine.receive(msg)
+        except SecureFLError as err:
+            flight.aborted = err
+            log.error("round %d aborted: %s %s", flight.start.round, err.code, err.message)
+
+    def _close(self, flight: _Flight) -> dict[str, list[ProtocolItem]]:
+        """The stage's deadline: the machine's messages for the next stage, by bank."""
+        if flight.aborted is not None:
+            return {}
+        try:
+            out = flight.machine.receive(Deadline())
+        except SecureFLError as err:
+            flight.aborted = err
+            log.error("round %d aborted: %s %s", flight.start.round, err.code, err.message)
+            return {}
+        by: dict[str, list[ProtocolItem]] = {}
+        for o in out:
+            by.setdefault(flight.names[o.recipient], []).append(
+                ProtocolItem(round=flight.start.round, data=encode_message(o.message)))
+        return by
+
+    def _route(self, replies: Mapping[str, Any], flights: Mapping[int, _Flight]) -> None:
+        for name, reply in replies.items():
+            for item in reply.protocol:
+                fl = flights.get(item.round)
+                if fl is not None and name in fl.start.participants:
+                    self._feed(fl, name, item)
+            for fl in flights.values():
+                if name in fl.start.participants and fl.start.task == "train":
+                    fl.drafts += [d for d in reply.drafts if d.round == fl.start.round
+                                  and d.party == f"bank:{name}"]
+                    fl.clipped += int(reply.clipped)
+
+    # -- the run ------------------------------------------------------------------------------------
+    def plan(self) -> TrainPlan:
+        c = self.config
+        task = "classification" if c.task == "auto" else c.task
+        loss = c.loss if c.loss != "auto" else ("bce" if task == "classification" else "mse")
+        from securefl.runtime import DEFAULT_RECORD_EPSILON
+
+        return TrainPlan(model=c.model, hidden=list(c.hidden), task=task, loss=loss,
+                         local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
+                         optimizer=c.optimizer,
+                         prox_mu=c.prox_mu if c.server_optimizer == "fedprox" else 0.0,
+                         rounds=c.rounds, dp=c.dp,
+                         record_epsilon=(c.record_epsilon if c.record_epsilon is not None
+                                         else DEFAULT_RECORD_EPSILON),
+                         record_noise_multiplier=c.record_noise_multiplier,
+                         record_clip=c.record_clip, delta=c.delta)
+
+    def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
+               weights: dict[str, float]) -> tuple[RoundStart, Signed]:
+        from securefl.runtime import default_threshold
+
+        c = self.config
+        k = len(participants)
+        if round_ == 0:
+            start = RoundStart(session=self.session, round=0, task="moments",
+                               participants=participants, threshold=k, clip_norm=clip,
+                               noise_multiplier=0.0, min_survivors=k, degree=None,
+                               precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim)
+        else:
+            threshold = min(c.threshold or default_threshold(k), k)
+            threshold = max(threshold, min(self.fed.params.threshold, k))
+            z = c.noise_multiplier if c.dp else 0.0
+            start = RoundStart(session=self.session, round=round_, task="train",
+                               participants=participants, threshold=threshold,
+                               clip_norm=c.clip_norm, noise_multiplier=z,
+                               min_survivors=threshold, degree=c.neighbours, precision_bits=16,
+                               dim=dim, weights={p: weights[p] for p in participants})
+        return start, self._sign(wire.encode(start), START_DOMAIN, round_)
+
+    def _flight(self, start: RoundStart) -> _Flight:
+        spec = round_spec(start, self.ids)
+        enc, threshold = encoding_for(start, spec)
+        machine = SecAggServer(secagg_config(start, spec, enc, threshold),
+                               protocol_federation(self.fed, self.session))
+        return _Flight(start=start, spec=spec, enc=enc, machine=machine,
+                       names={self.ids[p]: p for p in start.participants}, t0=time.monotonic())
+
+    def _sum(self, fl: _Flight) -> tuple[NDArray[np.float64], tuple[int, ...], dict[int, str]]:
+        """The released sum (input units), the survivors and who dropped where; raises
+        AggregationAbortedError when the round cannot release (securefl.secagg's rule)."""
+        if fl.aborted is not None:
+            raise fl.aborted
+        res = fl.machine.result
+        if res is None:
+            raise AggregationAbortedError(f"round {fl.start.round} ended without a result")
+        noise = fl.spec.noise
+        if noise is not None and noise.noise_multiplier > 0 and \
+                len(res.survivors) < noise.min_survivors:
+            raise AggregationAbortedError(
+                f"{len(res.survivors)} survivors carry less than the planned noise")
+        total = quantize.from_field(res.field_sum, fl.enc.bits).astype(np.float64) * fl.enc.gamma
+        return total, res.survivors, dict(res.dropped_at)
+
+    def run(self, link: Link, nodes: Mapping[str, int]) -> dict[str, Any]:
+        """The whole run; returns the result written to result.json."""
+        import torch
+
+        from securefl.audit.store import RunStore
+        from securefl.data.standardize import Standardizer
+        from securefl.dp.ledger import Ledger
+        from securefl.fl.models import build_model
+        from securefl.fl.params import get_flat, model_tensors, set_flat, to_bytes
+        from securefl.fl.server_opt import ServerOptimizer
+        from securefl.runtime import seal_round, weighted_mean_update
+
+        c, fed = self.config, self.fed
+        t_run = time.monotonic()
+        admitted = {}
+        for name, nid in nodes.items():
+            if name in self.ids:
+                admitted[name] = nid
+            else:
+                err = SignatureError(f"Flower node {name!r} is not a client in the manifest")
+                self.refused[name] = f"{err.code}: not in the manifest"
+                log.error("refused node %s: %s %s", name, err.code, err.message)
+        ex = StageExchange(link=link, federation=fed.digest, session=self.session,
+                           server=fed.server, nodes=admitted, timeout_s=self.s.stage_timeout_s)
+        plan = self.plan()
+        hello = self._sign(wire.encode(Hello(session=self.session, federation=fed.digest,
+                                             plan=plan)), HELLO_DOMAIN, 0)
+        replies = self._trip(ex, 0, "hello", {n: ServerPayload(hello=hello) for n in admitted})
+        infos: dict[str, BankInfo] = {n: r.info for n, r in replies.items() if r.info is not None}
+        banks = [n for n in fed.clients if n in infos]
+        if len(banks) < max(2, fed.params.threshold):
+            raise AggregationAbortedError(f"only {len(banks)} banks answered the hello")
+        d = {infos[b].n_features for b in banks}
+        if len(d) != 1:
+            raise ConfigError(f"the banks disagree on the number of features: {sorted(d)}")
+        n_features = d.pop()
+        sizes = {b: infos[b].n_train for b in banks}
+        weights = {b: n / max(sizes.values()) for b, n in sizes.items()}
+        public_weight = [weights.get(n, 0.0) for n in fed.clients]
+        bound = float(2.0 ** max(infos[b].moments_norm_log2 + 1 for b in banks))
+
+        torch.manual_seed(c.seed)
+        model = build_model(c.model, n_features, c.hidden)
+        w = get_flat(model)
+        server_opt = ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr)
+        silent: set[str] = set()
+        store: Any = None
+        ledger = Ledger()
+        test: tuple[Any, Any] | None = None
+        moments_total: list[float] = []
+
+        def finish(fl: _Flight) -> None:
+            nonlocal store, test, w, moments_total
+            r = fl.start.round
+            if r == 0:
+                total, _, _ = self._sum(fl)  # round 0 must release: no standardisation otherwise
+                moments_total = [float(v) for v in total]
+                stdz = Standardizer.from_summed_moments(total)
+                if self.s.test_data is not None:
+                    from securefl.deploy.client import load_bank_csv
+
+                    Xt, yt = load_bank_csv(self.s.test_data, self.s.label)
+                    test = (stdz.transform(Xt), yt)
+                facts = {
+                    "banks": [{"name": b, "train_examples": sizes[b]} for b in banks],
+                    "data_source": "each bank's own file (deployment)", "task": plan.task,
+                    "n_features": n_features, "manifest_sha256": fed.digest,
+                    "standardisation": {"mode": "secagg", "aggregate_sha256":
+                                        hashlib.sha256(total.tobytes()).hexdigest()},
+                    "record_noise_multiplier": {b: infos[b].record_noise_multiplier
+                                                for b in banks},
+                }
+                config = {**{k: v for k, v in c.to_dict().items() if k != "out"},
+                          "deployment": {"transport": "flower", "manifest_sha256": fed.digest,
+                                         "stage_timeout_s": self.s.stage_timeout_s}}
+                store = RunStore.create(self.s.run_dir, config=config,
+                                        server_key=SigningKey.generate(),
+                                        origin=f"securefl/{self.session.hex()}",
+                                        initial_model=to_bytes(model_tensors(model)),
+                                        federation=facts)
+                return
+            record: dict[str, Any] = {"session_id": self.session.hex(), "aggregation": "secagg",
+                                      "participants": list(fl.start.participants)}
+            try:
+                total, survivors, dropped = self._sum(fl)
+            except SecureFLError as err:
+                alive = [p for p in fl.start.participants if p not in silent]
+                record.update(survivors=alive, status="aborted", error_code=err.code)
+                metrics = self.history[-1]["metrics"] if self.history else {}
+                store.commit_round(round_=r, record_fields=record,
+                                   model=to_bytes({**model_tensors(model), **server_opt.state()}),
+                                   ledger_lines=seal_round(ledger, fl.drafts), metrics=metrics)
+                self.history.append({"round": r, "aborted": err.code, "metrics": metrics})
+                return
+            drafts = list(fl.drafts)
+            if c.dp and c.noise_multiplier > 0:
+                from securefl.dp.fedavg import ddg_event
+                from securefl.dp.ledger import Draft
+
+                drafts.append(Draft(
+                    round=r, level="client", party="federation",
+                    event=ddg_event(fl.enc.noise_sigma2_int, len(survivors),
+                                    fl.enc.sensitivity_int, fl.start.dim),
+                    clip_norm=c.clip_norm, participants=len(fl.start.participants),
+                    survivors=len(survivors), neighbouring="add_remove", sampling="all",
+                    steps=1))
+            w = server_opt.step(w, weighted_mean_update(total, survivors, public_weight))
+            set_flat(model, w)
+            metrics = self._evaluate(model, test, plan.task)
+            record.update(
+                survivors=[fl.names[i] for i in survivors],
+                dropouts={fl.names[i]: st for i, st in dropped.items() if i not in survivors},
+                aggregate_digest=hashlib.sha256(total.tobytes()).hexdigest())
+            store.commit_round(round_=r, record_fields=record,
+                               model=to_bytes({**model_tensors(model), **server_opt.state()}),
+                               ledger_lines=seal_round(ledger, drafts), metrics=metrics)
+            self.history.append({"round": r, "participants": record["participants"],
+                                 "survivors": record["survivors"],
+                                 "dropouts": record["dropouts"], "metrics": metrics,
+                                 "clipped": fl.clipped,
+                                 "seconds": round(time.monotonic() - fl.t0, 3)})
+
+        prev: _Flight | None = None
+        carry: dict[str, list[ProtocolItem]] = {}
+        for r in range(0, c.rounds + 1):
+            participants = [b for b in banks if b not in silent]
+            if len(participants) < 2:
+                raise AggregationAbortedError(f"round {r}: fewer than 2 banks left")
+            dim = 1 + 2 * n_features if r == 0 else int(w.size)
+            start, signed = self._start(r, participants, dim, clip=bound, weights=weights)
+            fl = self._flight(start)
+            payloads = {n: ServerPayload(protocol=carry.get(n, []), start=signed)
+                        for n in participants}
+            for n, items in carry.items():
+                if n not in payloads:
+                    payloads[n] = ServerPayload(protocol=items)
+            flights = {f.start.round: f for f in (prev, fl) if f is not None}
+            replies = self._trip(ex, r, "advertise", payloads)
+            silent |= set(payloads) - set(replies)
+            self._route(replies, flights)
+            if prev is not None:
+                self._close(prev)
+                finish(prev)
+            roster = self._close(fl)
+            model_msg = None
+            if r > 0:
+                gm = GlobalModel(round=r, weights=w.astype("<f8").tobytes(),
+                                 moments_total=moments_total)
+                model_msg = self._sign(wire.encode(gm), MODEL_DOMAIN, r)
+            for stage in ("share", "masked", "consistency"):
+                out = roster if stage == "share" else self._close(fl)
+                if fl.aborted is not None:
+                    break
+                pl = {n: ServerPayload(protocol=items,
+                                       model=model_msg if stage == "share" else None)
+                      for n, items in out.items()}
+                replies = self._trip(ex, r, stage, pl)
+                silent |= set(pl) - set(replies)
+                self._route(replies, {r: fl})
+            carry = self._close(fl) if fl.aborted is None else {}
+            prev = fl
+        if prev is not None:
+            if carry:
+                replies = self._trip(ex, prev.start.round, "unmask",
+                                     {n: ServerPayload(protocol=i) for n, i in carry.items()})
+                self._route(replies, {prev.start.round: prev})
+                self._close(prev)
+            finish(prev)
+        result = {
+            "securefl_version": __version__, "aggregation": "secagg", "transport": "flower",
+            "session_id": self.session.hex(), "manifest_sha256": fed.digest,
+            "rounds_completed": sum(1 for h in self.history if "aborted" not in h),
+            "final_metrics": self.history[-1]["metrics"] if self.history else {},
+            "model_sha256": store.model_sha256(store.last_round),
+            "round_trips": len(self.trips), "round_trips_per_round": TRIPS_PER_ROUND,
+            "trips": self.trips, "refused": self.refused, "history": self.history,
+            "seconds": round(time.monotonic() - t_run, 3),
+        }
+        store.finish(result)
+        return result
+
+    @staticmethod
+    def _evaluate(model: Any, test: tuple[Any, Any] | None, task: str) -> dict[str, float]:
+        if test is None:
+            return {}
+        from securefl.fl.metrics import classification_metrics, regression_metrics
+        from securefl.fl.train import predict
+
+        pred = predict(model, test[0], task)
+        y = np.asarray(test[1], dtype=np.float64)
+        if task == "classification":
+            return classification_metrics(y, pred)
+        return regression_metrics(y, pred)

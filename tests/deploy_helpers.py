@@ -1,0 +1,105 @@
+"""A federation on disk for deployment tests: identity keys, a manifest signed by every member,
+each bank's rows in its own CSV (from the embedded data, split like ``securefl run``), the
+server's global test file and its deployment file."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from securefl.crypto.signing import SigningKey
+from securefl.federation import (
+    Member,
+    ProtocolParams,
+    create_manifest,
+    encode_manifest,
+    sign_manifest,
+)
+
+SERVER = "agg"
+
+
+def write_csv(path: Path, X: Any, y: Any, label: str = "default") -> None:
+    cols = [f"f{i}" for i in range(X.shape[1])] + [label]
+    rows = np.column_stack([np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)])
+    np.savetxt(path, rows, delimiter=",", fmt="%.17g", header=",".join(cols), comments="")
+
+
+@dataclass
+class Fed:
+    root: Path
+    banks: list[str]
+    manifest: Path
+    keys: dict[str, Path]
+    data: dict[str, Path]
+    data_dir: Path
+    test_file: Path
+    run: dict[str, Any]
+
+    def server_file(self, run_dir: Path, **extra: Any) -> Path:
+        cfg = {"manifest": str(self.manifest), "key": str(self.keys[SERVER]),
+               "run_dir": str(run_dir), "run": self.run, "test_data": str(self.test_file),
+               "reproducible_session": True, **extra}
+        p = self.root / "server.json"
+        p.write_text(json.dumps(cfg))
+        return p
+
+    def node_config(self, bank: str, sim_seed: int | None = 0) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"member": bank, "key": str(self.keys[bank]),
+                               "manifest": str(self.manifest), "data-path": str(self.data[bank])}
+        if sim_seed is not None:
+            cfg["insecure-sim-seed"] = sim_seed
+        return cfg
+
+
+def write_key(path: Path, key: SigningKey) -> Path:
+    path.write_bytes(key.to_pem().expose())
+    path.chmod(0o600)
+    return path
+
+
+def make_federation(root: Path, run: dict[str, Any], *, signers: list[str] | None = None,
+                    params: ProtocolParams | None = None) -> Fed:
+    """Keys, a manifest (signed by ``signers``, default everyone), bank files, test file."""
+    from securefl.config import RunConfig
+    from securefl.data import build_federated_data
+
+    c = RunConfig(**{k: v for k, v in run.items()})
+    fed = build_federated_data(data=c.data, label=c.label, task=None, split_by=c.split_by,
+                               banks=c.banks, partition=c.partition, alpha=c.alpha,
+                               test_fraction=c.test_fraction,
+                               local_test_fraction=c.local_test_fraction, seed=c.seed)
+    # manifest names allow [A-Za-z0-9._-]: bank i keeps its position (its SecAgg id)
+    banks = [re.sub(r"[^A-Za-z0-9._-]", "-", b.name)[:64] for b in fed.banks]
+    root.mkdir(parents=True, exist_ok=True)
+    keydir = root / "keys"
+    keydir.mkdir()
+    data_dir = root / "banks"
+    data_dir.mkdir()
+    keys: dict[str, SigningKey] = {n: SigningKey.generate() for n in [SERVER, *banks]}
+    paths = {n: write_key(keydir / f"{n}.key", k) for n, k in keys.items()}
+    members = [Member(name=SERVER, role="server", public_key=keys[SERVER].verify_key.raw.hex())]
+    members += [Member(name=n, role="client", public_key=keys[n].verify_key.raw.hex())
+                for n in banks]
+    params = params or ProtocolParams(aggregation="secagg", threshold=2, clip_norm=c.clip_norm,
+                                      noise_multiplier=c.noise_multiplier if c.dp else 0.0)
+    m = create_manifest("test-fed", members, params)
+    for n in (signers if signers is not None else [SERVER, *banks]):
+        m = sign_manifest(m, n, keys[n])
+    manifest = root / "manifest.json"
+    manifest.write_bytes(encode_manifest(m))
+    data = {}
+    for name, b in zip(banks, fed.banks, strict=True):
+        d = data_dir / name
+        d.mkdir()
+        data[name] = d / "rows.csv"
+        write_csv(data[name], b.X_train, b.y_train)
+    test_file = root / "server-test.csv"
+    write_csv(test_file, fed.X_test, fed.y_test)
+    return Fed(root=root, banks=banks, manifest=manifest, keys=paths, data=data,
+               data_dir=data_dir, test_file=test_file, run=run)

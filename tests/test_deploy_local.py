@@ -1,0 +1,150 @@
+"""The deployment's server and bank handlers over the in-process link (same envelopes, state
+bytes and encodings as over Flower): equivalence with ``securefl run``'s simulation, dropouts,
+the round-trip count, and the refusals (typed and logged)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_helpers import SERVER, Fed, make_federation, write_key
+
+from securefl.crypto.signing import SigningKey
+from securefl.deploy.client import BankNode
+from securefl.deploy.local import LocalLink
+from securefl.deploy.server import TRIPS_PER_ROUND, DeployServer, ServerSettings, trips_for
+from securefl.errors import AggregationAbortedError, SignatureError
+
+RUN: dict[str, Any] = {"rounds": 1, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Fed:
+    return make_federation(tmp_path_factory.mktemp("fed"), RUN)
+
+
+def _banks(f: Fed, **over: BankNode) -> dict[int, BankNode]:
+    return {i: over.get(b, BankNode.from_node_config(f.node_config(b, sim_seed=RUN["seed"])))
+            for i, b in enumerate(f.banks)}
+
+
+def _server(f: Fed, run_dir: Path) -> DeployServer:
+    return DeployServer(ServerSettings.load(f.server_file(run_dir)))
+
+
+def test_matches_simulation_with_a_dropout_and_verifies(fed: Fed, tmp_path: Path) -> None:
+    from securefl.audit.store import RunStore
+    from securefl.audit.verify import verify_run_dir
+    from securefl.config import RunConfig
+    from securefl.runtime import Engine
+
+    srv = _server(fed, tmp_path / "run")
+    # trip 1 hello, 2-5 round 0, 6 advertise of round 1, 7 share, 8 masked: bank 2 dies there
+    link = LocalLink(_banks(fed), srv.fed.digest, kill=lambda trip, nid: trip >= 8 and nid == 2)
+    res = srv.run(link, link.names())
+    assert link.trips == trips_for(1) == 2 + 2 * TRIPS_PER_ROUND
+    rec = RunStore.open(tmp_path / "run").records[1]
+    assert rec.dropouts == {fed.banks[2]: "masked"}
+    assert sorted(rec.survivors) == sorted(fed.banks[:2])
+    verify_run_dir(tmp_path / "run")
+
+    class Replay(Engine):  # the simulation, told who dropped where
+        def _simulated_dropouts(self, round_: int, participants: tuple[int, ...],
+                                stages: tuple[str, ...]) -> dict[int, str]:
+            return {2: "masked"}
+
+    sim = Replay(RunConfig(**RUN, out=str(tmp_path / "sim"))).run()
+    assert res["model_sha256"] == sim.model_sha256
+    assert res["final_metrics"] == sim.final_metrics
+
+
+def test_manifest_missing_a_signature_is_refused(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    f = make_federation(tmp_path / "fed", RUN, signers=[SERVER])
+    with pytest.raises(SignatureError, match="lacks the signature"):
+        _server(f, tmp_path / "run")
+    node = BankNode.from_node_config(f.node_config(f.banks[0]))
+    with pytest.raises(SignatureError):
+        node.federation()
+
+
+def test_hello_signed_by_a_key_outside_the_manifest_is_refused(
+        fed: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    srv = _server(fed, tmp_path / "run")
+    srv.key = SigningKey.generate()  # a server key the manifest does not list
+    link = LocalLink(_banks(fed), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"), \
+            pytest.raises(AggregationAbortedError, match="only 0 banks"):
+        srv.run(link, link.names())
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 3 and all("SFL401" in m for m in refusals)
+    assert not (tmp_path / "run").exists()  # nothing was committed
+
+
+def test_bank_whose_identity_is_not_in_the_manifest_refuses_to_run(
+        fed: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bank = fed.banks[1]
+    stranger = write_key(tmp_path / "stranger.key", SigningKey.generate())
+    cfg = {**fed.node_config(bank, sim_seed=RUN["seed"]), "key": str(stranger)}
+    node = BankNode.from_node_config(cfg)
+    with pytest.raises(SignatureError, match="not the key the manifest lists"):
+        node.identity(node.federation())
+    srv = _server(fed, tmp_path / "run")
+    link = LocalLink(_banks(fed, **{bank: node}), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())  # the two others go on without it
+    assert all(bank not in h["participants"] for h in res["history"])
+    assert any("SFL401" in r.getMessage() and bank in r.getMessage() for r in caplog.records)
+
+
+def test_advertisement_signed_by_a_foreign_key_is_refused_by_the_server(
+        fed: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bank = fed.banks[0]
+    foreign = SigningKey.generate()
+
+    class Impostor(BankNode):
+        def identity(self, fed_: Any) -> SigningKey:  # skips its own check: a hostile bank
+            return foreign
+
+    node = Impostor(**vars(BankNode.from_node_config(fed.node_config(bank, RUN["seed"]))))
+    srv = _server(fed, tmp_path / "run")
+    link = LocalLink(_banks(fed, **{bank: node}), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"), \
+            pytest.raises(AggregationAbortedError):
+        srv.run(link, link.names())
+    assert srv.refused[bank].startswith("SFL401")
+    assert any("SFL401" in r.getMessage() and bank in r.getMessage() for r in caplog.records)
+
+
+def test_node_not_in_the_manifest_is_refused(fed: Fed, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    srv = _server(fed, tmp_path / "run")
+    banks = _banks(fed)
+    link = LocalLink(banks, srv.fed.digest)
+    nodes = {**link.names(), "mallory": 99}
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        srv.run(link, nodes)
+    assert srv.refused["mallory"].startswith("SFL401")
+    assert any("mallory" in r.getMessage() for r in caplog.records)
+
+
+def test_plan_weaker_than_the_manifest_is_refused_and_the_round_aborts(
+        fed: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from securefl.audit.verify import verify_run_dir
+
+    # the manifest says noise multiplier 0.02; this server plans 0.01
+    run_dir = tmp_path / "run"
+    cfg = ServerSettings.load(fed.server_file(run_dir))
+    weak = ServerSettings(**{**vars(cfg), "run": {**cfg.run, "noise_multiplier": 0.01}})
+    srv = DeployServer(weak)
+    link = LocalLink(_banks(fed), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())
+    refusals = [r.getMessage() for r in caplog.records if "refused the plan of round 1" in
+                r.getMessage()]
+    assert len(refusals) == 3 and all("SFL100" in m for m in refusals)
+    # round 0 (standardisation) still completed: its unmask rode with the refused plan
+    assert res["rounds_completed"] == 0 and res["history"][0]["aborted"] == "SFL310"
+    verify_run_dir(run_dir)
