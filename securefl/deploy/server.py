@@ -167,7 +167,8 @@ class DeployServer:
             raise SignatureError("the server key is not the one the manifest lists for "
                                  f"{self.fed.server!r}")
         if self.config.aggregation != "secagg" or self.fed.params.aggregation != "secagg":
-            raise ConfigError("deployments support aggregation 'secagg' only (CKKS: TODO)")
+            raise ConfigError("deployments support aggregation 'secagg' only; "
+                              "CKKS over Flower is not built yet")
         self.ids = bank_ids(self.fed)
         self.session = self._session()
         self.trips: list[dict[str, Any]] = []

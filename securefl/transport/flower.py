@@ -162,7 +162,8 @@ class StageExchange:
 
 
 class ServerStages(Protocol):
-    """What the adapter needs from a server-side protocol machine (TODO(lead): secagg/ckks)."""
+    """What the adapter needs from a server-side protocol machine (securefl.deploy.server drives
+    SecAgg; CKKS over Flower is open)."""
 
     def next_stage(self) -> tuple[str, Mapping[str, bytes]] | None:
         """The next stage's name and payload per member, or None when the round is over."""
@@ -229,7 +230,7 @@ def make_server_app(main: Callable[[StageExchange, Any], None], *, federation: s
                     session: bytes, server: str, timeout_s: float) -> Any:
     """A Flower ``ServerApp`` whose main builds a :class:`StageExchange` and calls ``main``.
 
-    TODO(lead): load the manifest and run directory from ``context.run_config``; wait until every
+    Open (issue 8): load the manifest and run directory from ``context.run_config``; wait until every
     manifest client is connected (or the deadline passes) before the first stage.
     """
     from flwr.serverapp import ServerApp
@@ -274,7 +275,7 @@ def make_client_app(handler: ClientHandler, *, member_key: str = "member",
     The member name and manifest digest come from ``--node-config`` (``member=...``,
     ``federation=...``); the protocol state is kept in ``context.state`` between messages. Pass
     ``app`` to register the handler on an existing ``ClientApp``.
-    TODO(lead): the state holds secrets (mask keys, shares) in the SuperNode's memory for the run;
+    Open (issue 8): the state holds secrets (mask keys, shares) in the SuperNode's memory for the run;
     seal it with a node-local key before storing it, and drop it when the round ends.
     """
     import numpy as np
