@@ -136,9 +136,15 @@ class _Randomness(SimulationRandomness):
         return make
 
 
+#: options that change what is reported, not what the federation computes
+REPORTING_ONLY = ("out", "baselines")
+
+
 def session_id_for(config: RunConfig) -> bytes:
-    """The 16-byte session id of a run: a hash of its configuration (the run directory aside)."""
-    body = json.dumps({k: v for k, v in config.to_dict().items() if k != "out"}, sort_keys=True)
+    """The 16-byte session id of a run: a hash of its configuration, reporting-only options aside
+    (so ``securefl run`` and ``securefl run --baselines`` train the same federated model)."""
+    body = json.dumps({k: v for k, v in config.to_dict().items() if k not in REPORTING_ONLY},
+                      sort_keys=True)
     return hashlib.sha256(b"securefl-session-v1" + body.encode()).digest()[:16]
 
 

@@ -114,3 +114,10 @@ def test_seed_determinism(tmp_path: Path) -> None:
     b = run(RunConfig(out=str(tmp_path / "b"), **cfg))
     c = run(RunConfig(out=str(tmp_path / "c"), **{**cfg, "seed": 12}))
     assert a.model_sha256 == b.model_sha256 != c.model_sha256
+
+
+def test_baselines_do_not_change_the_federated_model(tmp_path: Path) -> None:
+    cfg = {"rounds": 1, "model": "logreg", "seed": 5}
+    a = run(RunConfig(out=str(tmp_path / "a"), **cfg))
+    b = run(RunConfig(out=str(tmp_path / "b"), baselines=True, **cfg))
+    assert a.model_sha256 == b.model_sha256 and b.baselines and not a.baselines
