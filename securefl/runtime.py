@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
     from securefl.crypto.random import RandomSource
 
-__all__ = ["RoundReport", "RunResult", "make_aggregator", "run", "seal_round", "session_id_for",
-           "weighted_mean_update"]
+__all__ = ["RoundReport", "RunResult", "make_aggregator", "run", "seal_round", "server_update",
+           "session_id_for", "weighted_mean_update"]
 
 ProgressCallback = Callable[["RoundReport"], None]
 
@@ -153,6 +153,16 @@ def weighted_mean_update(total: NDArray[np.float64], survivors: tuple[int, ...],
     """FedAvg: each survivor sent w_i * update_i (w_i = n_i / max n, public); the weighted mean is
     the released sum divided by the survivors' total weight."""
     return total / sum(public_weight[s] for s in survivors)
+
+
+def server_update(server_opt: Any, weights: NDArray[np.float64], total: NDArray[np.float64],
+                  survivors: tuple[int, ...], public_weight: list[float]) -> NDArray[np.float64]:
+    """The new global weights: the server optimizer applied to the FedAvg mean of the released sum,
+    rounded to float32 because that is what the checkpoint holds, so a resumed run, a deployment
+    and a simulation all continue bit for bit from the same state."""
+    new = server_opt.step(weights, weighted_mean_update(total, survivors, public_weight))
+    out: NDArray[np.float64] = np.asarray(new, dtype=np.float32).astype(np.float64)
+    return out
 
 
 def seal_round(ledger: Any, drafts: list[Any]) -> list[bytes]:
@@ -522,11 +532,8 @@ class Engine:
                 continue
             drafts += self._client_drafts(round_, len(participants), threshold, outcome,
                                           len(weights))
-            weights = server_opt.step(
-                weights, weighted_mean_update(outcome.total, outcome.survivors, public_weight))
-            # the global model is float32 on disk: keep exactly that in memory too, so a run resumed
-            # from a checkpoint continues bit for bit like one that never stopped
-            weights = weights.astype(np.float32).astype(np.float64)
+            weights = server_update(server_opt, weights, outcome.total, outcome.survivors,
+                                    public_weight)
             set_flat(model, weights)
             metrics = self._evaluate(model, fed)
             record.update(

@@ -342,7 +342,7 @@ class DeployServer:
         from securefl.fl.models import build_model
         from securefl.fl.params import get_flat, model_tensors, set_flat, to_bytes
         from securefl.fl.server_opt import ServerOptimizer
-        from securefl.runtime import seal_round, weighted_mean_update
+        from securefl.runtime import seal_round, server_update
 
         c, fed = self.config, self.fed
         t_run = time.monotonic()
@@ -438,7 +438,7 @@ class DeployServer:
                     clip_norm=c.clip_norm, participants=len(fl.start.participants),
                     survivors=len(survivors), neighbouring="add_remove", sampling="all",
                     steps=1))
-            w = server_opt.step(w, weighted_mean_update(total, survivors, public_weight))
+            w = server_update(server_opt, w, total, survivors, public_weight)
             set_flat(model, w)
             metrics = self._evaluate(model, test, plan.task)
             record.update(
