@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from securefl.crypto.random import RandomSource
 
 __all__ = ["RoundReport", "RunResult", "make_aggregator", "run", "seal_round", "server_update",
-           "session_id_for", "weighted_mean_update"]
+           "session_id_for", "stream_id_for", "weighted_mean_update"]
 
 ProgressCallback = Callable[["RoundReport"], None]
 
@@ -140,6 +140,14 @@ class _Randomness(SimulationRandomness):
 REPORTING_ONLY = ("out", "baselines")
 
 
+def stream_id_for(config: RunConfig) -> bytes:
+    """What the simulation's random streams are keyed by (with the seed): the session id of the
+    configuration with the aggregation mode left out, so ``plain``, ``secagg`` and ``ckks`` runs with
+    the same seed train on the same draws (DP-SGD, rounding, continuous noise) and differ only by
+    what the mode itself does."""
+    return session_id_for(config.replace(aggregation="plain"))
+
+
 def session_id_for(config: RunConfig) -> bytes:
     """The 16-byte session id of a run: a hash of its configuration, reporting-only options aside
     (so ``securefl run`` and ``securefl run --baselines`` train the same federated model)."""
@@ -212,7 +220,7 @@ class Engine:
         self.config = config
         self.resume = resume
         self.session_id = session_id_for(config)
-        self.random = _Randomness(config.seed, self.session_id)
+        self.random = _Randomness(config.seed, stream_id_for(config))
 
     # -- setup ------------------------------------------------------------------------------------
     def _load_data(self) -> Any:

@@ -177,9 +177,11 @@ class DeployServer:
 
     def _session(self) -> bytes:
         if self.s.reproducible_session:
-            from securefl.runtime import session_id_for
+            # the simulation keys its random streams by this id; the banks' test-only
+            # insecure-sim-seed streams must match them
+            from securefl.runtime import stream_id_for
 
-            return session_id_for(self.config)
+            return stream_id_for(self.config)
         return hashlib.sha256(b"securefl-deploy-session-v1" + bytes.fromhex(self.fed.digest)
                               + os.urandom(16)).digest()[:16]
 
