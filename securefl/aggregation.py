@@ -23,9 +23,10 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from securefl.crypto.random import RandomSource
+    from securefl.crypto.signing import SigningKey
 
 __all__ = ["AggregateOutcome", "Aggregator", "NoisePlan", "RandomFactory", "RoundSpec",
-           "check_inputs"]
+           "check_inputs", "participant_identities"]
 
 #: returns the randomness source for (client id, purpose), e.g. (2, "noise") or (2, "rounding").
 RandomFactory = Callable[[int, str], "RandomSource"]
@@ -102,6 +103,22 @@ def check_inputs(spec: RoundSpec, inputs: Mapping[int, NDArray[np.float64]]) -> 
     if len(dims) != 1 or len(next(iter(dims))) != 1:
         raise LocalProtocolError("all inputs must be 1-D vectors of the same dimension")
     return int(next(iter(dims))[0])
+
+
+def participant_identities(spec: RoundSpec, random: RandomFactory,
+                           enrolled: Mapping[int, SigningKey] | None) -> dict[int, SigningKey]:
+    """The participants' Ed25519 identity keys: the enrolled ones (a deployment's manifest), or for
+    simulations keys drawn from ``random(client, "identity")``."""
+    from securefl.crypto.secret import Secret
+    from securefl.crypto.signing import SigningKey
+
+    if enrolled is not None:
+        missing = set(spec.participants) - set(enrolled)
+        if missing:
+            raise ConfigError(f"no identity key for participants {sorted(missing)[:5]}")
+        return {c: enrolled[c] for c in spec.participants}
+    return {c: SigningKey.from_seed(Secret(random(c, "identity").random_bytes(32)))
+            for c in spec.participants}
 
 
 class Aggregator(ABC):

@@ -32,6 +32,7 @@ from securefl.aggregation import (
     RandomFactory,
     RoundSpec,
     check_inputs,
+    participant_identities,
 )
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey, VerifyKey
@@ -194,17 +195,7 @@ class CKKSAggregator(Aggregator):
         self._holder: CKKSKeyHolder | None = None
 
     def _identities(self, spec: RoundSpec, random: RandomFactory) -> dict[int, SigningKey]:
-        """The clients' Ed25519 identity keys: the enrolled ones given to the constructor, or (for
-        simulations) keys drawn from ``random(client, "identity")``."""
-        if self.identities is not None:
-            missing = set(spec.participants) - set(self.identities)
-            if missing:
-                raise ConfigError(f"no identity key for participants {sorted(missing)[:5]}")
-            return {c: self.identities[c] for c in spec.participants}
-        return {
-            c: SigningKey.from_seed(Secret(random(c, "identity").random_bytes(32)))
-            for c in spec.participants
-        }
+        return participant_identities(spec, random, self.identities)
 
     def _server_identity(self, random: RandomFactory) -> SigningKey:
         if self.server_identity is not None:
