@@ -103,13 +103,15 @@ def format_report(report: dict[str, Any]) -> str:
         f"Privacy report (delta = {report['delta']:g}, accountant = {report['accountant']}, "
         f"{report['entries']} ledger entries)",
         "",
-        f"{'party':<24}{'record-level epsilon':<28}{'client-level epsilon':<28}",
     ]
     fed = report["federation"]["client"]
-    lines.append(f"{'federation':<24}{'-':<28}{_fmt_eps(fed):<28}")
-    for bank, levels in report["banks"].items():
-        lines.append(f"{'bank ' + bank:<24}{_fmt_eps(levels['record']):<28}"
-                     f"{_fmt_eps(levels['client']):<28}")
+    rows = [("federation", "-", _fmt_eps(fed))] + [
+        (f"bank {bank}", _fmt_eps(levels["record"]), _fmt_eps(levels["client"]))
+        for bank, levels in report["banks"].items()]
+    header = ("party", "record-level epsilon", "client-level epsilon")
+    w0 = max(len(r[0]) for r in [header, *rows]) + 2
+    w1 = max(len(r[1]) for r in [header, *rows]) + 2
+    lines += [f"{a:<{w0}}{b:<{w1}}{c}" for a, b, c in [header, *rows]]
     notes = [fed.get("note")] + [lv.get("note") for b in report["banks"].values()
                                  for lv in b.values()]
     notes = sorted({n for n in notes if n and not n.startswith("no entries")})
