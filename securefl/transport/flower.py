@@ -268,47 +268,14 @@ def handle_client_message(data: bytes, state: bytes | None, *, member: str, fede
     return encode_envelope(out), new_state
 
 
-def make_client_app(handler: ClientHandler, *, member_key: str = "member",
-                    federation_key: str = "federation", app: Any = None) -> Any:
-    """A Flower ``ClientApp`` around :func:`handle_client_message`.
-
-    The member name and manifest digest come from ``--node-config`` (``member=...``,
-    ``federation=...``); the protocol state is kept in ``context.state`` between messages. Pass
-    ``app`` to register the handler on an existing ``ClientApp``.
-    Open (issue 8): the state holds secrets (mask keys, shares) in the SuperNode's memory for the run;
-    seal it with a node-local key before storing it, and drop it when the round ends.
-    """
-    import numpy as np
-    from flwr.app import Array, ArrayRecord, Message, RecordDict
-    from flwr.clientapp import ClientApp
-
-    if app is None:
-        app = ClientApp()
-
-    def _query(msg: Any, context: Any) -> Any:
-        member = str(context.node_config[member_key])
-        federation = str(context.node_config[federation_key])
-        data = msg.content[_RECORD][_ARRAY].numpy().tobytes()
-        saved = context.state.array_records.get(_STATE)
-        state = saved[_ARRAY].numpy().tobytes() if saved is not None else None
-        reply, new_state = handle_client_message(data, state, member=member,
-                                                 federation=federation, handler=handler)
-        context.state.array_records[_STATE] = ArrayRecord(
-            {_ARRAY: Array(np.frombuffer(new_state, dtype=np.uint8))})
-        return Message(RecordDict({_RECORD: ArrayRecord(
-            {_ARRAY: Array(np.frombuffer(reply, dtype=np.uint8))})}), reply_to=msg)
-
-    app.query(ENVELOPE_ACTION)(_query)
-    return app
-
-
 #: node_config -> (member name, manifest digest, handler) for that node
 NodeHandlerFactory = Callable[[Mapping[str, Any]], tuple[str, str, ClientHandler]]
 
 
 def make_node_client_app(factory: NodeHandlerFactory, *, app: Any = None) -> Any:
-    """Like :func:`make_client_app`, but the member, the federation digest and the handler come
-    from ``factory(context.node_config)`` (securefl.deploy.app: from the node's manifest)."""
+    """A Flower ``ClientApp`` around :func:`handle_client_message`; the member, the federation
+    digest and the handler come from ``factory(context.node_config)`` (securefl.deploy.app: from
+    the node's manifest). The protocol state is kept in ``context.state`` between messages."""
     import numpy as np
     from flwr.app import Array, ArrayRecord, Message, RecordDict
     from flwr.clientapp import ClientApp
@@ -330,3 +297,20 @@ def make_node_client_app(factory: NodeHandlerFactory, *, app: Any = None) -> Any
 
     app.query(ENVELOPE_ACTION)(_query)
     return app
+
+
+def make_client_app(handler: ClientHandler, *, member_key: str = "member",
+                    federation_key: str = "federation", app: Any = None) -> Any:
+    """A Flower ``ClientApp`` around :func:`handle_client_message` with one fixed handler.
+
+    The member name and manifest digest come from ``--node-config`` (``member=...``,
+    ``federation=...``); the protocol state is kept in ``context.state`` between messages. Pass
+    ``app`` to register the handler on an existing ``ClientApp``.
+    Open (issue 8): the state holds secrets (mask keys, shares) in the SuperNode's memory for the run;
+    seal it with a node-local key before storing it, and drop it when the round ends.
+    """
+
+    def factory(node_config: Mapping[str, Any]) -> tuple[str, str, ClientHandler]:
+        return str(node_config[member_key]), str(node_config[federation_key]), handler
+
+    return make_node_client_app(factory, app=app)
