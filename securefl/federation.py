@@ -54,6 +54,7 @@ __all__ = [
     "manifest_digest",
     "missing_signers",
     "public_identity",
+    "read_private_file",
     "sign_manifest",
     "verify_manifest",
 ]
@@ -434,16 +435,22 @@ def load_signing_key(path: str | Path, passphrase: bytes | None = None) -> Signi
     Refuses a key file readable by group or others (:class:`ConfigError`, like OpenSSH does);
     a wrong or missing passphrase raises :class:`~securefl.errors.CryptoError`.
     """
+    data = read_private_file(path, MAX_KEY_FILE_BYTES, "private key")
+    return SigningKey.from_pem(data, passphrase=passphrase)
+
+
+def read_private_file(path: str | Path, limit: int, what: str) -> bytes:
+    """Read a secret file of at most ``limit`` bytes; refuse one readable by group or others
+    (:class:`ConfigError`, like OpenSSH does)."""
     p = Path(path)
     try:
         mode = p.stat().st_mode & 0o777
     except OSError as exc:
-        raise ConfigError(f"cannot read the key file {p}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read the {what} file {p}: {exc.strerror}") from exc
     if mode & 0o077:
-        raise ConfigError(f"key file {p} has permissions {mode:o}; it must be private",
+        raise ConfigError(f"{what} file {p} has permissions {mode:o}; it must be private",
                           hint=f"chmod 600 {p}")
-    data = _read_bounded(p, MAX_KEY_FILE_BYTES, "private key")
-    return SigningKey.from_pem(data, passphrase=passphrase)
+    return _read_bounded(p, limit, what)
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:

@@ -22,6 +22,7 @@ from securefl.federation import (
 )
 
 SERVER = "agg"
+KEY_HOLDER = "kh"
 
 
 def write_csv(path: Path, X: Any, y: Any, label: str = "default") -> None:
@@ -40,6 +41,8 @@ class Fed:
     data_dir: Path
     test_file: Path
     run: dict[str, Any]
+    #: aggregation ckks: the key holder's CKKS key directory (``securefl keys ckks``)
+    ckks_dir: Path | None = None
 
     def server_file(self, run_dir: Path, **extra: Any) -> Path:
         cfg = {"manifest": str(self.manifest), "key": str(self.keys[SERVER]),
@@ -52,6 +55,17 @@ class Fed:
     def node_config(self, bank: str, sim_seed: int | None = 0) -> dict[str, Any]:
         cfg: dict[str, Any] = {"member": bank, "key": str(self.keys[bank]),
                                "manifest": str(self.manifest), "data-path": str(self.data[bank])}
+        if sim_seed is not None:
+            cfg["insecure-sim-seed"] = sim_seed
+        return cfg
+
+    def key_holder_config(self, sim_seed: int | None = 0) -> dict[str, Any]:
+        """The CKKS key holder's node config (its own SuperNode)."""
+        if self.ckks_dir is None:
+            raise ValueError("not a ckks federation")
+        cfg: dict[str, Any] = {"role": "ckks-key-holder", "member": KEY_HOLDER,
+                               "key": str(self.keys[KEY_HOLDER]), "manifest": str(self.manifest),
+                               "ckks-keys": str(self.ckks_dir)}
         if sim_seed is not None:
             cfg["insecure-sim-seed"] = sim_seed
         return cfg
@@ -81,15 +95,26 @@ def make_federation(root: Path, run: dict[str, Any], *, signers: list[str] | Non
     keydir.mkdir()
     data_dir = root / "banks"
     data_dir.mkdir()
-    keys: dict[str, SigningKey] = {n: SigningKey.generate() for n in [SERVER, *banks]}
+    ckks = c.aggregation == "ckks"
+    parties = [SERVER, *banks, *([KEY_HOLDER] if ckks else [])]
+    keys: dict[str, SigningKey] = {n: SigningKey.generate() for n in parties}
     paths = {n: write_key(keydir / f"{n}.key", k) for n, k in keys.items()}
     members = [Member(name=SERVER, role="server", public_key=keys[SERVER].verify_key.raw.hex())]
     members += [Member(name=n, role="client", public_key=keys[n].verify_key.raw.hex())
                 for n in banks]
-    params = params or ProtocolParams(aggregation="secagg", threshold=2, clip_norm=c.clip_norm,
+    ckks_dir = None
+    if ckks:
+        from securefl.ckks import create_key_holder_keys
+
+        members.append(Member(name=KEY_HOLDER, role="ckks-key-holder",
+                              public_key=keys[KEY_HOLDER].verify_key.raw.hex()))
+        ckks_dir = root / "kh-ckks"
+        create_key_holder_keys(ckks_dir)
+    params = params or ProtocolParams(aggregation="ckks" if ckks else "secagg", threshold=2,
+                                      clip_norm=c.clip_norm,
                                       noise_multiplier=c.noise_multiplier if c.dp else 0.0)
     m = create_manifest("test-fed", members, params)
-    for n in (signers if signers is not None else [SERVER, *banks]):
+    for n in (signers if signers is not None else parties):
         m = sign_manifest(m, n, keys[n])
     manifest = root / "manifest.json"
     manifest.write_bytes(encode_manifest(m))
@@ -102,4 +127,4 @@ def make_federation(root: Path, run: dict[str, Any], *, signers: list[str] | Non
     test_file = root / "server-test.csv"
     write_csv(test_file, fed.X_test, fed.y_test)
     return Fed(root=root, banks=banks, manifest=manifest, keys=paths, data=data,
-               data_dir=data_dir, test_file=test_file, run=run)
+               data_dir=data_dir, test_file=test_file, run=run, ckks_dir=ckks_dir)

@@ -4,7 +4,9 @@ ServerApp: reads the server deployment file named by the run config key ``secure
 (``flwr run APP CONN --run-config 'securefl-server="/path/server.json"'``, or the default written
 into the app by :func:`write_app`), waits for the manifest's banks to connect, and runs
 :class:`securefl.deploy.server.DeployServer`. ClientApp: one per bank, configured by its
-SuperNode's ``--node-config`` (member, key, manifest, data-path; see :class:`BankNode`).
+SuperNode's ``--node-config`` (member, key, manifest, data-path; see
+:class:`securefl.deploy.client.BankNode`), and, with aggregation ``ckks``, one for the key holder
+(``role="ckks-key-holder"``; see :class:`securefl.deploy.ckks.KeyHolderNode`).
 """
 
 from __future__ import annotations
@@ -70,10 +72,20 @@ def server_app() -> Any:
     return app
 
 
-def _bank_handler(cfg: Mapping[str, Any]) -> tuple[str, str, Any]:
+def _node_handler(cfg: Mapping[str, Any]) -> tuple[str, str, Any]:
+    """A bank's node, or the CKKS key holder's (``--node-config 'role="ckks-key-holder" ...'``)."""
+    from securefl.deploy.ckks import KeyHolderNode
     from securefl.deploy.client import BankNode
+    from securefl.errors import ConfigError
 
-    node = BankNode.from_node_config(cfg)
+    role = str(cfg.get("role", "client"))
+    node: BankNode | KeyHolderNode
+    if role == "client":
+        node = BankNode.from_node_config(cfg)
+    elif role == "ckks-key-holder":
+        node = KeyHolderNode.from_node_config(cfg)
+    else:
+        raise ConfigError(f"node config role {role!r}: expected client or ckks-key-holder")
     return node.member, node.federation().digest, node.handle
 
 
@@ -82,7 +94,7 @@ def client_app() -> Any:
     from securefl.transport.flower import make_node_client_app
 
     logging.basicConfig(level=logging.INFO)
-    return make_node_client_app(_bank_handler)
+    return make_node_client_app(_node_handler)
 
 
 def write_app(directory: str | Path, server_config: str | Path | None = None) -> Path:

@@ -30,6 +30,7 @@ import numpy as np
 from securefl.crypto.random import SystemRandomSource
 from securefl.crypto.signing import SigningKey, verify_bound
 from securefl.deploy.common import (
+    NodeHandler,
     bank_ids,
     encode_input,
     encoding_for,
@@ -49,10 +50,9 @@ from securefl.deploy.messages import (
     ProtocolItem,
     RoundStart,
     Signed,
-    decode_server,
 )
 from securefl.errors import ConfigError, DataError, SecureFLError, SignatureError, StateError
-from securefl.federation import Federation, load_manifest, load_signing_key, verify_manifest
+from securefl.federation import Federation
 from securefl.protocol import wire
 from securefl.protocol.messages import UnmaskRequest, decode_message, encode_message
 from securefl.protocol.secagg import SecAggClient, Start
@@ -75,11 +75,13 @@ class RoundMemo(msgspec.Struct, forbid_unknown_fields=True):
     seed: bytes | None  # key-machine seed (None with the INSECURE simulation seed)
     field_input: bytes | None = None  # uint32 little-endian, once trained / computed
     received: list[bytes] = []  # server protocol messages, in order
+    ckks: bytes | None = None  # aggregation ckks: the CKKS client's round state (ClientRoundState)
 
 
 class NodeMemo(msgspec.Struct, forbid_unknown_fields=True):
     hello: bytes | None = None  # msgpack Hello, signature verified
     record_noise: float | None = None
+    ckks_context: bytes | None = None  # the key holder's SignedPublicContext, signature verified
     rounds: dict[int, RoundMemo] = {}
 
 
@@ -102,8 +104,10 @@ def load_bank_csv(path: str | Path, label: str) -> tuple[NDArray[np.float32], ND
 
 
 @dataclass(frozen=True)
-class BankNode:
+class BankNode(NodeHandler):
     """One bank's node configuration (``--node-config`` of its SuperNode)."""
+
+    insecure_seed_effect = "every key and mask of this bank is predictable"
 
     member: str
     key_path: Path
@@ -130,45 +134,11 @@ class BankNode:
                               hint="--node-config 'member=... key=... manifest=... "
                                    "data-path=...'") from exc
 
-    # -- identity ---------------------------------------------------------------------------------
-    def federation(self) -> Federation:
-        """The manifest, verified: every member signed it (SignatureError otherwise)."""
-        return verify_manifest(load_manifest(self.manifest_path))
-
-    def identity(self, fed: Federation) -> SigningKey:
-        """This node's identity key; SignatureError unless the manifest lists it for ``member``."""
-        pw = self.passphrase_file.read_bytes().strip() if self.passphrase_file else None
-        key = load_signing_key(self.key_path, pw)
-        if self.member not in fed.clients:
-            raise SignatureError(f"{self.member!r} is not a client of federation "
-                                 f"{fed.federation_id!r}")
-        if key.verify_key != fed.verify_key(self.member):
-            raise SignatureError(f"this node's identity key {key.verify_key.fingerprint()} is not "
-                                 f"the key the manifest lists for {self.member!r}")
-        return key
-
-    # -- the handler --------------------------------------------------------------------------------
-    def handle(self, env: Envelope, state: bytes | None) -> tuple[bytes, bytes]:
-        """One message: returns (ClientPayload bytes, new NodeMemo bytes). Errors are logged with
-        their code and re-raised (the server then counts this bank as a dropout)."""
-        if self.sim_seed is not None:
-            log.warning("%s: INSECURE simulation seed in use: every key and mask of this bank is "
-                        "predictable (tests only)", self.member)
-        try:
-            return self._handle(env, state)
-        except SecureFLError as err:
-            log.error("%s refused round %d stage %s: %s %s", self.member, env.round, env.stage,
-                      err.code, err.message)
-            raise
-
+    # -- the handler (NodeHandler.handle calls it) ---------------------------------------------------
     def _handle(self, env: Envelope, state: bytes | None) -> tuple[bytes, bytes]:
-        fed = self.federation()
-        if env.federation != fed.digest:
-            raise SignatureError("message for another federation manifest")
-        identity = self.identity(fed)
+        """One message: returns (ClientPayload bytes, new NodeMemo bytes)."""
+        fed, identity, msg, server_key = self._open(env)
         memo = wire.decode(state, NodeMemo) if state else NodeMemo()
-        msg = decode_server(env.payload)
-        server_key = fed.verify_key(fed.server)
         out: list[ProtocolItem] = []
         info: BankInfo | None = None
         drafts: list[Draft] = []
@@ -177,6 +147,9 @@ class BankNode:
             hello = self._verified(msg.hello, server_key, HELLO_DOMAIN, env.session, 0, Hello)
             if hello.federation != fed.digest or hello.session != env.session:
                 raise SignatureError("the hello names another federation or session")
+            if hello.plan.aggregation != fed.params.aggregation:
+                raise ConfigError(f"the plan's aggregation {hello.plan.aggregation!r} is not the "
+                                  f"manifest's {fed.params.aggregation!r}")
             memo = NodeMemo(hello=msg.hello.body)
             info, memo.record_noise = self._bank_info(hello)
         hello = self._hello(memo)
@@ -196,8 +169,8 @@ class BankNode:
         if msg.model is not None:
             model = self._verified(msg.model, server_key, MODEL_DOMAIN, hello.session,
                                    _round_of_model(msg.model), GlobalModel)
-            drafts, clipped = self._train(fed, memo, hello, model)
-            out += self._protocol_pending(fed, identity, memo, hello, model.round)
+            drafts, clipped, update = self._train(fed, memo, hello, model)
+            out += self._submit(fed, identity, memo, hello, model.round, update)
         reply = ClientPayload(protocol=out, info=info, drafts=drafts, clipped=clipped)
         return wire.encode(reply), wire.encode(memo)
 
@@ -281,14 +254,44 @@ class BankNode:
             raise StateError(f"round {start.round} was already started on this node")
         seed = None if self.sim_seed is not None else SystemRandomSource().random_bytes(32)
         rm = RoundMemo(start=body, seed=seed)
+        memo.rounds[start.round] = rm
+        if hello.plan.aggregation == "ckks":
+            for old in [r for r in memo.rounds if r < start.round]:
+                del memo.rounds[old]  # an earlier round this bank did not verify: over
+            if start.task == "moments":
+                from securefl.data.standardize import moments
+
+                X, _ = load_bank_csv(self.data_path, self.label)
+                return self._submit(fed, identity, memo, hello, start.round, moments(X))
+            return []  # the commitment follows the global model in the same payload
         if start.task == "moments":
             from securefl.data.standardize import moments
 
             X, _ = load_bank_csv(self.data_path, self.label)
             rm.field_input = self._encode(fed, hello, start, moments(X))
-        memo.rounds[start.round] = rm
         _, first = self._machine(fed, identity, hello, rm)
         return [ProtocolItem(round=start.round, data=encode_message(m)) for m in first]
+
+    def _submit(self, fed: Federation, identity: SigningKey, memo: NodeMemo, hello: Hello,
+                round_: int, x: NDArray[np.float64]) -> list[ProtocolItem]:
+        """This bank's (clipped, weighted) input enters the round: SecAgg encodes it and answers
+        the roster that waited for it; CKKS noises, encrypts and commits to it."""
+        rm = memo.rounds[round_]
+        start: RoundStart = wire.decode(rm.start, RoundStart)
+        if hello.plan.aggregation == "ckks":
+            from securefl.deploy.ckks import bank_commit
+
+            if memo.ckks_context is None:
+                raise StateError("no public CKKS context from the key holder yet")
+            if x.size != start.dim:
+                raise ConfigError(f"round {round_}: input of length {x.size}, plan says "
+                                  f"{start.dim}")
+            rm.ckks, item = bank_commit(fed=fed, identity=identity, member=self.member,
+                                        context=memo.ckks_context, start=start, values=x,
+                                        sim_seed=self.sim_seed)
+            return [item]
+        rm.field_input = self._encode(fed, hello, start, x)
+        return self._step(fed, identity, memo, hello, round_)  # the roster waited for the input
 
     def _encode(self, fed: Federation, hello: Hello, start: RoundStart,
                 x: NDArray[np.float64]) -> bytes:
@@ -306,9 +309,9 @@ class BankNode:
         return field.astype("<u4").tobytes()
 
     def _train(self, fed: Federation, memo: NodeMemo, hello: Hello, model: GlobalModel
-               ) -> tuple[list[Draft], bool]:
-        """Local training from the signed global model (DP-SGD when the plan says so), clip to
-        C, scale by the public FedAvg weight, encode (securefl.runtime.Engine._local_updates)."""
+               ) -> tuple[list[Draft], bool, NDArray[np.float64]]:
+        """Local training from the signed global model (DP-SGD when the plan says so), clipped to
+        C and scaled by the public FedAvg weight (securefl.runtime.Engine._local_updates)."""
         import torch
 
         from securefl.data.standardize import Standardizer
@@ -317,7 +320,7 @@ class BankNode:
         from securefl.fl.train import LocalTrainSpec, local_train, loss_function
 
         rm = memo.rounds.get(model.round)
-        if rm is None or rm.field_input is not None:
+        if rm is None or rm.field_input is not None or rm.ckks is not None:
             raise StateError(f"a model for round {model.round}, which is not awaiting one")
         start: RoundStart = wire.decode(rm.start, RoundStart)
         plan = hello.plan
@@ -351,11 +354,13 @@ class BankNode:
         clipped = norm > start.clip_norm
         if clipped:
             delta = delta * (start.clip_norm / norm)
-        rm.field_input = self._encode(fed, hello, start, start.weights[self.member] * delta)
-        return drafts, clipped
+        update: NDArray[np.float64] = start.weights[self.member] * delta
+        return drafts, clipped, update
 
     def _protocol(self, fed: Federation, identity: SigningKey, memo: NodeMemo, hello: Hello,
                   item: ProtocolItem) -> list[ProtocolItem]:
+        if hello.plan.aggregation == "ckks":
+            return self._ckks_protocol(fed, identity, memo, hello, item)
         rm = memo.rounds.get(item.round)
         if rm is None:
             raise StateError(f"a protocol message for round {item.round}, not in flight here")
@@ -365,9 +370,29 @@ class BankNode:
             return []  # the roster waits for the global model in the same payload
         return self._step(fed, identity, memo, hello, item.round)
 
-    def _protocol_pending(self, fed: Federation, identity: SigningKey, memo: NodeMemo,
-                          hello: Hello, round_: int) -> list[ProtocolItem]:
-        return self._step(fed, identity, memo, hello, round_)
+    def _ckks_protocol(self, fed: Federation, identity: SigningKey, memo: NodeMemo,
+                       hello: Hello, item: ProtocolItem) -> list[ProtocolItem]:
+        """CKKS: the key holder's public context (kept once verified), a CommitmentSet (reveal)
+        or a VerifyRequest (recompute the sum and co-sign; the round is then over here)."""
+        from securefl.deploy.ckks import bank_step, public_context
+
+        if memo.ckks_context is None:
+            public_context(fed, item.data)  # SignatureError unless the manifest's key holder's
+            memo.ckks_context = item.data
+            return []
+        rm = memo.rounds.get(item.round)
+        if rm is None or rm.ckks is None:
+            raise StateError(f"a CKKS message for round {item.round}, not committed here")
+        start: RoundStart = wire.decode(rm.start, RoundStart)
+        state, out = bank_step(fed=fed, identity=identity, member=self.member,
+                               context=memo.ckks_context, start=start, state=rm.ckks,
+                               data=item.data, verifiers=hello.plan.ckks_verifiers,
+                               verifier_skips=hello.plan.ckks_verifier_skips)
+        if state is None:
+            del memo.rounds[item.round]
+        else:
+            rm.ckks = state
+        return out
 
     def _step(self, fed: Federation, identity: SigningKey, memo: NodeMemo, hello: Hello,
               round_: int) -> list[ProtocolItem]:

@@ -7,14 +7,16 @@ deployment and ``securefl run`` with the same seed compute the same model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from securefl.aggregation import NoisePlan, RoundSpec
 from securefl.crypto.random import SeededRandomSource, SimulationRandomness, SystemRandomSource
 from securefl.crypto.secret import Secret
-from securefl.errors import ConfigError, SignatureError
+from securefl.errors import ConfigError, SecureFLError, SignatureError
 from securefl.federation import Federation
 from securefl.protocol.quantize import Encoding
 from securefl.protocol.secagg import Federation as ProtocolFederation
@@ -24,9 +26,12 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from securefl.crypto.random import RandomSource
-    from securefl.deploy.messages import RoundStart
+    from securefl.crypto.signing import SigningKey, VerifyKey
+    from securefl.deploy.messages import RoundStart, ServerPayload
+    from securefl.transport.flower import Envelope
 
 __all__ = [
+    "NodeHandler",
     "bank_ids",
     "encode_input",
     "encoding_for",
@@ -99,3 +104,69 @@ def randomness(sim_seed: int | None, session: bytes, round_: int, party: int, pu
     if purpose == "keys":
         raise ConfigError("the key machine needs a stored seed")
     return SystemRandomSource()
+
+
+log = logging.getLogger("securefl.deploy")
+
+
+class NodeHandler:
+    """What a bank's node and the key holder's node share: the handler Flower calls (errors logged
+    with their code, then re-raised so the server sees no reply) and the opening checks of every
+    message (the manifest, this node's identity, the server's payload)."""
+
+    member: str
+    key_path: Path
+    manifest_path: Path
+    passphrase_file: Path | None
+    sim_seed: int | None
+    #: this node's role in the manifest
+    role: ClassVar[str] = "client"
+    #: what the INSECURE simulation seed makes predictable on this node (logged on every message)
+    insecure_seed_effect: ClassVar[str] = "its randomness is predictable"
+
+    def federation(self) -> Federation:
+        """The manifest, verified: every member signed it (SignatureError otherwise)."""
+        from securefl.federation import load_manifest, verify_manifest
+
+        return verify_manifest(load_manifest(self.manifest_path))
+
+    def identity(self, fed: Federation) -> SigningKey:
+        """This node's identity key; SignatureError unless the manifest lists it for ``member``
+        in this node's role."""
+        from securefl.federation import load_signing_key
+
+        pw = self.passphrase_file.read_bytes().strip() if self.passphrase_file else None
+        key = load_signing_key(self.key_path, pw)
+        if not any(m.name == self.member and m.role == self.role for m in fed.members):
+            raise SignatureError(f"{self.member!r} is not a {self.role} of federation "
+                                 f"{fed.federation_id!r}")
+        if key.verify_key != fed.verify_key(self.member):
+            raise SignatureError(f"this node's identity key {key.verify_key.fingerprint()} is not "
+                                 f"the key the manifest lists for {self.member!r}")
+        return key
+
+    def _handle(self, env: Envelope, state: bytes | None) -> tuple[bytes, bytes]:
+        raise NotImplementedError
+
+    def handle(self, env: Envelope, state: bytes | None) -> tuple[bytes, bytes]:
+        """One message: returns (reply payload bytes, new node state bytes)."""
+        if self.sim_seed is not None:
+            log.warning("%s: INSECURE simulation seed in use: %s (tests only)", self.member,
+                        self.insecure_seed_effect)
+        try:
+            return self._handle(env, state)
+        except SecureFLError as err:
+            log.error("%s refused round %d stage %s: %s %s", self.member, env.round, env.stage,
+                      err.code, err.message)
+            raise
+
+    def _open(self, env: Envelope) -> tuple[Federation, SigningKey, ServerPayload, VerifyKey]:
+        """The verified manifest, this node's identity key, the decoded payload, the server's
+        key; SignatureError for a message of another federation."""
+        from securefl.deploy.messages import decode_server
+
+        fed = self.federation()
+        if env.federation != fed.digest:
+            raise SignatureError("message for another federation manifest")
+        identity = self.identity(fed)
+        return fed, identity, decode_server(env.payload), fed.verify_key(fed.server)

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from securefl.deploy.client import BankNode
 from securefl.errors import SecureFLError
-from securefl.transport.flower import handle_client_message
+from securefl.transport.flower import ClientHandler, handle_client_message
 
 __all__ = ["LocalLink"]
+
+
+class Node(Protocol):
+    """A bank's or the key holder's node (securefl.deploy.client / securefl.deploy.ckks)."""
+
+    @property
+    def member(self) -> str: ...
+
+    @property
+    def handle(self) -> ClientHandler: ...
 
 
 @dataclass
@@ -21,7 +31,7 @@ class LocalLink:
     """``banks[node_id]`` answers messages for that node; ``kill(trip, node_id)`` returning True
     makes the node silent from that trip on (a crashed SuperNode)."""
 
-    banks: Mapping[int, BankNode]
+    banks: Mapping[int, Node]
     federation: str
     kill: Callable[[int, int], bool] | None = None
     states: dict[int, bytes] = field(default_factory=dict)

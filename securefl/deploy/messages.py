@@ -64,6 +64,11 @@ class TrainPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     record_noise_multiplier: float | None
     record_clip: float
     delta: float
+    #: secagg | ckks (must equal the manifest's)
+    aggregation: Literal["secagg", "ckks"] = "secagg"
+    #: ckks: co-signatures the key holder requires, and how many ranked verifiers may be skipped
+    ckks_verifiers: Annotated[int, Meta(ge=1)] = 2
+    ckks_verifier_skips: Annotated[int, Meta(ge=0)] = 2
 
 
 class Hello(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -39,6 +39,7 @@ import numpy as np
 from securefl import __version__
 from securefl.config import RunConfig, from_mapping
 from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
+from securefl.deploy.ckks import TRIPS_PER_ROUND as CKKS_TRIPS_PER_ROUND
 from securefl.deploy.common import (
     bank_ids,
     encoding_for,
@@ -60,6 +61,7 @@ from securefl.deploy.messages import (
     TrainPlan,
     decode_client,
 )
+from securefl.dp.ledger import Ledger
 from securefl.errors import (
     AggregationAbortedError,
     ConfigError,
@@ -91,8 +93,11 @@ log = logging.getLogger("securefl.deploy")
 TRIPS_PER_ROUND = 4
 
 
-def trips_for(rounds: int) -> int:
-    """Flower round trips of a whole run: hello + 4 per round (incl. round 0) + the last unmask."""
+def trips_for(rounds: int, aggregation: str = "secagg") -> int:
+    """Flower round trips of a whole run: hello + 4 per round (incl. round 0), + the last unmask
+    for SecAgg (pipelined; securefl.deploy.ckks for CKKS's four)."""
+    if aggregation == "ckks":
+        return 1 + CKKS_TRIPS_PER_ROUND * (rounds + 1)
     return 1 + TRIPS_PER_ROUND * (rounds + 1) + 1
 
 
@@ -152,6 +157,46 @@ class _Flight:
     aborted: SecureFLError | None = None
 
 
+@dataclass
+class _Done:
+    """One finished aggregation round, whatever the mode: the release or the error."""
+
+    start: RoundStart
+    names: dict[int, str]
+    t0: float
+    aggregation: str
+    drafts: list[Any] = field(default_factory=list)
+    clipped: int = 0
+    total: Any = None  # NDArray[np.float64] once released
+    survivors: tuple[int, ...] = ()
+    dropouts: dict[int, str] = field(default_factory=dict)
+    aggregate_digest: str | None = None
+    input_digests: dict[str, str] = field(default_factory=dict)
+    dp_event: Any = None  # the client-level DP event of the release (securefl.dp.events)
+    error: SecureFLError | None = None
+
+
+@dataclass
+class _Run:
+    """The run's state across rounds (the server side)."""
+
+    plan: TrainPlan
+    banks: list[str]
+    infos: dict[str, BankInfo]
+    sizes: dict[str, int]
+    n_features: int
+    weights: dict[str, float]
+    bound: float
+    model: Any
+    w: Any  # NDArray[np.float64]: the global weights
+    server_opt: Any
+    silent: set[str] = field(default_factory=set)
+    store: Any = None  # securefl.audit.store.RunStore, created after round 0
+    ledger: Ledger = field(default_factory=Ledger)
+    test: tuple[Any, Any] | None = None
+    moments_total: list[float] = field(default_factory=list)
+
+
 class DeployServer:
     """Runs a whole federated training over a :class:`~securefl.transport.flower.Link`."""
 
@@ -166,9 +211,11 @@ class DeployServer:
         if self.key.verify_key != self.fed.verify_key(self.fed.server):
             raise SignatureError("the server key is not the one the manifest lists for "
                                  f"{self.fed.server!r}")
-        if self.config.aggregation != "secagg" or self.fed.params.aggregation != "secagg":
-            raise ConfigError("deployments support aggregation 'secagg' only; "
-                              "CKKS over Flower is not built yet")
+        if self.config.aggregation != self.fed.params.aggregation:
+            raise ConfigError(f"the run's aggregation {self.config.aggregation!r} is not the "
+                              f"manifest's {self.fed.params.aggregation!r}")
+        self.ckks = self.fed.params.aggregation == "ckks"
+        self.trips_per_round = CKKS_TRIPS_PER_ROUND if self.ckks else TRIPS_PER_ROUND
         self.ids = bank_ids(self.fed)
         self.session = self._session()
         self.trips: list[dict[str, Any]] = []
@@ -286,7 +333,8 @@ class DeployServer:
                          record_epsilon=(c.record_epsilon if c.record_epsilon is not None
                                          else DEFAULT_RECORD_EPSILON),
                          record_noise_multiplier=c.record_noise_multiplier,
-                         record_clip=c.record_clip, delta=c.delta)
+                         record_clip=c.record_clip, delta=c.delta,
+                         aggregation="ckks" if c.aggregation == "ckks" else "secagg")
 
     def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
                weights: dict[str, float]) -> tuple[RoundStart, Signed]:
@@ -338,19 +386,16 @@ class DeployServer:
         """The whole run; returns the result written to result.json."""
         import torch
 
-        from securefl.audit.store import RunStore
-        from securefl.data.standardize import Standardizer
-        from securefl.dp.ledger import Ledger
         from securefl.fl.models import build_model
-        from securefl.fl.params import get_flat, model_tensors, set_flat, to_bytes
+        from securefl.fl.params import get_flat
         from securefl.fl.server_opt import ServerOptimizer
-        from securefl.runtime import seal_round, server_update
 
         c, fed = self.config, self.fed
         t_run = time.monotonic()
         admitted = {}
+        holder = fed.key_holder if self.ckks else None
         for name, nid in nodes.items():
-            if name in self.ids:
+            if name in self.ids or name == holder:
                 admitted[name] = nid
             else:
                 err = SignatureError(f"Flower node {name!r} is not a client in the manifest")
@@ -362,7 +407,8 @@ class DeployServer:
         hello = self._sign(wire.encode(Hello(session=self.session, federation=fed.digest,
                                              plan=plan)), HELLO_DOMAIN, 0)
         replies = self._trip(ex, 0, "hello", {n: ServerPayload(hello=hello) for n in admitted})
-        infos: dict[str, BankInfo] = {n: r.info for n, r in replies.items() if r.info is not None}
+        infos: dict[str, BankInfo] = {n: r.info for n, r in replies.items()
+                                      if r.info is not None and n in self.ids}
         banks = [n for n in fed.clients if n in infos]
         if len(banks) < max(2, fed.params.threshold):
             raise AggregationAbortedError(f"only {len(banks)} banks answered the hello")
@@ -371,99 +417,40 @@ class DeployServer:
             raise ConfigError(f"the banks disagree on the number of features: {sorted(d)}")
         n_features = d.pop()
         sizes = {b: infos[b].n_train for b in banks}
-        weights = {b: n / max(sizes.values()) for b, n in sizes.items()}
-        public_weight = [weights.get(n, 0.0) for n in fed.clients]
-        bound = float(2.0 ** max(infos[b].moments_norm_log2 + 1 for b in banks))
-
         torch.manual_seed(c.seed)
         model = build_model(c.model, n_features, c.hidden)
-        w = get_flat(model)
-        server_opt = ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr)
-        silent: set[str] = set()
-        store: Any = None
-        ledger = Ledger()
-        test: tuple[Any, Any] | None = None
-        moments_total: list[float] = []
+        rs = _Run(plan=plan, banks=banks, infos=infos, sizes=sizes, n_features=n_features,
+                  weights={b: n / max(sizes.values()) for b, n in sizes.items()},
+                  bound=float(2.0 ** max(infos[b].moments_norm_log2 + 1 for b in banks)),
+                  model=model, w=get_flat(model),
+                  server_opt=ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr))
+        if self.ckks:
+            self._run_ckks(ex, rs, replies.get(holder) if holder else None)
+        else:
+            self._run_secagg(ex, rs)
+        store = rs.store
+        result = {
+            "securefl_version": __version__, "aggregation": fed.params.aggregation,
+            "transport": "flower", "session_id": self.session.hex(),
+            "manifest_sha256": fed.digest,
+            "rounds_completed": sum(1 for h in self.history if "aborted" not in h),
+            "final_metrics": self.history[-1]["metrics"] if self.history else {},
+            "model_sha256": store.model_sha256(store.last_round),
+            "round_trips": len(self.trips), "round_trips_per_round": self.trips_per_round,
+            "trips": self.trips, "refused": self.refused, "history": self.history,
+            "seconds": round(time.monotonic() - t_run, 3),
+        }
+        store.finish(result)
+        return result
 
-        def finish(fl: _Flight) -> None:
-            nonlocal store, test, w, moments_total
-            r = fl.start.round
-            if r == 0:
-                total, _, _ = self._sum(fl)  # round 0 must release: no standardisation otherwise
-                moments_total = [float(v) for v in total]
-                stdz = Standardizer.from_summed_moments(total)
-                if self.s.test_data is not None:
-                    from securefl.deploy.client import load_bank_csv
-
-                    Xt, yt = load_bank_csv(self.s.test_data, self.s.label)
-                    test = (stdz.transform(Xt), yt)
-                facts = {
-                    "banks": [{"name": b, "train_examples": sizes[b]} for b in banks],
-                    "data_source": "each bank's own file (deployment)", "task": plan.task,
-                    "n_features": n_features, "manifest_sha256": fed.digest,
-                    "standardisation": {"mode": "secagg", "aggregate_sha256":
-                                        hashlib.sha256(total.tobytes()).hexdigest()},
-                    "record_noise_multiplier": {b: infos[b].record_noise_multiplier
-                                                for b in banks},
-                }
-                config = {**{k: v for k, v in c.to_dict().items() if k != "out"},
-                          "deployment": {"transport": "flower", "manifest_sha256": fed.digest,
-                                         "stage_timeout_s": self.s.stage_timeout_s}}
-                store = RunStore.create(self.s.run_dir, config=config,
-                                        server_key=SigningKey.generate(),
-                                        origin=f"securefl/{self.session.hex()}",
-                                        initial_model=to_bytes(model_tensors(model)),
-                                        federation=facts)
-                return
-            record: dict[str, Any] = {"session_id": self.session.hex(), "aggregation": "secagg",
-                                      "participants": list(fl.start.participants)}
-            try:
-                total, survivors, dropped = self._sum(fl)
-            except SecureFLError as err:
-                alive = [p for p in fl.start.participants if p not in silent]
-                record.update(survivors=alive, status="aborted", error_code=err.code)
-                metrics = self.history[-1]["metrics"] if self.history else {}
-                store.commit_round(round_=r, record_fields=record,
-                                   model=to_bytes({**model_tensors(model), **server_opt.state()}),
-                                   ledger_lines=seal_round(ledger, fl.drafts), metrics=metrics)
-                self.history.append({"round": r, "aborted": err.code, "metrics": metrics})
-                return
-            drafts = list(fl.drafts)
-            if c.dp and c.noise_multiplier > 0:
-                from securefl.dp.fedavg import ddg_event
-                from securefl.dp.ledger import Draft
-
-                drafts.append(Draft(
-                    round=r, level="client", party="federation",
-                    event=ddg_event(fl.enc.noise_sigma2_int, len(survivors),
-                                    fl.enc.sensitivity_int, fl.start.dim),
-                    clip_norm=c.clip_norm, participants=len(fl.start.participants),
-                    survivors=len(survivors), neighbouring="add_remove", sampling="all",
-                    steps=1))
-            w = server_update(server_opt, w, total, survivors, public_weight)
-            set_flat(model, w)
-            metrics = self._evaluate(model, test, plan.task)
-            record.update(
-                survivors=[fl.names[i] for i in survivors],
-                dropouts={fl.names[i]: st for i, st in dropped.items() if i not in survivors},
-                aggregate_digest=hashlib.sha256(total.tobytes()).hexdigest())
-            store.commit_round(round_=r, record_fields=record,
-                               model=to_bytes({**model_tensors(model), **server_opt.state()}),
-                               ledger_lines=seal_round(ledger, drafts), metrics=metrics)
-            self.history.append({"round": r, "participants": record["participants"],
-                                 "survivors": record["survivors"],
-                                 "dropouts": record["dropouts"], "metrics": metrics,
-                                 "clipped": fl.clipped,
-                                 "seconds": round(time.monotonic() - fl.t0, 3)})
-
+    # -- the rounds, per aggregation mode -------------------------------------------------------------
+    def _run_secagg(self, ex: StageExchange, rs: _Run) -> None:
+        """SecAgg rounds, pipelined: round r's first trip carries round r - 1's unmask."""
+        c = self.config
         prev: _Flight | None = None
         carry: dict[str, list[ProtocolItem]] = {}
         for r in range(0, c.rounds + 1):
-            participants = [b for b in banks if b not in silent]
-            if len(participants) < 2:
-                raise AggregationAbortedError(f"round {r}: fewer than 2 banks left")
-            dim = 1 + 2 * n_features if r == 0 else int(w.size)
-            start, signed = self._start(r, participants, dim, clip=bound, weights=weights)
+            participants, start, signed = self._next_round(rs, r)
             fl = self._flight(start)
             payloads = {n: ServerPayload(protocol=carry.get(n, []), start=signed)
                         for n in participants}
@@ -472,17 +459,13 @@ class DeployServer:
                     payloads[n] = ServerPayload(protocol=items)
             flights = {f.start.round: f for f in (prev, fl) if f is not None}
             replies = self._trip(ex, r, "advertise", payloads)
-            silent |= set(payloads) - set(replies)
+            rs.silent |= set(payloads) - set(replies)
             self._route(replies, flights)
             if prev is not None:
                 self._close(prev)
-                finish(prev)
+                self._finish(rs, self._secagg_done(prev))
             roster = self._close(fl)
-            model_msg = None
-            if r > 0:
-                gm = GlobalModel(round=r, weights=w.astype("<f8").tobytes(),
-                                 moments_total=moments_total)
-                model_msg = self._sign(wire.encode(gm), MODEL_DOMAIN, r)
+            model_msg = self._model_message(rs, r)
             for stage in ("share", "masked", "consistency"):
                 out = roster if stage == "share" else self._close(fl)
                 if fl.aborted is not None:
@@ -491,7 +474,7 @@ class DeployServer:
                                        model=model_msg if stage == "share" else None)
                       for n, items in out.items()}
                 replies = self._trip(ex, r, stage, pl)
-                silent |= set(pl) - set(replies)
+                rs.silent |= set(pl) - set(replies)
                 self._route(replies, {r: fl})
             carry = self._close(fl) if fl.aborted is None else {}
             prev = fl
@@ -501,19 +484,187 @@ class DeployServer:
                                      {n: ServerPayload(protocol=i) for n, i in carry.items()})
                 self._route(replies, {prev.start.round: prev})
                 self._close(prev)
-            finish(prev)
-        result = {
-            "securefl_version": __version__, "aggregation": "secagg", "transport": "flower",
-            "session_id": self.session.hex(), "manifest_sha256": fed.digest,
-            "rounds_completed": sum(1 for h in self.history if "aborted" not in h),
-            "final_metrics": self.history[-1]["metrics"] if self.history else {},
-            "model_sha256": store.model_sha256(store.last_round),
-            "round_trips": len(self.trips), "round_trips_per_round": TRIPS_PER_ROUND,
-            "trips": self.trips, "refused": self.refused, "history": self.history,
-            "seconds": round(time.monotonic() - t_run, 3),
-        }
-        store.finish(result)
-        return result
+            self._finish(rs, self._secagg_done(prev))
+
+    def _secagg_done(self, fl: _Flight) -> _Done:
+        from securefl.dp.fedavg import ddg_event
+
+        done = _Done(start=fl.start, names=fl.names, t0=fl.t0, drafts=fl.drafts,
+                     clipped=fl.clipped, aggregation="secagg")
+        try:
+            done.total, done.survivors, done.dropouts = self._sum(fl)
+        except SecureFLError as err:
+            done.error = err
+            return done
+        done.aggregate_digest = hashlib.sha256(done.total.tobytes()).hexdigest()
+        if fl.start.noise_multiplier > 0:
+            done.dp_event = ddg_event(fl.enc.noise_sigma2_int, len(done.survivors),
+                                      fl.enc.sensitivity_int, fl.start.dim)
+        return done
+
+    def _run_ckks(self, ex: StageExchange, rs: _Run, holder_reply: Any) -> None:
+        """CKKS rounds (securefl.deploy.ckks): four trips each, no pipelining (a round's plan
+        needs the previous release)."""
+        from securefl.deploy.ckks import public_context, run_ckks_round
+        from securefl.dp.fedavg import client_level_event
+
+        c, fed = self.config, self.fed
+        holder = fed.key_holder
+        items = list(holder_reply.protocol) if holder_reply is not None else []
+        if holder is None or len(items) != 1:
+            raise AggregationAbortedError("the CKKS key holder did not publish its public context")
+        public = public_context(fed, items[0].data)  # its manifest key signed it
+        context_item = ProtocolItem(round=0, data=items[0].data)
+        sent_context: set[str] = set()
+
+        def trip(round_: int, stage: str, payloads: Mapping[str, ServerPayload]
+                 ) -> dict[str, Any]:
+            replies = self._trip(ex, round_, stage, payloads)
+            rs.silent |= {n for n in set(payloads) - set(replies) if n != holder}
+            return replies
+
+        for r in range(0, c.rounds + 1):
+            participants, start, signed = self._next_round(rs, r)
+            model_msg = self._model_message(rs, r)
+            first = {n: ServerPayload(protocol=[] if n in sent_context else [context_item],
+                                      start=signed, model=model_msg) for n in participants}
+            sent_context |= set(participants)
+            names = {self.ids[p]: p for p in participants}
+            done = _Done(start=start, names=names, t0=time.monotonic(), aggregation="ckks")
+
+            def collect(round_: int, stage: str, payloads: Mapping[str, ServerPayload],
+                        done: _Done = done) -> dict[str, Any]:
+                replies = trip(round_, stage, payloads)
+                if stage == "commit":
+                    self._collect_drafts(done, replies)
+                return replies
+
+            try:
+                res = run_ckks_round(trip=collect, fed=fed, server_key=self.key, public=public,
+                                     start=start, first=first, key_holder=holder,
+                                     verifiers=rs.plan.ckks_verifiers,
+                                     verifier_skips=rs.plan.ckks_verifier_skips)
+            except SecureFLError as err:
+                log.error("round %d aborted: %s %s", r, err.code, err.message)
+                done.error = err
+            else:
+                self.refused.update(res.refused)
+                done.total, done.survivors, done.dropouts = res.total, res.survivors, res.dropouts
+                done.input_digests = {names[i]: h for i, h in res.input_digests.items()}
+                done.aggregate_digest = res.aggregate_digest
+                z = start.noise_multiplier
+                if z > 0:
+                    done.dp_event = client_level_event(z, start.min_survivors, len(res.survivors))
+            self._finish(rs, done)
+
+    def _collect_drafts(self, done: _Done, replies: Mapping[str, Any]) -> None:
+        """The record-level DP-SGD ledger drafts and clipping flags the banks sent with their
+        input (train rounds)."""
+        if done.start.task != "train":
+            return
+        for name, reply in replies.items():
+            if name in done.start.participants:
+                done.drafts += [d for d in reply.drafts if d.round == done.start.round
+                                and d.party == f"bank:{name}"]
+                done.clipped += int(reply.clipped)
+
+    def _next_round(self, rs: _Run, r: int) -> tuple[list[str], RoundStart, Signed]:
+        """Round r's participants (every bank not yet silent) and its signed plan: round 0 sums
+        the moment vectors, later rounds the model updates."""
+        participants = [b for b in rs.banks if b not in rs.silent]
+        if len(participants) < 2:
+            raise AggregationAbortedError(f"round {r}: fewer than 2 banks left")
+        dim = 1 + 2 * rs.n_features if r == 0 else int(rs.w.size)
+        start, signed = self._start(r, participants, dim, clip=rs.bound, weights=rs.weights)
+        return participants, start, signed
+
+    def _model_message(self, rs: _Run, r: int) -> Signed | None:
+        if r == 0:
+            return None
+        gm = GlobalModel(round=r, weights=rs.w.astype("<f8").tobytes(),
+                         moments_total=rs.moments_total)
+        return self._sign(wire.encode(gm), MODEL_DOMAIN, r)
+
+    def _finish(self, rs: _Run, done: _Done) -> None:
+        """Close one round: round 0 standardises and creates the run store; a training round
+        updates the model and commits the round (or its abort) to the audit log and ledger."""
+        from securefl.audit.store import RunStore
+        from securefl.data.standardize import Standardizer
+        from securefl.fl.params import model_tensors, set_flat, to_bytes
+        from securefl.runtime import seal_round, server_update
+
+        c, fed = self.config, self.fed
+        r = done.start.round
+        if r == 0:
+            if done.error is not None:  # no standardisation without round 0's release
+                raise done.error
+            total = done.total
+            rs.moments_total = [float(v) for v in total]
+            stdz = Standardizer.from_summed_moments(total)
+            if self.s.test_data is not None:
+                from securefl.deploy.client import load_bank_csv
+
+                Xt, yt = load_bank_csv(self.s.test_data, self.s.label)
+                rs.test = (stdz.transform(Xt), yt)
+            facts = {
+                "banks": [{"name": b, "train_examples": rs.sizes[b]} for b in rs.banks],
+                "data_source": "each bank's own file (deployment)", "task": rs.plan.task,
+                "n_features": rs.n_features, "manifest_sha256": fed.digest,
+                "standardisation": {"mode": fed.params.aggregation, "aggregate_sha256":
+                                    hashlib.sha256(total.tobytes()).hexdigest()},
+                "record_noise_multiplier": {b: rs.infos[b].record_noise_multiplier
+                                            for b in rs.banks},
+            }
+            config = {**{k: v for k, v in c.to_dict().items() if k != "out"},
+                      "deployment": {"transport": "flower", "manifest_sha256": fed.digest,
+                                     "stage_timeout_s": self.s.stage_timeout_s}}
+            rs.store = RunStore.create(self.s.run_dir, config=config,
+                                       server_key=SigningKey.generate(),
+                                       origin=f"securefl/{self.session.hex()}",
+                                       initial_model=to_bytes(model_tensors(rs.model)),
+                                       federation=facts)
+            return
+        record: dict[str, Any] = {"session_id": self.session.hex(),
+                                  "aggregation": done.aggregation,
+                                  "participants": list(done.start.participants)}
+        if done.error is not None:
+            alive = [p for p in done.start.participants if p not in rs.silent]
+            record.update(survivors=alive, status="aborted", error_code=done.error.code)
+            metrics = self.history[-1]["metrics"] if self.history else {}
+            rs.store.commit_round(
+                round_=r, record_fields=record,
+                model=to_bytes({**model_tensors(rs.model), **rs.server_opt.state()}),
+                ledger_lines=seal_round(rs.ledger, done.drafts), metrics=metrics)
+            self.history.append({"round": r, "aborted": done.error.code, "metrics": metrics})
+            return
+        drafts = list(done.drafts)
+        if done.dp_event is not None:
+            from securefl.dp.ledger import Draft
+
+            drafts.append(Draft(
+                round=r, level="client", party="federation", event=done.dp_event,
+                clip_norm=c.clip_norm, participants=len(done.start.participants),
+                survivors=len(done.survivors), neighbouring="add_remove", sampling="all",
+                steps=1))
+        public_weight = [rs.weights.get(n, 0.0) for n in fed.clients]
+        rs.w = server_update(rs.server_opt, rs.w, done.total, done.survivors, public_weight)
+        set_flat(rs.model, rs.w)
+        metrics = self._evaluate(rs.model, rs.test, rs.plan.task)
+        record.update(
+            survivors=[done.names[i] for i in done.survivors],
+            dropouts={done.names[i]: st for i, st in done.dropouts.items()
+                      if i not in done.survivors},
+            aggregate_digest=done.aggregate_digest)
+        if done.input_digests:
+            record["input_digests"] = done.input_digests
+        rs.store.commit_round(
+            round_=r, record_fields=record,
+            model=to_bytes({**model_tensors(rs.model), **rs.server_opt.state()}),
+            ledger_lines=seal_round(rs.ledger, drafts), metrics=metrics)
+        self.history.append({"round": r, "participants": record["participants"],
+                             "survivors": record["survivors"], "dropouts": record["dropouts"],
+                             "metrics": metrics, "clipped": done.clipped,
+                             "seconds": round(time.monotonic() - done.t0, 3)})
 
     @staticmethod
     def _evaluate(model: Any, test: tuple[Any, Any] | None, task: str) -> dict[str, float]:

@@ -95,6 +95,7 @@ __all__ = [
     "CKKSKeyHolder",
     "CKKSServer",
     "CKKSVerifier",
+    "ClientRoundState",
     "DecryptionRefusedError",
     "Federation",
     "accept_public_context",
@@ -398,6 +399,19 @@ class CKKSKeyHolder:
     def verify_key(self) -> VerifyKey:
         return self._key.verify_key
 
+    @property
+    def decrypted(self) -> frozenset[tuple[bytes, int]]:
+        """The (session, round) slots this key holder has decrypted (each at most once)."""
+        return frozenset(self._decrypted)
+
+    def restore_usage(self, queries_used: int, decrypted: Iterable[tuple[bytes, int]]) -> None:
+        """Load the key's usage from durable storage (a key holder that restarts must not forget
+        which rounds it released nor how much of the key's query budget is spent)."""
+        if queries_used < 0:
+            raise StateError("queries_used must be >= 0")
+        self.queries_used = max(self.queries_used, queries_used)
+        self._decrypted |= set(decrypted)
+
     def public_context_message(self) -> SignedPublicContext:
         context = self._ctx.public_bytes()
         kid = key_id_for(context)
@@ -495,6 +509,20 @@ class CKKSKeyHolder:
         )
 
 
+class ClientRoundState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A client's state for one (session, round), for a process that must stop between the commit
+    and the reveal (a Flower ClientApp runs each message in a fresh process). Local only: it stays
+    on the client's node. ``chunks`` is None once revealed."""
+
+    session_id: bytes
+    round: int
+    num_values: int
+    digest: bytes
+    commitment: bytes
+    chunks: list[bytes] | None = None
+    revealed_under: bytes | None = None
+
+
 # --- client
 # ----------------------------------------------------------------------------------------------
 class CKKSClient:
@@ -519,6 +547,8 @@ class CKKSClient:
         self._pending: dict[tuple[bytes, int], tuple[list[bytes], bytes, bytes, int]] = {}
         #: (session, round) -> digest of the commitment set this client revealed under
         self.revealed_under: dict[tuple[bytes, int], bytes] = {}
+        #: (session, round) -> (ct digest, commitment, d) of a revealed ciphertext
+        self._revealed: dict[tuple[bytes, int], tuple[bytes, bytes, int]] = {}
 
     def commit(
         self,
@@ -583,6 +613,36 @@ class CKKSClient:
             signature=sig,
         )
 
+    def export_round(self, session_id: bytes, round_: int) -> ClientRoundState:
+        """This client's state for one round (after commit, or after reveal)."""
+        slot = (session_id, round_)
+        pending = self._pending.get(slot)
+        if pending is not None:
+            chunks, digest, commitment, num_values = pending
+            return ClientRoundState(session_id=session_id, round=round_, num_values=num_values,
+                                    digest=digest, commitment=commitment, chunks=list(chunks))
+        revealed = self._revealed.get(slot)
+        if revealed is None:
+            raise StateError("this client has no commitment in that round")
+        digest, commitment, num_values = revealed
+        return ClientRoundState(session_id=session_id, round=round_, num_values=num_values,
+                                digest=digest, commitment=commitment,
+                                revealed_under=self.revealed_under[slot])
+
+    def restore_round(self, state: ClientRoundState) -> None:
+        """Load a state written by :meth:`export_round` (the client's own node storage)."""
+        slot = (state.session_id, state.round)
+        if slot in self._pending or slot in self.revealed_under:
+            raise StateError("this client already holds state for that round")
+        chunks, under = state.chunks, state.revealed_under
+        if chunks is not None and under is None:
+            self._pending[slot] = (list(chunks), state.digest, state.commitment, state.num_values)
+        elif chunks is None and under is not None:
+            self._revealed[slot] = (state.digest, state.commitment, state.num_values)
+            self.revealed_under[slot] = under
+        else:
+            raise StateError("a round state is either pending (chunks) or revealed, not both")
+
     def reveal(self, cs: CommitmentSet) -> Contribution:
         """Check the server-signed closed commitment set (this client's own commitment is in it,
         unchanged) and reveal the committed ciphertext, signed over its digest and the set's
@@ -609,6 +669,7 @@ class CKKSClient:
         )
         del self._pending[slot]
         self.revealed_under[slot] = set_digest
+        self._revealed[slot] = (digest, commitment, num_values)
         return Contribution(
             session_id=cs.session_id,
             round=cs.round,
