@@ -34,3 +34,26 @@ def test_app_and_check_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                    "--manifest", str(f.manifest), "--data", str(f.data[bank])])
     with pytest.raises(SignatureError):
         args.handler(args)
+
+
+def test_check_key_holder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from deploy_helpers import KEY_HOLDER
+
+    f = make_federation(tmp_path / "fed", {"rounds": 1, "aggregation": "ckks"})
+    assert f.ckks_dir is not None
+    base = ["deploy", "check-key-holder", "--member", KEY_HOLDER, "--manifest", str(f.manifest),
+            "--ckks-keys", str(f.ckks_dir)]
+    args = _parse([*base, "--key", str(f.keys[KEY_HOLDER])])
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert f"OK: {KEY_HOLDER} is the ckks-key-holder" in out
+    assert "0 of" in out and "0 rounds released" in out
+    # a bank's key is not the key holder's; a bank is not the key holder
+    args = _parse([*base, "--key", str(f.keys[f.banks[0]])])
+    with pytest.raises(SignatureError, match="not the key the manifest lists"):
+        args.handler(args)
+    args = _parse(["deploy", "check-key-holder", "--member", f.banks[0], "--key",
+                   str(f.keys[f.banks[0]]), "--manifest", str(f.manifest), "--ckks-keys",
+                   str(f.ckks_dir)])
+    with pytest.raises(SignatureError, match="is not a ckks-key-holder"):
+        args.handler(args)

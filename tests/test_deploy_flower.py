@@ -130,3 +130,85 @@ def test_deployment_over_flower_with_a_killed_bank(tmp_path: Path) -> None:
     assert seen["violations"] == []
     assert str(f.test_file.resolve()) in seen["opened"]
     assert not [p for p in seen["opened"] if p.startswith(str(f.data_dir.resolve()))]
+
+
+CKKS_RUN = {"rounds": 1, "seed": 0, "aggregation": "ckks"}
+
+
+@pytest.mark.slow
+def test_ckks_deployment_over_flower_with_the_key_holder_as_its_own_node(tmp_path: Path) -> None:
+    """Aggregation ckks across processes: SuperLink, three bank SuperNodes and the key holder's
+    SuperNode (the only process that ever loads the CKKS secret key). The server process must not
+    open the banks' files nor the key holder's key directory; the model must match
+    ``securefl run --aggregation ckks`` with the same seed (CKKS's own encryption error aside)."""
+    import numpy as np
+
+    from securefl.audit.store import RunStore
+    from securefl.fl.params import from_bytes
+
+    f = make_federation(tmp_path / "fed", CKKS_RUN)
+    assert f.ckks_dir is not None
+    progress = tmp_path / "progress.jsonl"
+    opens = tmp_path / "server-opens.json"
+    run_dir = tmp_path / "run"
+    usage = tmp_path / "kh-state" / "usage.json"
+    server_cfg = f.server_file(run_dir, progress=str(progress), stage_timeout_s=TIMEOUT_S,
+                               forbid_paths=[str(f.data_dir), str(f.ckks_dir)],
+                               opens_log=str(opens))
+    app = write_app(tmp_path / "app", server_cfg)
+    cluster = FlowerCluster(tmp_path / "flower", 0)
+    kh_cfg = {**f.key_holder_config(sim_seed=0), "usage-file": str(usage)}
+    t0 = time.monotonic()
+    try:
+        cluster.start_superlink()
+        for i, bank in enumerate(f.banks):
+            cluster.add_supernode(i, name=bank, node_config=_node_config(f, bank))
+        cluster.add_supernode(len(f.banks), name="kh", node_config=" ".join(
+            f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in kh_cfg.items()))
+        run = cluster.flwr("run", str(app), CONN, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        lines = _wait(progress, lambda x: x.get("status") is not None, timeout=400)
+        t_total = time.monotonic() - t0
+    finally:
+        cluster.stop()
+    for proc in cluster.procs.values():
+        assert proc.poll() is not None  # every process we started is gone
+    status = [x for x in lines if "status" in x]
+    assert status and status[-1]["status"] == "done", (status, cluster.log("superlink")[-4000:],
+                                                       cluster.log("kh")[-3000:])
+    trips = [x for x in lines if "stage" in x]
+    assert len(trips) == trips_for(1, "ckks")
+    assert [x["stage"] for x in trips if x["stage"] == "decrypt"] == ["decrypt"] * 2
+    assert all(x["sent"] == ["kh"] for x in trips if x["stage"] == "decrypt")
+    print(f"\nFlower CKKS deployment: {len(trips)} round trips, {t_total:.1f} s in all; per trip: "
+          + ", ".join(f"{x['stage']}@{x['round']}={x['seconds']:.1f}s" for x in trips))
+
+    ver = subprocess.run([sys.executable, "-m", "securefl", "audit", "verify", str(run_dir)],
+                         capture_output=True, text=True, check=False)
+    assert ver.returncode == 0, ver.stdout + ver.stderr
+    store = RunStore.open(run_dir)
+    rec = store.records[1]
+    assert rec.aggregation == "ckks" and rec.status == "committed"
+    assert sorted(rec.survivors) == sorted(f.banks)
+    # the key holder's own process recorded both releases
+    assert len(json.loads(usage.read_text())["decrypted"]) == 2
+
+    from securefl.config import RunConfig
+    from securefl.runtime import Engine
+
+    sim = Engine(RunConfig(**CKKS_RUN, out=str(tmp_path / "sim"))).run()
+    sim_store = RunStore.open(tmp_path / "sim")
+
+    def weights(st: RunStore) -> np.ndarray:
+        t = from_bytes(st.model_bytes(st.last_round))
+        return np.concatenate([np.asarray(v, dtype=np.float64).ravel()
+                               for k, v in sorted(t.items()) if not k.startswith("opt")])
+
+    assert np.max(np.abs(weights(store) - weights(sim_store))) < 1e-6
+    assert sim.final_metrics.keys() == store.records[1].metrics.keys()
+
+    seen = json.loads(opens.read_text())
+    assert seen["violations"] == []
+    assert str(f.test_file.resolve()) in seen["opened"]
+    for secret_dir in (f.data_dir, f.ckks_dir):
+        assert not [p for p in seen["opened"] if p.startswith(str(secret_dir.resolve()))]

@@ -42,6 +42,8 @@ def _server_main(grid: Any, context: Any) -> None:
         server = DeployServer(settings)
         link = GridLink(grid)
         wanted = set(server.fed.clients)
+        if server.ckks and server.fed.key_holder is not None:
+            wanted.add(server.fed.key_holder)
         deadline = time.monotonic() + settings.wait_nodes_s
         nodes = link.node_names()
         while not wanted <= set(nodes) and time.monotonic() < deadline:

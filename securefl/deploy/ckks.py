@@ -281,7 +281,7 @@ class KeyHolderNode(NodeHandler):
     def usage_path(self) -> Path:
         return self.usage_file or self.ckks_dir / "keyholder-usage.json"
 
-    def _holder(self, fed: Federation, identity: SigningKey, threshold: int) -> CKKSKeyHolder:
+    def load_holder(self, fed: Federation, identity: SigningKey, threshold: int) -> CKKSKeyHolder:
         from securefl.ckks import KEY_FILES
         from securefl.he.context import load_secret_context
 
@@ -337,7 +337,7 @@ class KeyHolderNode(NodeHandler):
                 raise SignatureError("the hello names another federation or session")
             self._check_plan(hello)
             memo = KeyHolderMemo(hello=msg.hello.body)
-            holder = self._holder(fed, identity, fed.params.threshold)
+            holder = self.load_holder(fed, identity, fed.params.threshold)
             out.append(ProtocolItem(round=0, data=wire.encode(holder.public_context_message())))
         for item in msg.protocol:
             if memo.hello is None:
@@ -363,7 +363,7 @@ class KeyHolderNode(NodeHandler):
         if req.manifest.session_id != hello.session or req.manifest.round != item.round:
             raise RemoteProtocolError("a decryption request for another session or round")
         # the manifest's threshold is the floor every member signed
-        holder = self._holder(fed, identity, fed.params.threshold)
+        holder = self.load_holder(fed, identity, fed.params.threshold)
         res = holder.decrypt(req, _randomness(self.sim_seed, hello.session, req.manifest.round,
                                               -1, "ckks-flooding"))
         self._write_usage(holder)  # durable before anything leaves the node
