@@ -202,7 +202,7 @@ def test_key_holder_node_config_errors(fed: Fed, tmp_path: Path) -> None:
     node = KeyHolderNode.from_node_config({**fed.key_holder_config(), "ckks-keys": str(exposed)})
     fed_obj = node.federation()
     with pytest.raises(ConfigError, match="permissions 644"):
-        node._holder(fed_obj, node.identity(fed_obj), 2)
+        node.load_holder(fed_obj, node.identity(fed_obj), 2)
 
 
 def test_plan_weaker_than_the_key_holders_policy_is_refused(
