@@ -61,6 +61,9 @@ class RoundSpec:
     clip_norm: float
     threshold: int
     noise: NoisePlan | None = None
+    #: FedAvg rounds: each participant's public weight w_i = n_i / max_j n_j, in participants'
+    #: order (inputs are already multiplied by it); ckks also encrypts it beside the update
+    weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.session_id) != 16:
@@ -76,6 +79,17 @@ class RoundSpec:
                 f"threshold {self.threshold} must be between 1 and the number of participants "
                 f"({len(self.participants)})"
             )
+        if self.weights is not None and (
+            len(self.weights) != len(self.participants)
+            or not all(0 < w <= 1 for w in self.weights)
+        ):
+            raise ConfigError("weights must give each participant a weight in (0, 1]")
+
+    def weight_of(self, client: int) -> float:
+        """The public FedAvg weight of ``client`` (ConfigError without weights)."""
+        if self.weights is None:
+            raise ConfigError("this round carries no FedAvg weights")
+        return self.weights[self.participants.index(client)]
 
 
 @dataclass
@@ -92,6 +106,9 @@ class AggregateOutcome:
     digests: dict[str, str] = field(default_factory=dict)
     #: bytes each party sent ("server", "client/<id>", ...)
     bytes_sent: dict[str, int] = field(default_factory=dict)
+    #: the released sum of the survivors' FedAvg weights, when the aggregation carries it beside
+    #: the update (ckks: encrypted in the last slot); None: the public weights are summed
+    weight_total: float | None = None
 
 
 def check_inputs(spec: RoundSpec, inputs: Mapping[int, NDArray[np.float64]]) -> int:

@@ -49,6 +49,7 @@ from securefl.protocol.ckks import (
     CKKSVerifier,
     accept_public_context,
     commitment_set_digest,
+    split_weight_slot,
 )
 from securefl.protocol.ckks_messages import (
     Commitment,
@@ -239,7 +240,9 @@ class CKKSAggregator(Aggregator):
         server_key = self._server_identity(random)
         holder = self._key_holder(federation, spec.threshold, server_key.verify_key)
         params = self.params
-        ct_bytes, n_chunks = params.ciphertext_max_bytes(), params.num_chunks(dim)
+        # FedAvg rounds carry each client's weight in one extra encrypted slot
+        slots = dim + 1 if spec.weights is not None else dim
+        ct_bytes, n_chunks = params.ciphertext_max_bytes(), params.num_chunks(slots)
         bytes_sent: dict[str, int] = {}
 
         pub_msg, size = _wire(holder.public_context_message(), SignedPublicContext, 32 * 2**20)
@@ -257,7 +260,7 @@ class CKKSAggregator(Aggregator):
             server_key,
             session_id=spec.session_id,
             round_=spec.round,
-            num_values=dim,
+            num_values=slots,
             participants=tuple(ids),
             min_clients=spec.threshold,
             verifiers=self.verifiers,
@@ -277,6 +280,7 @@ class CKKSAggregator(Aggregator):
                 num_participants=len(ids),
                 noise_std=share_std,
                 random=random(cid, "noise"),
+                weight=spec.weight_of(cid) if spec.weights is not None else None,
             )
             msg, size = _wire(commitment, Commitment, max_commitment_set_bytes(1))
             bytes_sent[f"client/{cid}"] = size
@@ -347,9 +351,14 @@ class CKKSAggregator(Aggregator):
         )
         bytes_sent["server/decrypt_request"] = size
         result = holder.decrypt(dreq, random(-1, "ckks-flooding"))
-        res, size = _wire(result, DecryptionResult, 8 * dim + 65536)
+        res, size = _wire(result, DecryptionResult, 8 * slots + 65536)
         bytes_sent["key_holder/release"] = bytes_sent["key_holder"] + size
         total = server.receive_result(res, holder.verify_key)
+        weight_total = None
+        if spec.weights is not None:
+            total, weight_total = split_weight_slot(
+                total, (spec.weight_of(c) for c in survivors), params=params,
+                num_summands=len(survivors), max_queries=self.max_queries)
 
         digests = {f"input/{e.client_id}": e.digest.hex() for e in manifest.entries}
         digests["aggregate"] = manifest.aggregate_digest.hex()
@@ -362,4 +371,5 @@ class CKKSAggregator(Aggregator):
             noise_std=share_std * math.sqrt(len(survivors)),
             digests=digests,
             bytes_sent=bytes_sent,
+            weight_total=weight_total,
         )

@@ -157,18 +157,24 @@ def session_id_for(config: RunConfig) -> bytes:
 
 
 def weighted_mean_update(total: NDArray[np.float64], survivors: tuple[int, ...],
-                         public_weight: list[float]) -> NDArray[np.float64]:
+                         public_weight: list[float], weight_total: float | None = None
+                         ) -> NDArray[np.float64]:
     """FedAvg: each survivor sent w_i * update_i (w_i = n_i / max n, public); the weighted mean is
-    the released sum divided by the survivors' total weight."""
+    the released sum divided by the survivors' total weight: ``weight_total`` when the aggregation
+    released it beside the sum (ckks), else the survivors' public weights summed."""
+    if weight_total is not None:
+        return total / weight_total
     return total / sum(public_weight[s] for s in survivors)
 
 
 def server_update(server_opt: Any, weights: NDArray[np.float64], total: NDArray[np.float64],
-                  survivors: tuple[int, ...], public_weight: list[float]) -> NDArray[np.float64]:
+                  survivors: tuple[int, ...], public_weight: list[float],
+                  weight_total: float | None = None) -> NDArray[np.float64]:
     """The new global weights: the server optimizer applied to the FedAvg mean of the released sum,
     rounded to float32 because that is what the checkpoint holds, so a resumed run, a deployment
     and a simulation all continue bit for bit from the same state."""
-    new = server_opt.step(weights, weighted_mean_update(total, survivors, public_weight))
+    new = server_opt.step(weights, weighted_mean_update(total, survivors, public_weight,
+                                                        weight_total))
     out: NDArray[np.float64] = np.asarray(new, dtype=np.float32).astype(np.float64)
     return out
 
@@ -514,7 +520,8 @@ class Engine:
             noise = (NoisePlan(c.noise_multiplier, threshold)
                      if c.dp and c.noise_multiplier > 0 else None)
             spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
-                             clip_norm=c.clip_norm, threshold=threshold, noise=noise)
+                             clip_norm=c.clip_norm, threshold=threshold, noise=noise,
+                             weights=tuple(public_weight[i] for i in participants))
             record: dict[str, Any] = {
                 "session_id": self.session_id.hex(), "aggregation": c.aggregation,
                 "participants": [names[i] for i in participants]}
@@ -541,7 +548,7 @@ class Engine:
             drafts += self._client_drafts(round_, len(participants), threshold, outcome,
                                           len(weights))
             weights = server_update(server_opt, weights, outcome.total, outcome.survivors,
-                                    public_weight)
+                                    public_weight, outcome.weight_total)
             set_flat(model, weights)
             metrics = self._evaluate(model, fed)
             record.update(

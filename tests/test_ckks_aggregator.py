@@ -20,7 +20,7 @@ from securefl.ckks import (
 from securefl.crypto.random import SeededRandomSource
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import VerifyKey
-from securefl.errors import AggregationAbortedError
+from securefl.errors import AggregationAbortedError, ConfigError
 from securefl.he.flooding import release_error_bound
 from securefl.he.params import DEFAULT_PARAMS
 from securefl.protocol.ckks import accept_public_context
@@ -169,7 +169,6 @@ def test_committed_but_unrevealed_client_is_not_in_the_sum(agg):
 
 def test_enrolled_identities_are_used_and_must_cover_participants():
     from securefl.crypto.signing import SigningKey
-    from securefl.errors import ConfigError
 
     keys = {c: SigningKey.from_seed(Secret(bytes([c + 1]) * 32)) for c in (0, 1, 2)}
     server = SigningKey.from_seed(Secret(b"\x77" * 32))
@@ -194,3 +193,68 @@ def test_enrolled_identities_are_used_and_must_cover_participants():
     assert a._holder.federation[0] != b._holder.federation[0]
     expected = SigningKey.from_seed(Secret(_factory()(0, "identity").random_bytes(32))).verify_key
     assert a._holder.federation[0] == expected
+
+
+def test_weight_slot_gives_the_weighted_mean_with_dropouts(agg):
+    """FedAvg rounds: each client encrypts its weight w_i in one extra slot beside w_i * clip(d_i);
+    the released last slot is the survivors' weight sum (checked against an independent numpy
+    sum), so the weighted mean needs no claim of the server about who contributed."""
+    n, d = 20, 3000
+    rng = np.random.default_rng(7)
+    w = rng.uniform(0.05, 1.0, size=n)
+    inputs = {}
+    for i in range(n):
+        v = rng.normal(size=d)
+        inputs[i] = w[i] * v / np.linalg.norm(v)
+    spec = RoundSpec(session_id=b"W" * 16, round=1, participants=tuple(range(n)), clip_norm=1.0,
+                     threshold=10, weights=tuple(float(x) for x in w))
+    out = agg.aggregate(spec, inputs, random=_factory(), dropouts={3: "reveal", 11: "contribution"})
+    survivors = [i for i in range(n) if i not in (3, 11)]
+    assert out.survivors == tuple(survivors)
+    bound = release_error_bound(len(survivors), 8192, DEFAULT_PARAMS.scale, d + 1)
+    exact_w = float(np.sum(w[survivors]))
+    exact_total = np.sum([inputs[i] for i in survivors], axis=0)
+    assert out.total.shape == (d,)
+    assert out.weight_total is not None and abs(out.weight_total - exact_w) <= bound
+    assert np.max(np.abs(out.total - exact_total)) <= bound
+    mean_err = np.max(np.abs(out.total / out.weight_total - exact_total / exact_w))
+    assert mean_err <= (bound + np.max(np.abs(exact_total)) * bound / exact_w) / (exact_w - bound)
+
+
+def test_a_release_whose_weight_slot_disagrees_is_refused():
+    from securefl.errors import IntegrityError
+    from securefl.protocol.ckks import split_weight_slot
+
+    n, d = 5, 100
+    bound = release_error_bound(n, 8192, DEFAULT_PARAMS.scale, d + 1)
+    weights = [0.5, 1.0, 0.25, 0.75, 1.0]
+    ok = np.append(np.zeros(d), sum(weights) + bound / 2)
+    total, wt = split_weight_slot(ok, weights, params=DEFAULT_PARAMS, num_summands=n)
+    assert total.shape == (d,) and wt == sum(weights) + bound / 2
+    # the server claims a contributor whose ciphertext is not in the sum (weight 0.25 missing)
+    short = np.append(np.zeros(d), sum(weights) - 0.25)
+    with pytest.raises(IntegrityError, match="weight sum"):
+        split_weight_slot(short, weights, params=DEFAULT_PARAMS, num_summands=n)
+
+
+def test_weight_outside_unit_interval_is_refused():
+    from securefl.errors import LocalProtocolError
+
+    agg = CKKSAggregator()
+    inputs = _inputs(3, 50, seed=4)
+    spec = RoundSpec(session_id=b"V" * 16, round=1, participants=(0, 1, 2), clip_norm=1.0,
+                     threshold=2, weights=(0.5, 1.0, 1.0))
+    agg.aggregate(spec, inputs, random=_factory())  # valid
+    with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+        RoundSpec(session_id=b"V" * 16, round=1, participants=(0, 1, 2), clip_norm=1.0,
+                  threshold=2, weights=(0.5, 1.5, 1.0))
+    from securefl.crypto.signing import SigningKey
+    from securefl.he.context import generate_context
+    from securefl.protocol.ckks import CKKSClient
+
+    ctx = generate_context(DEFAULT_PARAMS).public()
+    client = CKKSClient(0, SigningKey.generate(), ctx, SigningKey.generate().verify_key)
+    with pytest.raises(LocalProtocolError, match=r"\(0, 1\]"):
+        client.commit(session_id=b"V" * 16, round_=1, values=inputs[0], clip_norm=1.0,
+                      num_participants=3, noise_std=0.0, random=_factory()(0, "noise"),
+                      weight=2.0)

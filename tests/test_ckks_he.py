@@ -22,7 +22,9 @@ from securefl.he.flooding import coefficient_error_bound, flooding_std, release_
 from securefl.he.params import COMPACT_PARAMS, DEFAULT_PARAMS, NVFLARE_PARAMS, CKKSParams
 from securefl.he.vectors import (
     check_no_overflow,
+    chunk_hashes,
     ciphertext_digest,
+    ciphertext_digests,
     decrypt_chunks,
     encrypt_chunks,
     load_chunks,
@@ -103,18 +105,66 @@ def test_sum_digest_is_deterministic_and_order_independent(public):
     assert d1 != ciphertext_digest(sum_chunks(public, cts[:3], 100))
 
 
+def _hand_digest(chunks: list[bytes]) -> bytes:
+    """The spec's ct_digest written out with hashlib (hash list, label v2)."""
+    body = b"securefl-ckks-ct-v2" + struct.pack(">I", len(chunks))
+    for c in chunks:
+        body += struct.pack(">Q", len(c)) + hashlib.sha256(c).digest()
+    return hashlib.sha256(body).digest()
+
+
 def test_digest_matches_hand_encoding():
     chunks = [b"abc", b"\x00\x01"]
     expected = hashlib.sha256(
-        b"securefl-ckks-ct-v1"
+        b"securefl-ckks-ct-v2"
         + struct.pack(">I", 2)
         + struct.pack(">Q", 3)
-        + b"abc"
+        + bytes.fromhex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         + struct.pack(">Q", 2)
-        + b"\x00\x01"
-    ).digest()
+        + hashlib.sha256(b"\x00\x01").digest()
+    ).digest()  # SHA-256("abc") above is the FIPS 180-2 appendix B.1 value
     assert ciphertext_digest(chunks) == expected
     assert ciphertext_digest([b"ab", b"c\x00\x01"]) != expected  # length prefixes matter
+    assert ciphertext_digest([]) == hashlib.sha256(b"securefl-ckks-ct-v2" + bytes(4)).digest()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=300_000), min_size=0, max_size=12),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_parallel_digest_equals_sequential_hand_digest(sizes, seed):
+    # large inputs take the thread-pool path (>= 1 MiB in total), small ones the inline path
+    rng = np.random.default_rng(seed)
+    chunks = [rng.bytes(n) for n in sizes]
+    assert ciphertext_digest(chunks) == _hand_digest(chunks)
+    assert chunk_hashes(chunks) == [hashlib.sha256(c).digest() for c in chunks]
+    lists = [chunks, chunks[::-1], [], chunks[:1]]
+    assert ciphertext_digests(lists) == [_hand_digest(c) for c in lists]
+
+
+def test_parallel_digest_of_bytearray_and_many_chunks():
+    rng = np.random.default_rng(7)
+    chunks = [rng.bytes(262_144 + i) for i in range(20)]  # ~5 MiB: parallel path
+    assert ciphertext_digest([bytearray(c) for c in chunks]) == _hand_digest(chunks)
+    swapped = [chunks[1], chunks[0], *chunks[2:]]
+    assert ciphertext_digest(swapped) != ciphertext_digest(chunks)  # order matters
+    flipped = [chunks[0][:-1] + bytes([chunks[0][-1] ^ 1]), *chunks[1:]]
+    assert ciphertext_digest(flipped) != ciphertext_digest(chunks)
+    for not_bytes in ([5], ["text"], [*chunks, 5]):
+        with pytest.raises(TypeError):
+            ciphertext_digest(not_bytes)
+
+
+def test_parallel_digest_from_many_threads_at_once():
+    # callers sharing the module pool each get their own, correct result
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    inputs = [[rng.bytes(200_000) for _ in range(8)] for _ in range(6)]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(ciphertext_digest, inputs))
+    assert got == [_hand_digest(c) for c in inputs]
 
 
 def test_malformed_and_oversized_ciphertexts_rejected(public):

@@ -103,15 +103,15 @@ def _holder(world, **kw):
     return CKKSKeyHolder(world["holder_key"], world["secret"], world["fed"], **args)
 
 
-def _server(world, round_=0):
+def _server(world, round_=0, num_values=D, participants=IDS):
     return CKKSServer(
         world["public"],
         world["fed"],
         world["server_key"],
         session_id=SESSION,
         round_=round_,
-        num_values=D,
-        participants=IDS,
+        num_values=num_values,
+        participants=participants,
         min_clients=3,
         verifiers=2,
     )
@@ -685,3 +685,134 @@ def test_verifiers_drawn_from_the_closed_commitment_set(world):
     with pytest.raises(RemoteProtocolError, match="not among the verifiers"):
         strict_v.verify(server.verify_request(), session_id=SESSION, round_=0)
     strict.decrypt(dreq, _rand("f"))  # the drawn verifiers' co-signatures are accepted
+
+
+D_BIG = 4 * 4096 + 7  # 5 chunks of ~268 KB: digests take the multi-threaded path (>= 1 MiB)
+
+
+def _hand_ct_digest(chunks) -> bytes:
+    """spec.md ct_digest written out with hashlib: label v2, count, per chunk length || SHA-256."""
+    import hashlib
+    import struct
+
+    body = b"securefl-ckks-ct-v2" + struct.pack(">I", len(chunks))
+    for c in chunks:
+        body += struct.pack(">Q", len(c)) + hashlib.sha256(c).digest()
+    return hashlib.sha256(body).digest()
+
+
+def test_large_round_malformed_reveal_refused_and_not_summed(world):
+    """Client 4 commits to and reveals (correctly signed) chunks of which one holds 10 values
+    instead of N/2: the server raises MalformedCiphertextError, before and after it has started
+    summing, and the round completes with clients 1-3 only; every digest is the spec's hash list."""
+    from securefl.he.errors import MalformedCiphertextError
+
+    rng = np.random.default_rng(9)
+    inputs = {i: 0.8 * (v := rng.normal(size=D_BIG)) / np.linalg.norm(v) for i in (1, 2, 3)}
+    server = _server(world, round_=5, num_values=D_BIG, participants=IDS)
+    clients = {i: _client(world, i) for i in (1, 2, 3)}
+    for i, c in clients.items():
+        server.receive_commitment(_commit(world, c, round_=5, values=inputs[i]))
+    bad = encrypt_chunks(world["public"], np.zeros(D_BIG))
+    bad[2] = encrypt_chunks(world["public"], np.zeros(10))[0]
+    commitment = commitment_value(SESSION, 5, 4, D_BIG, _hand_ct_digest(bad))
+    server.receive_commitment(
+        Commitment(
+            session_id=SESSION,
+            round=5,
+            client_id=4,
+            num_values=D_BIG,
+            commitment=commitment,
+            signature=sign_bound(
+                world["keys"][4],
+                domain=DOMAIN_COMMITMENT,
+                session_id=SESSION,
+                round_=5,
+                message=commitment_message(4, D_BIG, commitment),
+            ),
+        )
+    )
+    cset = server.close_commitments()
+    set_digest = commitment_set_digest(cset)
+    bad_reveal = Contribution(
+        session_id=SESSION,
+        round=5,
+        client_id=4,
+        num_values=D_BIG,
+        chunks=bad,
+        commitment_set_digest=set_digest,
+        signature=sign_bound(
+            world["keys"][4],
+            domain=DOMAIN_CONTRIBUTION,
+            session_id=SESSION,
+            round_=5,
+            message=contribution_message(4, D_BIG, _hand_ct_digest(bad), set_digest),
+        ),
+    )
+    with pytest.raises(MalformedCiphertextError, match="chunk 2"):
+        server.receive_contribution(bad_reveal)  # before anything is summed
+    contribs = {i: c.reveal(cset) for i, c in clients.items()}
+    server.receive_contribution(contribs[1])
+    with pytest.raises(MalformedCiphertextError, match="chunk 2"):
+        server.receive_contribution(bad_reveal)  # after the running sum exists
+    server.receive_contribution(contribs[2])
+    server.receive_contribution(contribs[3])
+    m = server.close()
+    assert [e.client_id for e in m.entries] == [1, 2, 3]
+    assert [e.digest for e in m.entries] == [_hand_ct_digest(contribs[i].chunks) for i in (1, 2, 3)]
+    req = server.verify_request()
+    for vid in server.verifier_ranking()[:2]:
+        server.receive_cosignature(
+            _verifier(world, vid).verify(
+                req,
+                session_id=SESSION,
+                round_=5,
+                revealed_under=clients[vid].revealed_under[(SESSION, 5)],
+            )
+        )
+    dreq = server.decryption_request()
+    assert m.aggregate_digest == _hand_ct_digest(dreq.aggregate)
+    holder = _holder(world)
+    total = server.receive_result(holder.decrypt(dreq, _rand("flood-big")), holder.verify_key)
+    assert np.max(np.abs(total - (inputs[1] + inputs[2] + inputs[3]))) < 1e-4
+
+
+def test_verifier_catches_one_flipped_byte_in_a_large_contribution(world):
+    """The verifier hashes all contributions in one parallel pass; a byte flipped in the middle of
+    one chunk of one contribution must still be attributed to that contribution."""
+    rng = np.random.default_rng(10)
+    inputs = {i: 0.8 * (v := rng.normal(size=D_BIG)) / np.linalg.norm(v) for i in (1, 2, 3)}
+    server = _server(world, round_=6, num_values=D_BIG, participants=(1, 2, 3))
+    clients = {i: _client(world, i) for i in (1, 2, 3)}
+    for i, c in clients.items():
+        server.receive_commitment(_commit(world, c, round_=6, values=inputs[i]))
+    cset = server.close_commitments()
+    for c in clients.values():
+        server.receive_contribution(c.reveal(cset))
+    server.close()
+    req = server.verify_request()
+    chunks = list(req.contributions[1])
+    chunk = bytearray(chunks[3])
+    chunk[len(chunk) // 2] ^= 0x40
+    chunks[3] = bytes(chunk)
+    tampered = msgspec.structs.replace(
+        req, contributions=[req.contributions[0], chunks, req.contributions[2]]
+    )
+    vid = server.verifier_ranking()[0]
+    with pytest.raises(IntegrityError, match=f"client {req.manifest.entries[1].client_id}'s"):
+        _verifier(world, vid).verify(tampered, session_id=SESSION, round_=6)
+
+
+def test_a_message_of_another_protocol_version_is_refused():
+    """The message version is a Literal: a version-2 peer (single-pass ciphertext digest, no
+    weight slot) gets a clear decoding error, not a failed commitment opening."""
+    from securefl.errors import MessageError
+    from securefl.protocol import wire
+    from securefl.protocol.ckks_messages import PROTOCOL_VERSION, Commitment
+
+    good = {"type": "ckks.commitment", "version": PROTOCOL_VERSION, "session_id": SESSION,
+            "round": 1, "client_id": 2, "num_values": 10, "commitment": b"\x01" * 32,
+            "signature": b"\x02" * 64}
+    assert wire.decode(msgspec.msgpack.encode(good), Commitment).client_id == 2
+    with pytest.raises(MessageError):
+        wire.decode(msgspec.msgpack.encode({**good, "version": 2}), Commitment)

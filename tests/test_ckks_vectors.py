@@ -30,9 +30,10 @@ def _bound(domain: str, session: bytes, round_: int, message: bytes) -> bytes:
 
 
 def _digest(chunks: list[bytes]) -> bytes:
-    h = hashlib.sha256(b"securefl-ckks-ct-v1" + struct.pack(">I", len(chunks)))
+    """spec.md ct_digest: a hash list, SHA-256 of each chunk under a labelled, counted header."""
+    h = hashlib.sha256(b"securefl-ckks-ct-v2" + struct.pack(">I", len(chunks)))
     for c in chunks:
-        h.update(struct.pack(">Q", len(c)) + c)
+        h.update(struct.pack(">Q", len(c)) + hashlib.sha256(c).digest())
     return h.digest()
 
 
@@ -41,8 +42,11 @@ def test_vectors_recomputed_independently():
     priv = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(V["client_seed"]))
     assert priv.public_key().public_bytes_raw().hex() == V["client_public_key"]
     chunks = [bytes.fromhex(c) for c in V["chunks"]]
+    assert [hashlib.sha256(c).hexdigest() for c in chunks] == V["chunk_sha256"]
     digest = _digest(chunks)
     assert digest.hex() == V["ciphertext_digest"]
+    large = [bytes([i]) + bytes(range(256)) * 2048 for i in range(V["large_chunks"]["count"])]
+    assert _digest(large).hex() == V["large_chunks"]["ciphertext_digest"]
     round_, cid, d = V["round"], V["client_id"], V["num_values"]
     commitment = hashlib.sha256(
         b"securefl-ckks-commit-v1" + session + struct.pack(">QQQ", round_, cid, d) + digest

@@ -1,6 +1,7 @@
 """Generate protocols/ckks/schemas/*.json (JSON Schema of every message) and vectors/vectors.json.
 
-Vectors cover what is deterministic: the ciphertext digest, the commitment, the commitment set
+Vectors cover what is deterministic: the ciphertext digest (hash list, with each chunk's SHA-256,
+and a 1.5 MiB case that securefl hashes on several threads), the commitment, the commitment set
 digest, the manifest digest, the verifier ranking and Ed25519 signatures (RFC 8032 signatures are
 deterministic) over fixed inputs with fixed seeds. An independent verifier
 (tests/test_ckks_vectors.py) recomputes them with hashlib and `cryptography` directly.
@@ -18,7 +19,7 @@ import msgspec
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey, sign_bound
 from securefl.he.params import DEFAULT_PARAMS
-from securefl.he.vectors import ciphertext_digest
+from securefl.he.vectors import chunk_hashes, ciphertext_digest
 from securefl.protocol.ckks import (
     DOMAIN_COMMITMENT,
     DOMAIN_COMMITMENT_SET,
@@ -60,6 +61,8 @@ def vectors() -> dict[str, object]:
     server = SigningKey.from_seed(Secret(server_seed))
     chunks = [b"chunk-0", b"chunk-1-longer"]
     digest = ciphertext_digest(chunks)
+    # large enough (1.5 MiB) that securefl hashes the chunks on several threads
+    large = [bytes([i]) + bytes(range(256)) * 2048 for i in range(3)]
     commitment = commitment_value(session, 7, 5, 9000, digest)
     commit_sig = sign_bound(
         client,
@@ -119,7 +122,13 @@ def vectors() -> dict[str, object]:
         "server_seed": server_seed.hex(),
         "server_public_key": server.verify_key.raw.hex(),
         "chunks": [c.hex() for c in chunks],
+        "chunk_sha256": [h.hex() for h in chunk_hashes(chunks)],
         "ciphertext_digest": digest.hex(),
+        "large_chunks": {
+            "rule": "chunk i (i = 0, 1, 2) = byte i || bytes 0x00..0xff repeated 2048 times",
+            "count": len(large),
+            "ciphertext_digest": ciphertext_digest(large).hex(),
+        },
         "commitment": commitment.hex(),
         "commitment_signature": commit_sig.hex(),
         "commitment_set_digest": set_digest.hex(),

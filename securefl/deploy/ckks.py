@@ -74,6 +74,7 @@ from securefl.protocol.ckks import (
     CKKSVerifier,
     ClientRoundState,
     accept_public_context,
+    split_weight_slot,
 )
 from securefl.protocol.ckks_messages import (
     Commitment,
@@ -126,6 +127,12 @@ def _chunk_limits(num_values: int) -> tuple[int, int]:
     return DEFAULT_PARAMS.ciphertext_max_bytes(), DEFAULT_PARAMS.num_chunks(num_values)
 
 
+def slots_of(start: RoundStart) -> int:
+    """Values each ciphertext list carries: the input, plus the FedAvg weight slot in training
+    rounds (spec.md "Weight slot")."""
+    return start.dim + 1 if start.task == "train" else start.dim
+
+
 def noise_share_std(start: RoundStart) -> float:
     """This bank's Gaussian DP share z C / sqrt(min_survivors) (CKKSAggregator's rule)."""
     if start.noise_multiplier <= 0:
@@ -170,7 +177,8 @@ def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: 
                         values=np.asarray(values, dtype=np.float64), clip_norm=start.clip_norm,
                         num_participants=len(start.participants),
                         noise_std=noise_share_std(start),
-                        random=_randomness(sim_seed, start.session, start.round, cid, "noise"))
+                        random=_randomness(sim_seed, start.session, start.round, cid, "noise"),
+                        weight=start.weights[member] if start.task == "train" else None)
     state = wire.encode(client.export_round(start.session, start.round))
     return state, ProtocolItem(round=start.round, data=wire.encode(com))
 
@@ -184,7 +192,7 @@ def bank_step(*, fed: Federation, identity: SigningKey, member: str, context: by
     public = public_context(fed, context)
     server_key = fed.verify_key(fed.server)
     saved: ClientRoundState = _decode(state, ClientRoundState, MAX_PAYLOAD_BYTES)
-    chunk_bytes, chunks = _chunk_limits(start.dim)
+    chunk_bytes, chunks = _chunk_limits(slots_of(start))
     n = len(fed.clients)
     kind = _peek_type(data)
     if kind == "ckks.commitment_set":
@@ -387,6 +395,8 @@ class CKKSRoundResult:
     input_digests: dict[int, str]
     aggregate_digest: str
     refused: dict[str, str] = field(default_factory=dict)
+    #: training rounds: the released sum of the contributors' FedAvg weights (the weight slot)
+    weight_total: float | None = None
 
 
 def _items(reply: ClientPayload, round_: int, typ: type[Any], limit: int) -> list[Any]:
@@ -403,10 +413,11 @@ def run_ckks_round(*, trip: Trip, fed: Federation, server_key: SigningKey, publi
     names = {i: n for n, i in ids.items()}
     r = start.round
     participants = tuple(sorted(ids[p] for p in start.participants))
+    slots = slots_of(start)
     server = CKKSServer(public, federation_keys(fed), server_key, session_id=start.session,
-                        round_=r, num_values=start.dim, participants=participants,
+                        round_=r, num_values=slots, participants=participants,
                         min_clients=start.threshold, verifiers=verifiers)
-    chunk_bytes, chunks = _chunk_limits(start.dim)
+    chunk_bytes, chunks = _chunk_limits(slots)
     dropouts: dict[int, str] = {}
     refused: dict[str, str] = {}
 
@@ -456,14 +467,20 @@ def run_ckks_round(*, trip: Trip, fed: Federation, server_key: SigningKey, publi
     dreq = ProtocolItem(round=r, data=wire.encode(server.decryption_request()))
     replies = trip(r, "decrypt", {key_holder: ServerPayload(protocol=[dreq])})
     reply = replies.get(key_holder)
-    results = (_items(reply, r, DecryptionResult, 8 * start.dim + 65536)
+    results = (_items(reply, r, DecryptionResult, 8 * slots + 65536)
                if reply is not None else [])
     if len(results) != 1:
         raise AggregationAbortedError(f"round {r}: the key holder released nothing")
     total = server.receive_result(results[0], key_holder_key(fed))
+    weight_total = None
+    if slots > start.dim:
+        total, weight_total = split_weight_slot(
+            total, (start.weights[names[c]] for c in contributors), params=DEFAULT_PARAMS,
+            num_summands=len(contributors))
     dropouts = {c: s for c, s in dropouts.items() if c not in contributors}
     return CKKSRoundResult(
         total=total, survivors=tuple(sorted(contributors)), dropouts=dropouts,
         input_digests={e.client_id: e.digest.hex() for e in manifest.entries},
-        aggregate_digest=manifest.aggregate_digest.hex(), refused=refused)
+        aggregate_digest=manifest.aggregate_digest.hex(), refused=refused,
+        weight_total=weight_total)
 

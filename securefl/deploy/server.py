@@ -173,6 +173,7 @@ class _Done:
     aggregate_digest: str | None = None
     input_digests: dict[str, str] = field(default_factory=dict)
     dp_event: Any = None  # the client-level DP event of the release (securefl.dp.events)
+    weight_total: float | None = None  # ckks: the released sum of the contributors' weights
     error: SecureFLError | None = None
 
 
@@ -550,6 +551,7 @@ class DeployServer:
             else:
                 self.refused.update(res.refused)
                 done.total, done.survivors, done.dropouts = res.total, res.survivors, res.dropouts
+                done.weight_total = res.weight_total
                 done.input_digests = {names[i]: h for i, h in res.input_digests.items()}
                 done.aggregate_digest = res.aggregate_digest
                 z = start.noise_multiplier
@@ -647,7 +649,8 @@ class DeployServer:
                 survivors=len(done.survivors), neighbouring="add_remove", sampling="all",
                 steps=1))
         public_weight = [rs.weights.get(n, 0.0) for n in fed.clients]
-        rs.w = server_update(rs.server_opt, rs.w, done.total, done.survivors, public_weight)
+        rs.w = server_update(rs.server_opt, rs.w, done.total, done.survivors, public_weight,
+                             done.weight_total)
         set_flat(rs.model, rs.w)
         metrics = self._evaluate(rs.model, rs.test, rs.plan.task)
         record.update(

@@ -52,6 +52,7 @@ from securefl.he.flooding import (
     DEFAULT_STATISTICAL_SECURITY,
     coefficient_error_bound,
     flooding_std,
+    release_error_bound,
     release_grid,
     tail_factor,
 )
@@ -59,6 +60,7 @@ from securefl.he.params import CKKSParams
 from securefl.he.vectors import (
     check_no_overflow,
     ciphertext_digest,
+    ciphertext_digests,
     decrypt_chunks,
     encrypt_chunks,
     load_chunks,
@@ -108,6 +110,7 @@ __all__ = [
     "manifest_digest",
     "noise_bound",
     "release_message",
+    "split_weight_slot",
     "verifier_ranking",
 ]
 
@@ -241,6 +244,35 @@ def noise_bound(clip_norm: float, noise_std: float, num_values: int) -> float:
     if noise_std == 0:
         return clip_norm
     return clip_norm + tail_factor(num_values) * noise_std
+
+
+def split_weight_slot(
+    released: NDArray[np.float64],
+    public_weights: Iterable[float],
+    *,
+    params: CKKSParams,
+    num_summands: int,
+    max_queries: int = DEFAULT_MAX_QUERIES,
+) -> tuple[NDArray[np.float64], float]:
+    """Split a release of d + 1 values into the update sum and the sum of the contributors' FedAvg
+    weights (the last slot, spec.md "Weight slot"). The released weight sum must equal the public
+    weights of the manifest's contributors within the release error bound
+    (securefl.he.flooding.release_error_bound); IntegrityError otherwise: the denominator then
+    does not describe the contributions in the sum."""
+    if released.ndim != 1 or released.size < 2:
+        raise IntegrityError("a release with a weight slot has at least 2 values")
+    total, weight_total = released[:-1], float(released[-1])
+    expected = float(sum(public_weights))
+    bound = release_error_bound(
+        num_summands, params.poly_modulus_degree, params.scale, released.size,
+        max_queries=max_queries,
+    )
+    if not abs(weight_total - expected) <= bound or weight_total <= 0:
+        raise IntegrityError(
+            f"the released weight sum {weight_total:.6g} differs from the contributors' public "
+            f"weights {expected:.6g} by more than the release error bound {bound:.2g}"
+        )
+    return total, weight_total
 
 
 # --- key holder
@@ -560,13 +592,18 @@ class CKKSClient:
         num_participants: int,
         noise_std: float,
         random: RandomSource,
+        weight: float | None = None,
     ) -> Commitment:
         """Encrypt w_i clip(delta_i) (+ N(0, noise_std^2) per coordinate), keep the ciphertext and
         return a signed commitment to it.
 
         ``values`` must already be clipped to L2 norm ``clip_norm`` and weighted; ``noise_std`` is
-        this client's DP share z*C/sqrt(min_survivors) (0 for none). Raises OverflowRiskError when
-        num_participants * B * scale could wrap the modulus, B = clip_norm + noise tail bound.
+        this client's DP share z*C/sqrt(min_survivors) (0 for none). ``weight`` (FedAvg rounds):
+        the client's weight w_i = n_i / max_j n_j in (0, 1], encrypted beside the update in one
+        extra last slot without noise, so the decrypted sum carries sum_i w_i over exactly the
+        contributions in it and the weighted mean is sum[:-1] / sum[-1] (spec.md "Weight slot").
+        Raises OverflowRiskError when num_participants * B * scale could wrap the modulus,
+        B = max(clip_norm + noise tail bound, 1).
         """
         slot = (session_id, round_)
         if slot in self._pending or slot in self.revealed_under:
@@ -574,11 +611,13 @@ class CKKSClient:
         x = np.asarray(values, dtype=np.float64)
         if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
             raise LocalProtocolError("values must be a non-empty finite 1-D vector")
+        if weight is not None and not 0 < weight <= 1:
+            raise LocalProtocolError("the FedAvg weight must be in (0, 1] (n_i / max_j n_j)")
         bound = noise_bound(clip_norm, noise_std, x.size)
         check_no_overflow(
             self.context,
             num_participants,
-            bound,
+            max(bound, 1.0) if weight is not None else bound,
             error_margin=coefficient_error_bound(
                 num_participants, self.context.params.poly_modulus_degree
             ),
@@ -593,6 +632,8 @@ class CKKSClient:
             x = x + gaussian(x.size, noise_std, random)
         if float(np.max(np.abs(x))) > bound:  # probability <= 2^-40 for honest noise
             raise OverflowRiskError("a noised coordinate exceeds the overflow bound; not encrypted")
+        if weight is not None:
+            x = np.append(x, float(weight))
         chunks = encrypt_chunks(self.context, x)
         digest = ciphertext_digest(chunks)
         commitment = commitment_value(session_id, round_, self.client_id, x.size, digest)
@@ -736,8 +777,10 @@ class CKKSVerifier:
             )
         if len(req.contributions) != len(m.entries):
             raise RemoteProtocolError("the request must carry one chunk list per manifest entry")
-        for entry, chunks in zip(m.entries, req.contributions, strict=True):
-            if ciphertext_digest(chunks) != entry.digest:
+
+        digests = ciphertext_digests(req.contributions)
+        for entry, digest in zip(m.entries, digests, strict=True):
+            if digest != entry.digest:
                 raise IntegrityError(
                     f"client {entry.client_id}'s ciphertext does not match its digest"
                 )

@@ -7,7 +7,7 @@ in the types (``Meta``) and, tighter, by the receiver from the agreed parameters
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Final, Literal
 
 import msgspec
 from msgspec import Meta
@@ -30,8 +30,11 @@ __all__ = [
     "max_message_bytes",
 ]
 
-#: 2: commit phase (Commitment, CommitmentSet) before the ciphertexts are revealed
-PROTOCOL_VERSION = 2
+#: 2: commit phase (Commitment, CommitmentSet) before the ciphertexts are revealed;
+#: 3: the ciphertext digest is a hash list ("securefl-ckks-ct-v2") and training rounds carry the
+#: FedAvg weight slot. Decoding refuses any other version (the field is a Literal).
+PROTOCOL_VERSION: Final = 3
+Version = Literal[3]
 #: serialized chunk: at most N=32768 with 3 data limbs, uncompressed (2 * 32768 * 3 * 8 + slack)
 MAX_CHUNK_BYTES = 2 * 1024 * 1024
 #: at most 2^16 chunks (2^28 parameters at N=8192)
@@ -65,7 +68,7 @@ class SignedPublicContext(_Msg, tag="ckks.public_context", frozen=True, forbid_u
     context: Annotated[bytes, Meta(min_length=1, max_length=16 * 1024 * 1024)]
     key_id: SessionId
     signature: Sig
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
 
 
 class Commitment(_Msg, tag="ckks.commitment", frozen=True, forbid_unknown_fields=True):
@@ -79,7 +82,7 @@ class Commitment(_Msg, tag="ckks.commitment", frozen=True, forbid_unknown_fields
     num_values: NumValues
     commitment: Digest
     signature: Sig
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
 
 
 class CommitmentEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -99,7 +102,7 @@ class CommitmentSet(_Msg, tag="ckks.commitment_set", frozen=True, forbid_unknown
     num_values: NumValues
     entries: Annotated[list[CommitmentEntry], Meta(min_length=1, max_length=MAX_CLIENTS)]
     signature: Sig
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
 
 
 class Contribution(_Msg, tag="ckks.contribution", frozen=True, forbid_unknown_fields=True):
@@ -113,7 +116,7 @@ class Contribution(_Msg, tag="ckks.contribution", frozen=True, forbid_unknown_fi
     chunks: Chunks
     commitment_set_digest: Digest
     signature: Sig
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
 
 
 class ContributionEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -135,7 +138,7 @@ class Manifest(_Msg, tag="ckks.manifest", frozen=True, forbid_unknown_fields=Tru
     aggregate_digest: Digest
     #: the closed commitment set every listed contribution was committed in and revealed under
     commitment_set: CommitmentSet
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
 
 
 class VerifyRequest(_Msg, tag="ckks.verify_request", frozen=True, forbid_unknown_fields=True):
@@ -143,7 +146,7 @@ class VerifyRequest(_Msg, tag="ckks.verify_request", frozen=True, forbid_unknown
 
     manifest: Manifest
     contributions: Annotated[list[Chunks], Meta(min_length=1, max_length=MAX_CLIENTS)]
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
 
 
 class CoSignature(_Msg, tag="ckks.cosignature", frozen=True, forbid_unknown_fields=True):
@@ -154,7 +157,7 @@ class CoSignature(_Msg, tag="ckks.cosignature", frozen=True, forbid_unknown_fiel
     verifier_id: ClientId
     manifest_digest: Digest
     signature: Sig
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
 
 
 class DecryptionRequest(_Msg, tag="ckks.decrypt_request", frozen=True, forbid_unknown_fields=True):
@@ -164,7 +167,7 @@ class DecryptionRequest(_Msg, tag="ckks.decrypt_request", frozen=True, forbid_un
     manifest: Manifest
     aggregate: Chunks
     cosignatures: Annotated[list[CoSignature], Meta(min_length=1, max_length=MAX_CLIENTS)]
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
 
 
 class DecryptionResult(_Msg, tag="ckks.decrypt_result", frozen=True, forbid_unknown_fields=True):
@@ -178,7 +181,7 @@ class DecryptionResult(_Msg, tag="ckks.decrypt_result", frozen=True, forbid_unkn
     flood_std: Annotated[float, Meta(ge=0)]
     grid: Annotated[float, Meta(gt=0)]
     signature: Sig
-    version: int = PROTOCOL_VERSION
+    version: Version = PROTOCOL_VERSION
 
 
 CKKSMessage = (
