@@ -45,8 +45,13 @@ def one(args: list[str], out: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="first and --no-dp runs only")
+    ap.add_argument("--only", metavar="TEXT",
+                    help="re-run only the runs whose name contains TEXT and replace them in the "
+                         "existing results.json (the other rows keep their earlier measurement)")
     args = ap.parse_args()
     runs = [RUNS[0], RUNS[4]] if args.quick else RUNS
+    if args.only:
+        runs = [r for r in RUNS if args.only in r[0]]
     rows, payload = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, flags) in enumerate(runs):
@@ -73,6 +78,10 @@ def main() -> None:
     print(table(["run (`securefl run` + flags)", "global test", "PR-AUC / RMSE",
                  "centralized", "each bank alone", "record eps (max bank)", "client eps",
                  "seconds"], rows))
+    if args.only:
+        previous = json.loads((Path(__file__).parent / "results" / "results.json").read_text())
+        fresh = {r["name"]: r for r in payload}
+        payload = [fresh.get(r["name"], r) for r in previous["runs"]]
     print(f"wrote {write_json('results', {'runs': payload})}")
 
 
