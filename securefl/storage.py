@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["append_line", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "fsync_dir"]
+__all__ = ["append_line", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "create_exclusive", "fsync_dir"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -42,6 +43,30 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
             os.unlink(tmp)
         raise
     fsync_dir(target.parent)
+
+
+def create_exclusive(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; True if this call created it. The file
+    appears complete or not at all (written to a temporary file, then hard-linked into place,
+    which fails if the name exists), so concurrent creators agree on one content."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        fsync_dir(target.parent)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, mode: int = 0o644) -> None:

@@ -148,3 +148,62 @@ def test_plan_weaker_than_the_manifest_is_refused_and_the_round_aborts(
     # round 0 (standardisation) still completed: its unmask rode with the refused plan
     assert res["rounds_completed"] == 0 and res["history"][0]["aborted"] == "SFL310"
     verify_run_dir(run_dir)
+
+
+class _Recording:
+    """A bank node whose every (envelope, state) is kept."""
+
+    def __init__(self, node: BankNode) -> None:
+        self.node, self.member = node, node.member
+        self.seen: list[tuple[Any, bytes | None]] = []
+
+    def handle(self, env: Any, state: bytes | None) -> tuple[bytes, bytes]:
+        self.seen.append((env, state))
+        out: tuple[bytes, bytes] = self.node.handle(env, state)
+        return out
+
+
+def test_node_state_is_sealed_with_a_node_local_key(fed: Fed, tmp_path: Path) -> None:
+    """The state Flower keeps for a bank between messages is AES-GCM ciphertext under a 0600 key
+    file on the bank's machine, bound to federation, member and session: a modified state, one
+    replayed into another session, or one opened with another node's key is refused."""
+    import dataclasses
+
+    import msgspec
+
+    from securefl.deploy.client import NodeMemo
+    from securefl.errors import ConfigError, IntegrityError, MessageError
+    from securefl.protocol import wire
+
+    nodes = _banks(fed)
+    rec = _Recording(nodes[0])
+    nodes[0] = rec  # type: ignore[assignment]
+    srv = _server(fed, tmp_path / "run")
+    link = LocalLink(nodes, srv.fed.digest)
+    srv.run(link, link.names())
+    key_file = rec.node.state_key_path
+    assert key_file.exists() and key_file.stat().st_mode & 0o777 == 0o600
+    assert len(key_file.read_bytes()) == 32
+    states = [s for _, s in rec.seen if s]
+    assert len(states) == len(rec.seen) - 1  # every message after the first came with a state
+    for s in states:  # ciphertext, not the msgpack NodeMemo
+        with pytest.raises(MessageError):
+            wire.decode(s, NodeMemo)
+        assert b"rounds" not in s and b"hello" not in s
+    env, state = next((e, s) for e, s in reversed(rec.seen) if s)
+    assert state is not None
+    tampered = bytearray(state)
+    tampered[len(tampered) // 2] ^= 1
+    with pytest.raises(IntegrityError):
+        rec.node.handle(env, bytes(tampered))
+    with pytest.raises(IntegrityError):
+        rec.node.handle(msgspec.structs.replace(env, session=b"\x00" * 16), state)
+    other = dataclasses.replace(rec.node, state_key_file=tmp_path / "other.state-key")
+    with pytest.raises(IntegrityError):
+        other.handle(env, state)
+    key_file.chmod(0o644)
+    try:
+        with pytest.raises(ConfigError, match="permissions 644"):
+            rec.node.handle(env, state)
+    finally:
+        key_file.chmod(0o600)

@@ -260,6 +260,8 @@ class KeyHolderNode(NodeHandler):
     verifier_skips: int = DEFAULT_VERIFIER_SKIPS
     #: INSECURE, tests only: the flooding noise of ``securefl run --seed``
     sim_seed: int | None = None
+    #: the node-local key sealing this node's state (default ``<key>.state-key``; NodeHandler)
+    state_key_file: Path | None = None
 
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> KeyHolderNode:
@@ -273,7 +275,9 @@ class KeyHolderNode(NodeHandler):
                        usage_file=Path(str(uf)) if uf else None,
                        verifiers=int(cfg.get("verifiers", 2)),
                        verifier_skips=int(cfg.get("verifier-skips", DEFAULT_VERIFIER_SKIPS)),
-                       sim_seed=int(seed) if seed not in (None, "") else None)
+                       sim_seed=int(seed) if seed not in (None, "") else None,
+                       state_key_file=(Path(str(cfg["state-key"])) if cfg.get("state-key")
+                                       else None))
         except KeyError as exc:
             raise ConfigError(f"key holder node config lacks {exc.args[0]!r}",
                               hint="--node-config 'role=\"ckks-key-holder\" member=... key=... "

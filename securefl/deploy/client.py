@@ -117,6 +117,8 @@ class BankNode(NodeHandler):
     passphrase_file: Path | None = None
     #: INSECURE, tests only: derive every random stream like ``securefl run --seed``
     sim_seed: int | None = None
+    #: the node-local key sealing this node's state (default ``<key>.state-key``; NodeHandler)
+    state_key_file: Path | None = None
 
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> BankNode:
@@ -128,7 +130,9 @@ class BankNode(NodeHandler):
                        data_path=Path(str(cfg["data-path"])),
                        label=str(cfg.get("label", "default")),
                        passphrase_file=Path(str(pf)) if pf else None,
-                       sim_seed=int(seed) if seed not in (None, "") else None)
+                       sim_seed=int(seed) if seed not in (None, "") else None,
+                       state_key_file=(Path(str(cfg["state-key"])) if cfg.get("state-key")
+                                       else None))
         except KeyError as exc:
             raise ConfigError(f"node config lacks {exc.args[0]!r}",
                               hint="--node-config 'member=... key=... manifest=... "

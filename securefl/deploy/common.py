@@ -25,6 +25,7 @@ from securefl.protocol.secagg import SecAggConfig
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from securefl.crypto.aead import AeadContext
     from securefl.crypto.random import RandomSource
     from securefl.crypto.signing import SigningKey, VerifyKey
     from securefl.deploy.messages import RoundStart, ServerPayload
@@ -109,16 +110,30 @@ def randomness(sim_seed: int | None, session: bytes, round_: int, party: int, pu
 log = logging.getLogger("securefl.deploy")
 
 
+#: bytes of a node's state-sealing key (AES-256-GCM)
+STATE_KEY_BYTES = 32
+
+
 class NodeHandler:
     """What a bank's node and the key holder's node share: the handler Flower calls (errors logged
-    with their code, then re-raised so the server sees no reply) and the opening checks of every
-    message (the manifest, this node's identity, the server's payload)."""
+    with their code, then re-raised so the server sees no reply), the opening checks of every
+    message (the manifest, this node's identity, the server's payload), and the sealing of the
+    node's state.
+
+    The state a node keeps between messages (Flower's ``context.state``: the bank's SecAgg key seed
+    and encoded input, its unrevealed CKKS ciphertext) leaves the ClientApp process only sealed
+    with AES-256-GCM under a node-local 32-byte key (``state-key`` in the node config, default
+    ``<identity key file>.state-key``, created 0600 from the OS CSPRNG on first use), bound as
+    associated data to the federation digest, the member and the session: the SuperNode and
+    Flower's local ClientApp channel hold only ciphertext, and a state from another run, member or
+    federation, or a modified one, is refused (IntegrityError)."""
 
     member: str
     key_path: Path
     manifest_path: Path
     passphrase_file: Path | None
     sim_seed: int | None
+    state_key_file: Path | None
     #: this node's role in the manifest
     role: ClassVar[str] = "client"
     #: what the INSECURE simulation seed makes predictable on this node (logged on every message)
@@ -149,16 +164,45 @@ class NodeHandler:
         raise NotImplementedError
 
     def handle(self, env: Envelope, state: bytes | None) -> tuple[bytes, bytes]:
-        """One message: returns (reply payload bytes, new node state bytes)."""
+        """One message: returns (reply payload bytes, new sealed node state bytes)."""
         if self.sim_seed is not None:
             log.warning("%s: INSECURE simulation seed in use: %s (tests only)", self.member,
                         self.insecure_seed_effect)
         try:
-            return self._handle(env, state)
+            from securefl.crypto.aead import open_sealed, seal
+
+            key, aad = self._state_key(), self._state_context(env)
+            plain = open_sealed(key, state, aad=aad) if state else None
+            reply, new_state = self._handle(env, plain)
+            return reply, seal(key, new_state, aad=aad, random=SystemRandomSource())
         except SecureFLError as err:
             log.error("%s refused round %d stage %s: %s %s", self.member, env.round, env.stage,
                       err.code, err.message)
             raise
+
+    @property
+    def state_key_path(self) -> Path:
+        return self.state_key_file or self.key_path.with_name(self.key_path.name + ".state-key")
+
+    def _state_key(self) -> Secret:
+        """The node-local state-sealing key: created on first use (0600, OS CSPRNG; concurrent
+        ClientApp processes agree on one file), then read (refused if group/other can read it)."""
+        from securefl.federation import read_private_file
+        from securefl.storage import create_exclusive
+
+        path = self.state_key_path
+        if not path.exists():
+            create_exclusive(path, SystemRandomSource().random_bytes(STATE_KEY_BYTES))
+        raw = read_private_file(path, STATE_KEY_BYTES, "node state key")
+        if len(raw) != STATE_KEY_BYTES:
+            raise ConfigError(f"the node state key {path} must hold {STATE_KEY_BYTES} bytes")
+        return Secret(raw, label="node-state-key")
+
+    def _state_context(self, env: Envelope) -> AeadContext:
+        from securefl.crypto.aead import AeadContext
+
+        return AeadContext(session_id=env.session, round=0, sender=0, receiver=0,
+                           purpose=f"securefl/deploy/node-state/v1/{env.federation}/{self.member}")
 
     def _open(self, env: Envelope) -> tuple[Federation, SigningKey, ServerPayload, VerifyKey]:
         """The verified manifest, this node's identity key, the decoded payload, the server's

@@ -230,8 +230,9 @@ def make_server_app(main: Callable[[StageExchange, Any], None], *, federation: s
                     session: bytes, server: str, timeout_s: float) -> Any:
     """A Flower ``ServerApp`` whose main builds a :class:`StageExchange` and calls ``main``.
 
-    Open (issue 8): load the manifest and run directory from ``context.run_config``; wait until every
-    manifest client is connected (or the deadline passes) before the first stage.
+    The securefl deployment's own ServerApp (securefl.deploy.app) loads its manifest and run
+    directory from ``context.run_config`` and waits for the manifest's nodes; this one is the bare
+    adapter (tests/test_flower_runtime.py).
     """
     from flwr.serverapp import ServerApp
 
@@ -306,8 +307,8 @@ def make_client_app(handler: ClientHandler, *, member_key: str = "member",
     The member name and manifest digest come from ``--node-config`` (``member=...``,
     ``federation=...``); the protocol state is kept in ``context.state`` between messages. Pass
     ``app`` to register the handler on an existing ``ClientApp``.
-    Open (issue 8): the state holds secrets (mask keys, shares) in the SuperNode's memory for the run;
-    seal it with a node-local key before storing it, and drop it when the round ends.
+    The state bytes are stored as the handler returns them: securefl's own nodes
+    (securefl.deploy.common.NodeHandler) return them sealed under a node-local key.
     """
 
     def factory(node_config: Mapping[str, Any]) -> tuple[str, str, ClientHandler]:
