@@ -29,14 +29,8 @@ def fsync_dir(directory: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically (permissions ``mode``, e.g. 0o600 for key files)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = _durable_temp(target, data, mode)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -45,11 +39,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
     fsync_dir(target.parent)
 
 
-def create_exclusive(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> bool:
-    """Create ``path`` holding ``data`` unless it exists; True if this call created it. The file
-    appears complete or not at all (written to a temporary file, then hard-linked into place,
-    which fails if the name exists), so concurrent creators agree on one content."""
-    target = Path(path)
+def _durable_temp(target: Path, data: bytes, mode: int) -> str:
+    """A fsynced temporary file with ``data`` and permissions ``mode`` beside ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -58,6 +49,20 @@ def create_exclusive(path: str | os.PathLike[str], data: bytes, *, mode: int = 0
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def create_exclusive(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; True if this call created it. The file
+    appears complete or not at all (written to a temporary file, then hard-linked into place,
+    which fails if the name exists), so concurrent creators agree on one content."""
+    target = Path(path)
+    tmp = _durable_temp(target, data, mode)
+    try:
         try:
             os.link(tmp, target)
         except FileExistsError:

@@ -58,3 +58,15 @@ def test_private_mode(tmp_path: Path) -> None:
 def test_append_line_rejects_newlines(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         storage.append_line(tmp_path / "l", "a\nb")
+
+
+def test_create_exclusive_creates_once_and_never_overwrites(tmp_path):
+    from securefl.storage import create_exclusive
+
+    target = tmp_path / "sub" / "k.bin"
+    assert create_exclusive(target, b"first") is True
+    assert target.read_bytes() == b"first"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert create_exclusive(target, b"second") is False
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["k.bin"]  # no temp file left
