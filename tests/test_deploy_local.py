@@ -207,3 +207,46 @@ def test_node_state_is_sealed_with_a_node_local_key(fed: Fed, tmp_path: Path) ->
             rec.node.handle(env, state)
     finally:
         key_file.chmod(0o600)
+
+
+def test_a_round_shrunk_below_the_manifest_threshold_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Manifest threshold 3 of 3 banks: a hostile server that leaves one bank out of round 1 (to
+    isolate another bank's update with a single colluder) gets no bank to take part."""
+    from securefl.federation import ProtocolParams
+
+    f = make_federation(tmp_path / "fed", RUN, params=ProtocolParams(
+        aggregation="secagg", threshold=3, clip_norm=1.0, noise_multiplier=0.02))
+
+    class Shrinking(DeployServer):
+        def _next_round(self, rs: Any, r: int) -> Any:
+            if r == 0:
+                return super()._next_round(rs, r)
+            import msgspec
+
+            from securefl.deploy.messages import START_DOMAIN
+            from securefl.protocol import wire
+
+            participants = rs.banks[:2]
+            start, _ = super()._next_round(rs, r)[1:]
+            start = msgspec.structs.replace(start, participants=participants, threshold=2,
+                                            min_survivors=2,
+                                            weights={b: rs.weights[b] for b in participants})
+            return participants, start, self._sign(wire.encode(start), START_DOMAIN, r)
+
+    srv = Shrinking(ServerSettings.load(f.server_file(tmp_path / "run")))
+    link = LocalLink(_banks(f), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())
+    refusals = [r.getMessage() for r in caplog.records
+                if "fewer than the manifest's threshold 3" in r.getMessage()]
+    assert len(refusals) == 2 and all("SFL100" in m for m in refusals)
+    assert res["rounds_completed"] == 0
+    # an honest server stops instead of planning such a round: bank 2 dies in round 1 (trip 7,
+    # share), round 1 aborts below the threshold, and round 2 is never planned with 2 banks
+    cfg = ServerSettings.load(f.server_file(tmp_path / "run2"))
+    honest = DeployServer(ServerSettings(**{**vars(cfg), "run": {**cfg.run, "rounds": 2}}))
+    link = LocalLink(_banks(f), honest.fed.digest, kill=lambda trip, nid: trip >= 7 and nid == 2)
+    with pytest.raises(AggregationAbortedError, match="round 2: 2 banks left, fewer than the "
+                                                      "manifest's threshold 3"):
+        honest.run(link, link.names())

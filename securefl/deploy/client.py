@@ -222,8 +222,13 @@ class BankNode(NodeHandler):
             raise ConfigError(f"{self.member!r} is not a participant of round {start.round}")
         if start.task == "train" and self.member not in start.weights:
             raise ConfigError(f"round {start.round}: no FedAvg weight for {self.member!r}")
-        floor = min(p.threshold, len(start.participants))
-        if start.threshold < floor or start.min_survivors < min(floor, start.threshold):
+        # The manifest's threshold is a hard floor on every released sum: a server that shrank a
+        # round to fewer banks (by declaring the others silent) could otherwise isolate one bank's
+        # update together with a single colluding bank.
+        if len(start.participants) < p.threshold:
+            raise ConfigError(f"round {start.round} has {len(start.participants)} participants, "
+                              f"fewer than the manifest's threshold {p.threshold}")
+        if start.threshold < p.threshold or start.min_survivors < p.threshold:
             raise ConfigError(f"round {start.round}: threshold {start.threshold} is below the "
                               f"manifest's {p.threshold}")
         if start.task == "train" and (start.clip_norm > p.clip_norm * (1 + 1e-12)

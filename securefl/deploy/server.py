@@ -350,7 +350,7 @@ class DeployServer:
                                precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim)
         else:
             threshold = min(c.threshold or default_threshold(k), k)
-            threshold = max(threshold, min(self.fed.params.threshold, k))
+            threshold = max(threshold, self.fed.params.threshold)  # k >= it (_next_round)
             z = c.noise_multiplier if c.dp else 0.0
             start = RoundStart(session=self.session, round=round_, task="train",
                                participants=participants, threshold=threshold,
@@ -574,8 +574,11 @@ class DeployServer:
         """Round r's participants (every bank not yet silent) and its signed plan: round 0 sums
         the moment vectors, later rounds the model updates."""
         participants = [b for b in rs.banks if b not in rs.silent]
-        if len(participants) < 2:
-            raise AggregationAbortedError(f"round {r}: fewer than 2 banks left")
+        floor = max(2, self.fed.params.threshold)
+        if len(participants) < floor:
+            raise AggregationAbortedError(
+                f"round {r}: {len(participants)} banks left, fewer than the manifest's threshold "
+                f"{floor}")
         dim = 1 + 2 * rs.n_features if r == 0 else int(rs.w.size)
         start, signed = self._start(r, participants, dim, clip=rs.bound, weights=rs.weights)
         return participants, start, signed
