@@ -27,8 +27,18 @@ if TYPE_CHECKING:
 
     from securefl.crypto.random import RandomSource
 
-__all__ = ["RoundReport", "RunResult", "make_aggregator", "run", "seal_round", "server_update",
-           "session_id_for", "stream_id_for", "weighted_mean_update"]
+__all__ = [
+    "RoundReport",
+    "RunResult",
+    "make_aggregator",
+    "run",
+    "sample_participants",
+    "seal_round",
+    "server_update",
+    "session_id_for",
+    "stream_id_for",
+    "weighted_mean_update",
+]
 
 ProgressCallback = Callable[["RoundReport"], None]
 
@@ -154,6 +164,17 @@ def session_id_for(config: RunConfig) -> bytes:
     body = json.dumps({k: v for k, v in config.to_dict().items() if k not in REPORTING_ONLY},
                       sort_keys=True)
     return hashlib.sha256(b"securefl-session-v1" + body.encode()).digest()[:16]
+
+
+def sample_participants(seed: int, round_: int, n_banks: int, fraction: float,
+                        floor: int = 2) -> tuple[int, ...]:
+    """The banks (ids 0..n_banks-1) taking part in ``round_``: max(floor, round(fraction * n))
+    of them, drawn without replacement from a generator keyed by (seed, round). Public
+    randomness: who takes part is not secret, and no amplification by sampling is claimed."""
+    k = max(floor, round(fraction * n_banks))
+    rng = np.random.default_rng([seed, round_, 1])
+    return tuple(sorted(int(i) for i in rng.choice(n_banks, size=min(k, n_banks),
+                                                   replace=False)))
 
 
 def weighted_mean_update(total: NDArray[np.float64], survivors: tuple[int, ...],
@@ -284,11 +305,8 @@ class Engine:
 
     def _sample(self, round_: int, n_banks: int) -> tuple[int, ...]:
         """Per-round client sampling (public randomness: who takes part is not secret)."""
-        c = self.config
-        k = max(2, round(c.clients_per_round * n_banks))
-        rng = np.random.default_rng([c.seed, round_, 1])
-        return tuple(sorted(int(i) for i in rng.choice(n_banks, size=min(k, n_banks),
-                                                       replace=False)))
+        return sample_participants(self.config.seed, round_, n_banks,
+                                   self.config.clients_per_round)
 
     def _simulated_dropouts(self, round_: int, participants: tuple[int, ...],
                             stages: tuple[str, ...]) -> dict[int, str]:

@@ -250,3 +250,30 @@ def test_a_round_shrunk_below_the_manifest_threshold_is_refused(
     with pytest.raises(AggregationAbortedError, match="round 2: 2 banks left, fewer than the "
                                                       "manifest's threshold 3"):
         honest.run(link, link.names())
+
+
+def test_client_sampling_matches_the_simulation(tmp_path: Path) -> None:
+    """clients_per_round < 1: each training round takes max(threshold, round(q n)) banks; with the
+    simulation's seed the deployment draws the same banks as `securefl run` and ends in the same
+    model; the ledger records fixed-size sampling (no amplification claimed)."""
+    import json
+
+    from securefl.config import RunConfig
+    from securefl.runtime import Engine, sample_participants
+
+    run = {"rounds": 3, "seed": 3, "clients_per_round": 0.6}
+    f = make_federation(tmp_path / "fed", run)
+    srv = DeployServer(ServerSettings.load(f.server_file(tmp_path / "run")))
+    link = LocalLink({i: BankNode.from_node_config(f.node_config(b, sim_seed=3))
+                      for i, b in enumerate(f.banks)}, srv.fed.digest)
+    res = srv.run(link, link.names())
+    got = [h["participants"] for h in res["history"]]
+    # the draw, recomputed from its definition: 2 of the 3 banks per round, keyed by (seed, round)
+    want = [[f.banks[i] for i in sample_participants(3, r, 3, 0.6)] for r in (1, 2, 3)]
+    assert got == want and all(len(p) == 2 for p in got)
+    assert len({tuple(p) for p in got}) > 1  # the sample changes between rounds
+    sim = Engine(RunConfig(**run, out=str(tmp_path / "sim"))).run()
+    assert res["model_sha256"] == sim.model_sha256
+    lines = [json.loads(x) for x in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
+    client = [x for x in lines if x.get("level") == "client"]
+    assert client and all(x["sampling"] == "fixed_size" for x in client)

@@ -579,9 +579,31 @@ class DeployServer:
             raise AggregationAbortedError(
                 f"round {r}: {len(participants)} banks left, fewer than the manifest's threshold "
                 f"{floor}")
+        if r > 0 and self.config.clients_per_round < 1:
+            participants = self._sample(rs, r, participants, floor)
         dim = 1 + 2 * rs.n_features if r == 0 else int(rs.w.size)
         start, signed = self._start(r, participants, dim, clip=rs.bound, weights=rs.weights)
         return participants, start, signed
+
+    def _sample(self, rs: _Run, r: int, available: list[str], floor: int) -> list[str]:
+        """Per-round client sampling (``clients_per_round`` < 1): max(floor, round(q n)) of the
+        banks still answering, from the OS CSPRNG; with ``reproducible_session`` (tests) the
+        draw of ``securefl run --seed`` (securefl.runtime.sample_participants), restricted to the
+        banks still answering and topped up from them to the floor."""
+        import secrets
+
+        q, n = self.config.clients_per_round, len(rs.banks)
+        k = min(len(available), max(floor, round(q * n)))
+        if self.s.reproducible_session:
+            from securefl.runtime import sample_participants
+
+            drawn = [rs.banks[i] for i in sample_participants(self.config.seed, r, n, q, floor)]
+            chosen = [b for b in drawn if b in available]
+            chosen += [b for b in available if b not in chosen][: max(0, k - len(chosen))]
+        else:
+            pool = list(available)
+            chosen = [pool.pop(secrets.randbelow(len(pool))) for _ in range(k)]
+        return [b for b in rs.banks if b in chosen]  # manifest order
 
     def _model_message(self, rs: _Run, r: int) -> Signed | None:
         if r == 0:
@@ -649,7 +671,8 @@ class DeployServer:
             drafts.append(Draft(
                 round=r, level="client", party="federation", event=done.dp_event,
                 clip_norm=c.clip_norm, participants=len(done.start.participants),
-                survivors=len(done.survivors), neighbouring="add_remove", sampling="all",
+                survivors=len(done.survivors), neighbouring="add_remove",
+                sampling="all" if c.clients_per_round >= 1 else "fixed_size",
                 steps=1))
         public_weight = [rs.weights.get(n, 0.0) for n in fed.clients]
         rs.w = server_update(rs.server_opt, rs.w, done.total, done.survivors, public_weight,
