@@ -8,11 +8,17 @@ ways in the same run, and the number of Flower round trips per training round.
   --quick), the securefl Flower App, ``flwr run``.
 
 Round latency = the seconds of one steady-state training round (the last of 2): in-process and
-local link from the run's history; Flower as the sum of that round's 4 trips (advertise, which
-also carries the previous round's unmask, share incl. local training, masked, consistency).
+local link from the run's history; Flower as the sum of that round's 4 trips (SecAgg: advertise,
+which also carries the previous round's unmask, share incl. local training, masked, consistency;
+CKKS: commit incl. local training, reveal, verify, decrypt).
 
     python benchmarks/deploy.py --quick   # N = 3 only
     python benchmarks/deploy.py           # N = 3 and 10 -> benchmarks/results/deploy.json
+    python benchmarks/deploy.py --aggregation ckks --sizes 3   # + the key holder's SuperNode
+                                                               # -> benchmarks/results/deploy-ckks.json
+
+With CKKS the three models differ only by CKKS's own encryption error (the seed fixes every other
+random draw): the table reports the largest weight difference instead of hash equality.
 """
 
 from __future__ import annotations
@@ -36,12 +42,30 @@ from securefl.deploy.server import TRIPS_PER_ROUND, trips_for
 
 ROUNDS = 2
 HIDDEN = (4000,)  # mlp 23 -> 4000 -> 1: 25 * 4000 + 1 = 100001 parameters
+AGGREGATION = "secagg"  # set by --aggregation
 
 
 def _run_cfg(banks: int) -> dict[str, Any]:
     # the embedded data's natural split exists for 3 and 4 banks; larger federations are iid
     return {"rounds": ROUNDS, "seed": 0, "banks": banks, "hidden": list(HIDDEN), "dp": False,
-            "local_epochs": 1, "partition": "natural" if banks in (3, 4) else "iid"}
+            "local_epochs": 1, "partition": "natural" if banks in (3, 4) else "iid",
+            "aggregation": AGGREGATION}
+
+
+def _steady(trips: list[dict[str, Any]]) -> float:
+    return sum(t["seconds"] for t in trips if t["round"] == ROUNDS and t["stage"] != "unmask")
+
+
+def _weights(run_dir: Path) -> Any:
+    import numpy as np
+
+    from securefl.audit.store import RunStore
+    from securefl.fl.params import from_bytes
+
+    st = RunStore.open(run_dir)
+    t = from_bytes(st.model_bytes(st.last_round))
+    return np.concatenate([np.asarray(v, dtype=np.float64).ravel()
+                           for k, v in sorted(t.items()) if not k.startswith("opt")])
 
 
 def in_process(banks: int, out: Path) -> dict[str, Any]:
@@ -61,12 +85,17 @@ def local_link(f: Any, out: Path) -> dict[str, Any]:
     from securefl.deploy.server import DeployServer, ServerSettings
 
     srv = DeployServer(ServerSettings.load(f.server_file(out)))
-    link = LocalLink({i: BankNode.from_node_config(f.node_config(b, sim_seed=0))
-                      for i, b in enumerate(f.banks)}, srv.fed.digest)
+    nodes: dict[int, Any] = {i: BankNode.from_node_config(f.node_config(b, sim_seed=0))
+                             for i, b in enumerate(f.banks)}
+    if AGGREGATION == "ckks":
+        from securefl.deploy.ckks import KeyHolderNode
+
+        nodes[len(nodes)] = KeyHolderNode.from_node_config(
+            {**f.key_holder_config(sim_seed=0), "usage-file": str(out.parent / "kh-local.json")})
+    link = LocalLink(nodes, srv.fed.digest)
     t0 = time.monotonic()
     res = srv.run(link, link.names())
-    trips = [t for t in res["trips"] if t["round"] == ROUNDS and t["stage"] != "unmask"]
-    return {"round_s": sum(t["seconds"] for t in trips), "total_s": time.monotonic() - t0,
+    return {"round_s": _steady(res["trips"]), "total_s": time.monotonic() - t0,
             "trips": res["round_trips"], "model_sha256": res["model_sha256"]}
 
 
@@ -85,6 +114,10 @@ def flower(f: Any, root: Path) -> dict[str, Any]:
             conf = " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}"
                             for k, v in f.node_config(bank, sim_seed=0).items())
             cluster.add_supernode(i, name=bank, node_config=conf)
+        if AGGREGATION == "ckks":
+            kh = {**f.key_holder_config(sim_seed=0), "usage-file": str(root / "kh-usage.json")}
+            cluster.add_supernode(len(f.banks), name="kh", node_config=" ".join(
+                f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in kh.items()))
         t_up = time.monotonic() - t0
         cluster.flwr("run", str(app), CONN, timeout=180)
         deadline = time.monotonic() + 1800
@@ -100,10 +133,9 @@ def flower(f: Any, root: Path) -> dict[str, Any]:
     if not status or status[-1]["status"] != "done":
         raise RuntimeError(f"Flower run did not finish: {status}")
     trips = [x for x in lines if "stage" in x]
-    steady = [t for t in trips if t["round"] == ROUNDS and t["stage"] != "unmask"]
     from securefl.audit.store import RunStore
 
-    return {"round_s": sum(t["seconds"] for t in steady), "total_s": time.monotonic() - t0,
+    return {"round_s": _steady(trips), "total_s": time.monotonic() - t0,
             "cluster_up_s": t_up, "trips": len(trips),
             "trip_s": {f"{t['stage']}@{t['round']}": t["seconds"] for t in trips},
             "model_sha256": RunStore.open(root / "run").model_sha256(ROUNDS)}
@@ -113,7 +145,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="3 SuperNodes only")
     ap.add_argument("--sizes", type=int, nargs="*", help="SuperNode counts (default 3 10)")
+    ap.add_argument("--aggregation", choices=("secagg", "ckks"), default="secagg")
     args = ap.parse_args()
+    global AGGREGATION
+    AGGREGATION = args.aggregation
     import logging
 
     logging.getLogger("securefl.deploy").setLevel(logging.ERROR)
@@ -126,19 +161,23 @@ def main() -> None:
             sim = in_process(n, root / "sim")
             loc = local_link(f, root / "local")
             flw = flower(f, root / "flower")
+            ref = _weights(root / "sim")
+            diff = float(max(abs(_weights(root / d) - ref).max() for d in ("local", "flower/run")))
         same = sim["model_sha256"] == loc["model_sha256"] == flw["model_sha256"]
         out[str(n)] = {"in_process": sim, "local_link": loc, "flower": flw,
-                       "same_model": same}
+                       "same_model": same, "max_weight_diff": diff}
         rows.append([n, sim["round_s"], loc["round_s"], flw["round_s"], flw["trips"],
-                     TRIPS_PER_ROUND, flw["cluster_up_s"], flw["total_s"], same])
+                     TRIPS_PER_ROUND, flw["cluster_up_s"], flw["total_s"],
+                     same if AGGREGATION == "secagg" else f"max |dw| {diff:.1e}"])
         print(f"n={n}: {json.dumps(out[str(n)])}", flush=True)
     headers = ["SuperNodes", "in-process round s", "local-link round s", "Flower round s",
                "Flower trips (run)", "trips/round", "cluster up s", "Flower run total s",
                "same model"]
     print(table(headers, rows))
-    path = write_json("deploy", {"rounds": ROUNDS, "dim": 25 * HIDDEN[0] + 1,
-                                 "trips_per_round": TRIPS_PER_ROUND,
-                                 "trips_per_run": trips_for(ROUNDS), "results": out})
+    name = "deploy" if AGGREGATION == "secagg" else f"deploy-{AGGREGATION}"
+    path = write_json(name, {"rounds": ROUNDS, "dim": 25 * HIDDEN[0] + 1,
+                             "aggregation": AGGREGATION, "trips_per_round": TRIPS_PER_ROUND,
+                             "trips_per_run": trips_for(ROUNDS, AGGREGATION), "results": out})
     print(f"wrote {path}")
 
 
