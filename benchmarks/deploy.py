@@ -65,7 +65,7 @@ def _weights(run_dir: Path) -> Any:
     st = RunStore.open(run_dir)
     t = from_bytes(st.model_bytes(st.last_round))
     return np.concatenate([np.asarray(v, dtype=np.float64).ravel()
-                           for k, v in sorted(t.items()) if not k.startswith("opt")])
+                           for k, v in sorted(t.items()) if not k.startswith("server_opt.")])
 
 
 def in_process(banks: int, out: Path) -> dict[str, Any]:

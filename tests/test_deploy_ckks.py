@@ -85,7 +85,7 @@ def _final_weights(run_dir: Path) -> np.ndarray:
     store = RunStore.open(run_dir)
     tensors = from_bytes(store.model_bytes(store.last_round))
     return np.concatenate([np.asarray(v, dtype=np.float64).ravel()
-                           for k, v in sorted(tensors.items()) if not k.startswith("opt")])
+                           for k, v in sorted(tensors.items()) if not k.startswith("server_opt.")])
 
 
 def test_ckks_deployment_matches_simulation_verifies_and_refuses_a_replay(

@@ -117,6 +117,9 @@ class ServerSettings:
     wait_nodes_s: float = 120.0
     #: derive the session id from the run config like ``securefl run`` (tests compare the two)
     reproducible_session: bool = False
+    #: continue the run in ``run_dir`` after its last committed round (a crashed or stopped
+    #: server): a new hello, no new standardisation, the stored model, optimizer and ledger
+    resume: bool = False
     #: JSON lines of progress (one per trip), for operators and tests
     progress: Path | None = None
 
@@ -137,6 +140,7 @@ class ServerSettings:
                        stage_timeout_s=float(raw.get("stage_timeout_s", 60.0)),
                        wait_nodes_s=float(raw.get("wait_nodes_s", 120.0)),
                        reproducible_session=bool(raw.get("reproducible_session", False)),
+                       resume=bool(raw.get("resume", False)),
                        progress=Path(opt["progress"]) if opt["progress"] else None)
         except KeyError as exc:
             raise ConfigError(f"{path} lacks {exc.args[0]!r}") from exc
@@ -196,6 +200,8 @@ class _Run:
     ledger: Ledger = field(default_factory=Ledger)
     test: tuple[Any, Any] | None = None
     moments_total: list[float] = field(default_factory=list)
+    #: the first round this server process runs (0; last committed round + 1 when resuming)
+    first_round: int = 0
 
 
 class DeployServer:
@@ -425,6 +431,8 @@ class DeployServer:
                   bound=float(2.0 ** max(infos[b].moments_norm_log2 + 1 for b in banks)),
                   model=model, w=get_flat(model),
                   server_opt=ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr))
+        if self.s.resume:
+            self._resume(rs)
         if self.ckks:
             self._run_ckks(ex, rs, replies.get(holder) if holder else None)
         else:
@@ -450,7 +458,7 @@ class DeployServer:
         c = self.config
         prev: _Flight | None = None
         carry: dict[str, list[ProtocolItem]] = {}
-        for r in range(0, c.rounds + 1):
+        for r in range(rs.first_round, c.rounds + 1):
             participants, start, signed = self._next_round(rs, r)
             fl = self._flight(start)
             payloads = {n: ServerPayload(protocol=carry.get(n, []), start=signed)
@@ -524,7 +532,7 @@ class DeployServer:
             rs.silent |= {n for n in set(payloads) - set(replies) if n != holder}
             return replies
 
-        for r in range(0, c.rounds + 1):
+        for r in range(rs.first_round, c.rounds + 1):
             participants, start, signed = self._next_round(rs, r)
             model_msg = self._model_message(rs, r)
             first = {n: ServerPayload(protocol=[] if n in sent_context else [context_item],
@@ -612,6 +620,66 @@ class DeployServer:
                          moments_total=rs.moments_total)
         return self._sign(wire.encode(gm), MODEL_DOMAIN, r)
 
+    def _store_config(self) -> dict[str, Any]:
+        """The run configuration the run directory records (config.json)."""
+        return {**{k: v for k, v in self.config.to_dict().items() if k != "out"},
+                "deployment": {"transport": "flower", "manifest_sha256": self.fed.digest,
+                               "stage_timeout_s": self.s.stage_timeout_s}}
+
+    def _test_set(self, stdz: Any) -> tuple[Any, Any] | None:
+        if self.s.test_data is None:
+            return None
+        from securefl.deploy.client import load_bank_csv
+
+        Xt, yt = load_bank_csv(self.s.test_data, self.s.label)
+        return stdz.transform(Xt), yt
+
+    def _resume(self, rs: _Run) -> None:
+        """Continue ``run_dir`` after its last committed round: it is recovered and verified
+        (securefl.audit.store.RunStore.open), its configuration, manifest and the banks' public
+        facts must be this run's, and the model, server optimizer state, ledger and the released
+        standardisation sum (checked against its digest in the signed federation facts) are
+        loaded. Round 0 is not repeated: banks standardise with the stored sum."""
+        import torch
+
+        from securefl.audit import layout as L
+        from securefl.audit.records import canonical_json
+        from securefl.audit.store import RunStore
+        from securefl.data.standardize import Standardizer
+        from securefl.fl.params import from_bytes, get_flat
+
+        run_dir = self.s.run_dir
+        if not (run_dir / L.COMMIT).exists():
+            raise ConfigError(f"nothing to resume in {run_dir}",
+                              hint="drop \"resume\" to start a new run there")
+        store = RunStore.open(run_dir)
+        if L.decode_commit(L.read_bytes(run_dir, L.COMMIT)).result_sha256 is not None:
+            raise ConfigError(f"the run in {run_dir} is finished; nothing to resume")
+        if L.read_bytes(run_dir, L.CONFIG) != canonical_json(self._store_config()):
+            raise ConfigError(f"{run_dir}/config.json does not match this run's configuration")
+        facts = json.loads(L.read_bytes(run_dir, L.FEDERATION))["members"]
+        mine = {"banks": [{"name": b, "train_examples": rs.sizes[b]} for b in rs.banks],
+                "n_features": rs.n_features, "manifest_sha256": self.fed.digest}
+        if {k: facts.get(k) for k in mine} != mine:
+            raise ConfigError("the banks' public facts (names, rows, features) or the manifest "
+                              f"differ from the run being resumed in {run_dir}")
+        std = facts.get("standardisation", {})
+        moments = np.asarray(std.get("moments_total", []), dtype=np.float64)
+        if hashlib.sha256(moments.tobytes()).hexdigest() != std.get("aggregate_sha256"):
+            raise ConfigError(f"{run_dir}: the stored standardisation sum does not match its "
+                              "digest")
+        rs.moments_total = [float(v) for v in moments]
+        rs.test = self._test_set(Standardizer.from_summed_moments(moments))
+        tensors = from_bytes(store.model_bytes(store.last_round))
+        rs.server_opt.load_state({k: v.astype(np.float64) for k, v in tensors.items()
+                                  if k.startswith("server_opt.")})
+        rs.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()
+                                  if not k.startswith("server_opt.")})
+        rs.w = get_flat(rs.model)
+        rs.ledger = Ledger.from_bytes(L.read_bytes(run_dir, L.LEDGER))
+        rs.store, rs.first_round = store, store.last_round + 1
+        log.info("resuming %s after round %d", run_dir, store.last_round)
+
     def _finish(self, rs: _Run, done: _Done) -> None:
         """Close one round: round 0 standardises and creates the run store; a training round
         updates the model and commits the round (or its abort) to the audit log and ledger."""
@@ -628,24 +696,18 @@ class DeployServer:
             total = done.total
             rs.moments_total = [float(v) for v in total]
             stdz = Standardizer.from_summed_moments(total)
-            if self.s.test_data is not None:
-                from securefl.deploy.client import load_bank_csv
-
-                Xt, yt = load_bank_csv(self.s.test_data, self.s.label)
-                rs.test = (stdz.transform(Xt), yt)
+            rs.test = self._test_set(stdz)
             facts = {
                 "banks": [{"name": b, "train_examples": rs.sizes[b]} for b in rs.banks],
                 "data_source": "each bank's own file (deployment)", "task": rs.plan.task,
                 "n_features": rs.n_features, "manifest_sha256": fed.digest,
                 "standardisation": {"mode": fed.params.aggregation, "aggregate_sha256":
-                                    hashlib.sha256(total.tobytes()).hexdigest()},
+                                    hashlib.sha256(total.tobytes()).hexdigest(),
+                                    "moments_total": rs.moments_total},
                 "record_noise_multiplier": {b: rs.infos[b].record_noise_multiplier
                                             for b in rs.banks},
             }
-            config = {**{k: v for k, v in c.to_dict().items() if k != "out"},
-                      "deployment": {"transport": "flower", "manifest_sha256": fed.digest,
-                                     "stage_timeout_s": self.s.stage_timeout_s}}
-            rs.store = RunStore.create(self.s.run_dir, config=config,
+            rs.store = RunStore.create(self.s.run_dir, config=self._store_config(),
                                        server_key=SigningKey.generate(),
                                        origin=f"securefl/{self.session.hex()}",
                                        initial_model=to_bytes(model_tensors(rs.model)),
