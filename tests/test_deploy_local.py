@@ -320,3 +320,11 @@ def test_a_crashed_server_resumes_after_its_last_committed_round(tmp_path: Path)
     with pytest.raises(ConfigError, match="finished"):
         DeployServer(ServerSettings(**{**vars(cfg), "resume": True})).run(
             LocalLink(_banks(f), again.fed.digest), link.names())
+
+
+def test_regression_is_refused_in_deployments(fed: Fed, tmp_path: Path) -> None:
+    """Not built for deployments (the target's federated standardisation): a clear error, not a
+    run on raw targets."""
+    cfg = ServerSettings.load(fed.server_file(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="classification only"):
+        DeployServer(ServerSettings(**{**vars(cfg), "run": {**cfg.run, "task": "regression"}}))

@@ -223,6 +223,14 @@ class DeployServer:
                               f"manifest's {self.fed.params.aggregation!r}")
         self.ckks = self.fed.params.aggregation == "ckks"
         self.trips_per_round = CKKS_TRIPS_PER_ROUND if self.ckks else TRIPS_PER_ROUND
+        if self.config.task == "regression":
+            # securefl run standardises a regression target with the training targets' summed
+            # moments; a deployment would need that sum securely too (scaled apart from the
+            # features' moments so one SecAgg bound fits both), which is not built: refuse
+            # rather than train on raw targets.
+            raise ConfigError("deployments support classification only; regression needs "
+                              "federated target standardisation, not built for deployments yet",
+                              hint="use securefl run --task regression on one machine")
         self.ids = bank_ids(self.fed)
         self.session = self._session()
         self.trips: list[dict[str, Any]] = []
