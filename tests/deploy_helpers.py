@@ -119,12 +119,14 @@ def make_federation(root: Path, run: dict[str, Any], *, signers: list[str] | Non
     manifest = root / "manifest.json"
     manifest.write_bytes(encode_manifest(m))
     data = {}
+    # the banks' files hold raw labels: a regression target in label units
+    raw = fed.target_scaler.inverse if fed.target_scaler is not None else (lambda y: y)
     for name, b in zip(banks, fed.banks, strict=True):
         d = data_dir / name
         d.mkdir()
         data[name] = d / "rows.csv"
-        write_csv(data[name], b.X_train, b.y_train)
+        write_csv(data[name], b.X_train, raw(b.y_train))
     test_file = root / "server-test.csv"
-    write_csv(test_file, fed.X_test, fed.y_test)
+    write_csv(test_file, fed.X_test, raw(fed.y_test))
     return Fed(root=root, banks=banks, manifest=manifest, keys=paths, data=data,
                data_dir=data_dir, test_file=test_file, run=run, ckks_dir=ckks_dir)

@@ -322,9 +322,25 @@ def test_a_crashed_server_resumes_after_its_last_committed_round(tmp_path: Path)
             LocalLink(_banks(f), again.fed.digest), link.names())
 
 
-def test_regression_is_refused_in_deployments(fed: Fed, tmp_path: Path) -> None:
-    """Not built for deployments (the target's federated standardisation): a clear error, not a
-    run on raw targets."""
-    cfg = ServerSettings.load(fed.server_file(tmp_path / "run"))
-    with pytest.raises(ConfigError, match="classification only"):
-        DeployServer(ServerSettings(**{**vars(cfg), "run": {**cfg.run, "task": "regression"}}))
+def test_regression_deployment_standardises_the_target_federatedly(tmp_path: Path) -> None:
+    """Regression (LIMIT_BAL): round 0 also sums the moments of target / 2^k (k the largest power
+    of two the banks report), the banks train on the standardised target and the server reports
+    metrics in label units. securefl run sums the target moments outside SecAgg, so the two runs
+    differ only by that sum's quantization: R^2 and RMSE must agree closely."""
+    from securefl.audit.verify import verify_run_dir
+    from securefl.config import RunConfig
+    from securefl.runtime import Engine
+
+    run = {"rounds": 2, "seed": 3, "label": "LIMIT_BAL", "task": "regression"}
+    f = make_federation(tmp_path / "fed", run)
+    srv = DeployServer(ServerSettings.load(f.server_file(tmp_path / "run")))
+    link = LocalLink({i: BankNode.from_node_config(f.node_config(b, sim_seed=3))
+                      for i, b in enumerate(f.banks)}, srv.fed.digest)
+    res = srv.run(link, link.names())
+    verify_run_dir(tmp_path / "run")
+    sim = Engine(RunConfig(**run, out=str(tmp_path / "sim"))).run()
+    got, want = res["final_metrics"], sim.final_metrics
+    assert set(got) == {"rmse", "mae", "r2"} == set(want)
+    assert abs(got["r2"] - want["r2"]) < 0.002, (got, want)
+    assert abs(got["rmse"] - want["rmse"]) / want["rmse"] < 0.002, (got, want)
+    assert got["r2"] > 0.1  # it learned something in label units (R^2 of a mean predictor: 0)

@@ -36,8 +36,10 @@ from securefl.deploy.common import (
     encoding_for,
     protocol_federation,
     randomness,
+    round0_input,
     round_spec,
     secagg_config,
+    split_standardisation,
 )
 from securefl.deploy.messages import (
     HELLO_DOMAIN,
@@ -193,11 +195,13 @@ class BankNode(NodeHandler):
         return out
 
     def _bank_info(self, hello: Hello) -> tuple[BankInfo, float | None]:
-        from securefl.data.standardize import moments
-
-        X, _ = load_bank_csv(self.data_path, self.label)
-        norm = float(np.linalg.norm(moments(X)))
+        X, y = load_bank_csv(self.data_path, self.label)
         plan = hello.plan
+        target_log2 = None
+        if plan.task == "regression":
+            target_log2 = int(np.ceil(np.log2(max(float(np.max(np.abs(y))), 1.0))))
+        # the server's scale is >= this bank's, so the round-0 vector's norm is at most this
+        norm = float(np.linalg.norm(round0_input(X, y, target_log2)))
         z: float | None = None
         if plan.dp:
             if plan.record_noise_multiplier is not None:
@@ -211,7 +215,7 @@ class BankNode(NodeHandler):
                                     steps_per_round=steps)
         return BankInfo(n_train=int(X.shape[0]), n_features=int(X.shape[1]),
                         moments_norm_log2=int(np.ceil(np.log2(max(norm, 1.0)))),
-                        record_noise_multiplier=z), z
+                        record_noise_multiplier=z, target_abs_log2=target_log2), z
 
     # -- rounds -------------------------------------------------------------------------------------
     def _check_plan(self, fed: Federation, start: RoundStart, session: bytes) -> None:
@@ -268,18 +272,21 @@ class BankNode(NodeHandler):
             for old in [r for r in memo.rounds if r < start.round]:
                 del memo.rounds[old]  # an earlier round this bank did not verify: over
             if start.task == "moments":
-                from securefl.data.standardize import moments
-
-                X, _ = load_bank_csv(self.data_path, self.label)
-                return self._submit(fed, identity, memo, hello, start.round, moments(X))
+                return self._submit(fed, identity, memo, hello, start.round,
+                                    self._round0_input(hello, start))
             return []  # the commitment follows the global model in the same payload
         if start.task == "moments":
-            from securefl.data.standardize import moments
-
-            X, _ = load_bank_csv(self.data_path, self.label)
-            rm.field_input = self._encode(fed, hello, start, moments(X))
+            rm.field_input = self._encode(fed, hello, start, self._round0_input(hello, start))
         _, first = self._machine(fed, identity, hello, rm)
         return [ProtocolItem(round=start.round, data=encode_message(m)) for m in first]
+
+    def _round0_input(self, hello: Hello, start: RoundStart) -> NDArray[np.float64]:
+        """The moments this bank adds to round 0 (features; regression: also the scaled target,
+        at the scale the signed plan names)."""
+        if (hello.plan.task == "regression") != (start.target_scale_log2 is not None):
+            raise ConfigError("round 0 must carry a target scale exactly for regression")
+        X, y = load_bank_csv(self.data_path, self.label)
+        return round0_input(X, y, start.target_scale_log2)
 
     def _submit(self, fed: Federation, identity: SigningKey, memo: NodeMemo, hello: Hello,
                 round_: int, x: NDArray[np.float64]) -> list[ProtocolItem]:
@@ -323,7 +330,6 @@ class BankNode(NodeHandler):
         C and scaled by the public FedAvg weight (securefl.runtime.Engine._local_updates)."""
         import torch
 
-        from securefl.data.standardize import Standardizer
         from securefl.fl.models import build_model
         from securefl.fl.params import get_flat, set_flat
         from securefl.fl.train import LocalTrainSpec, local_train, loss_function
@@ -334,7 +340,13 @@ class BankNode(NodeHandler):
         start: RoundStart = wire.decode(rm.start, RoundStart)
         plan = hello.plan
         X, y = load_bank_csv(self.data_path, self.label)
-        X = Standardizer.from_summed_moments(np.asarray(model.moments_total)).transform(X)
+        stdz, target = split_standardisation(np.asarray(model.moments_total),
+                                             model.target_scale_log2)
+        if (plan.task == "regression") != (target is not None):
+            raise ConfigError("the global model must carry a target scale exactly for regression")
+        X = stdz.transform(X)
+        if target is not None:
+            y = target.transform(y)
         weights = np.frombuffer(model.weights, dtype="<f8").astype(np.float64)
         net = build_model(plan.model, X.shape[1], tuple(plan.hidden))
         set_flat(net, weights)

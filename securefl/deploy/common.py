@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -38,8 +38,10 @@ __all__ = [
     "encoding_for",
     "protocol_federation",
     "randomness",
+    "round0_input",
     "round_spec",
     "secagg_config",
+    "split_standardisation",
 ]
 
 
@@ -89,6 +91,38 @@ def encode_input(x: NDArray[np.float64], spec: RoundSpec, enc: Encoding,
 
     return encode(x, clip_norm=spec.clip_norm, encoding=enc, rounding=rounding, noise=noise,
                   who="this bank")
+
+
+def round0_input(X: NDArray[np.floating], y: NDArray[np.floating] | None,
+                 target_scale_log2: int | None) -> NDArray[np.float64]:
+    """A bank's round-0 vector: the moments of its features (securefl.data.standardize.moments),
+    and for regression of its target divided by 2^target_scale_log2 as one more column, so the
+    target's moments stay within the features' range under one SecAgg bound."""
+    from securefl.data.standardize import moments
+
+    if target_scale_log2 is None or y is None:
+        return moments(X)
+    cols = np.column_stack([np.asarray(X, dtype=np.float64),
+                            np.asarray(y, dtype=np.float64) / 2.0 ** target_scale_log2])
+    return moments(cols)
+
+
+def split_standardisation(total: NDArray[np.float64], target_scale_log2: int | None
+                          ) -> tuple[Any, Any]:
+    """The released round-0 sum -> (feature Standardizer, target TargetScaler or None): the
+    inverse of :func:`round0_input` (layout [n, sums, sums of squares])."""
+    from securefl.data.standardize import Standardizer, TargetScaler
+
+    total = np.asarray(total, dtype=np.float64)
+    if target_scale_log2 is None:
+        return Standardizer.from_summed_moments(total), None
+    d = (total.size - 1) // 2 - 1  # features; the last column is the scaled target
+    if total.size != 1 + 2 * (d + 1) or d < 1:
+        raise ConfigError(f"a round-0 sum of length {total.size} carries no target column")
+    s = 2.0 ** target_scale_log2
+    features = np.concatenate([total[:1], total[1:1 + d], total[2 + d:2 + 2 * d]])
+    target = np.array([total[0], total[1 + d] * s, total[2 + 2 * d] * s * s])
+    return Standardizer.from_summed_moments(features), TargetScaler.from_summed_moments(target)
 
 
 def randomness(sim_seed: int | None, session: bytes, round_: int, party: int, purpose: str,

@@ -88,6 +88,9 @@ class BankInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     n_features: Annotated[int, Meta(ge=1)]
     moments_norm_log2: int
     record_noise_multiplier: float | None
+    #: regression: the power of two above the bank's largest |target| (< 7 bits of scale), so the
+    #: round-0 sum can carry the target's moments scaled into the features' range
+    target_abs_log2: Annotated[int, Meta(ge=0, le=1023)] | None = None
 
 
 class RoundStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -109,6 +112,8 @@ class RoundStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weights: dict[str, float] = {}
     #: the released sum of the banks' moment vectors (train rounds: every bank standardises with it)
     moments_total: list[float] = []
+    #: regression: the round-0 vector carries the moments of target / 2^target_scale_log2
+    target_scale_log2: Annotated[int, Meta(ge=0, le=1023)] | None = None
 
 
 class Signed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -126,6 +131,8 @@ class GlobalModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     round: Annotated[int, Meta(ge=1)]
     weights: bytes
     moments_total: list[float]
+    #: regression: moments_total ends with the moments of target / 2^target_scale_log2
+    target_scale_log2: Annotated[int, Meta(ge=0, le=1023)] | None = None
 
 
 class ProtocolItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

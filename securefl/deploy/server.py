@@ -46,6 +46,7 @@ from securefl.deploy.common import (
     protocol_federation,
     round_spec,
     secagg_config,
+    split_standardisation,
 )
 from securefl.deploy.messages import (
     HELLO_DOMAIN,
@@ -202,6 +203,9 @@ class _Run:
     moments_total: list[float] = field(default_factory=list)
     #: the first round this server process runs (0; last committed round + 1 when resuming)
     first_round: int = 0
+    #: regression: round 0 carries target / 2^target_scale_log2; ``target`` is its TargetScaler
+    target_scale_log2: int | None = None
+    target: Any = None
 
 
 class DeployServer:
@@ -223,14 +227,6 @@ class DeployServer:
                               f"manifest's {self.fed.params.aggregation!r}")
         self.ckks = self.fed.params.aggregation == "ckks"
         self.trips_per_round = CKKS_TRIPS_PER_ROUND if self.ckks else TRIPS_PER_ROUND
-        if self.config.task == "regression":
-            # securefl run standardises a regression target with the training targets' summed
-            # moments; a deployment would need that sum securely too (scaled apart from the
-            # features' moments so one SecAgg bound fits both), which is not built: refuse
-            # rather than train on raw targets.
-            raise ConfigError("deployments support classification only; regression needs "
-                              "federated target standardisation, not built for deployments yet",
-                              hint="use securefl run --task regression on one machine")
         self.ids = bank_ids(self.fed)
         self.session = self._session()
         self.trips: list[dict[str, Any]] = []
@@ -352,7 +348,8 @@ class DeployServer:
                          aggregation="ckks" if c.aggregation == "ckks" else "secagg")
 
     def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
-               weights: dict[str, float]) -> tuple[RoundStart, Signed]:
+               weights: dict[str, float], target_scale_log2: int | None = None
+               ) -> tuple[RoundStart, Signed]:
         from securefl.runtime import default_threshold
 
         c = self.config
@@ -361,7 +358,8 @@ class DeployServer:
             start = RoundStart(session=self.session, round=0, task="moments",
                                participants=participants, threshold=k, clip_norm=clip,
                                noise_multiplier=0.0, min_survivors=k, degree=None,
-                               precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim)
+                               precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim,
+                               target_scale_log2=target_scale_log2)
         else:
             threshold = min(c.threshold or default_threshold(k), k)
             threshold = max(threshold, self.fed.params.threshold)  # k >= it (_next_round)
@@ -432,13 +430,20 @@ class DeployServer:
             raise ConfigError(f"the banks disagree on the number of features: {sorted(d)}")
         n_features = d.pop()
         sizes = {b: infos[b].n_train for b in banks}
+        target_scale = None
+        if plan.task == "regression":
+            logs = [infos[b].target_abs_log2 for b in banks]
+            if any(x is None for x in logs):
+                raise ConfigError("a regression run needs every bank's target scale")
+            target_scale = max(int(x) for x in logs if x is not None)
         torch.manual_seed(c.seed)
         model = build_model(c.model, n_features, c.hidden)
         rs = _Run(plan=plan, banks=banks, infos=infos, sizes=sizes, n_features=n_features,
                   weights={b: n / max(sizes.values()) for b, n in sizes.items()},
                   bound=float(2.0 ** max(infos[b].moments_norm_log2 + 1 for b in banks)),
                   model=model, w=get_flat(model),
-                  server_opt=ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr))
+                  server_opt=ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr),
+                  target_scale_log2=target_scale)
         if self.s.resume:
             self._resume(rs)
         if self.ckks:
@@ -597,8 +602,10 @@ class DeployServer:
                 f"{floor}")
         if r > 0 and self.config.clients_per_round < 1:
             participants = self._sample(rs, r, participants, floor)
-        dim = 1 + 2 * rs.n_features if r == 0 else int(rs.w.size)
-        start, signed = self._start(r, participants, dim, clip=rs.bound, weights=rs.weights)
+        target_cols = 1 if rs.target_scale_log2 is not None else 0
+        dim = 1 + 2 * (rs.n_features + target_cols) if r == 0 else int(rs.w.size)
+        start, signed = self._start(r, participants, dim, clip=rs.bound, weights=rs.weights,
+                                    target_scale_log2=rs.target_scale_log2)
         return participants, start, signed
 
     def _sample(self, rs: _Run, r: int, available: list[str], floor: int) -> list[str]:
@@ -625,7 +632,7 @@ class DeployServer:
         if r == 0:
             return None
         gm = GlobalModel(round=r, weights=rs.w.astype("<f8").tobytes(),
-                         moments_total=rs.moments_total)
+                         moments_total=rs.moments_total, target_scale_log2=rs.target_scale_log2)
         return self._sign(wire.encode(gm), MODEL_DOMAIN, r)
 
     def _store_config(self) -> dict[str, Any]:
@@ -653,7 +660,6 @@ class DeployServer:
         from securefl.audit import layout as L
         from securefl.audit.records import canonical_json
         from securefl.audit.store import RunStore
-        from securefl.data.standardize import Standardizer
         from securefl.fl.params import from_bytes, get_flat
 
         run_dir = self.s.run_dir
@@ -677,7 +683,10 @@ class DeployServer:
             raise ConfigError(f"{run_dir}: the stored standardisation sum does not match its "
                               "digest")
         rs.moments_total = [float(v) for v in moments]
-        rs.test = self._test_set(Standardizer.from_summed_moments(moments))
+        if std.get("target_scale_log2") != rs.target_scale_log2:
+            raise ConfigError(f"{run_dir}: the stored target scale differs from this run's")
+        stdz, rs.target = split_standardisation(moments, rs.target_scale_log2)
+        rs.test = self._test_set(stdz)
         tensors = from_bytes(store.model_bytes(store.last_round))
         rs.server_opt.load_state({k: v.astype(np.float64) for k, v in tensors.items()
                                   if k.startswith("server_opt.")})
@@ -692,7 +701,6 @@ class DeployServer:
         """Close one round: round 0 standardises and creates the run store; a training round
         updates the model and commits the round (or its abort) to the audit log and ledger."""
         from securefl.audit.store import RunStore
-        from securefl.data.standardize import Standardizer
         from securefl.fl.params import model_tensors, set_flat, to_bytes
         from securefl.runtime import seal_round, server_update
 
@@ -703,7 +711,7 @@ class DeployServer:
                 raise done.error
             total = done.total
             rs.moments_total = [float(v) for v in total]
-            stdz = Standardizer.from_summed_moments(total)
+            stdz, rs.target = split_standardisation(total, rs.target_scale_log2)
             rs.test = self._test_set(stdz)
             facts = {
                 "banks": [{"name": b, "train_examples": rs.sizes[b]} for b in rs.banks],
@@ -711,7 +719,8 @@ class DeployServer:
                 "n_features": rs.n_features, "manifest_sha256": fed.digest,
                 "standardisation": {"mode": fed.params.aggregation, "aggregate_sha256":
                                     hashlib.sha256(total.tobytes()).hexdigest(),
-                                    "moments_total": rs.moments_total},
+                                    "moments_total": rs.moments_total,
+                                    "target_scale_log2": rs.target_scale_log2},
                 "record_noise_multiplier": {b: rs.infos[b].record_noise_multiplier
                                             for b in rs.banks},
             }
@@ -748,7 +757,7 @@ class DeployServer:
         rs.w = server_update(rs.server_opt, rs.w, done.total, done.survivors, public_weight,
                              done.weight_total)
         set_flat(rs.model, rs.w)
-        metrics = self._evaluate(rs.model, rs.test, rs.plan.task)
+        metrics = self._evaluate(rs.model, rs.test, rs.target)
         record.update(
             survivors=[done.names[i] for i in done.survivors],
             dropouts={done.names[i]: st for i, st in done.dropouts.items()
@@ -766,14 +775,15 @@ class DeployServer:
                              "seconds": round(time.monotonic() - done.t0, 3)})
 
     @staticmethod
-    def _evaluate(model: Any, test: tuple[Any, Any] | None, task: str) -> dict[str, float]:
+    def _evaluate(model: Any, test: tuple[Any, Any] | None, target: Any) -> dict[str, float]:
+        """Metrics on the server's own test file (classification; regression in label units:
+        ``target`` maps predictions back, as securefl run reports them)."""
         if test is None:
             return {}
         from securefl.fl.metrics import classification_metrics, regression_metrics
         from securefl.fl.train import predict
 
-        pred = predict(model, test[0], task)
         y = np.asarray(test[1], dtype=np.float64)
-        if task == "classification":
-            return classification_metrics(y, pred)
-        return regression_metrics(y, pred)
+        if target is None:
+            return classification_metrics(y, predict(model, test[0], "classification"))
+        return regression_metrics(y, target.inverse(predict(model, test[0], "regression")))
