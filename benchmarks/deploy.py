@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import table, write_json
-from deploy_helpers import make_federation
+from deploy_helpers import final_weights, make_federation, node_config_string
 from flower_harness import CONN, FlowerCluster
 
 from securefl.deploy.server import TRIPS_PER_ROUND, trips_for
@@ -54,18 +54,6 @@ def _run_cfg(banks: int) -> dict[str, Any]:
 
 def _steady(trips: list[dict[str, Any]]) -> float:
     return sum(t["seconds"] for t in trips if t["round"] == ROUNDS and t["stage"] != "unmask")
-
-
-def _weights(run_dir: Path) -> Any:
-    import numpy as np
-
-    from securefl.audit.store import RunStore
-    from securefl.fl.params import from_bytes
-
-    st = RunStore.open(run_dir)
-    t = from_bytes(st.model_bytes(st.last_round))
-    return np.concatenate([np.asarray(v, dtype=np.float64).ravel()
-                           for k, v in sorted(t.items()) if not k.startswith("server_opt.")])
 
 
 def in_process(banks: int, out: Path) -> dict[str, Any]:
@@ -111,13 +99,11 @@ def flower(f: Any, root: Path) -> dict[str, Any]:
     try:
         cluster.start_superlink()
         for i, bank in enumerate(f.banks):
-            conf = " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}"
-                            for k, v in f.node_config(bank, sim_seed=0).items())
-            cluster.add_supernode(i, name=bank, node_config=conf)
+            cluster.add_supernode(i, name=bank,
+                                  node_config=node_config_string(f.node_config(bank, sim_seed=0)))
         if AGGREGATION == "ckks":
             kh = {**f.key_holder_config(sim_seed=0), "usage-file": str(root / "kh-usage.json")}
-            cluster.add_supernode(len(f.banks), name="kh", node_config=" ".join(
-                f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in kh.items()))
+            cluster.add_supernode(len(f.banks), name="kh", node_config=node_config_string(kh))
         t_up = time.monotonic() - t0
         cluster.flwr("run", str(app), CONN, timeout=180)
         deadline = time.monotonic() + 1800
@@ -161,8 +147,8 @@ def main() -> None:
             sim = in_process(n, root / "sim")
             loc = local_link(f, root / "local")
             flw = flower(f, root / "flower")
-            ref = _weights(root / "sim")
-            diff = float(max(abs(_weights(root / d) - ref).max() for d in ("local", "flower/run")))
+            ref = final_weights(root / "sim")
+            diff = float(max(abs(final_weights(root / d) - ref).max() for d in ("local", "flower/run")))
         same = sim["model_sha256"] == loc["model_sha256"] == flw["model_sha256"]
         out[str(n)] = {"in_process": sim, "local_link": loc, "flower": flw,
                        "same_model": same, "max_weight_diff": diff}

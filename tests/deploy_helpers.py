@@ -130,3 +130,20 @@ def make_federation(root: Path, run: dict[str, Any], *, signers: list[str] | Non
     write_csv(test_file, fed.X_test, raw(fed.y_test))
     return Fed(root=root, banks=banks, manifest=manifest, keys=paths, data=data,
                data_dir=data_dir, test_file=test_file, run=run, ckks_dir=ckks_dir)
+
+
+def node_config_string(cfg: dict[str, Any]) -> str:
+    """A node config as ``flower-supernode --node-config`` takes it (strings quoted)."""
+    return " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in cfg.items())
+
+
+def final_weights(run_dir: Path) -> Any:
+    """The model weights (float64, without the server optimizer's state) of a run directory's
+    last committed round."""
+    from securefl.audit.store import RunStore
+    from securefl.fl.params import from_bytes
+
+    store = RunStore.open(run_dir)
+    tensors = from_bytes(store.model_bytes(store.last_round))
+    return np.concatenate([np.asarray(v, dtype=np.float64).ravel()
+                           for k, v in sorted(tensors.items()) if not k.startswith("server_opt.")])

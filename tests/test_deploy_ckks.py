@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from deploy_helpers import KEY_HOLDER, Fed, make_federation, write_key
+from deploy_helpers import KEY_HOLDER, Fed, final_weights, make_federation, write_key
 
 from securefl.crypto.signing import SigningKey
 from securefl.deploy.ckks import KeyHolderNode, public_context
@@ -78,16 +78,6 @@ def _simulate(tmp: Path, dropouts: dict[int, str]) -> Any:
     return Replay(RunConfig(**RUN, out=str(tmp))).run()
 
 
-def _final_weights(run_dir: Path) -> np.ndarray:
-    from securefl.audit.store import RunStore
-    from securefl.fl.params import from_bytes
-
-    store = RunStore.open(run_dir)
-    tensors = from_bytes(store.model_bytes(store.last_round))
-    return np.concatenate([np.asarray(v, dtype=np.float64).ravel()
-                           for k, v in sorted(tensors.items()) if not k.startswith("server_opt.")])
-
-
 def test_ckks_deployment_matches_simulation_verifies_and_refuses_a_replay(
         fed: Fed, tmp_path: Path) -> None:
     from securefl.audit.store import RunStore
@@ -113,7 +103,7 @@ def test_ckks_deployment_matches_simulation_verifies_and_refuses_a_replay(
     # the same seed in `securefl run --aggregation ckks`: the same DP noise and flooding streams;
     # only CKKS's own encryption error differs (|error| ~ 2^-40, far below the release grid)
     sim = _simulate(tmp_path / "sim", {})
-    got, want = _final_weights(tmp_path / "run"), _final_weights(tmp_path / "sim")
+    got, want = final_weights(tmp_path / "run"), final_weights(tmp_path / "sim")
     assert got.shape == want.shape and np.max(np.abs(got - want)) < 1e-6
     for k, v in sim.final_metrics.items():
         assert abs(res["final_metrics"][k] - v) < 1e-6, k

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_helpers import Fed, make_federation
+from deploy_helpers import Fed, final_weights, make_federation, node_config_string
 from flower_harness import CONN, FlowerCluster
 
 from securefl.deploy.app import write_app
@@ -46,8 +46,7 @@ def _wait(path: Path, pred: Any, timeout: float) -> list[dict[str, Any]]:
 
 
 def _node_config(f: Fed, bank: str) -> str:
-    cfg = f.node_config(bank, sim_seed=0)
-    return " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in cfg.items())
+    return node_config_string(f.node_config(bank, sim_seed=0))
 
 
 def _reference_model_sha(f: Fed, records: list[Any], out: Path) -> str:
@@ -144,7 +143,6 @@ def test_ckks_deployment_over_flower_with_the_key_holder_as_its_own_node(tmp_pat
     import numpy as np
 
     from securefl.audit.store import RunStore
-    from securefl.fl.params import from_bytes
 
     f = make_federation(tmp_path / "fed", CKKS_RUN)
     assert f.ckks_dir is not None
@@ -163,8 +161,7 @@ def test_ckks_deployment_over_flower_with_the_key_holder_as_its_own_node(tmp_pat
         cluster.start_superlink()
         for i, bank in enumerate(f.banks):
             cluster.add_supernode(i, name=bank, node_config=_node_config(f, bank))
-        cluster.add_supernode(len(f.banks), name="kh", node_config=" ".join(
-            f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in kh_cfg.items()))
+        cluster.add_supernode(len(f.banks), name="kh", node_config=node_config_string(kh_cfg))
         run = cluster.flwr("run", str(app), CONN, timeout=120)
         assert run.returncode == 0, run.stdout + run.stderr
         lines = _wait(progress, lambda x: x.get("status") is not None, timeout=400)
@@ -197,14 +194,7 @@ def test_ckks_deployment_over_flower_with_the_key_holder_as_its_own_node(tmp_pat
     from securefl.runtime import Engine
 
     sim = Engine(RunConfig(**CKKS_RUN, out=str(tmp_path / "sim"))).run()
-    sim_store = RunStore.open(tmp_path / "sim")
-
-    def weights(st: RunStore) -> np.ndarray:
-        t = from_bytes(st.model_bytes(st.last_round))
-        return np.concatenate([np.asarray(v, dtype=np.float64).ravel()
-                               for k, v in sorted(t.items()) if not k.startswith("server_opt.")])
-
-    assert np.max(np.abs(weights(store) - weights(sim_store))) < 1e-6
+    assert np.max(np.abs(final_weights(run_dir) - final_weights(tmp_path / "sim"))) < 1e-6
     assert sim.final_metrics.keys() == store.records[1].metrics.keys()
 
     seen = json.loads(opens.read_text())

@@ -38,10 +38,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from securefl.crypto.random import SimulationRandomness, SystemRandomSource
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey, VerifyKey, verify_bound
-from securefl.deploy.common import NodeHandler
+from securefl.deploy.common import NodeHandler, randomness
 from securefl.deploy.messages import (
     HELLO_DOMAIN,
     MAX_PAYLOAD_BYTES,
@@ -93,7 +92,6 @@ from securefl.storage import atomic_write_bytes
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from securefl.crypto.random import RandomSource
     from securefl.he.context import PublicContext
     from securefl.transport.flower import Envelope
 
@@ -140,14 +138,6 @@ def noise_share_std(start: RoundStart) -> float:
     return start.noise_multiplier * start.clip_norm / math.sqrt(start.min_survivors)
 
 
-def _randomness(sim_seed: int | None, session: bytes, round_: int, party: int,
-                purpose: str) -> RandomSource:
-    """OS CSPRNG; the INSECURE simulation streams (tests) when ``sim_seed`` is set."""
-    if sim_seed is not None:
-        return SimulationRandomness(sim_seed, session).source(round_, party, purpose)
-    return SystemRandomSource()
-
-
 def federation_keys(fed: Federation) -> dict[int, VerifyKey]:
     """CKKS client id (the bank's index in the manifest's client list) -> its identity key."""
     return {i: fed.verify_key(name) for i, name in enumerate(fed.clients)}
@@ -177,7 +167,7 @@ def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: 
                         values=np.asarray(values, dtype=np.float64), clip_norm=start.clip_norm,
                         num_participants=len(start.participants),
                         noise_std=noise_share_std(start),
-                        random=_randomness(sim_seed, start.session, start.round, cid, "noise"),
+                        random=randomness(sim_seed, start.session, start.round, cid, "noise"),
                         weight=start.weights[member] if start.task == "train" else None)
     state = wire.encode(client.export_round(start.session, start.round))
     return state, ProtocolItem(round=start.round, data=wire.encode(com))
@@ -266,18 +256,11 @@ class KeyHolderNode(NodeHandler):
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> KeyHolderNode:
         try:
-            pf, uf, seed = (cfg.get(k) for k in ("passphrase-file", "usage-file",
-                                                   "insecure-sim-seed"))
-            node = cls(member=str(cfg["member"]), key_path=Path(str(cfg["key"])),
-                       manifest_path=Path(str(cfg["manifest"])),
-                       ckks_dir=Path(str(cfg["ckks-keys"])),
-                       passphrase_file=Path(str(pf)) if pf else None,
+            uf = cfg.get("usage-file")
+            node = cls(**cls.common_config(cfg), ckks_dir=Path(str(cfg["ckks-keys"])),
                        usage_file=Path(str(uf)) if uf else None,
                        verifiers=int(cfg.get("verifiers", 2)),
-                       verifier_skips=int(cfg.get("verifier-skips", DEFAULT_VERIFIER_SKIPS)),
-                       sim_seed=int(seed) if seed not in (None, "") else None,
-                       state_key_file=(Path(str(cfg["state-key"])) if cfg.get("state-key")
-                                       else None))
+                       verifier_skips=int(cfg.get("verifier-skips", DEFAULT_VERIFIER_SKIPS)))
         except KeyError as exc:
             raise ConfigError(f"key holder node config lacks {exc.args[0]!r}",
                               hint="--node-config 'role=\"ckks-key-holder\" member=... key=... "
@@ -376,7 +359,7 @@ class KeyHolderNode(NodeHandler):
             raise RemoteProtocolError("a decryption request for another session or round")
         # the manifest's threshold is the floor every member signed
         holder = self.load_holder(fed, identity, fed.params.threshold)
-        res = holder.decrypt(req, _randomness(self.sim_seed, hello.session, req.manifest.round,
+        res = holder.decrypt(req, randomness(self.sim_seed, hello.session, req.manifest.round,
                                               -1, "ckks-flooding"))
         self._write_usage(holder)  # durable before anything leaves the node
         log.info("%s released round %d (%d contributions, flooding std %.3g)", self.member,

@@ -125,16 +125,8 @@ class BankNode(NodeHandler):
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> BankNode:
         try:
-            pf = cfg.get("passphrase-file")
-            seed = cfg.get("insecure-sim-seed")
-            return cls(member=str(cfg["member"]), key_path=Path(str(cfg["key"])),
-                       manifest_path=Path(str(cfg["manifest"])),
-                       data_path=Path(str(cfg["data-path"])),
-                       label=str(cfg.get("label", "default")),
-                       passphrase_file=Path(str(pf)) if pf else None,
-                       sim_seed=int(seed) if seed not in (None, "") else None,
-                       state_key_file=(Path(str(cfg["state-key"])) if cfg.get("state-key")
-                                       else None))
+            return cls(**cls.common_config(cfg), data_path=Path(str(cfg["data-path"])),
+                       label=str(cfg.get("label", "default")))
         except KeyError as exc:
             raise ConfigError(f"node config lacks {exc.args[0]!r}",
                               hint="--node-config 'member=... key=... manifest=... "

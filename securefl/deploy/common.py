@@ -8,6 +8,7 @@ deployment and ``securefl run`` with the same seed compute the same model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -172,6 +173,18 @@ class NodeHandler:
     role: ClassVar[str] = "client"
     #: what the INSECURE simulation seed makes predictable on this node (logged on every message)
     insecure_seed_effect: ClassVar[str] = "its randomness is predictable"
+
+    @staticmethod
+    def common_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """The node-config keys every node has: member, key, manifest, passphrase-file,
+        state-key, insecure-sim-seed (KeyError for a missing required key)."""
+        pf, sk, seed = (cfg.get(k) for k in ("passphrase-file", "state-key",
+                                             "insecure-sim-seed"))
+        return {"member": str(cfg["member"]), "key_path": Path(str(cfg["key"])),
+                "manifest_path": Path(str(cfg["manifest"])),
+                "passphrase_file": Path(str(pf)) if pf else None,
+                "state_key_file": Path(str(sk)) if sk else None,
+                "sim_seed": int(seed) if seed not in (None, "") else None}
 
     def federation(self) -> Federation:
         """The manifest, verified: every member signed it (SignatureError otherwise)."""
