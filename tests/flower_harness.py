@@ -277,8 +277,12 @@ class FlowerCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs = self.root / "logs"
         self.logs.mkdir(exist_ok=True)
-        self.env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0",
-                    "FLWR_DISABLE_UPDATE_CHECK": "1", "NO_COLOR": "1", "COLUMNS": "200"}
+        # The interpreter's own bin directory first on PATH: Flower's processes spawn console
+        # scripts (flower-superexec, ...) by name, which must resolve without an activated venv.
+        path = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
+        self.env = {**os.environ, "PATH": path, "FLWR_HOME": str(self.home),
+                    "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "NO_COLOR": "1",
+                    "COLUMNS": "200"}
 
     # --- processes ---------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:

@@ -7,10 +7,10 @@ import json
 import struct
 from pathlib import Path
 
-import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from securefl.protocol.ckks_messages import CKKS_MESSAGES
+from securefl.schema import json_schema
 
 ROOT = Path(__file__).resolve().parent.parent / "protocols" / "ckks"
 V = json.loads((ROOT / "vectors" / "vectors.json").read_text())
@@ -126,4 +126,4 @@ def test_vectors_recomputed_independently():
 def test_schemas_in_sync_with_structs():
     for cls in CKKS_MESSAGES:
         stored = json.loads((ROOT / "schemas" / f"{cls.__name__}.json").read_text())
-        assert stored == msgspec.json.schema(cls), "regenerate: python protocols/ckks/generate.py"
+        assert stored == json_schema(cls), "regenerate: python protocols/ckks/generate.py"

@@ -16,9 +16,10 @@ def test_readme_opens_with_run_and_test_commands() -> None:
     run_cmd, test_cmd = _blocks()[:2]
     for cmd in (run_cmd, test_cmd):
         assert "pip install torch==2.13.0" in cmd
-        assert cmd.index("torch==2.13.0") < cmd.index("pip install -e")
+        assert cmd.index("torch==2.13.0") < cmd.index(" -e ")
     assert run_cmd.rstrip().endswith("securefl run")
     assert "python -m pytest" in test_cmd
+    assert "-c constraints.txt" in test_cmd  # CI's installs are reproducible
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -13,7 +13,6 @@ tests/test_audit_records.py and tests/test_audit_vectors.py fail when these drif
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from securefl.audit.records import leaf_json_schema
 from securefl.audit.store import RunStore
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey
+from securefl.schema import render as render_schema
 
 HERE = Path(__file__).resolve().parent
 VECTOR_SEED = hashlib.sha256(b"securefl-audit-vector").digest()
@@ -30,7 +30,7 @@ VECTOR_ORIGIN = "vectors.securefl/audit-v1"
 
 
 def render() -> str:
-    return json.dumps(leaf_json_schema(), indent=2, sort_keys=True) + "\n"
+    return render_schema(leaf_json_schema())
 
 
 def _round(r: int) -> dict[str, Any]:

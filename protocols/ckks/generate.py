@@ -43,12 +43,13 @@ from securefl.protocol.ckks_messages import (
     ContributionEntry,
     Manifest,
 )
+from securefl.schema import json_schema, render
 
 HERE = Path(__file__).parent
 
 
 def schemas() -> dict[str, dict[str, object]]:
-    return {cls.__name__: msgspec.json.schema(cls) for cls in CKKS_MESSAGES}
+    return {cls.__name__: json_schema(cls) for cls in CKKS_MESSAGES}
 
 
 def vectors() -> dict[str, object]:
@@ -151,7 +152,7 @@ def main() -> None:
     (HERE / "schemas").mkdir(exist_ok=True)
     for name, schema in schemas().items():
         (HERE / "schemas" / f"{name}.json").write_text(
-            json.dumps(schema, indent=2, sort_keys=True) + "\n"
+            render(schema)
         )
     (HERE / "vectors").mkdir(exist_ok=True)
     (HERE / "vectors" / "vectors.json").write_text(json.dumps(vectors(), indent=2) + "\n")

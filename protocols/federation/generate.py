@@ -9,7 +9,6 @@ independent verifier in tests/test_federation_vectors.py (hashlib + json + `cryp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from securefl.federation import (
     manifest_digest,
     sign_manifest,
 )
+from securefl.schema import json_schema, render
 
 HERE = Path(__file__).resolve().parent
 MEMBERS = (("agg", "server", 0x01), ("bank-a", "client", 0x02), ("bank-b", "client", 0x03),
@@ -34,8 +34,7 @@ MEMBERS = (("agg", "server", 0x01), ("bank-a", "client", 0x02), ("bank-b", "clie
 
 
 def schemas() -> dict[str, dict[str, Any]]:
-    return {"manifest": msgspec.json.schema(SignedManifest),
-            "identity": msgspec.json.schema(PublicIdentity)}
+    return {"manifest": json_schema(SignedManifest), "identity": json_schema(PublicIdentity)}
 
 
 def vectors() -> dict[str, Any]:
@@ -54,10 +53,6 @@ def vectors() -> dict[str, Any]:
         "body_sha256": manifest_digest(m.body),
         "manifest": msgspec.to_builtins(m),
     }
-
-
-def render(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ Run: python protocols/ledger/generate.py   (tests/test_dp_schema.py fails when t
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,12 +16,13 @@ from securefl.dp.events import (
 )
 from securefl.dp.fedavg import client_level_event
 from securefl.dp.ledger import Draft, Ledger, json_schema
+from securefl.schema import render as render_schema
 
 HERE = Path(__file__).resolve().parent
 
 
 def schema_text() -> str:
-    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    return render_schema(json_schema())
 
 
 def example_ledger() -> Ledger:

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from securefl.errors import AuditError
+from securefl.schema import json_schema
 
 __all__ = [
     "LEAF_TYPE",
@@ -179,5 +180,5 @@ def decode_leaf(data: bytes) -> LeafRecord:
 
 def leaf_json_schema() -> dict[str, Any]:
     """JSON Schema (2020-12) of a leaf, generated from the structs (protocols/audit/)."""
-    schema: dict[str, Any] = msgspec.json.schema(LEAF_TYPE)
+    schema: dict[str, Any] = json_schema(LEAF_TYPE)
     return schema
