@@ -41,6 +41,15 @@ __all__ = [
 ]
 
 ProgressCallback = Callable[["RoundReport"], None]
+#: ``phase(round, what, detail)``: called when the run starts doing ``what`` (one of PHASES);
+#: round 0 is the work before the first round and after the last one
+PhaseCallback = Callable[[int, str, str], None]
+PHASES = ("loading data", "standardising", "calibrating noise", "training",
+          "protecting + aggregating", "evaluating", "committing", "accounting", "baselines")
+
+
+def _no_phase(round_: int, what: str, detail: str) -> None:
+    return None
 
 #: per-bank record-level (DP-SGD) epsilon over the whole run when DP is on and none is given
 DEFAULT_RECORD_EPSILON = 8.0
@@ -248,6 +257,7 @@ class Engine:
         self.resume = resume
         self.session_id = session_id_for(config)
         self.random = _Randomness(config.seed, stream_id_for(config))
+        self._account: Any = None  # securefl.dp.budget.RunningAccount, made on first use
 
     # -- setup ------------------------------------------------------------------------------------
     def _load_data(self) -> Any:
@@ -431,21 +441,23 @@ class Engine:
         check_plan([d.event for d in drafts], c.rounds, c.target_epsilon, c.delta)
 
     def _running_epsilon(self, ledger: Any) -> dict[str, float]:
-        from securefl.dp.budget import spent_epsilon
+        """Epsilon spent so far (RDP), updated from the entries appended since the last round."""
+        from securefl.dp.budget import RunningAccount
 
         c = self.config
         out: dict[str, float] = {}
         if not c.dp:
             return out
-        entries = ledger.entries
-        client = [e for e in entries if e.level == "client"]
-        if client:
-            out["client"] = spent_epsilon(client, c.delta)
-        record = {e.party for e in entries if e.level == "record"}
-        if record:
-            out["record(max bank)"] = max(
-                spent_epsilon([e for e in entries if e.party == p and e.level == "record"],
-                              c.delta) for p in record)
+        if self._account is None:
+            self._account = RunningAccount()
+        account = self._account
+        account.update(ledger)
+        if account.entries("client"):
+            out["client"] = account.epsilon(c.delta, level="client")
+        banks = account.parties("record")
+        if banks:
+            out["record(max bank)"] = max(account.epsilon(c.delta, level="record", party=p)
+                                          for p in banks)
         return out
 
     # -- persistence --------------------------------------------------------------------------------
@@ -473,7 +485,10 @@ class Engine:
         return store, Ledger()
 
     # -- the run ------------------------------------------------------------------------------------
-    def run(self, *, progress: ProgressCallback | None = None) -> RunResult:
+    def run(self, *, progress: ProgressCallback | None = None,
+            phase: PhaseCallback | None = None) -> RunResult:
+        """Run (or resume) the federation; ``progress`` gets each round's report, ``phase`` what
+        the run is about to do (see :data:`PHASES`)."""
         import torch
 
         from securefl.errors import AggregationAbortedError
@@ -485,7 +500,13 @@ class Engine:
         t_start = _now()
         torch.manual_seed(c.seed)
         aggregator = make_aggregator(c.aggregation, neighbours=c.neighbours)
-        fed, stats_digest = self._standardize(self._load_data(), aggregator)
+        on = phase or _no_phase
+        on(0, "loading data", c.data or "embedded credit data")
+        fed = self._load_data()
+        on(0, "standardising", f"{c.aggregation} sum of the banks' feature moments")
+        fed, stats_digest = self._standardize(fed, aggregator)
+        if c.target_epsilon is not None:
+            on(0, "accounting", "checking the plan against the target epsilon")
         self._check_budget_before_start(len(fed.banks))
         task = fed.task
         train_spec = self._train_spec(task)
@@ -494,6 +515,8 @@ class Engine:
         sizes = [len(b.y_train) for b in fed.banks]
         public_weight = [n / max(sizes) for n in sizes]  # example counts are public metadata
         names = [b.name for b in fed.banks]
+        if c.dp and c.record_noise_multiplier is None:
+            on(0, "calibrating noise", "record-level DP-SGD noise per bank")
         record_noise = self._record_noise(fed)
         facts = {
             "banks": [{"name": b.name, "train_examples": len(b.y_train)} for b in fed.banks],
@@ -501,6 +524,7 @@ class Engine:
             "standardisation": {"mode": c.aggregation, "aggregate_sha256": stats_digest},
             "record_noise_multiplier": {names[i]: z for i, z in record_noise.items()},
         }
+        on(0, "committing", "opening the run directory")
         store, ledger = self._open_store(
             fed, to_bytes(model_tensors(model)), facts)
         start = store.last_round + 1
@@ -522,6 +546,8 @@ class Engine:
             if c.target_epsilon is not None:
                 from securefl.dp.budget import would_exceed
 
+                on(round_, "accounting", "budget check")
+
                 planned = self._planned_client_drafts(round_, len(participants), threshold)
                 checks = would_exceed(ledger, planned, c.target_epsilon, c.delta)
                 over = [f"{p}/{lv}: {ch.epsilon:.4g}" for (p, lv), ch in checks.items()
@@ -534,7 +560,7 @@ class Engine:
                                                 aggregator.stages)
             inputs, drafts, clipped = self._local_updates(
                 round_, participants, fed, model, weights, train_spec, record_noise,
-                public_weight)
+                public_weight, phase=on)
             noise = (NoisePlan(c.noise_multiplier, threshold)
                      if c.dp and c.noise_multiplier > 0 else None)
             spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
@@ -543,6 +569,8 @@ class Engine:
             record: dict[str, Any] = {
                 "session_id": self.session_id.hex(), "aggregation": c.aggregation,
                 "participants": [names[i] for i in participants]}
+            on(round_, "protecting + aggregating",
+               f"{aggregator.name}, {len(participants)} banks")
             try:
                 outcome = aggregator.aggregate(spec, inputs, dropouts=dropouts,
                                                random=self.random.factory(round_))
@@ -553,10 +581,12 @@ class Engine:
                               dropouts={names[i]: st for i, st in dropouts.items()})
                 metrics = history[-1].metrics if history else self._evaluate(model, fed)
                 set_flat(model, weights)
+                on(round_, "committing", "aborted round: audit record, ledger")
                 store.commit_round(round_=round_, record_fields=record,
                                    model=to_bytes({**model_tensors(model), **server_opt.state()}),
                                    ledger_lines=seal_round(ledger, drafts), metrics=metrics)
                 self._send_checkpoint(store, keepers, participants)
+                on(round_, "accounting", "epsilon spent so far")
                 history.append(RoundReport(round_, tuple(record["participants"]), tuple(alive),
                                            record["dropouts"], metrics, clipped, _now() - t0,
                                            self._running_epsilon(ledger), aborted=err.message))
@@ -568,6 +598,7 @@ class Engine:
             weights = server_update(server_opt, weights, outcome.total, outcome.survivors,
                                     public_weight, outcome.weight_total)
             set_flat(model, weights)
+            on(round_, "evaluating", "global test split")
             metrics = self._evaluate(model, fed)
             record.update(
                 survivors=[names[i] for i in outcome.survivors],
@@ -578,10 +609,13 @@ class Engine:
                 input_digests={names[int(k.split("/", 1)[1])]: v
                                for k, v in outcome.digests.items() if k.startswith("input/")},
                 aggregate_digest=outcome.digests.get("aggregate"))
+            on(round_, "committing", "model, audit record, ledger, signed checkpoint")
             store.commit_round(round_=round_, record_fields=record,
                                model=to_bytes({**model_tensors(model), **server_opt.state()}),
                                ledger_lines=seal_round(ledger, drafts), metrics=metrics)
             self._send_checkpoint(store, keepers, participants)
+            if c.dp:
+                on(round_, "accounting", "epsilon spent so far")
             report = RoundReport(
                 round=round_, participants=tuple(record["participants"]),
                 survivors=tuple(record["survivors"]), dropouts=record["dropouts"],
@@ -591,11 +625,14 @@ class Engine:
             if progress is not None:
                 progress(report)
 
+        if c.baselines:
+            on(0, "baselines", "centralised and each bank alone")
         baselines = self._baselines(fed, train_spec) if c.baselines else {}
         privacy: dict[str, Any] = {}
         if c.dp:
             from securefl.dp.report import privacy_report
 
+            on(0, "accounting", "privacy report")
             privacy = privacy_report(ledger, c.delta, "rdp")
         result = RunResult(
             run_dir=store.run_dir, config=c.to_dict(), task=task,
@@ -604,6 +641,7 @@ class Engine:
             history=history, baselines=baselines, privacy=privacy,
             model_sha256=store.model_sha256(store.last_round), seconds=_now() - t_start,
             stopped_early=stopped)
+        on(0, "committing", "result")
         store.finish(result.to_dict())
         return result
 
@@ -631,7 +669,8 @@ class Engine:
 
     def _local_updates(self, round_: int, participants: tuple[int, ...], fed: Any, model: Any,
                        weights: NDArray[np.float64], train_spec: Any,
-                       record_noise: dict[int, float], public_weight: list[float]
+                       record_noise: dict[int, float], public_weight: list[float],
+                       phase: PhaseCallback = _no_phase
                        ) -> tuple[dict[int, NDArray[np.float64]], list[Any], int]:
         """Each participant trains on its own rows (DP-SGD when on) and clips its update."""
         import torch
@@ -643,8 +682,10 @@ class Engine:
         inputs: dict[int, NDArray[np.float64]] = {}
         drafts: list[Any] = []
         clipped = 0
-        for cid in participants:
+        for k, cid in enumerate(participants, 1):
             bank = fed.banks[cid]
+            phase(round_, "training", f"bank {k}/{len(participants)} ({bank.name}"
+                  + (", DP-SGD)" if cid in record_noise else ")"))
             seed = int.from_bytes(self.random.source(round_, cid, "train").random_bytes(8),
                                   "big") >> 1
             set_flat(model, weights)
@@ -684,10 +725,12 @@ def run(
     *,
     progress: ProgressCallback | None = None,
     resume: str | Path | None = None,
+    phase: PhaseCallback | None = None,
 ) -> RunResult:
-    """Run a federated training as configured; see :class:`RunResult`."""
+    """Run a federated training as configured; see :class:`RunResult`. ``progress`` receives each
+    round's :class:`RoundReport`, ``phase`` what the run is about to do (:data:`PHASES`)."""
     return Engine(config, resume=Path(resume) if resume is not None else None).run(
-        progress=progress)
+        progress=progress, phase=phase)
 
 
 def _now() -> float:

@@ -77,26 +77,48 @@ def _label(cfg: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _round_line(rep: RoundReport, rounds: int) -> str:
+    """One finished round, as printed above the progress bar."""
+    m = rep.metrics
+    main = (f"AUC {m['roc_auc']:.4f}" if "roc_auc" in m
+            else f"RMSE {m.get('rmse', float('nan')):.4g}")
+    eps = "".join(f"  eps[{k}] {v:.4g}" for k, v in rep.epsilon.items())
+    drop = f"  dropped {len(rep.dropouts)}" if rep.dropouts else ""
+    aborted = f"  ABORTED: {rep.aborted}" if rep.aborted else ""
+    return f"round {rep.round}/{rounds}  {main}{eps}{drop}{aborted}  ({rep.seconds:.1f} s)"
+
+
+def _phase_text(round_: int, rounds: int, what: str, detail: str) -> str:
+    where = f"round {round_}/{rounds}: " if round_ else ""
+    return f"{where}{what}" + (f" - {detail}" if detail else "")
+
+
 def _run_with_progress(config: Any, label: str, *, resume: str | None) -> RunResult:
+    """The run with a live status line on stderr (what the run is doing now: loading data,
+    calibrating noise, training bank k/n, protecting + aggregating, committing, ...) and one line
+    per finished round. Only used on a terminal and never with --json."""
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from securefl.runtime import run
 
+    rounds = config.rounds
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} rounds"),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                  transient=False) as bar:
-        task = bar.add_task(f"securefl run ({label})", total=config.rounds, status="")
+                  TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(),
+                  TextColumn("{task.fields[doing]}", markup=False),
+                  console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(f"securefl run ({label})", total=rounds, doing="starting")
+
+        def on_phase(round_: int, what: str, detail: str) -> None:
+            bar.update(task, doing=_phase_text(round_, rounds, what, detail), refresh=True)
 
         def on_round(rep: RoundReport) -> None:
-            m = rep.metrics
-            main = (f"AUC {m['roc_auc']:.4f}" if "roc_auc" in m
-                    else f"RMSE {m.get('rmse', float('nan')):.4g}")
-            eps = "".join(f" eps[{k}] {v:.3g}" for k, v in rep.epsilon.items())
-            drop = f" dropped {len(rep.dropouts)}" if rep.dropouts else ""
-            bar.update(task, completed=rep.round, status=f"{main}{eps}{drop}")
+            bar.console.print(_round_line(rep, rounds), markup=False, highlight=False)
+            bar.update(task, completed=rep.round, doing="", refresh=True)
 
-        return run(config, progress=on_round, resume=resume)
+        result = run(config, progress=on_round, resume=resume, phase=on_phase)
+        bar.update(task, doing="done", refresh=True)
+        return result
 
 
 def _privacy_lines(privacy: dict[str, Any]) -> list[str]:

@@ -21,14 +21,43 @@ eps(alpha) = min(alpha/2 * D2^2/(n sigma^2) + tau d,
 Only the RDP accountant can compose it; ``"prv"`` and ``"pld"`` raise
 :class:`UnsupportedEventError` for DDG events (:func:`epsilon` with ``fallback=True`` then uses
 ``"rdp"`` and says so in its result).
+
+Cost of the RDP accountant: Opacus' analysis runs O(distinct events x orders) times, not
+O(rounds x orders x steps); the rest is one vector addition per ledger entry.
+
+* Composition by count. RDP composes additively at every order (Mironov, "Renyi Differential
+  Privacy", CSF 2017, Proposition 1), so k runs of the same unit mechanism (a Poisson(q)-sampled
+  Gaussian step with multiplier z, or one DDG release) are (alpha, k eps(alpha))-RDP: an entry of
+  k steps costs one multiplication of its unit's curve, not k evaluations. :class:`RdpAccount`
+  accumulates these vectors, so a running epsilon is updated incrementally (one vector addition
+  per new entry), in the same order as evaluating every entry afresh: same bits.
+* Cached curves. Each unit's curve is computed once per process (LRU, keyed by the frozen event
+  value) with Opacus' analysis (``opacus.accountants.analysis.rdp``, the Mironov, Talwar, Zhang 2019
+  computation of the sampled Gaussian's RDP, Section 3.3) at each order, exactly the numbers
+  ``compute_rdp`` returns; ``get_privacy_spent`` (Balle et al. 2020, Theorem 21) converts to
+  (epsilon, delta). That one file of Opacus is loaded without Opacus' package ``__init__`` (which
+  imports its whole training engine, seconds of start-up) when Opacus is not imported already.
+* Noise calibration runs the same bisection as before with the same decisions, but a decision
+  "epsilon(z) > target" evaluates only the orders it needs (:class:`_NoiseSearch`). Chiefly: at a
+  fixed order the sampled Gaussian's RDP is non-increasing in z (a larger z is the smaller one
+  plus independent Gaussian noise, i.e. post-processing, and Renyi divergence satisfies the
+  data-processing inequality: van Erven and Harremoes, IEEE Trans. Inf. Theory 2014, arXiv
+  1206.2459, Theorem 9), so an order above the target at z' is above it at every z < z' and is
+  not recomputed there; RDP >= 0 and its monotonicity in the order settle more orders.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+import sys
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
@@ -44,6 +73,8 @@ from securefl.dp.events import (
 from securefl.errors import PrivacyError
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from numpy.typing import NDArray
 
     from securefl.dp.ledger import LedgerEntry
@@ -52,6 +83,7 @@ __all__ = [
     "ACCOUNTANTS",
     "RDP_ORDERS",
     "Accountant",
+    "RdpAccount",
     "UnsupportedEventError",
     "calibrate_noise",
     "ddg_rdp",
@@ -180,6 +212,225 @@ def ddg_rdp(event: DistributedDiscreteGaussianEvent,
     return out
 
 
+# --- Opacus' RDP analysis ------------------------------------------------------------------------
+_OPACUS_RDP = "opacus.accountants.analysis.rdp"
+_analysis: ModuleType | None = None
+_analysis_lock = threading.Lock()
+
+
+def rdp_analysis() -> ModuleType:
+    """Opacus' RDP analysis module (``opacus.accountants.analysis.rdp``).
+
+    If Opacus is not imported yet, that one file is executed on its own (it imports only numpy and
+    scipy.special) rather than through ``import opacus``, whose package ``__init__`` loads Opacus'
+    whole training engine (seconds of start-up the accountant does not use). Same code, same
+    numbers; falls back to the ordinary import when the file is not where Opacus keeps it.
+    """
+    global _analysis
+    if _analysis is None:
+        with _analysis_lock:
+            if _analysis is None:
+                _analysis = (sys.modules.get(_OPACUS_RDP) or _load_opacus_rdp_file()
+                             or importlib.import_module(_OPACUS_RDP))
+    return _analysis
+
+
+def _load_opacus_rdp_file() -> ModuleType | None:
+    try:
+        spec = importlib.util.find_spec("opacus")  # locates the package without importing it
+    except (ImportError, ValueError):
+        return None
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    paths = [Path(r) / "accountants" / "analysis" / "rdp.py" for r in roots]
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
+        return None
+    file_spec = importlib.util.spec_from_file_location("securefl.dp._opacus_rdp", path)
+    if file_spec is None or file_spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(file_spec)
+    try:
+        file_spec.loader.exec_module(module)
+    except ImportError:  # the file needs the package after all (e.g. a relative import)
+        return None
+    return module
+
+
+# --- cached RDP curves of unit mechanisms --------------------------------------------------------
+def _gauss_unit(q: float, z: float) -> Event:
+    """The frozen event that keys the curve of one Poisson(q)-sampled Gaussian step."""
+    g = GaussianEvent(float(z))
+    return g if q == 1.0 else PoissonSampledEvent(float(q), g)
+
+
+def _unit_rdp(unit: Hashable, alpha: float) -> float:
+    """RDP at ``alpha`` of one run of a Gaussian unit: Opacus' ``compute_rdp`` with steps=1, i.e.
+    exactly the element ``compute_rdp`` puts in its array for this order."""
+    if isinstance(unit, GaussianEvent):
+        q, z = 1.0, unit.noise_multiplier
+    elif isinstance(unit, PoissonSampledEvent) and isinstance(unit.event, GaussianEvent):
+        q, z = unit.rate, unit.event.noise_multiplier
+    else:  # pragma: no cover - units are built by _gauss_unit
+        raise UnsupportedEventError(f"not a Gaussian unit: {unit!r}")
+    return float(rdp_analysis().compute_rdp(q=q, noise_multiplier=z, steps=1,
+                                            orders=float(alpha)))
+
+
+class _CurveCache:
+    """RDP of distinct unit mechanisms at one tuple of orders, keyed by the frozen event value:
+    per-order values (the noise search fills only the orders it needs) and whole curves. The
+    least recently used units are dropped beyond ``MAX_UNITS``."""
+
+    MAX_UNITS = 4096
+
+    def __init__(self, orders: tuple[float, ...]) -> None:
+        self.orders = orders
+        self._values: OrderedDict[Hashable, dict[int, float]] = OrderedDict()
+        self._curves: dict[Hashable, NDArray[np.float64]] = {}
+        self._lock = threading.Lock()
+        self.computed = 0  # per-order evaluations of Opacus' analysis (for tests and benchmarks)
+
+    def _slot(self, unit: Hashable) -> dict[int, float]:
+        with self._lock:
+            slot = self._values.get(unit)
+            if slot is None:
+                slot = self._values[unit] = {}
+                while len(self._values) > self.MAX_UNITS:
+                    old, _ = self._values.popitem(last=False)
+                    self._curves.pop(old, None)
+            else:
+                self._values.move_to_end(unit)
+            return slot
+
+    def value(self, unit: Hashable, i: int) -> float:
+        """eps_unit(orders[i]) of one run of a Gaussian unit."""
+        slot = self._slot(unit)
+        got = slot.get(i)
+        if got is None:
+            got = slot[i] = _unit_rdp(unit, self.orders[i])
+            self.computed += 1
+        return got
+
+    def curve(self, unit: Hashable) -> NDArray[np.float64]:
+        """The unit's RDP curve at every order (read-only array)."""
+        self._slot(unit)
+        got = self._curves.get(unit)
+        if got is None:
+            if isinstance(unit, DistributedDiscreteGaussianEvent):
+                got = ddg_rdp(unit, self.orders)
+            else:
+                got = np.array([self.value(unit, i) for i in range(len(self.orders))],
+                               dtype=np.float64)
+            got.setflags(write=False)
+            with self._lock:
+                if unit in self._values:
+                    self._curves[unit] = got
+        return got
+
+
+_caches: dict[tuple[float, ...], _CurveCache] = {}
+_caches_lock = threading.Lock()
+
+
+def _curve_cache(orders: tuple[float, ...]) -> _CurveCache:
+    with _caches_lock:
+        cache = _caches.get(orders)
+        if cache is None:
+            cache = _caches[orders] = _CurveCache(orders)
+        return cache
+
+
+def clear_rdp_cache() -> None:
+    """Forget every cached RDP curve (tests and benchmarks time a cold accountant with it)."""
+    with _caches_lock:
+        _caches.clear()
+
+
+def _epsilon_from_rdp(orders: Sequence[float], rdp: NDArray[np.float64], delta: float) -> float:
+    if not np.any(rdp):
+        return 0.0
+    if not np.all(np.isfinite(rdp)):
+        return math.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "optimal order is the smallest alpha"
+        eps, _ = rdp_analysis().get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
+    return float(eps)
+
+
+class RdpAccount:
+    """The RDP curve of (add/remove) events, composed over cached curves of their unit mechanisms.
+
+    Mironov 2017, Proposition 1: RDP composes by addition at each order, so a piece that runs one
+    unit mechanism k times (a Poisson(q)-sampled Gaussian step with multiplier z, or one DDG
+    release) contributes k * eps_unit(alpha), and the curve of a list of events is the sum of its
+    pieces. Each distinct unit's curve is computed once (process-wide cache), so Opacus' analysis
+    runs O(distinct units x orders) times whatever the number of events, and :meth:`add` extends
+    the account as events arrive (a running epsilon: one vector addition per new piece).
+
+    The pieces are added in the order the straightforward computation adds them (Gaussian pieces
+    in event order, then DDG pieces), so the curve, hence epsilon, is bit for bit the one obtained
+    by evaluating every piece afresh. (Merging equal pieces into one count * curve would be the
+    same number mathematically but can differ in the last bits, which JSON output shows.)
+    """
+
+    def __init__(self, orders: Sequence[float] = RDP_ORDERS) -> None:
+        self.orders = tuple(orders)
+        self._cache = _curve_cache(self.orders)
+        self._gauss_sum = np.zeros(len(self.orders), dtype=np.float64)
+        self._ddg_sum = np.zeros(len(self.orders), dtype=np.float64)
+        self._gauss_pieces = 0
+        self._ddg_pieces: list[tuple[DistributedDiscreteGaussianEvent, int]] = []
+        self._units: dict[Event, int] = {}
+        self._infinite = False
+
+    def add(self, events: Iterable[Event]) -> None:
+        """Compose ``events`` (add/remove neighbouring) after those already added. Nothing is added
+        if one of them cannot be accounted (UnsupportedEventError)."""
+        flat = _flat(list(events))
+        gauss = [(_gauss_unit(g.q, g.z), g.count) for g in flat.gauss if g.z != 0.0]
+        curves = [self._cache.curve(unit) for unit, _ in gauss]  # computed before any change
+        curves_ddg = [self._cache.curve(ev) for ev, _ in flat.ddg]
+        if any(g.z == 0.0 and g.q > 0 for g in flat.gauss):
+            self._infinite = True  # a noiseless release: no finite guarantee
+        for (unit, count), curve in zip(gauss, curves, strict=True):
+            self._gauss_sum = self._gauss_sum + curve * count
+            self._units[unit] = self._units.get(unit, 0) + count
+        self._gauss_pieces += len(gauss)
+        for (ev, count), curve in zip(flat.ddg, curves_ddg, strict=True):
+            self._ddg_sum = self._ddg_sum + count * curve
+            self._units[ev] = self._units.get(ev, 0) + count
+        self._ddg_pieces += flat.ddg
+
+    def copy(self) -> RdpAccount:
+        out = RdpAccount(self.orders)
+        out._gauss_sum, out._ddg_sum = self._gauss_sum.copy(), self._ddg_sum.copy()
+        out._gauss_pieces, out._ddg_pieces = self._gauss_pieces, list(self._ddg_pieces)
+        out._units, out._infinite = dict(self._units), self._infinite
+        return out
+
+    @property
+    def units(self) -> dict[Event, int]:
+        """Distinct unit mechanisms and how many times each ran, in the order first added."""
+        return dict(self._units)
+
+    def rdp(self) -> NDArray[np.float64]:
+        if self._infinite:
+            return np.full(len(self.orders), np.inf)
+        if not self._ddg_pieces:
+            return self._gauss_sum.copy()
+        if not self._gauss_pieces:
+            return self._ddg_sum.copy()
+        total = self._gauss_sum  # both kinds: the DDG pieces go on top of the Gaussian sum
+        for ev, count in self._ddg_pieces:
+            total = total + count * self._cache.curve(ev)
+        return total
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon at ``delta`` (Opacus' ``get_privacy_spent``: Balle et al. 2020, Theorem 21)."""
+        _check_delta(delta)
+        return _epsilon_from_rdp(self.orders, self.rdp(), delta)
+
+
 # --- accountants ---------------------------------------------------------------------------------
 class Accountant(Protocol):
     name: str
@@ -196,43 +447,25 @@ def _check_delta(delta: float) -> None:
 
 
 class RdpAccountant:
-    """Opacus' RDP analysis (``opacus.accountants.analysis.rdp``) plus the DDG RDP curve."""
+    """Opacus' RDP analysis (``opacus.accountants.analysis.rdp``) plus the DDG RDP curve, composed
+    by count over cached unit curves (:class:`RdpAccount`)."""
 
     name = "rdp"
 
     def __init__(self, orders: Sequence[float] = RDP_ORDERS) -> None:
         self.orders = tuple(orders)
 
-    def rdp(self, events: Sequence[Event]) -> NDArray[np.float64]:
-        from opacus.accountants.analysis import rdp as rdp_analysis
+    def account(self, events: Sequence[Event]) -> RdpAccount:
+        acc = RdpAccount(self.orders)
+        acc.add(events)
+        return acc
 
-        flat = _flat(events)
-        total = np.zeros(len(self.orders), dtype=np.float64)
-        for g in flat.gauss:
-            if g.z == 0.0:
-                if g.q > 0:
-                    return np.full(len(self.orders), np.inf)
-                continue
-            total = total + np.asarray(rdp_analysis.compute_rdp(
-                q=g.q, noise_multiplier=g.z, steps=g.count, orders=list(self.orders)),
-                dtype=np.float64)
-        for ev, count in flat.ddg:
-            total = total + count * ddg_rdp(ev, self.orders)
-        return total
+    def rdp(self, events: Sequence[Event]) -> NDArray[np.float64]:
+        return self.account(events).rdp()
 
     def epsilon(self, events: Sequence[Event], delta: float) -> float:
-        from opacus.accountants.analysis import rdp as rdp_analysis
-
         _check_delta(delta)
-        rdp = self.rdp(events)
-        if not np.any(rdp):
-            return 0.0
-        if not np.all(np.isfinite(rdp)):
-            return math.inf
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "optimal order is the smallest alpha"
-            eps, _ = rdp_analysis.get_privacy_spent(orders=list(self.orders), rdp=rdp, delta=delta)
-        return float(eps)
+        return self.account(events).epsilon(delta)
 
 
 class PrvAccountant:
@@ -327,13 +560,108 @@ def _per_round(noise_multiplier: float, sampling_rate: float, steps_per_round: i
     return SelfComposedEvent(inner, steps_per_round)
 
 
+def _bisect_noise(exceeds: Callable[[float], bool], target_epsilon: float,
+                  rel_tol: float) -> float:
+    """Doubling from 1 until ``exceeds`` is false, then bisection down to ``rel_tol``; returns
+    the upper end (which never exceeds). Every accountant runs this same search."""
+    lo, hi = 0.0, 1.0
+    while exceeds(hi):
+        lo, hi = hi, hi * 2.0
+        if hi > 1e6:
+            raise PrivacyError(f"no noise multiplier <= 1e6 reaches epsilon {target_epsilon}")
+    while hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2.0
+        if exceeds(mid):
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+#: a per-order value certifies "above the target" at smaller z only with this relative margin
+#: (far above the rounding error of Opacus' analysis)
+_CERTIFY_MARGIN = 1e-9
+
+
+class _NoiseSearch:
+    """Decides "epsilon(z) > target" for ``count`` runs of a Poisson(q)-sampled Gaussian exactly as
+    the whole RDP curve would, evaluating only the orders it needs.
+
+    Opacus' ``get_privacy_spent`` takes epsilon = min over orders of
+    e(alpha) = (rdp(alpha) - shift(alpha)) + gain(alpha), with shift = (log delta + log alpha) /
+    (alpha - 1) and gain = log((alpha - 1) / alpha). So "epsilon(z) <= target" holds iff some order
+    has e <= target, and "> target" iff every order has e > target. An order is settled above the
+    target without evaluating it at z when a lower bound LB of its RDP gives
+    (LB - shift) + gain > target, by a relative margin far above Opacus' rounding error:
+
+    * RDP >= 0 (Renyi divergences are non-negative): settles the small orders, whose shift is
+      large, and which are the slowest ones for Opacus' fractional-order series;
+    * RDP at z >= RDP at any z' >= z, same order: at a fixed order the sampled Gaussian's RDP is
+      non-increasing in the noise multiplier (data-processing inequality, module docstring);
+    * RDP at alpha >= RDP at any alpha' <= alpha, same z: Renyi divergence is non-decreasing in
+      its order (van Erven and Harremoes 2014, Theorem 3), and eps(alpha) of the sampled Gaussian
+      is the divergence between one fixed pair of distributions (Mironov, Talwar, Zhang 2019).
+
+    Every order not settled so is evaluated (ascending, so each value can settle the higher orders);
+    a z found "<= target" is the new upper end of the bracket, and its values settle later, smaller
+    z. Per-order values are Opacus' own (cached) and the conversion is the same IEEE arithmetic
+    numpy does element by element. For z < Z_MIN, q outside [Q_MIN, Q_MAX] (q = 1 is fine) or a
+    value that is not finite and positive, the whole curve is evaluated instead (``exact``), so no
+    assumption is made about Opacus' numerics there.
+    """
+
+    Z_MIN = 1e-2
+    Q_MIN, Q_MAX = 1e-12, 1.0 - 1e-9
+
+    def __init__(self, orders: tuple[float, ...], q: float, count: int, delta: float,
+                 target: float, exact: Callable[[float], float]) -> None:
+        self.cache = _curve_cache(orders)
+        self.q, self.count, self.target, self.exact = q, count, target, exact
+        o = np.atleast_1d(list(orders))  # as get_privacy_spent builds its vectors
+        self.shift: list[float] = ((np.log(delta) + np.log(o)) / (o - 1)).tolist()
+        self.gain: list[float] = np.log((o - 1) / o).tolist()
+        self.ascending = [int(i) for i in np.argsort(o, kind="stable")]
+        self.fast = count > 0 and (q == 1.0 or self.Q_MIN <= q <= self.Q_MAX)
+        #: (z, {order index: count * rdp}) of every z evaluated so far
+        self.known: list[tuple[float, dict[int, float]]] = []
+
+    def _settled_above(self, i: int, lower_bound: float) -> bool:
+        e = (lower_bound - self.shift[i]) + self.gain[i]
+        return e > self.target and e - self.target > _CERTIFY_MARGIN * max(1.0, abs(e))
+
+    def exceeds(self, z: float) -> bool:
+        if not self.fast or z < self.Z_MIN:
+            return self.exact(z) > self.target
+        above = [vals for z2, vals in self.known if z2 >= z]
+        unit = _gauss_unit(self.q, z)
+        here: dict[int, float] = {}
+        below = False
+        lb = 0.0  # max count * rdp over the orders <= the current one, at z or any z' >= z
+        for i in self.ascending:
+            for vals in above:
+                lb = max(lb, vals.get(i, 0.0))
+            if self._settled_above(i, lb):
+                continue
+            r = self.cache.value(unit, i) * self.count  # == (curve * count)[i] in numpy
+            if not (math.isfinite(r) and r > 0.0):
+                return self.exact(z) > self.target
+            here[i] = r
+            lb = max(lb, r)
+            below = below or (r - self.shift[i]) + self.gain[i] <= self.target
+        self.known.append((z, here))
+        return not below
+
+
 def calibrate_noise(target_epsilon: float, delta: float, rounds: int, sampling_rate: float = 1.0,
                     accountant: str = "rdp", *, steps_per_round: int = 1,
                     rel_tol: float = 1e-3) -> float:
     """Smallest noise multiplier (within ``rel_tol``) whose ``rounds * steps_per_round``
     Poisson(``sampling_rate``)-sampled Gaussian steps stay within ``target_epsilon`` at ``delta``.
 
-    Binary search; the returned value always satisfies the target (it is the upper end).
+    Bracketed search (doubling from 1, then bisection); the returned value always satisfies the
+    target (it is the upper end). With ``"rdp"`` each step of the search evaluates only the orders
+    it needs over cached curves (:class:`_NoiseSearch`) and takes the same decision as the whole
+    curve, so the result is the same as evaluating every order at every step.
     """
     if not math.isfinite(target_epsilon) or target_epsilon <= 0:
         raise PrivacyError(f"target_epsilon must be finite and > 0, got {target_epsilon!r}")
@@ -345,18 +673,14 @@ def calibrate_noise(target_epsilon: float, delta: float, rounds: int, sampling_r
         return acc.epsilon([SelfComposedEvent(_per_round(z, sampling_rate, steps_per_round),
                                               rounds)], delta)
 
-    lo, hi = 0.0, 1.0
-    while eps(hi) > target_epsilon:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e6:
-            raise PrivacyError(f"no noise multiplier <= 1e6 reaches epsilon {target_epsilon}")
-    while hi - lo > rel_tol * hi:
-        mid = (lo + hi) / 2.0
-        if eps(mid) > target_epsilon:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    if isinstance(acc, RdpAccountant):
+        _check_delta(delta)
+        flat = _flat([SelfComposedEvent(_per_round(1.0, sampling_rate, steps_per_round), rounds)])
+        if len(flat.gauss) == 1 and not flat.ddg:
+            search = _NoiseSearch(acc.orders, flat.gauss[0].q, flat.gauss[0].count, delta,
+                                  target_epsilon, eps)
+            return _bisect_noise(search.exceeds, target_epsilon, rel_tol)
+    return _bisect_noise(lambda z: eps(z) > target_epsilon, target_epsilon, rel_tol)
 
 
 def max_rounds_within(target_epsilon: float, delta: float, per_round: Sequence[Event],
