@@ -8,11 +8,21 @@ Floors: a client expands k_eff + 1 masks (k_eff neighbours + its self mask); the
 |U3| self masks + sum over dropped j of (surviving neighbours of j) pairwise masks. Dropouts happen
 at the `masked` stage (after sharing: the costly case for the server, which must regenerate the
 dropped clients' pairwise masks).
+
+Client encode rows (after the grid; ``--encode-only`` runs just these): one client's whole path
+from a float update to its masked message at k = 14 (the SecAgg+ degree for n = 100), d = 1e6
+(quick: 1e5): clip (securefl.dp.fedavg.clip_l2), stochastic rounding into Z_2^b
+(securefl.secagg.encode_input, the one path simulation and deployment share) and masking (the
+client's stage-2 CPU in an n = k + 1 round: k pairwise masks + its self mask, the same work as a
+SecAgg+ client with k neighbours), against the PRG floor (k + 1) x one mask measured in the same
+run. The exact discrete Gaussian noise (securefl.dp.discrete) for that client, at the variance a
+round with z = 1, C / gamma = 2^16 and min_survivors = 50 uses, is timed on its own line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import time
@@ -25,9 +35,17 @@ from securefl.crypto.prg import accumulate_mask
 from securefl.crypto.random import SeededRandomSource
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey
+from securefl.dp.discrete import discrete_gaussian
+from securefl.dp.fedavg import clip_l2
 from securefl.protocol import quantize
 from securefl.protocol.secagg import Federation, SecAggClient, SecAggConfig, SecAggServer
+from securefl.secagg import encode_input
 from securefl.transport.inprocess import InProcessDriver
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (test extra)
+    threadpool_limits = None
 
 RESULTS = Path(__file__).parent / "results" / "secagg.json"
 #: (n, d) combinations skipped in the full grid, with the reason
@@ -115,15 +133,124 @@ def run_one(n: int, d: int, dropout: float, precision_bits: int = 16) -> dict[st
     return row
 
 
+def encode_row(k: int, d: int, precision_bits: int = 16, noise_survivors: int = 50,
+               reps: int = 3) -> dict[str, Any]:
+    """One client's clip + round + mask at degree k (see the module docstring); CPU seconds, mean
+    over the k + 1 clients (masking) and best of ``reps`` per client (clip, encode, noise).
+
+    BLAS runs single-threaded here: after a multi-threaded ddot (the clip norm) OpenBLAS worker
+    threads busy-wait for milliseconds, and the process CPU clock would charge that spinning to
+    whatever is timed next."""
+    limit = (threadpool_limits(1, user_api="blas") if threadpool_limits is not None
+             else contextlib.nullcontext())
+    with limit:
+        return _encode_row(k, d, precision_bits, noise_survivors, reps)
+
+
+def _encode_row(k: int, d: int, precision_bits: int, noise_survivors: int, reps: int
+                ) -> dict[str, Any]:
+    n = k + 1
+    master = Secret(b"bench-encode".ljust(32, b"\x00"))
+    ids = list(range(n))
+    clip = 1.0
+    gamma = clip / 2**precision_bits
+    sigma2 = (clip / gamma) ** 2 / noise_survivors  # z = 1: (z C / gamma)^2 / min_survivors
+    enc = quantize.choose_encoding(100, d, clip, gamma)  # the field of an n = 100 round
+    t_prg = prg_seconds(d)
+    clip_s: list[float] = []
+    encode_s: list[float] = []
+    fields = {}
+    for c in ids:
+        raw = SeededRandomSource(master, f"update{c}").uniform(d) - 0.5
+        raw *= 1.5 * clip / float(np.linalg.norm(raw))  # over the clip norm: clipping scales it
+        best_clip = best_enc = float("inf")
+        for r in range(reps):
+            t0 = time.process_time()
+            x, _ = clip_l2(raw, clip)
+            t1 = time.process_time()
+            field = encode_input(x, clip_norm=clip, encoding=enc,
+                                 rounding=SeededRandomSource(master, f"round{c}/{r}"),
+                                 noise=SeededRandomSource(master, f"noise{c}/{r}"))
+            t2 = time.process_time()
+            best_clip, best_enc = min(best_clip, t1 - t0), min(best_enc, t2 - t1)
+        clip_s.append(best_clip)
+        encode_s.append(best_enc)
+        fields[c] = field
+    identities = {
+        c: SigningKey.from_seed(Secret(SeededRandomSource(master, f"id{c}").random_bytes(32)))
+        for c in ids
+    }
+    fed = Federation(b"E" * 16, {c: key.verify_key for c, key in identities.items()})
+    cfg = SecAggConfig.build(session_id=b"E" * 16, round=0, participants=ids,
+                             threshold=max(2, n // 2), dim=d, bits=enc.bits, degree=k)
+    expected = sum((fields[c].astype(np.uint64) for c in ids), np.zeros(d, np.uint64))
+    expected %= np.uint64(1 << enc.bits)
+    mask_s = float("inf")
+    for r in range(reps):  # whole rounds; the masked stage's mean CPU per client, best round
+        clients = {
+            c: SecAggClient(cfg, fed, c, identities[c], fields[c],
+                            SeededRandomSource(master, f"k{c}/{r}"))
+            for c in ids
+        }
+        driver = InProcessDriver(SecAggServer(cfg, fed), clients)
+        result = driver.run()
+        if not np.array_equal(result.field_sum.astype(np.uint64), expected):
+            raise SystemExit(f"wrong sum in the encode run (k={k}, d={d})")
+        mask_s = min(mask_s, driver.stats.cpu_seconds["clients/masked"] / n)
+    t_prg = min(t_prg, prg_seconds(d))  # the floor again, after the rounds: the lower one counts
+    noise_s = float("inf")
+    for r in range(reps):
+        t0 = time.process_time()
+        discrete_gaussian(d, sigma2, SeededRandomSource(master, f"noise/{r}"))
+        noise_s = min(noise_s, time.process_time() - t0)
+    floor = (k + 1) * t_prg
+    clip_mean, encode_mean = float(np.mean(clip_s)), float(np.mean(encode_s))
+    total = clip_mean + encode_mean + mask_s
+    return {
+        "k": k,
+        "d": d,
+        "bits": enc.bits,
+        "prg_floor_one_mask_s": t_prg,
+        "client_floor_s": floor,
+        "clip_cpu_s": clip_mean,
+        "round_cpu_s": encode_mean,
+        "mask_cpu_s": mask_s,
+        "encode_cpu_s": total,
+        "mask_ratio": mask_s / floor,
+        "encode_ratio": total / floor,
+        "noise_sigma2": sigma2,
+        "noise_cpu_s": noise_s,
+    }
+
+
+def print_encode(r: dict[str, Any]) -> None:
+    print(
+        f"client encode k={r['k']} d={r['d']} b={r['bits']}: clip {r['clip_cpu_s']:.4f} + round "
+        f"{r['round_cpu_s']:.4f} + mask {r['mask_cpu_s']:.4f} = {r['encode_cpu_s']:.4f} s CPU; "
+        f"PRG floor {r['client_floor_s']:.4f} s ({r['k'] + 1} x {r['prg_floor_one_mask_s']:.5f}); "
+        f"mask-only x{r['mask_ratio']:.2f}, clip+round+mask x{r['encode_ratio']:.2f} the floor",
+        flush=True,
+    )
+    print(
+        f"discrete Gaussian noise d={r['d']} sigma2={r['noise_sigma2']:.4g}: "
+        f"{r['noise_cpu_s']:.4f} s CPU",
+        flush=True,
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI-sized run (n in {10, 100}, d = 1e4)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--encode-only", action="store_true",
+                    help="only the client encode rows (clip + round + mask, noise)")
     args = ap.parse_args()
     if args.quick:
         grid = [(n, 10_000) for n in (10, 100)]
     else:
         grid = [(n, d) for n in (10, 100, 1000) for d in (10_000, 100_000, 1_000_000)]
+    if args.encode_only:
+        grid = []
     rows, skipped = [], []
     hdr = (
         f"{'n':>5} {'d':>8} {'drop':>4} {'k':>3} {'b':>3} {'cli cpu':>8} {'cli mask':>8} "
@@ -146,6 +273,9 @@ def main() -> int:
                 f"{r['client_bytes_per_coord']:>7.3f}",
                 flush=True,
             )
+    encode_rows = [encode_row(14, 100_000 if args.quick else 1_000_000)]
+    for r in encode_rows:
+        print_encode(r)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -156,6 +286,7 @@ def main() -> int:
                 "python": platform.python_version(),
                 "rows": rows,
                 "skipped": skipped,
+                "client_encode": encode_rows,
             },
             indent=1,
         )

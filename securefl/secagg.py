@@ -75,14 +75,17 @@ def encode_input(x: NDArray[np.float64], *, clip_norm: float, encoding: Encoding
     stochastic rounding to multiples of gamma, this client's discrete Gaussian noise share (when the
     encoding carries noise), then Z_2^b. OverflowRiskError if the input breaks the field bound."""
     x = np.asarray(x, dtype=np.float64)
-    if not np.all(np.isfinite(x)) or float(np.linalg.norm(x)) > clip_norm * (1 + 1e-9):
+    # NaN or +-inf anywhere makes the norm NaN or inf, which fails this test too
+    if not float(np.linalg.norm(x)) <= clip_norm * (1 + 1e-9):
         raise OverflowRiskError(f"input of {who} is not finite or exceeds the clip norm")
-    q = quantize.stochastic_round(x, encoding.gamma, rounding)
-    if np.any(np.abs(q) > math.ceil(clip_norm / encoding.gamma)):
-        raise OverflowRiskError(f"input of {who} exceeds the per-coordinate bound")
+    q_noise = None
     if encoding.noise_sigma2_int > 0:
-        q = q + _noise_sampler()(x.size, encoding.noise_sigma2_int, noise)
-    return quantize.to_field(q, encoding.bits)
+        q_noise = _noise_sampler()(x.size, encoding.noise_sigma2_int, noise)
+    try:  # one blocked pass: round, check |q| <= ceil(C / gamma), add the noise, reduce
+        return quantize.round_to_field(x, encoding.gamma, encoding.bits,
+                                       math.ceil(clip_norm / encoding.gamma), rounding, q_noise)
+    except OverflowRiskError as exc:
+        raise OverflowRiskError(f"input of {who} exceeds the per-coordinate bound") from exc
 
 
 class SecAggAggregator(Aggregator):

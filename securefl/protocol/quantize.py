@@ -1,8 +1,18 @@
 """Fixed-point encoding of clipped float updates into Z_{2^b}, with unbiased stochastic rounding.
 
-Encoding (value x in input units, step gamma > 0):
-  q = floor(x / gamma) + [u < x / gamma - floor(x / gamma)],  u ~ U[0, 1) from the injected source,
-so E[q] = x / gamma (unbiased) and |q - x / gamma| < 1 per coordinate.
+Encoding (value x in input units, step gamma > 0, s = x / gamma the float quotient):
+  q = floor(s) + [U < frac(s)],  U ~ U[0, 1) from the injected source,
+so E[q] = s exactly (unbiased), Var[q] = frac(s) (1 - frac(s)) and |q - s| < 1 per coordinate
+(the stochastic rounding of Gupta et al., "Deep Learning with Limited Numerical Precision", ICML
+2015, as used for SecAgg inputs by Kairouz, Liu, Steinke, "The Distributed Discrete Gaussian
+Mechanism for Federated Learning with Secure Aggregation", ICML 2021).
+U is read from the keystream as integers, never as floats: its first 32 bits are one uint32 word u,
+and frac(s) * 2^32 = P + R with P = floor(frac(s) * 2^32) an integer and R in [0, 1). Then
+U < frac(s) iff u < P, or u == P and (the rest of U) < R; the tie (probability 2^-32 per coordinate)
+is settled with further words, exactly, so P(q = floor(s) + 1) is frac(s) itself, not a 32-bit
+approximation of it. In int64, with z = floor(s * 2^32) (s * 2^32 is exact, one division by
+gamma * 2^-32): P = z mod 2^32 and q = (z + 2^32 - 1 - u) >> 32, whose low word before the shift is
+all ones exactly at a tie. Hence s must lie in [-2^31, 2^31 - 1], the centred range of Z_{2^32}.
 
 No-wrap bound (documented in protocols/secagg/spec.md, tested at its edge):
   each input has L2 norm <= C, hence |x_i| <= C per coordinate and |q_i| <= ceil(C / gamma);
@@ -17,11 +27,15 @@ No-wrap bound (documented in protocols/secagg/spec.md, tested at its edge):
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from securefl.crypto.random import uint32_into
 from securefl.errors import ConfigError, OverflowRiskError
 
 if TYPE_CHECKING:
@@ -38,6 +52,7 @@ __all__ = [
     "from_field",
     "noise_tail",
     "pack",
+    "round_to_field",
     "stochastic_round",
     "sum_bound",
     "to_field",
@@ -113,22 +128,171 @@ def choose_encoding(
     )
 
 
+#: stochastic rounding: fraction bits compared per uint32 draw
+_FRAC_BITS = 32
+_TWO_FRAC = 2.0**_FRAC_BITS
+#: s = x / gamma must lie in [-2^31, 2^31 - 1] (the centred range of Z_2^32), i.e. a = s 2^32 in
+#: [-2^63, 2^63 - 2^32]: floor(a) + 2^32 - 1 then fits int64
+_A_MIN = -(2.0**63)
+_A_MAX = 2.0**63 - 2.0**32
+#: |a| < 2^51: floor(a) + 1.5 * 2^52 is exact and its bits minus those of 1.5 * 2^52 are floor(a)
+_MAGIC = 1.5 * 2.0**52
+_MAGIC_BITS = int(np.array(_MAGIC).view(np.int64))
+_MAGIC_RANGE = 2.0**51
+#: coordinates per block: the temporaries of one block stay in the L2 cache
+_BLOCK = 1 << 15
+
+_Emit = Callable[[int, "NDArray[np.int64]", float, float], None]
+
+
+def _round_blocks(x: NDArray[np.float64], gamma: float, random: RandomSource, emit: _Emit
+                  ) -> tuple[NDArray[np.intp], NDArray[np.int64]]:
+    """The stochastic-rounding kernel, block by block (module docstring).
+
+    For each block, ``emit(start, q, s_min, s_max)`` receives q = floor(s) + [u < P] in a reused
+    int64 buffer, and the least and greatest s of the block. Returns the indices where the exact tie
+    break (u == P, then more words) rounded *up*, with their floor(s): the value emitted there was
+    floor(s) and must be raised by one.
+    """
+    if not (gamma > 0 and math.isfinite(gamma)):
+        raise ConfigError("gamma must be a positive finite number")
+    xs = np.asarray(x, dtype=np.float64)
+    if xs.ndim != 1:
+        raise ConfigError("stochastic rounding takes a 1-D vector")
+    n = xs.shape[0]
+    # a = s * 2^32 in one correctly rounded division by gamma * 2^-32 when that divisor is exact
+    # and normal (then a == 2^32 * fl(x / gamma) unless x / gamma is subnormal); else two steps
+    div = gamma / _TWO_FRAC
+    one_step = div * _TWO_FRAC == gamma and div >= sys.float_info.min
+    # dividing by a power of two is multiplying by its exact reciprocal (same double, faster)
+    inv = 1.0 / div if one_step and math.frexp(div)[0] == 0.5 else 0.0
+    scaled = np.empty(min(n, _BLOCK), dtype=np.float64)
+    zbuf = np.empty(min(n, _BLOCK), dtype=np.int64)
+    lowbuf = np.empty(min(n, _BLOCK), dtype=np.uint32)
+    ubuf = np.empty(min(n, _BLOCK), dtype=np.uint32)
+    tie_idx: list[NDArray[np.intp]] = []
+    tie_floor: list[NDArray[np.int64]] = []
+    for start in range(0, n, _BLOCK):
+        stop = min(n, start + _BLOCK)
+        m = stop - start
+        a, z = scaled[:m], zbuf[:m]
+        if inv:
+            np.multiply(xs[start:stop], inv, out=a)
+        elif one_step:
+            np.divide(xs[start:stop], div, out=a)
+        else:
+            np.divide(xs[start:stop], gamma, out=a)
+            a *= _TWO_FRAC
+        lo, hi = float(a.min()), float(a.max())  # NaN propagates through min / max
+        if not (lo >= _A_MIN and hi <= _A_MAX):
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ConfigError("inputs must be finite")
+            raise OverflowRiskError(
+                f"x / gamma reaches {(hi if hi > _A_MAX else lo) / _TWO_FRAC:.4g}, outside "
+                f"[-2^{MAX_BITS - 1}, 2^{MAX_BITS - 1} - 1]: no {MAX_BITS}-bit field holds it; "
+                "raise gamma"
+            )
+        # z = floor(a), exactly: z >> 32 = floor(s) and z mod 2^32 = P
+        np.floor(a, out=a)
+        if lo > -_MAGIC_RANGE and hi < _MAGIC_RANGE:  # exact float-bits conversion (see _MAGIC)
+            a += _MAGIC
+            np.subtract(a.view(np.int64), _MAGIC_BITS, out=z)
+        else:
+            z[...] = a  # float -> int64 conversion, exact for these integers
+        # q = floor(s) + [u < P] = (z + 2^32 - 1 - u) >> 32, and the low word of z + 2^32 - 1 - u
+        # is all ones exactly when u == P (a tie)
+        u = ubuf[:m]
+        uint32_into(random, u)
+        np.invert(u, out=u)  # 2^32 - 1 - u
+        np.add(z, u, out=z)
+        low = lowbuf[:m]
+        np.copyto(low, z, casting="unsafe")  # the low word (two's complement)
+        tie = low == np.uint32(0xFFFFFFFF)
+        np.right_shift(z, _FRAC_BITS, out=z)
+        if tie.any():
+            where = np.flatnonzero(tie)
+            tie_idx.append(start + where)
+            tie_floor.append(z[where].copy())  # at a tie q is floor(s)
+        emit(start, z, lo / _TWO_FRAC, hi / _TWO_FRAC)
+    idx = np.concatenate(tie_idx) if tie_idx else np.zeros(0, dtype=np.intp)
+    floors = np.concatenate(tie_floor) if tie_floor else np.zeros(0, dtype=np.int64)
+    ups = np.array([_tie_rounds_up(float(xs[i]), gamma, div, one_step, random) for i in idx],
+                   dtype=bool)
+    return idx[ups], floors[ups]
+
+
+def _tie_rounds_up(x: float, gamma: float, div: float, one_step: bool,
+                   random: RandomSource) -> bool:
+    """U < frac(s) given that U's first 32 bits equal P = floor(frac(s) * 2^32): the remaining
+    bits of U, drawn 32 at a time, against the exact remainder frac(a) of a = s * 2^32 (the same
+    double as in the kernel). Terminates: a double has finitely many fraction bits; once the
+    remainder is 0, U >= frac(s)."""
+    a = x / div if one_step else (x / gamma) * _TWO_FRAC
+    rem = Fraction(a) - math.floor(a)
+    while rem:
+        rem *= 1 << _FRAC_BITS
+        p = math.floor(rem)
+        u = int(random.uint32(1)[0])
+        if u != p:
+            return u < p
+        rem -= p
+    return False
+
+
 def stochastic_round(
     x: NDArray[np.float64], gamma: float, random: RandomSource
 ) -> NDArray[np.int64]:
-    """Unbiased stochastic rounding of x / gamma to integers (uniforms from ``random``)."""
-    scaled = np.asarray(x, dtype=np.float64) / gamma
-    if not np.all(np.isfinite(scaled)):
-        raise ConfigError("inputs must be finite")
-    low = np.floor(scaled)
-    up = random.uniform(scaled.shape[0]) < (scaled - low)
-    return low.astype(np.int64) + up.astype(np.int64)
+    """Unbiased stochastic rounding of s = x / gamma to integers: floor(s) + 1 with probability
+    exactly frac(s), else floor(s) (module docstring). One uint32 word per coordinate from
+    ``random``, in order (plus more only at a tie, probability 2^-32 per coordinate).
+    ConfigError if x is not finite, OverflowRiskError if some s is outside [-2^31, 2^31 - 1]."""
+    out = np.empty(np.shape(x)[0] if np.ndim(x) == 1 else 0, dtype=np.int64)
+
+    def emit(start: int, q: NDArray[np.int64], s_min: float, s_max: float) -> None:
+        out[start : start + q.shape[0]] = q
+
+    up, _ = _round_blocks(x, gamma, random, emit)
+    out[up] += 1
+    return out
+
+
+def round_to_field(x: NDArray[np.float64], gamma: float, bits: int, bound: int,
+                   random: RandomSource, noise: NDArray[np.int64] | None = None
+                   ) -> NDArray[np.uint32]:
+    """``to_field(stochastic_round(x, gamma, random) + noise, bits)`` with the same draws, checking
+    |q| <= ``bound`` per coordinate before the noise is added (OverflowRiskError otherwise), in
+    one blocked pass without the full-length float and int64 intermediates."""
+    xs = np.asarray(x, dtype=np.float64)
+    n = xs.shape[0] if xs.ndim == 1 else 0
+    if noise is not None and noise.shape != (n,):
+        raise ConfigError(f"noise has shape {noise.shape}, expected ({n},)")
+    field = np.empty(n, dtype=np.uint32)
+    mask = np.uint32((1 << bits) - 1)
+
+    def emit(start: int, q: NDArray[np.int64], s_min: float, s_max: float) -> None:
+        stop = start + q.shape[0]
+        # q is floor(s) or ceil(s), so -bound <= s <= bound (bound an integer) already implies
+        # |q| <= bound; only a block reaching past it needs the check on q itself
+        if (s_min < -bound or s_max > bound) and (int(q.min()) < -bound or int(q.max()) > bound):
+            raise OverflowRiskError(f"a rounded coordinate exceeds the bound {bound}")
+        if noise is not None:
+            q += noise[start:stop]
+        out = field[start:stop]
+        out[...] = q  # int64 -> uint32 keeps the low word: q mod 2^32
+        out &= mask
+
+    up, floors = _round_blocks(xs, gamma, random, emit)
+    if floors.size and int(floors.max()) + 1 > bound:
+        raise OverflowRiskError(f"a rounded coordinate exceeds the bound {bound}")
+    field[up] = (field[up] + np.uint32(1)) & mask  # wraps mod 2^bits like the cast and the mask
+    return field
 
 
 def to_field(q: NDArray[np.int64], bits: int) -> NDArray[np.uint32]:
     """q mod 2^bits as uint32 (two's complement wrap, then mask)."""
-    mask = np.uint32((1 << bits) - 1)
-    return np.asarray(q, dtype=np.int64).astype(np.uint32) & mask
+    out = np.asarray(q, dtype=np.int64).astype(np.uint32)
+    out &= np.uint32((1 << bits) - 1)
+    return out
 
 
 def from_field(v: NDArray[np.uint32], bits: int) -> NDArray[np.int64]:
@@ -154,8 +318,8 @@ def pack(v: NDArray[np.uint32], bits: int) -> bytes:
     words = np.asarray(v, dtype=np.uint32)
     out = np.empty(words.shape[0], dtype=_PACKED[w])
     out["lo"] = words  # truncating cast keeps the low 8/16/32 bits
-    if w == 3:
-        out["hi"] = words >> np.uint32(16)
+    if w == 3:  # byte 2 of each little-endian word, read in place (no shifted temporary)
+        out["hi"] = words.astype("<u4", copy=False).view(np.uint8)[2::4]
     return out.tobytes()
 
 
