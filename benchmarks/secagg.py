@@ -38,7 +38,13 @@ from securefl.crypto.signing import SigningKey
 from securefl.dp.discrete import discrete_gaussian
 from securefl.dp.fedavg import clip_l2
 from securefl.protocol import quantize
-from securefl.protocol.secagg import Federation, SecAggClient, SecAggConfig, SecAggServer
+from securefl.protocol.secagg import (
+    Assumptions,
+    Federation,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+)
 from securefl.secagg import encode_input
 from securefl.transport.inprocess import InProcessDriver
 
@@ -48,6 +54,8 @@ except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn 
     threadpool_limits = None
 
 RESULTS = Path(__file__).parent / "results" / "secagg.json"
+#: the assumptions every grid row derives T, k and t from (SecAggConfig.build)
+ASSUMPTIONS = Assumptions(dropout_fraction=0.1)
 #: (n, d) combinations skipped in the full grid, with the reason
 SKIP = {
     (1000, 1_000_000): "4 GB of client inputs plus ~1000 x 21 mask expansions of 4 MB each "
@@ -77,9 +85,10 @@ def run_one(n: int, d: int, dropout: float, precision_bits: int = 16) -> dict[st
         for c in ids
     }
     fed = Federation(b"B" * 16, {c: k.verify_key for c, k in identities.items()})
-    cfg = SecAggConfig.build(
-        session_id=b"B" * 16, round=0, participants=ids, threshold=max(2, n // 2), dim=d, bits=bits
-    )
+    # the safe parameters securefl derives (protocols/secagg/spec.md, "Threat model and bounds")
+    # for a federation that tolerates 10 % dropouts with no assumed colluder: every row uses them
+    cfg = SecAggConfig.build(session_id=b"B" * 16, round=0, participants=ids, dim=d, bits=bits,
+                             assumptions=ASSUMPTIONS)
     inputs = SeededRandomSource(master, "inputs").uint64(d)  # one shared pattern: RAM stays O(d)
     base = (inputs % np.uint64(1 << bits)).astype(np.uint32)
     clients = {
@@ -113,6 +122,9 @@ def run_one(n: int, d: int, dropout: float, precision_bits: int = 16) -> dict[st
         "dropout": dropout,
         "k": k_eff,
         "t": cfg.neighbour_threshold,
+        "T": cfg.threshold,
+        "graph": "classic" if cfg.guarantee.classic else "G(n,p)",
+        "min_honest_sum": cfg.guarantee.min_honest_sum,
         "bits": bits,
         "survivors": len(survivors),
         "wall_s": wall,
@@ -181,8 +193,10 @@ def _encode_row(k: int, d: int, precision_bits: int, noise_survivors: int, reps:
         for c in ids
     }
     fed = Federation(b"E" * 16, {c: key.verify_key for c, key in identities.items()})
+    # n = k + 1 clients on the complete graph: the same masking work as a SecAgg+ client with k
+    # neighbours; T derived from the bounds
     cfg = SecAggConfig.build(session_id=b"E" * 16, round=0, participants=ids,
-                             threshold=max(2, n // 2), dim=d, bits=enc.bits, degree=k)
+                             dim=d, bits=enc.bits, degree=k)
     expected = sum((fields[c].astype(np.uint64) for c in ids), np.zeros(d, np.uint64))
     expected %= np.uint64(1 << enc.bits)
     mask_s = float("inf")

@@ -64,8 +64,12 @@ class RoundSpec:
     #: FedAvg rounds: each participant's public weight w_i = n_i / max_j n_j, in participants'
     #: order (inputs are already multiplied by it); ckks also encrypts it beside the update
     weights: tuple[float, ...] | None = None
+    #: SHA-256 of the global model this round starts from, as this party received it
+    model_digest: bytes = bytes(32)
 
     def __post_init__(self) -> None:
+        if len(self.model_digest) != 32:
+            raise ConfigError("model_digest must be 32 bytes")
         if len(self.session_id) != 16:
             raise ConfigError("session_id must be 16 bytes")
         if self.round < 0:
@@ -84,6 +88,22 @@ class RoundSpec:
             or not all(0 < w <= 1 for w in self.weights)
         ):
             raise ConfigError("weights must give each participant a weight in (0, 1]")
+
+    def plan_digest(self) -> bytes:
+        """SHA-256 of what every participant must agree on beyond the protocol's own parameters:
+        ``"securefl/round-plan/v1" 0x00 | model digest | f64 clip_norm | u32 threshold |
+        f64 noise_multiplier | u32 min_survivors | u32 len | f64 weights..`` (big-endian; 0 and an
+        empty list where absent). SecAgg signs it with the advertised keys and the survivor set, so
+        a tailored model or FedAvg weight is caught before anything is unmasked."""
+        import hashlib
+        import struct
+
+        z, m = (self.noise.noise_multiplier, self.noise.min_survivors) if self.noise else (0.0, 0)
+        w = self.weights or ()
+        return hashlib.sha256(
+            b"securefl/round-plan/v1\x00" + self.model_digest
+            + struct.pack(f">dIdII{len(w)}d", self.clip_norm, self.threshold, z, m, len(w), *w)
+        ).digest()
 
     def weight_of(self, client: int) -> float:
         """The public FedAvg weight of ``client`` (ConfigError without weights)."""

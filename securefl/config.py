@@ -49,8 +49,9 @@ class RunConfig:
     server_lr: float = 1.0
     prox_mu: float = 0.01  # FedProx only
     aggregation: str = "secagg"  # secagg | ckks | plain (INSECURE, for comparison)
-    threshold: int | None = None  # survivors needed (default: majority of participants, >= 2)
-    neighbours: int | None = None  # SecAgg+ graph degree k (default: O(log n); n-1 = classic)
+    threshold: int | None = None  # survivors needed (default: the bound 2T > n + c, T >= c + 2)
+    neighbours: int | None = None  # SecAgg+ expected degree k (default: derived from the bounds)
+    colluders: int = 0  # banks assumed to collude with the server (SecAgg thresholds follow)
     dropout: float = 0.0  # simulated probability that a bank drops in a round
     # differential privacy
     dp: bool = True  # --no-dp for comparison only
@@ -112,6 +113,11 @@ def _validate(c: RunConfig) -> None:
     _need(c.neighbours is None or 1 <= c.neighbours < c.banks, "neighbours",
           f"must be between 1 and banks-1 ({c.banks - 1})")
     _need(0 <= c.dropout < 1, "dropout", "must be in [0, 1)")
+    _need(0 <= c.colluders <= max(0, c.banks - 2), "colluders",
+          f"must be between 0 and banks - 2 ({c.banks - 2}): every sum needs two honest inputs")
+    _need(c.colluders == 0 or c.aggregation != "ckks", "colluders",
+          "must be 0 with aggregation ckks: ckks protects updates only while every bank encrypts "
+          "honestly (a malformed ciphertext can extract the key holder's key); use secagg")
     _need(0 < c.clip_norm < math.inf, "clip_norm", "must be a positive number")
     _need(0 <= c.noise_multiplier < math.inf, "noise_multiplier", "must be >= 0")
     _need(c.record_epsilon is None or 0 < c.record_epsilon < math.inf, "record_epsilon",

@@ -22,13 +22,16 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
 from securefl.crypto.signing import SigningKey, VerifyKey, sign_bound, verify_bound
 from securefl.errors import ConfigError, MessageError, SignatureError
+
+if TYPE_CHECKING:
+    from securefl.protocol.secagg.bounds import Assumptions
 
 __all__ = [
     "MANIFEST_DOMAIN",
@@ -59,7 +62,9 @@ __all__ = [
     "verify_manifest",
 ]
 
-MANIFEST_VERSION = 1
+#: 2: the params state the federation's assumptions (colluders, dropouts, security parameter,
+#: field precision) from which SecAgg's thresholds follow; version 1 manifests are refused
+MANIFEST_VERSION = 2
 #: domain label of manifest signatures (separates them from every other securefl signature).
 MANIFEST_DOMAIN = "securefl/federation-manifest"
 MAX_MEMBERS = 1024
@@ -92,12 +97,29 @@ class ProtocolParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     neighbours: Annotated[int, Meta(ge=1, le=MAX_MEMBERS)] | None = None
     clip_norm: Annotated[float, Meta(gt=0.0, le=1e6)] = 1.0
     noise_multiplier: Annotated[float, Meta(ge=0.0, le=1e3)] = 1.0
+    #: banks that may collude with the server (static corruption); SecAgg thresholds follow from
+    #: it (protocols/secagg/spec.md, "Threat model and bounds")
+    colluders: Annotated[int, Meta(ge=0, le=MAX_MEMBERS)] = 0
+    #: fraction of a round's participants whose dropping it must survive (None: the most the
+    #: active-security bound 2T > n + c allows)
+    dropout_fraction: Annotated[float, Meta(ge=0.0, lt=1.0)] | None = None
+    #: graph-based SecAgg+ guarantees fail with probability <= 2^-security_bits per round
+    security_bits: Annotated[int, Meta(ge=16, le=128)] = 40
+    #: SecAgg field precision: an update is quantized in steps of clip_norm / 2^precision_bits
+    precision_bits: Annotated[int, Meta(ge=1, le=30)] = 16
+
+    def assumptions(self) -> Assumptions:
+        """The SecAgg assumptions these parameters state (protocol.secagg.bounds)."""
+        from securefl.protocol.secagg.bounds import Assumptions
+
+        return Assumptions(colluders=self.colluders, dropout_fraction=self.dropout_fraction,
+                           security_bits=self.security_bits)
 
 
 class ManifestBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The signed part of a manifest."""
 
-    version: Literal[1]
+    version: Literal[2]
     federation_id: FederationId
     members: Annotated[list[Member], Meta(min_length=2, max_length=MAX_MEMBERS)]
     params: ProtocolParams
@@ -143,9 +165,32 @@ def decode_manifest(data: bytes) -> SignedManifest:
     try:
         manifest = msgspec.json.decode(data, type=SignedManifest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        if _declared_version(data) == 1:
+            raise ConfigError(
+                "this is a version 1 federation manifest; version 2 states the federation's "
+                "assumptions (colluders, dropout_fraction, security_bits, precision_bits) from "
+                "which SecAgg's thresholds follow",
+                hint="create a new manifest (`securefl federation init`) and have every member "
+                     "sign it again") from exc
         raise MessageError(f"malformed federation manifest: {exc}") from exc
     check_body(manifest.body)
     return manifest
+
+
+class _VersionOnly(msgspec.Struct):
+    version: int
+
+
+class _BodyVersion(msgspec.Struct):
+    body: _VersionOnly
+
+
+def _declared_version(data: bytes) -> int | None:
+    """The body's version field alone (unknown fields ignored), or None when unreadable."""
+    try:
+        return msgspec.json.decode(data, type=_BodyVersion).body.version
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
 
 
 def load_manifest(path: str | Path) -> SignedManifest:
@@ -165,7 +210,8 @@ def check_body(body: ManifestBody) -> None:
 
     Unique names; unique public keys (one key in two roles would let one party sign for two);
     exactly one server; one CKKS key holder for ``ckks``, none for ``secagg``;
-    2 <= threshold <= number of clients; SecAgg+ neighbours <= clients - 1.
+    2 <= threshold <= number of clients; SecAgg+ neighbours <= clients - 1; colluders leave >= 2
+    honest clients and threshold >= colluders + 2; ckks refused when any bank may collude.
     """
     names = [m.name for m in body.members]
     dup = _first_duplicate(names)
@@ -187,6 +233,20 @@ def check_body(body: ManifestBody) -> None:
     n_clients = sum(1 for m in body.members if m.role == "client")
     if p.threshold > n_clients:
         raise ConfigError(f"threshold {p.threshold} exceeds the {n_clients} clients")
+    if p.aggregation == "ckks" and p.colluders > 0:
+        raise ConfigError(
+            f"aggregation ckks with colluders = {p.colluders}: ckks protects updates only while "
+            "every bank encrypts honestly (a malformed ciphertext can extract the key holder's "
+            "secret key from the release; no practical proof of well-formed RLWE encryption "
+            "exists in Python today), so it cannot be used when any bank may collude",
+            hint="use aggregation secagg, whose thresholds follow from the colluders")
+    if p.colluders > max(0, n_clients - 2):
+        raise ConfigError(f"colluders = {p.colluders} leaves fewer than 2 honest banks among "
+                          f"the {n_clients} clients")
+    if p.aggregation == "secagg" and p.threshold < p.colluders + 2:
+        raise ConfigError(f"threshold {p.threshold} with {p.colluders} colluders lets a sum hold "
+                          f"a single honest input: it must be >= colluders + 2 = "
+                          f"{p.colluders + 2}")
     if p.neighbours is not None:
         if p.aggregation != "secagg":
             raise ConfigError("neighbours applies to aggregation secagg only")

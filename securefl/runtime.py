@@ -119,17 +119,19 @@ class RunResult:
         }
 
 
-def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits: int = 16
-                    ) -> Aggregator:
+def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits: int = 16,
+                    colluders: int = 0) -> Aggregator:
     """The aggregation mode called ``name`` (imports its module lazily)."""
     if name == "plain":
         from securefl.plain import PlainAggregator
 
         return PlainAggregator()
     if name == "secagg":
+        from securefl.protocol.secagg import Assumptions
         from securefl.secagg import SecAggAggregator
 
-        return SecAggAggregator(degree=neighbours, precision_bits=precision_bits)
+        return SecAggAggregator(degree=neighbours, precision_bits=precision_bits,
+                                assumptions=Assumptions(colluders=colluders))
     if name == "ckks":
         from securefl.ckks import CKKSAggregator
 
@@ -137,9 +139,12 @@ def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits:
     raise ConfigError(f"unknown aggregation {name!r}")
 
 
-def default_threshold(n: int) -> int:
-    """Majority of the participants, at least 2 (so no single bank's update is ever released)."""
-    return min(n, max(2, n // 2 + 1))
+def default_threshold(n: int, colluders: int = 0) -> int:
+    """The smallest T the active-security bounds allow for n participants and c colluders:
+    2T > n + c and T >= c + 2 (protocol.secagg.bounds.min_threshold), capped at n."""
+    from securefl.protocol.secagg.bounds import min_threshold
+
+    return min(n, min_threshold(n, colluders))
 
 
 class _Randomness(SimulationRandomness):
@@ -425,6 +430,19 @@ class Engine:
                       neighbouring="add_remove",
                       sampling="all" if c.clients_per_round >= 1 else "fixed_size", steps=1)]
 
+    def _check_secagg_plan(self, n_banks: int) -> None:
+        """Refuse, before anything runs, a threshold or degree below the SecAgg bounds for the
+        stated colluders (ConfigError naming the bound; protocol.secagg.bounds)."""
+        c = self.config
+        if c.aggregation != "secagg":
+            return
+        from securefl.protocol.secagg import Assumptions, derive
+
+        k = len(self._sample(1, n_banks))
+        derive(k, Assumptions(colluders=c.colluders),
+               threshold=min(c.threshold or default_threshold(k, c.colluders), k),
+               degree=c.neighbours)
+
     def _check_budget_before_start(self, n_banks: int) -> None:
         from securefl.dp.budget import check_plan
 
@@ -436,7 +454,7 @@ class Engine:
                 "a client-level target epsilon needs client-level noise (--dp with "
                 "--noise-multiplier > 0); without it epsilon is infinite")
         k = len(self._sample(1, n_banks))
-        threshold = min(c.threshold or default_threshold(k), k)
+        threshold = min(c.threshold or default_threshold(k, c.colluders), k)
         drafts = self._planned_client_drafts(1, k, threshold)
         check_plan([d.event for d in drafts], c.rounds, c.target_epsilon, c.delta)
 
@@ -499,12 +517,14 @@ class Engine:
         c = self.config
         t_start = _now()
         torch.manual_seed(c.seed)
-        aggregator = make_aggregator(c.aggregation, neighbours=c.neighbours)
+        aggregator = make_aggregator(c.aggregation, neighbours=c.neighbours,
+                                     colluders=c.colluders)
         on = phase or _no_phase
         on(0, "loading data", c.data or "embedded credit data")
         fed = self._load_data()
         on(0, "standardising", f"{c.aggregation} sum of the banks' feature moments")
         fed, stats_digest = self._standardize(fed, aggregator)
+        self._check_secagg_plan(len(fed.banks))
         if c.target_epsilon is not None:
             on(0, "accounting", "checking the plan against the target epsilon")
         self._check_budget_before_start(len(fed.banks))
@@ -541,7 +561,7 @@ class Engine:
         for round_ in range(start, c.rounds + 1):
             t0 = _now()
             participants = self._sample(round_, len(fed.banks))
-            threshold = min(c.threshold or default_threshold(len(participants)),
+            threshold = min(c.threshold or default_threshold(len(participants), c.colluders),
                             len(participants))
             if c.target_epsilon is not None:
                 from securefl.dp.budget import would_exceed
@@ -565,7 +585,9 @@ class Engine:
                      if c.dp and c.noise_multiplier > 0 else None)
             spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
                              clip_norm=c.clip_norm, threshold=threshold, noise=noise,
-                             weights=tuple(public_weight[i] for i in participants))
+                             weights=tuple(public_weight[i] for i in participants),
+                             model_digest=hashlib.sha256(
+                                 np.ascontiguousarray(weights).tobytes()).digest())
             record: dict[str, Any] = {
                 "session_id": self.session_id.hex(), "aggregation": c.aggregation,
                 "participants": [names[i] for i in participants]}

@@ -33,7 +33,14 @@ from securefl.errors import (
 )
 from securefl.protocol import quantize
 from securefl.protocol.quantize import Encoding
-from securefl.protocol.secagg import STAGES, Federation, SecAggClient, SecAggConfig, SecAggServer
+from securefl.protocol.secagg import (
+    STAGES,
+    Assumptions,
+    Federation,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+)
 from securefl.transport.inprocess import InProcessDriver, Tamper
 
 if TYPE_CHECKING:
@@ -89,7 +96,9 @@ def encode_input(x: NDArray[np.float64], *, clip_norm: float, encoding: Encoding
 
 
 class SecAggAggregator(Aggregator):
-    """SecAgg+ by default (k = min(n - 1, 2 ceil(log2 n))); ``degree = n - 1`` is classic SecAgg."""
+    """Thresholds and graph degree derived from ``assumptions`` (protocol.secagg.bounds): classic
+    SecAgg where a graph would not save much, SecAgg+ on G(n, p) otherwise; explicit ``degree`` and
+    ``neighbour_threshold`` are checked against the bounds."""
 
     name = "secagg"
     secure = True
@@ -105,6 +114,7 @@ class SecAggAggregator(Aggregator):
         tail_log2: int = 40,
         tamper: Tamper | None = None,
         identities: Mapping[int, SigningKey] | None = None,
+        assumptions: Assumptions | None = None,
     ) -> None:
         if not 1 <= precision_bits <= 30:
             raise ConfigError("precision_bits must be in [1, 30]")
@@ -117,6 +127,8 @@ class SecAggAggregator(Aggregator):
         self.tail_log2 = tail_log2
         self.tamper = tamper
         self.identities = dict(identities) if identities is not None else None
+        #: the federation's stated assumptions (colluders, dropouts): thresholds follow from them
+        self.assumptions = assumptions if assumptions is not None else Assumptions()
 
     def noise_variance_int(self, spec: RoundSpec, gamma: float) -> float:
         """Per-client integer noise variance (z C / gamma)^2 / min_survivors (0 without noise)."""
@@ -170,6 +182,8 @@ class SecAggAggregator(Aggregator):
             bits=enc.bits,
             degree=self.degree,
             neighbour_threshold=self.neighbour_threshold,
+            assumptions=self.assumptions,
+            plan_digest=spec.plan_digest(),
         )
         identities = self._identities(spec, random)
         federation = Federation(spec.session_id, {c: k.verify_key for c, k in identities.items()})

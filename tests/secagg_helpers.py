@@ -10,7 +10,13 @@ from numpy.typing import NDArray
 from securefl.crypto.random import SeededRandomSource
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey
-from securefl.protocol.secagg import Federation, SecAggClient, SecAggConfig, SecAggServer
+from securefl.protocol.secagg import (
+    Assumptions,
+    Federation,
+    SecAggClient,
+    SecAggConfig,
+    SecAggServer,
+)
 
 
 @dataclass
@@ -30,6 +36,8 @@ def make_round(
     threshold: int | None = None,
     degree: int | None = None,
     neighbour_threshold: int | None = None,
+    assumptions: Assumptions | None = None,
+    plan: bytes = bytes(32),
     session: bytes = b"S" * 16,
     round_: int = 1,
     seed: bytes = b"seed",
@@ -45,11 +53,13 @@ def make_round(
         session_id=session,
         round=round_,
         participants=ids,
-        threshold=threshold if threshold is not None else n // 2 + 1,
+        threshold=threshold,
         dim=dim,
         bits=bits,
         degree=degree,
         neighbour_threshold=neighbour_threshold,
+        assumptions=assumptions,
+        plan_digest=plan,
     )
     words = SeededRandomSource(master, f"inputs/{round_}").uint64(n * dim)
     inputs = {

@@ -60,3 +60,22 @@ def test_invalid_toml(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         resolve(tmp_path / "nope.toml", {})
+
+
+def test_colluders_bound_and_ckks_refusal() -> None:
+    with pytest.raises(ConfigError, match="colluders"):
+        from_mapping({"colluders": 2})  # 3 banks: a sum would hold fewer than 2 honest inputs
+    with pytest.raises(ConfigError, match="ckks protects updates only while every bank"):
+        from_mapping({"colluders": 1, "aggregation": "ckks"})
+    assert from_mapping({"colluders": 1}).colluders == 1
+
+
+def test_secagg_threshold_below_the_bound_is_refused_before_the_run(tmp_path: Path) -> None:
+    """3 banks, 1 colluder: 2T > n + c needs T = 3; T = 2 is refused, naming the bound, before
+    anything is trained or written."""
+    from securefl.runtime import run
+
+    cfg = from_mapping({"colluders": 1, "threshold": 2, "rounds": 1, "out": str(tmp_path / "r")})
+    with pytest.raises(ConfigError, match=r"2T > n \+ c"):
+        run(cfg)
+    assert not (tmp_path / "r" / "ledger.jsonl").exists()

@@ -344,3 +344,41 @@ def test_regression_deployment_standardises_the_target_federatedly(tmp_path: Pat
     assert abs(got["r2"] - want["r2"]) < 0.002, (got, want)
     assert abs(got["rmse"] - want["rmse"]) / want["rmse"] < 0.002, (got, want)
     assert got["r2"] > 0.1  # it learned something in label units (R^2 of a mean predictor: 0)
+
+
+def test_a_model_tailored_to_one_bank_aborts_the_round_before_unmasking(
+        fed: Fed, tmp_path: Path) -> None:
+    """Pasquini et al. (CCS 2022): a server that sends one bank a different global model can
+    isolate its update even through perfect secure aggregation. The model each bank trained from is
+    the input binding it signs with the survivor set, so no bank reveals a share and the round
+    aborts; the run directory still verifies."""
+    import msgspec
+    import numpy as np
+
+    from securefl.audit.verify import verify_run_dir
+    from securefl.deploy.messages import MODEL_DOMAIN, GlobalModel
+    from securefl.protocol import wire
+
+    class Tailoring(DeployServer):
+        def _trip(self, ex: Any, round_: int, stage: str, payloads: Any) -> dict[str, Any]:
+            if round_ == 1 and stage == "share":
+                victim = sorted(payloads)[0]
+                p = payloads[victim]
+                if p.model is not None:
+                    gm = wire.decode(p.model.body, GlobalModel)
+                    w = np.frombuffer(gm.weights, dtype="<f8").copy()
+                    w[0] += 1.0
+                    gm = msgspec.structs.replace(gm, weights=w.astype("<f8").tobytes())
+                    payloads = {**payloads, victim: msgspec.structs.replace(
+                        p, model=self._sign(wire.encode(gm), MODEL_DOMAIN, round_))}
+            return super()._trip(ex, round_, stage, payloads)
+
+    run_dir = tmp_path / "run"
+    srv = Tailoring(ServerSettings.load(fed.server_file(run_dir)))
+    link = LocalLink(_banks(fed), srv.fed.digest)
+    res = srv.run(link, link.names())
+    assert res["rounds_completed"] == 0
+    # the victim's survivor-set signature covers the model it got: the server's machine refuses it
+    # (SignatureError), and no honest bank reveals a share without every survivor's signature
+    assert res["history"][0]["round"] == 1 and res["history"][0]["aborted"] == "SFL401"
+    verify_run_dir(run_dir)

@@ -83,7 +83,7 @@ def test_round_trip_through_file_bytes() -> None:
 
 def test_canonical_body_is_sorted_compact_json() -> None:
     # hand-written expected bytes: keys sorted at every level, no whitespace
-    body = ManifestBody(version=1, federation_id="f", members=[
+    body = ManifestBody(version=2, federation_id="f", members=[
         Member(name="s", role="server", public_key="00" * 32),
         Member(name="c", role="client", public_key="11" * 32)],
         params=ProtocolParams(aggregation="secagg", threshold=2, clip_norm=0.5,
@@ -92,10 +92,34 @@ def test_canonical_body_is_sorted_compact_json() -> None:
         '{"federation_id":"f","members":['
         '{"name":"s","public_key":"' + "00" * 32 + '","role":"server"},'
         '{"name":"c","public_key":"' + "11" * 32 + '","role":"client"}],'
-        '"params":{"aggregation":"secagg","clip_norm":0.5,"neighbours":null,'
-        '"noise_multiplier":1.25,"threshold":2},"version":1}'
+        '"params":{"aggregation":"secagg","clip_norm":0.5,"colluders":0,'
+        '"dropout_fraction":null,"neighbours":null,"noise_multiplier":1.25,'
+        '"precision_bits":16,"security_bits":40,"threshold":2},"version":2}'
     ).encode()
     assert canonical_body(body) == expected
+
+
+def test_version_1_manifest_is_refused_with_a_reason() -> None:
+    import json
+
+    v1 = json.dumps({"body": {"version": 1, "federation_id": "f", "members": [], "params": {
+        "aggregation": "secagg", "threshold": 2}}, "signatures": []}).encode()
+    with pytest.raises(ConfigError, match="version 1 federation manifest"):
+        decode_manifest(v1)
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"aggregation": "ckks", "threshold": 2, "colluders": 1}, "ckks protects updates only while"),
+    ({"aggregation": "secagg", "threshold": 2, "colluders": 1}, "colluders \\+ 2"),
+    ({"aggregation": "secagg", "threshold": 3, "colluders": 2}, "fewer than 2 honest banks"),
+])
+def test_assumptions_below_the_bounds_are_refused(params: dict[str, object], match: str) -> None:
+    members = [Member(name="s", role="server", public_key="00" * 32)] + [
+        Member(name=f"b{i}", role="client", public_key=f"{i + 1:02x}" * 32) for i in range(3)]
+    if params["aggregation"] == "ckks":
+        members.append(Member(name="kh", role="ckks-key-holder", public_key="ee" * 32))
+    with pytest.raises(ConfigError, match=match):
+        create_manifest("f", members, ProtocolParams(**params))  # type: ignore[arg-type]
 
 
 def test_signature_layout_verifies_independently_with_cryptography() -> None:
@@ -104,7 +128,7 @@ def test_signature_layout_verifies_independently_with_cryptography() -> None:
     body = json.dumps(msgspec.to_builtins(m.body), sort_keys=True, separators=(",", ":")).encode()
     d, sid = MANIFEST_DOMAIN.encode(), b"fed-1"
     message = (b"securefl-sig-v1\x00" + struct.pack(">H", len(d)) + d
-               + struct.pack(">H", len(sid)) + sid + struct.pack(">Q", 1) + body)
+               + struct.pack(">H", len(sid)) + sid + struct.pack(">Q", 2) + body)
     for s in m.signatures:
         pk = Ed25519PublicKey.from_public_bytes(KEYS[s.member].verify_key.raw)
         pk.verify(bytes.fromhex(s.signature), message)  # raises InvalidSignature if wrong

@@ -33,7 +33,7 @@ def test_float_total_within_quantization_error() -> None:
     spec = RoundSpec(
         session_id=b"A" * 16, round=0, participants=tuple(range(n)), clip_norm=clip, threshold=5
     )
-    agg = SecAggAggregator(precision_bits=12, degree=4)
+    agg = SecAggAggregator(precision_bits=12)
     inputs = _inputs(n, dim, clip)
     out = agg.aggregate(spec, inputs, random=factory, dropouts={2: "masked", 6: "unmask"})
     assert out.survivors == (0, 1, 3, 4, 5, 6, 7)
@@ -154,7 +154,7 @@ def test_digests_of_masked_inputs_as_the_server_received_them() -> None:
         return data
 
     dropouts = {1: "masked", 3: "unmask"}
-    out = SecAggAggregator(degree=4, tamper=record).aggregate(
+    out = SecAggAggregator(tamper=record).aggregate(
         spec, inputs, random=factory, dropouts=dropouts
     )
     assert out.survivors == (0, 2, 3, 4)  # 3 dropped after its masked input was summed
@@ -178,7 +178,7 @@ def test_digests_of_masked_inputs_as_the_server_received_them() -> None:
             return msgspec.msgpack.encode(raw)
         return data
 
-    bad = SecAggAggregator(degree=4, tamper=flip).aggregate(
+    bad = SecAggAggregator(tamper=flip).aggregate(
         spec, inputs, random=factory, dropouts=dropouts
     )
     assert bad.digests["input/0"] != out.digests["input/0"]

@@ -14,17 +14,22 @@ from securefl.protocol.secagg import (
     CLIENT_TRANSITIONS,
     SERVER_TRANSITIONS,
     STAGES,
+    Assumptions,
     ClientState,
     Deadline,
     ServerState,
     Start,
+    derive,
 )
+from securefl.protocol.secagg.bounds import min_threshold
 from securefl.transport.inprocess import InProcessDriver
 
 
 def _independent_outcome(r, dropouts: dict[int, str]) -> tuple[int, ...] | None:  # type: ignore[no-untyped-def]
-    """Which clients end up in the sum, or None if the round must abort (paper's rules)."""
+    """Which clients end up in the sum, or None if the round must abort (the paper's rules, with
+    the threshold t never lowered: a client with fewer than t share holders aborts)."""
     cfg = r.config
+    t = cfg.neighbour_threshold
 
     def alive(stage: str) -> set[int]:
         return {
@@ -34,20 +39,27 @@ def _independent_outcome(r, dropouts: dict[int, str]) -> tuple[int, ...] | None:
         }
 
     u1, u2, u3, u4, u5 = (alive(s) for s in STAGES)
-    for u in (u1, u2, u3, u4):
+    if len(u1) < cfg.threshold:
+        return None
+    graph = r.server._graph  # the graph itself is tested independently in test_secagg_graph.py
+    for i in u2:  # at the roster: holders among those who advertised
+        if len((graph[i] & u1) | {i}) < t:
+            return None
+    if len(u2) < cfg.threshold:
+        return None
+    for i in u3:  # before masking: shares held from neighbours that shared, itself included
+        if len(graph[i] & u2) + 1 < t:
+            return None
+    for u in (u3, u4):
         if len(u) < cfg.threshold:
             return None
-    graph = r.server._graph  # the graph itself is tested independently in test_secagg_graph.py
-    for i in u3:  # each client in U3 needs t' - 1 neighbours in U2 to mask with
-        if len(graph[i] & u2) + 1 < min(cfg.neighbour_threshold, len(graph[i]) + 1):
-            return None
+    if u4 != u3:  # every survivor must sign the survivor set
+        return None
     for i in u3:
-        if len((graph[i] | {i}) & u5) < min(cfg.neighbour_threshold, len(graph[i]) + 1):
+        if len((graph[i] | {i}) & u5) < t:
             return None
     for j in u2 - u3:
-        if any(j in graph[i] for i in u3) and len((graph[j] | {j}) & u5) < min(
-            cfg.neighbour_threshold, len(graph[j]) + 1
-        ):
+        if any(j in graph[i] for i in u3) and len(graph[j] & u5) < t:
             return None
     return tuple(sorted(u3))
 
@@ -58,22 +70,20 @@ def test_exact_sum_under_random_dropouts(data: st.DataObject) -> None:
     n = data.draw(st.integers(2, 9), label="n")
     dim = data.draw(st.integers(1, 20), label="dim")
     bits = data.draw(st.integers(1, 32), label="bits")
-    classic = data.draw(st.booleans(), label="classic")
-    degree = (
-        n - 1
-        if classic or n <= 3
-        else data.draw(st.sampled_from([k for k in range(2, n - 1, 2)] + [n - 1]), label="k")
-    )
-    holders = degree + 1
-    nt = data.draw(st.integers(holders // 2 + 1, holders), label="t_nb")
-    threshold = data.draw(st.integers(1, n), label="threshold")
+    c = data.draw(st.integers(0, max(0, n - 3)), label="colluders")
+    a = Assumptions(colluders=c)
+    threshold = data.draw(st.integers(min(n, min_threshold(n, c)), n), label="threshold")
+    if threshold - c < 2 or 2 * threshold <= n + c:
+        return  # no configuration exists (n too small for c colluders)
+    d = derive(n, a, threshold=threshold)
+    nt = data.draw(st.integers(d.neighbour_threshold, min(threshold, d.degree + 1)), label="t")
     r = make_round(
         n,
         dim,
         bits,
         threshold=threshold,
-        degree=degree,
         neighbour_threshold=nt,
+        assumptions=a,
         seed=data.draw(st.binary(min_size=1, max_size=8), label="seed"),
     )
     dropouts = data.draw(
@@ -87,30 +97,24 @@ def test_exact_sum_under_random_dropouts(data: st.DataObject) -> None:
         result = None
     event("aborted" if result is None else "completed")
     if result is None:
-        # the abort happens at the latest after U1 is known, so the graph exists if we got there
-        if r.server._graph:
-            assert _independent_outcome(r, dropouts) is None
-        else:
-            assert (
-                len(r.config.participants) - sum(1 for s in dropouts.values() if s == "advertise")
-                < threshold
-            )
+        assert _independent_outcome(r, dropouts) is None
         return
     assert _independent_outcome(r, dropouts) == result.survivors
     assert (result.field_sum == expected_sum(r, result.survivors)).all()
 
 
 def test_no_dropouts_classic_and_plus() -> None:
-    for degree in (None, 9):
-        r = make_round(10, dim=33, bits=32, threshold=6, degree=degree)
+    for n, a in ((10, Assumptions()), (30, Assumptions(dropout_fraction=0.1))):
+        r = make_round(n, dim=33, bits=32, assumptions=a)
+        assert r.config.guarantee.classic == (n == 10)
         res = InProcessDriver(r.server, r.clients).run()
-        assert res.survivors == tuple(range(10))
+        assert res.survivors == tuple(range(n))
         assert (res.field_sum == expected_sum(r, res.survivors)).all()
 
 
 @pytest.mark.parametrize("stage", ["advertise", "share", "masked", "consistency"])
 def test_below_threshold_aborts_with_typed_error(stage: str) -> None:
-    r = make_round(6, threshold=5, degree=5)
+    r = make_round(6, threshold=5)
     driver = InProcessDriver(r.server, r.clients, dropouts={0: stage, 1: stage})
     with pytest.raises(AggregationAbortedError):
         driver.run()
@@ -119,9 +123,9 @@ def test_below_threshold_aborts_with_typed_error(stage: str) -> None:
 
 
 def test_too_few_share_holders_in_unmask_aborts() -> None:
-    r = make_round(6, threshold=2, degree=5, neighbour_threshold=6)
+    r = make_round(6, threshold=5, neighbour_threshold=5)
     with pytest.raises(AggregationAbortedError):
-        InProcessDriver(r.server, r.clients, dropouts={3: "unmask"}).run()
+        InProcessDriver(r.server, r.clients, dropouts={3: "unmask", 4: "unmask"}).run()
 
 
 def _sample_messages() -> list[object]:
@@ -146,7 +150,7 @@ def test_every_pair_outside_the_client_table_is_rejected() -> None:
         for msg in _sample_messages():
             if (state, type(msg)) in CLIENT_TRANSITIONS:
                 continue
-            client = make_round(3, degree=2).clients[0]
+            client = make_round(3).clients[0]
             client.state = state
             expected = StateError if isinstance(msg, Start | Deadline) else RemoteProtocolError
             with pytest.raises(expected) as info:
@@ -160,7 +164,7 @@ def test_every_pair_outside_the_server_table_is_rejected() -> None:
         for msg in _sample_messages():
             if (state, type(msg)) in SERVER_TRANSITIONS:
                 continue
-            server = make_round(3, degree=2).server
+            server = make_round(3).server
             server.state = state
             expected = StateError if isinstance(msg, Start | Deadline) else RemoteProtocolError
             with pytest.raises(expected):
@@ -169,7 +173,7 @@ def test_every_pair_outside_the_server_table_is_rejected() -> None:
 
 
 def test_faults_say_whose_fault() -> None:
-    r = make_round(3, degree=2)
+    r = make_round(3)
     with pytest.raises(StateError) as local:
         r.clients[0].receive(Deadline())
     assert local.value.fault.value == "local"
@@ -179,7 +183,7 @@ def test_faults_say_whose_fault() -> None:
 
 
 def test_secrets_do_not_appear_in_reprs() -> None:
-    r = make_round(3, degree=2)
+    r = make_round(3)
     InProcessDriver(r.server, r.clients).run()
     client = r.clients[0]
     held = client._held[1]

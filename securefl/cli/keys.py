@@ -81,7 +81,17 @@ def register_federation(sub: Any) -> None:
     p_c.add_argument("--aggregation", choices=("secagg", "ckks"), required=True,
                      help="secagg (masking) | ckks (homomorphic, needs a ckks-key-holder)")
     p_c.add_argument("--neighbours", type=int, default=None,
-                     help="SecAgg+ neighbourhood size k (omit for the runtime default)")
+                     help="SecAgg+ expected degree k (omit to derive it from the bounds)")
+    p_c.add_argument("--colluders", type=int, default=0,
+                     help="banks assumed to collude with the server (default 0); SecAgg "
+                          "thresholds follow from it, ckks refuses any")
+    p_c.add_argument("--dropout-fraction", type=float, default=None,
+                     help="fraction of a round's banks whose dropping it must survive (default: "
+                          "the most the bound 2T > n + c allows)")
+    p_c.add_argument("--security-bits", type=int, default=40,
+                     help="SecAgg+ graph guarantees fail with probability <= 2^-bits (default 40)")
+    p_c.add_argument("--precision-bits", type=int, default=16,
+                     help="SecAgg field precision: steps of clip / 2^bits (default 16)")
     p_c.add_argument("--clip-norm", type=float, default=1.0,
                      help="client-level L2 clip of each update (default 1.0)")
     p_c.add_argument("--noise-multiplier", type=float, default=1.0,
@@ -197,7 +207,9 @@ def cmd_federation_create(args: argparse.Namespace) -> int:
         params = msgspec.convert(
             {"aggregation": args.aggregation, "threshold": args.threshold,
              "neighbours": args.neighbours, "clip_norm": args.clip_norm,
-             "noise_multiplier": args.noise_multiplier}, type=ProtocolParams)
+             "noise_multiplier": args.noise_multiplier, "colluders": args.colluders,
+             "dropout_fraction": args.dropout_fraction, "security_bits": args.security_bits,
+             "precision_bits": args.precision_bits}, type=ProtocolParams)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid protocol parameter: {exc}") from exc
     manifest = create_manifest(args.federation_id, members, params)
@@ -235,6 +247,8 @@ def cmd_federation_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_federation_verify(args: argparse.Namespace) -> int:
+    import msgspec
+
     from securefl.federation import load_manifest, verify_manifest
 
     fed = verify_manifest(load_manifest(args.manifest))
@@ -243,9 +257,7 @@ def cmd_federation_verify(args: argparse.Namespace) -> int:
     summary: dict[str, object] = {
         "federation_id": fed.federation_id, "digest": fed.digest,
         "server": fed.server, "clients": list(fed.clients), "key_holder": fed.key_holder,
-        "params": {"aggregation": fed.params.aggregation, "threshold": fed.params.threshold,
-                   "neighbours": fed.params.neighbours, "clip_norm": fed.params.clip_norm,
-                   "noise_multiplier": fed.params.noise_multiplier},
+        "params": msgspec.to_builtins(fed.params),
         "members": members,
     }
     if args.json:
@@ -253,7 +265,7 @@ def cmd_federation_verify(args: argparse.Namespace) -> int:
     else:
         print(f"manifest OK: {fed.federation_id!r}, digest {fed.digest}")
         print(f"  signed by all {len(fed.members)} members; aggregation {fed.params.aggregation},"
-              f" threshold {fed.params.threshold}")
+              f" threshold {fed.params.threshold}, colluders assumed {fed.params.colluders}")
         for m in members:
             print(f"  {m['name']:<24} {m['role']:<16} {m['fingerprint']}")
     sys.stdout.flush()

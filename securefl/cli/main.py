@@ -41,8 +41,11 @@ RUN_HELP: dict[str, str] = {
     "server_lr": "server learning rate",
     "prox_mu": "FedProx proximal coefficient",
     "aggregation": "secagg (masking) | ckks (homomorphic) | plain (INSECURE, comparison only)",
-    "threshold": "survivors needed for a round (default: majority, >= 2)",
-    "neighbours": "SecAgg+ neighbourhood size k (default O(log n); banks-1 = classic SecAgg)",
+    "threshold": "survivors needed for a round (default and floor: the active-security bound "
+                 "2T > n + c, T >= c + 2)",
+    "neighbours": "SecAgg+ expected degree k (default: derived from the bounds; banks-1 = classic "
+                  "SecAgg); a k below the alpha-summation bound is refused",
+    "colluders": "banks assumed to collude with the server (c); thresholds follow from it",
     "dropout": "simulated per-round probability that a bank drops out",
     "clip_norm": "client-level L2 clip of each bank's update",
     "noise_multiplier": "client-level noise multiplier z (sum noise std = z * clip_norm)",

@@ -39,13 +39,17 @@ class AeadContext:
     sender: int
     receiver: int
     purpose: str = "share"
+    #: further public context the payload is bound to (SecAgg v2: the round's roster digest);
+    #: appended as ``u16 len | binding`` only when non-empty, so v1 encodings are unchanged
+    binding: bytes = b""
 
     def encode(self) -> bytes:
         """``b"securefl/aead/v1" 0x00 | u16 len | purpose | u16 len | session | u64 round |
-        u32 sender | u32 receiver`` (big-endian)."""
+        u32 sender | u32 receiver [| u16 len | binding]`` (big-endian)."""
         p = self.purpose.encode("ascii")
         if not (
             0 <= self.sender < 2**32 and 0 <= self.receiver < 2**32 and 0 <= self.round < 2**64
+            and len(self.binding) < 2**16
         ):
             raise CryptoError("AEAD context fields out of range")
         return (
@@ -55,6 +59,7 @@ class AeadContext:
             + struct.pack(">H", len(self.session_id))
             + self.session_id
             + struct.pack(">QII", self.round, self.sender, self.receiver)
+            + (struct.pack(">H", len(self.binding)) + self.binding if self.binding else b"")
         )
 
 

@@ -18,6 +18,7 @@ Refusals (typed, logged on the node, and the ClientApp fails so the server sees 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ class RoundMemo(msgspec.Struct, forbid_unknown_fields=True):
     field_input: bytes | None = None  # uint32 little-endian, once trained / computed
     received: list[bytes] = []  # server protocol messages, in order
     ckks: bytes | None = None  # aggregation ckks: the CKKS client's round state (ClientRoundState)
+    #: SHA-256 of the signed GlobalModel body this bank trained from (SecAgg input binding)
+    model_digest: bytes = bytes(32)
 
 
 class NodeMemo(msgspec.Struct, forbid_unknown_fields=True):
@@ -168,6 +171,8 @@ class BankNode(NodeHandler):
             model = self._verified(msg.model, server_key, MODEL_DOMAIN, hello.session,
                                    _round_of_model(msg.model), GlobalModel)
             drafts, clipped, update = self._train(fed, memo, hello, model)
+            if model.round in memo.rounds:  # the SecAgg survivor set is signed with this digest
+                memo.rounds[model.round].model_digest = hashlib.sha256(msg.model.body).digest()
             out += self._submit(fed, identity, memo, hello, model.round, update)
         reply = ClientPayload(protocol=out, info=info, drafts=drafts, clipped=clipped)
         return wire.encode(reply), wire.encode(memo)
@@ -231,6 +236,9 @@ class BankNode(NodeHandler):
                                       or start.noise_multiplier < p.noise_multiplier):
             raise ConfigError(f"round {start.round}: clip norm or noise weaker than the "
                               "manifest's")
+        if start.task == "train" and start.precision_bits != p.precision_bits:
+            raise ConfigError(f"round {start.round}: field precision {start.precision_bits} bits, "
+                              f"the manifest says {p.precision_bits}")
 
     def _machine(self, fed: Federation, identity: SigningKey, hello: Hello, rm: RoundMemo
                  ) -> tuple[SecAggClient, list[Any]]:
@@ -240,13 +248,13 @@ class BankNode(NodeHandler):
         ids = bank_ids(fed)
         spec = round_spec(start, ids)
         enc, threshold = encoding_for(start, spec)
-        cfg = secagg_config(start, spec, enc, threshold)
+        cfg = secagg_config(start, spec, enc, threshold, fed)
         cid = ids[self.member]
         x = (np.frombuffer(rm.field_input, dtype="<u4").astype(np.uint32)
              if rm.field_input is not None else np.zeros(start.dim, dtype=np.uint32))
         client = SecAggClient(cfg, protocol_federation(fed, hello.session), cid, identity, x,
                               randomness(self.sim_seed, hello.session, start.round, cid, "keys",
-                                         rm.seed))
+                                         rm.seed), input_binding=rm.model_digest)
         first = client.receive(Start())
         for data in rm.received:
             client.receive(decode_message(data))
@@ -413,7 +421,7 @@ class BankNode(NodeHandler):
         rm = memo.rounds[round_]
         newest = rm.received[-1]
         replay = RoundMemo(start=rm.start, seed=rm.seed, field_input=rm.field_input,
-                           received=rm.received[:-1])
+                           received=rm.received[:-1], model_digest=rm.model_digest)
         client, _ = self._machine(fed, identity, hello, replay)
         msg = decode_message(newest)
         out = client.receive(msg)

@@ -78,6 +78,7 @@ from securefl.protocol.secagg import (
     Deadline,
     SecAggServer,
     advertise_message,
+    plan_digest,
 )
 from securefl.transport.flower import Link, StageExchange
 
@@ -290,7 +291,8 @@ class DeployServer:
             try:
                 verify_bound(self.fed.verify_key(name), msg.signature, domain=ADVERTISE_DOMAIN,
                              session_id=self.session, round_=flight.start.round,
-                             message=advertise_message(msg.sender, msg.cipher_pk, msg.mask_pk))
+                             message=advertise_message(msg.sender, msg.cipher_pk, msg.mask_pk,
+                                                       plan_digest(flight.machine.config)))
             except SignatureError as err:
                 self.refused[name] = f"{err.code}: key advertisement not signed by its manifest key"
                 log.error("%s refused: %s %s", name, err.code, err.message)
@@ -361,20 +363,21 @@ class DeployServer:
                                precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim,
                                target_scale_log2=target_scale_log2)
         else:
-            threshold = min(c.threshold or default_threshold(k), k)
+            threshold = min(c.threshold or default_threshold(k, self.fed.params.colluders), k)
             threshold = max(threshold, self.fed.params.threshold)  # k >= it (_next_round)
             z = c.noise_multiplier if c.dp else 0.0
             start = RoundStart(session=self.session, round=round_, task="train",
                                participants=participants, threshold=threshold,
                                clip_norm=c.clip_norm, noise_multiplier=z,
-                               min_survivors=threshold, degree=c.neighbours, precision_bits=16,
+                               min_survivors=threshold, degree=c.neighbours,
+                               precision_bits=self.fed.params.precision_bits,
                                dim=dim, weights={p: weights[p] for p in participants})
         return start, self._sign(wire.encode(start), START_DOMAIN, round_)
 
     def _flight(self, start: RoundStart) -> _Flight:
         spec = round_spec(start, self.ids)
         enc, threshold = encoding_for(start, spec)
-        machine = SecAggServer(secagg_config(start, spec, enc, threshold),
+        machine = SecAggServer(secagg_config(start, spec, enc, threshold, self.fed),
                                protocol_federation(self.fed, self.session))
         return _Flight(start=start, spec=spec, enc=enc, machine=machine,
                        names={self.ids[p]: p for p in start.participants}, t0=time.monotonic())
@@ -488,6 +491,8 @@ class DeployServer:
                 self._finish(rs, self._secagg_done(prev))
             roster = self._close(fl)
             model_msg = self._model_message(rs, r)
+            if model_msg is not None:  # every bank signs the survivor set with this digest
+                fl.machine.input_binding = hashlib.sha256(model_msg.body).digest()
             for stage in ("share", "masked", "consistency"):
                 out = roster if stage == "share" else self._close(fl)
                 if fl.aborted is not None:

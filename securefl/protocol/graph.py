@@ -1,65 +1,77 @@
-"""SecAgg+ communication graph: a Harary graph H(k, m) over randomly permuted clients.
+"""SecAgg+ communication graph: an Erdős–Rényi graph G(n, p) drawn from public randomness.
 
-Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020,
-section 3: each client shares its secrets with, and masks against, only its k = O(log n)
-neighbours on a random k-regular graph. We use the Harary construction (clients on a cycle, each
-linked to the k/2 nearest on either side) over a uniformly random ordering of the clients, the
-ordering being public randomness the server cannot bias once keys are committed:
-``order = sort clients by SHA-256(GRAPH_DOMAIN | seed | u32 id)`` where ``seed`` is the SHA-256
-digest of the whole signed key roster (see secagg.roster_digest).
+Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020: each
+client shares its secrets with, and masks against, only its neighbours on a random graph whose
+expansion (every small set of clients has many neighbours outside it) is what stops a server that
+declares clients dropped from isolating a small set of honest inputs. A ring-like Harary layout,
+used before protocol v2, has no such expansion: declaring two arcs of k/2 clients dropped cut the
+ring and unmasked the sum of one arc (issue 14, finding 3).
 
-``k = m - 1`` is the complete graph, i.e. classic SecAgg (Bonawitz et al., CCS 2017).
+Construction (language-neutral; protocols/secagg/spec.md, "Graph"):
+
+- ``seed = SHA-256(GRAPH_SEED_DOMAIN | session_id | u64 round | u32 n | u32 id_1 .. u32 id_n)``
+  over the round's sorted participants, so the seed is fixed before any key is advertised: neither
+  declaring clients dropped nor re-keying changes the graph (issue 14, finding 4). Open item: in a
+  deployment the session id is still the server's choice; deriving it from the signed manifest
+  and a counter each bank persists (so a server cannot draw fresh graphs at will) is not built
+  yet (protocols/secagg/spec.md, section 12).
+- an edge {i, j} (i < j) is present iff ``u64_be(SHA-256(GRAPH_DOMAIN | seed | u32 i | u32 j)[:8])
+  < floor(k * 2^64 / (n - 1))``: each edge independently with probability p = k / (n - 1), so the
+  expected degree is k. ``k = n - 1`` is the complete graph, i.e. classic SecAgg (Bonawitz et al.,
+  CCS 2017).
+
+The degree k is not chosen here: :mod:`securefl.protocol.secagg.bounds` derives it from the
+federation's stated assumptions.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import struct
 from collections.abc import Sequence
 
 from securefl.errors import ConfigError
 
-__all__ = ["GRAPH_DOMAIN", "default_degree", "harary_neighbours", "permutation_order"]
+__all__ = ["GRAPH_DOMAIN", "GRAPH_SEED_DOMAIN", "edge_cutoff", "graph_seed", "random_graph"]
 
-GRAPH_DOMAIN = b"securefl/secagg/v1/graph\x00"
-
-
-def default_degree(n: int) -> int:
-    """k = min(n - 1, 2 * ceil(log2 n)): even, O(log n) (Bell et al. section 3); 14 for n = 100."""
-    if n < 1:
-        raise ConfigError("n must be >= 1")
-    if n == 1:
-        return 0
-    return min(n - 1, 2 * math.ceil(math.log2(n)))
+GRAPH_DOMAIN = b"securefl/secagg/v2/graph-edge\x00"
+GRAPH_SEED_DOMAIN = b"securefl/secagg/v2/graph-seed\x00"
 
 
-def permutation_order(nodes: Sequence[int], seed: bytes) -> list[int]:
-    """The nodes sorted by SHA-256(GRAPH_DOMAIN | seed | u32 id): a uniformly random ordering."""
-    return sorted(
-        nodes, key=lambda c: hashlib.sha256(GRAPH_DOMAIN + seed + struct.pack(">I", c)).digest()
-    )
+def graph_seed(session_id: bytes, round_: int, participants: Sequence[int]) -> bytes:
+    """The public randomness of one round's graph (fixed before any key exists)."""
+    ids = sorted(participants)
+    if len(set(ids)) != len(ids):
+        raise ConfigError("graph participants must be distinct")
+    return hashlib.sha256(
+        GRAPH_SEED_DOMAIN + session_id + struct.pack(f">QI{len(ids)}I", round_, len(ids), *ids)
+    ).digest()
 
 
-def harary_neighbours(nodes: Sequence[int], k: int, seed: bytes) -> dict[int, frozenset[int]]:
-    """Neighbour sets of the Harary graph H(k, m) on the randomly ordered ``nodes``.
+def edge_cutoff(n: int, k: int) -> int:
+    """floor(k * 2^64 / (n - 1)); an edge is present when its 64-bit hash is below this."""
+    if n < 2 or not 1 <= k <= n - 1:
+        raise ConfigError(f"degree k = {k} must be in [1, n - 1 = {n - 1}]")
+    return (k << 64) // (n - 1)
 
-    If k >= m - 1 the graph is complete. Otherwise k must be even (H(k, m) for odd k needs a
-    diameter matching; we do not need it, the default degree is even).
-    """
-    m = len(nodes)
-    if len(set(nodes)) != m:
+
+def random_graph(nodes: Sequence[int], k: int, seed: bytes) -> dict[int, frozenset[int]]:
+    """Neighbour sets of G(n, k / (n - 1)) on ``nodes`` drawn from ``seed`` (complete if k = n - 1)."""
+    ids = sorted(nodes)
+    n = len(ids)
+    if len(set(ids)) != n:
         raise ConfigError("graph nodes must be distinct")
-    if k < 0:
-        raise ConfigError("degree k must be >= 0")
-    if k >= m - 1:
-        everyone = frozenset(nodes)
-        return {c: everyone - {c} for c in nodes}
-    if k % 2:
-        raise ConfigError(f"degree k = {k} must be even (or n - 1 for classic SecAgg)")
-    order = permutation_order(nodes, seed)
-    half = k // 2
-    out: dict[int, frozenset[int]] = {}
-    for pos, c in enumerate(order):
-        out[c] = frozenset(order[(pos + d) % m] for d in range(-half, half + 1) if d != 0)
-    return out
+    if n == 1:
+        return {ids[0]: frozenset()}
+    cutoff = edge_cutoff(n, k)
+    adj: dict[int, set[int]] = {c: set() for c in ids}
+    if k == n - 1:
+        return {c: frozenset(ids) - {c} for c in ids}
+    prefix = GRAPH_DOMAIN + seed
+    for a, i in enumerate(ids):
+        for j in ids[a + 1 :]:
+            h = hashlib.sha256(prefix + struct.pack(">II", i, j)).digest()
+            if int.from_bytes(h[:8], "big") < cutoff:
+                adj[i].add(j)
+                adj[j].add(i)
+    return {c: frozenset(v) for c, v in adj.items()}

@@ -3,7 +3,8 @@
 Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017,
 figure 4 (the actively secure variant with the consistency-check round) and Bell et al., "Secure
 Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020 (masking and sharing only among
-the k neighbours of a random Harary graph; k = n - 1 is classic SecAgg).
+the neighbours on a random graph G(n, p) drawn from public randomness; k = n - 1 is classic
+SecAgg). Thresholds and degree follow from the manifest's assumptions (bounds.py)..
 
 Stages (client view):  advertise keys -> share keys -> masked input -> consistency check -> unmask.
 Both machines are driven by ONE transition table each: ``(state, input type) -> (handler, next
@@ -25,9 +26,11 @@ Layout:
 
 from __future__ import annotations
 
+from securefl.protocol.secagg.bounds import Assumptions, Derived, derive
 from securefl.protocol.secagg.canonical import (
     advertise_message,
     consistency_message,
+    plan_digest,
     roster_digest,
     self_mask_commitment,
     share_plaintext,
@@ -38,6 +41,7 @@ from securefl.protocol.secagg.client import (
     ClientState,
     DoubleRevealError,
     SecAggClient,
+    ViewMismatchError,
 )
 from securefl.protocol.secagg.config import (
     ADVERTISE_DOMAIN,
@@ -63,8 +67,10 @@ __all__ = [
     "CLIENT_TRANSITIONS",
     "CONSISTENCY_DOMAIN",
     "SERVER_TRANSITIONS",
+    "Assumptions",
     "ClientState",
     "Deadline",
+    "Derived",
     "DoubleRevealError",
     "Federation",
     "Outgoing",
@@ -73,8 +79,11 @@ __all__ = [
     "SecAggServer",
     "ServerState",
     "Start",
+    "ViewMismatchError",
     "advertise_message",
     "consistency_message",
+    "derive",
+    "plan_digest",
     "roster_digest",
     "self_mask_commitment",
     "share_plaintext",

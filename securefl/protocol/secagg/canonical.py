@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -12,12 +13,13 @@ from typing import Any
 from securefl.crypto import shamir
 from securefl.errors import IntegrityError, RemoteProtocolError
 from securefl.protocol.messages import RosterEntry
-from securefl.protocol.secagg.config import COMMIT_DOMAIN, ROSTER_DOMAIN
+from securefl.protocol.secagg.config import COMMIT_DOMAIN, PLAN_DOMAIN, ROSTER_DOMAIN, SecAggConfig
 
 __all__ = [
     "advertise_message",
     "consistency_message",
     "pair_sign",
+    "plan_digest",
     "roster_digest",
     "self_mask_commitment",
     "share_plaintext",
@@ -25,9 +27,28 @@ __all__ = [
 
 
 # --- canonical byte strings (spec.md lists them) --------------------------------------------------
-def advertise_message(sender: int, cipher_pk: bytes, mask_pk: bytes) -> bytes:
-    """What a client signs in stage 0 (with sign_bound, domain ADVERTISE_DOMAIN)."""
-    return struct.pack(">I", sender) + cipher_pk + mask_pk
+def plan_digest(cfg: SecAggConfig) -> bytes:
+    """SHA-256 of everything a client acts on in this round (spec.md, "Plan digest"):
+    ``PLAN_DOMAIN | session | u64 round | u32 n | u32 ids.. | u32 T | u32 k | u32 t | u32 bits |
+    u32 dim | u32 c | f64 dropout_fraction (NaN when unset) | u32 security_bits | f64 alpha |
+    32-byte application plan digest`` (big-endian, IEEE 754 binary64). Signed with the advertised
+    keys and with the survivor set, so every client whose signature counts saw the same plan."""
+    a = cfg.assumptions
+    n = len(cfg.participants)
+    drop = math.nan if a.dropout_fraction is None else a.dropout_fraction
+    return hashlib.sha256(
+        PLAN_DOMAIN + cfg.session_id
+        + struct.pack(f">QI{n}I", cfg.round, n, *cfg.participants)
+        + struct.pack(">IIIIIIdId", cfg.threshold, cfg.degree, cfg.neighbour_threshold, cfg.bits,
+                      cfg.dim, a.colluders, drop, a.security_bits, a.alpha)
+        + cfg.plan_digest
+    ).digest()
+
+
+def advertise_message(sender: int, cipher_pk: bytes, mask_pk: bytes, plan: bytes) -> bytes:
+    """What a client signs in stage 0 (sign_bound, domain ADVERTISE_DOMAIN): u32 sender | cipher_pk
+    | mask_pk | plan digest. Every client verifies every roster entry against its own plan."""
+    return struct.pack(">I", sender) + cipher_pk + mask_pk + plan
 
 
 def roster_digest(session_id: bytes, round_: int, entries: Sequence[RosterEntry]) -> bytes:
@@ -38,9 +59,13 @@ def roster_digest(session_id: bytes, round_: int, entries: Sequence[RosterEntry]
     return h.digest()
 
 
-def consistency_message(digest: bytes, survivors: Sequence[int]) -> bytes:
-    """What a client signs in the consistency check: roster digest | u32 |U3| | u32 ids (sorted)."""
-    return digest + struct.pack(f">I{len(survivors)}I", len(survivors), *survivors)
+def consistency_message(plan: bytes, digest: bytes, survivors: Sequence[int],
+                        binding: bytes = bytes(32)) -> bytes:
+    """What a client signs in the consistency check: plan digest | roster digest | input binding
+    (32 bytes: the digest of what the input was computed from, e.g. a global model that arrived
+    after the keys were advertised; zeros when unused) | u32 |U3| | u32 ids (sorted)."""
+    return (plan + digest + binding
+            + struct.pack(f">I{len(survivors)}I", len(survivors), *survivors))
 
 
 def self_mask_commitment(session_id: bytes, round_: int, sender: int, seed: bytes) -> bytes:

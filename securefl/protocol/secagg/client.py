@@ -21,7 +21,7 @@ from securefl.errors import (
     StateError,
 )
 from securefl.protocol import quantize
-from securefl.protocol.graph import harary_neighbours
+from securefl.protocol.graph import random_graph
 from securefl.protocol.messages import (
     AdvertiseKeys,
     ConsistencySignature,
@@ -43,6 +43,7 @@ from securefl.protocol.secagg.canonical import (
     advertise_message,
     consistency_message,
     pair_sign,
+    plan_digest,
     roster_digest,
     self_mask_commitment,
     share_plaintext,
@@ -63,7 +64,16 @@ if TYPE_CHECKING:
 
     from securefl.crypto.random import RandomSource
 
-__all__ = ["CLIENT_TRANSITIONS", "ClientState", "DoubleRevealError", "SecAggClient"]
+__all__ = [
+    "CLIENT_TRANSITIONS", "ClientState", "DoubleRevealError", "SecAggClient", "ViewMismatchError"]
+
+
+class ViewMismatchError(RemoteProtocolError):
+    """The server's survivor set is inconsistent with what this client saw (it names a neighbour
+    whose shares never reached this client: Bonawitz et al., figure 4, round 3)."""
+
+    code = "SFL306"
+    default_hint = "the server is malicious or inconsistent; this client refused to sign or unmask"
 
 
 class DoubleRevealError(RemoteProtocolError):
@@ -119,6 +129,7 @@ class SecAggClient:
         identity: SigningKey,
         field_input: NDArray[np.uint32],
         random: RandomSource,
+        input_binding: bytes = bytes(32),
     ) -> None:
         if client_id not in config.participants:
             raise ConfigError(f"client {client_id} is not a participant of this round")
@@ -129,6 +140,12 @@ class SecAggClient:
             raise ConfigError(f"field_input must be a uint32 vector of length {config.dim}")
         if np.any(x >> np.uint32(config.bits)) if config.bits < 32 else False:
             raise ConfigError(f"field_input has values outside Z_2^{config.bits}")
+        if len(input_binding) != 32:
+            raise ConfigError("input_binding must be 32 bytes")
+        #: signed with the survivor set: the digest of what this client's input was computed from
+        #: (a deployment's global model, which arrives after the keys are advertised), so a server
+        #: that tailored it to one client is caught before anything is unmasked
+        self.input_binding = input_binding
         self.config = config
         self.federation = federation
         self.id = client_id
@@ -136,6 +153,7 @@ class SecAggClient:
         self._input = x
         self._random = random
         self.state = ClientState.IDLE
+        self._plan = plan_digest(config)
         self._cipher: X25519KeyPair | None = None
         self._mask: X25519KeyPair | None = None
         self._self_seed: Secret | None = None
@@ -162,7 +180,7 @@ class SecAggClient:
             domain=ADVERTISE_DOMAIN,
             session_id=cfg.session_id,
             round_=cfg.round,
-            message=advertise_message(self.id, self._cipher.public, self._mask.public),
+            message=advertise_message(self.id, self._cipher.public, self._mask.public, self._plan),
         )
         return [
             AdvertiseKeys(
@@ -198,22 +216,28 @@ class SecAggClient:
             raise AggregationAbortedError(
                 f"only {len(ids)} clients advertised keys; threshold is {cfg.threshold}"
             )
-        self._digest = roster_digest(cfg.session_id, cfg.round, msg.entries)
-        graph = harary_neighbours(ids, cfg.degree, self._digest)
-        self._neighbours = graph[self.id]
-        for j in self._neighbours:  # active security: keys must be signed by enrolled identities
-            e = roster[j]
+        # Every entry, not only the neighbours': keys signed by enrolled identities over the same
+        # plan this client holds (a per-victim roster or a tailored plan fails here).
+        for j, e in roster.items():
             verify_bound(
                 self.federation.verify_key(j),
                 e.signature,
                 domain=ADVERTISE_DOMAIN,
                 session_id=cfg.session_id,
                 round_=cfg.round,
-                message=advertise_message(j, e.cipher_pk, e.mask_pk),
+                message=advertise_message(j, e.cipher_pk, e.mask_pk, self._plan),
             )
+        self._digest = roster_digest(cfg.session_id, cfg.round, msg.entries)
         self._roster = roster
+        # the graph is over the round's participants, from public randomness fixed before any key
+        self._neighbours = self._graph_neighbours() & frozenset(ids)
         holders = sorted(self._neighbours | {self.id})
-        t = min(cfg.neighbour_threshold, len(holders))
+        t = cfg.neighbour_threshold
+        if len(holders) < t:  # never lower the threshold: abort instead
+            raise AggregationAbortedError(
+                f"client {self.id} has {len(holders)} share holders among the clients that "
+                f"advertised; the threshold t = {t} needs at least that many"
+            )
         seed = self._random.random_bytes(SEED_SIZE)
         self._self_seed = Secret(seed, label="self-mask-seed")
         xs = [h + 1 for h in holders]
@@ -224,15 +248,8 @@ class SecAggClient:
         for j in holders:
             if j == self.id:
                 continue
-            key = derive_pair_key(
-                agree(self._cipher.private, roster[j].cipher_pk),
-                purpose=SHARE_PURPOSE,
-                session_id=cfg.session_id,
-                round_=cfg.round,
-                i=self.id,
-                j=j,
-            )
-            ctx = aead.AeadContext(cfg.session_id, cfg.round, self.id, j)
+            key = self._pair_key(j, SHARE_PURPOSE)
+            ctx = aead.AeadContext(cfg.session_id, cfg.round, self.id, j, binding=self._digest)
             pt = share_plaintext(self.id, j, key_shares[j + 1], mask_shares[j + 1])
             sealed.append(
                 SealedShare(peer=j, ciphertext=aead.seal(key, pt, aad=ctx, random=self._random))
@@ -248,11 +265,25 @@ class SecAggClient:
             )
         ]
 
+    def _graph_neighbours(self) -> frozenset[int]:
+        cfg = self.config
+        return random_graph(cfg.participants, cfg.degree, cfg.graph_seed)[self.id]
+
+    def _pair_key(self, j: int, purpose: str) -> Secret:
+        if self._cipher is None or self._mask is None:
+            raise StateError("keys missing")
+        if purpose == SHARE_PURPOSE:
+            shared = agree(self._cipher.private, self._roster[j].cipher_pk)
+        else:
+            shared = agree(self._mask.private, self._roster[j].mask_pk)
+        return derive_pair_key(shared, purpose=purpose, session_id=self.config.session_id,
+                               round_=self.config.round, i=self.id, j=j)
+
     # stage 2 ------------------------------------------------------------------------------------
     def _on_shares(self, msg: ForwardedShares) -> list[Any]:
         cfg = self.config
         _check_header(msg, cfg.session_id, cfg.round, "the server")
-        if self._cipher is None or self._mask is None or self._self_seed is None:
+        if self._self_seed is None:
             raise StateError("keys missing")
         senders = [s.peer for s in msg.shares]
         if len(set(senders)) != len(senders):
@@ -261,42 +292,26 @@ class SecAggClient:
             j = s.peer
             if j not in self._neighbours:
                 raise RemoteProtocolError(f"forwarded share from client {j}, not a neighbour")
-            key = derive_pair_key(
-                agree(self._cipher.private, self._roster[j].cipher_pk),
-                purpose=SHARE_PURPOSE,
-                session_id=cfg.session_id,
-                round_=cfg.round,
-                i=self.id,
-                j=j,
-            )
             pt = aead.open_sealed(
-                key, s.ciphertext, aad=aead.AeadContext(cfg.session_id, cfg.round, j, self.id)
+                self._pair_key(j, SHARE_PURPOSE), s.ciphertext,
+                aad=aead.AeadContext(cfg.session_id, cfg.round, j, self.id, binding=self._digest),
             )
             key_share, mask_share = _parse_share_plaintext(pt, j, self.id)
             self._held[j] = _Held(key_share, mask_share)
         self._masked_with = frozenset(senders)
         # Bonawitz et al. figure 4, round 2 ("if |U2| < t, abort"), per neighbourhood as in Bell et
-        # al.: with too few pairwise masks, y_i would be protected by PRG(b_i) alone, and b_i is
-        # revealed in the unmask stage, so a server that withheld shares would learn x_i.
-        needed = min(self.config.neighbour_threshold, len(self._neighbours) + 1) - 1
-        if len(self._masked_with) < needed:
+        # al.: the peers whose shares this client holds, itself included, must reach t.
+        t = cfg.neighbour_threshold
+        if len(self._masked_with) + 1 < t:
             raise AggregationAbortedError(
-                f"client {self.id} received shares from {len(self._masked_with)} neighbours; at "
-                f"least {needed} are needed to mask its input safely"
+                f"client {self.id} holds shares of {len(self._masked_with) + 1} clients (itself "
+                f"included); the threshold t = {t} needs at least that many before it masks"
             )
         # y = x + PRG(b) + sum_{j in U2 cap N(i)} sign(i, j) PRG(s_ij)   (mod 2^bits)
         acc = self._input.copy()
         accumulate_mask(acc, self._self_seed, 1)
         for j in sorted(self._masked_with):
-            seed = derive_pair_key(
-                agree(self._mask.private, self._roster[j].mask_pk),
-                purpose=MASK_PURPOSE,
-                session_id=cfg.session_id,
-                round_=cfg.round,
-                i=self.id,
-                j=j,
-            )
-            accumulate_mask(acc, seed, pair_sign(self.id, j))
+            accumulate_mask(acc, self._pair_key(j, MASK_PURPOSE), pair_sign(self.id, j))
         if cfg.bits < 32:
             acc &= np.uint32((1 << cfg.bits) - 1)
         return [
@@ -321,13 +336,23 @@ class SecAggClient:
             raise AggregationAbortedError(
                 f"only {len(msg.survivors)} survivors; threshold is {cfg.threshold}"
             )
+        # View check (Bonawitz et al. figure 4, round 3: U3 within this client's U2): a neighbour
+        # in the sum must be a peer this client masked with, else the server withheld shares to
+        # leave this input masked by fewer peers than it claims survive.
+        unseen = (set(msg.survivors) & self._neighbours) - self._masked_with
+        if unseen:
+            raise ViewMismatchError(
+                f"the survivor list names neighbour(s) {sorted(unseen)[:5]} whose shares client "
+                f"{self.id} never received"
+            )
         self._survivors = tuple(msg.survivors)
         sig = sign_bound(
             self._identity,
             domain=CONSISTENCY_DOMAIN,
             session_id=cfg.session_id,
             round_=cfg.round,
-            message=consistency_message(self._digest, self._survivors),
+            message=consistency_message(self._plan, self._digest, self._survivors,
+                                        self.input_binding),
         )
         return [
             ConsistencySignature(
@@ -352,7 +377,8 @@ class SecAggClient:
             )
         if self.id in msg.dropped or not set(msg.dropped) <= set(self._roster):
             raise RemoteProtocolError("dropped list names this client or unknown clients")
-        signed = consistency_message(self._digest, self._survivors)
+        signed = consistency_message(self._plan, self._digest, self._survivors,
+                                     self.input_binding)
         signers: set[int] = set()
         for s in msg.signatures:
             if s.sender in signers or s.sender not in self._survivors:
@@ -373,7 +399,20 @@ class SecAggClient:
                 f"only {len(signers)} valid consistency signatures on "
                 f"this survivor set; threshold is {cfg.threshold}"
             )
-        alive, dropped = set(msg.alive), set(msg.dropped)
+        # Every survivor must have signed this survivor set: its signature is its own view check
+        # (every neighbour in U3 is a peer it masked with). Without it a server could leave out a
+        # victim that refused, and unmask it against the one neighbour it let it mask with (found
+        # by tests/test_secagg_adversary.py; a self-mask share is revealed only for a signer).
+        unsigned = set(self._survivors) - signers
+        if unsigned:
+            raise AggregationAbortedError(
+                f"survivor(s) {sorted(unsigned)[:5]} did not sign the survivor set; client "
+                f"{self.id} reveals nothing"
+            )
+        # Reveal from this client's own view: a self-mask share only for a survivor, a mask-key
+        # share only for a dropped peer it masked with (never both for one peer).
+        alive = set(self._survivors)
+        dropped = (set(msg.dropped) & self._masked_with) - alive
         self_mask_shares, key_shares = [], []
         for peer in sorted(self._held):
             kind = "self_mask" if peer in alive else "mask_key" if peer in dropped else None

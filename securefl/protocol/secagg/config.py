@@ -3,20 +3,23 @@ manifest (:class:`Federation`) and the public round parameters (:class:`SecAggCo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from securefl.crypto.signing import VerifyKey
 from securefl.errors import ConfigError, SignatureError
 from securefl.protocol import quantize
-from securefl.protocol.graph import default_degree
+from securefl.protocol.graph import graph_seed
 from securefl.protocol.messages import MAX_CLIENTS
+from securefl.protocol.secagg.bounds import Assumptions, Derived, derive
 
 __all__ = [
     "ADVERTISE_DOMAIN",
     "COMMIT_DOMAIN",
     "CONSISTENCY_DOMAIN",
     "MASK_PURPOSE",
+    "PLAN_DOMAIN",
     "ROSTER_DOMAIN",
     "SEED_SIZE",
     "SHARE_PURPOSE",
@@ -25,9 +28,10 @@ __all__ = [
     "SecAggConfig",
 ]
 
-ADVERTISE_DOMAIN = "securefl/secagg/v1/advertise"
-CONSISTENCY_DOMAIN = "securefl/secagg/v1/consistency"
-ROSTER_DOMAIN = b"securefl/secagg/v1/roster\x00"
+ADVERTISE_DOMAIN = "securefl/secagg/v2/advertise"
+CONSISTENCY_DOMAIN = "securefl/secagg/v2/consistency"
+ROSTER_DOMAIN = b"securefl/secagg/v2/roster\x00"
+PLAN_DOMAIN = b"securefl/secagg/v2/plan\x00"
 COMMIT_DOMAIN = b"securefl/secagg/v1/self-mask-commit\x00"
 MASK_PURPOSE = "mask"
 SHARE_PURPOSE = "share"
@@ -57,15 +61,23 @@ class Federation:
         return key
 
 
+_DEFAULT_ASSUMPTIONS = Assumptions()
+
+
 @dataclass(frozen=True)
 class SecAggConfig:
-    """Public parameters of one SecAgg round, agreed before it starts.
+    """Public parameters of one SecAgg round, agreed before it starts; each party builds it from its
+    own copy of the signed manifest (``assumptions``) and the server's round plan.
 
-    ``threshold``: the minimum number of clients in U3 (whose inputs enter the sum) and of valid
-    consistency signatures. ``neighbour_threshold`` (t): Shamir threshold among a client's k + 1
-    share holders (its k neighbours and itself); it must be a strict majority of the holders so that
-    two disjoint sets of t holders cannot exist (a server cannot collect b_i from one set and the
-    mask key of i from another). ``degree`` (k): k = n - 1 is classic SecAgg.
+    ``threshold`` (T): the minimum number of clients in U3 (whose inputs enter the sum) and of valid
+    consistency signatures. ``degree`` (k): expected neighbours on the round's random graph;
+    k = n - 1 is classic SecAgg. ``neighbour_threshold`` (t): Shamir threshold among a client's
+    holders (its neighbours and itself). All three are checked against the bounds that
+    :mod:`securefl.protocol.secagg.bounds` derives from ``assumptions``: a plan below them is
+    refused with the bound in the error. ``plan_digest`` (32 bytes): the application's digest of
+    what else every client must agree on (global model, public FedAvg weights, DP parameters); it is
+    signed with the advertised keys and the survivor set, so a server that tailors the model or a
+    weight to one client is caught before anything is unmasked (Pasquini et al., CCS 2022).
     """
 
     session_id: bytes
@@ -76,6 +88,8 @@ class SecAggConfig:
     neighbour_threshold: int
     dim: int
     bits: int
+    assumptions: Assumptions = _DEFAULT_ASSUMPTIONS
+    plan_digest: bytes = bytes(32)
 
     def __post_init__(self) -> None:
         n = len(self.participants)
@@ -85,22 +99,26 @@ class SecAggConfig:
             raise ConfigError("round out of range")
         if n < 2 or n > MAX_CLIENTS or len(set(self.participants)) != n:
             raise ConfigError(f"SecAgg needs 2..{MAX_CLIENTS} distinct participants")
+        if tuple(sorted(self.participants)) != tuple(self.participants):
+            raise ConfigError("participants must be sorted")
         if any(not 0 <= c < 2**32 - 1 for c in self.participants):
             raise ConfigError("client ids must be in [0, 2^32 - 1)")
-        if not 1 <= self.threshold <= n:
-            raise ConfigError(f"threshold must be in [1, {n}]")
-        if not 1 <= self.degree <= n - 1 or (self.degree < n - 1 and self.degree % 2):
-            raise ConfigError(
-                f"degree k = {self.degree} must be even and < n - 1, or n - 1 = {n - 1}"
-            )
-        holders = self.degree + 1
-        if not holders // 2 + 1 <= self.neighbour_threshold <= holders:
-            raise ConfigError(
-                f"neighbour threshold {self.neighbour_threshold} must be a strict majority of the "
-                f"{holders} share holders: in [{holders // 2 + 1}, {holders}]"
-            )
         if not 1 <= self.bits <= quantize.MAX_BITS or self.dim < 1:
             raise ConfigError("bits must be in [1, 32] and dim >= 1")
+        if len(self.plan_digest) != 32:
+            raise ConfigError("plan_digest must be 32 bytes")
+        _derive(n, self.assumptions, self.threshold, self.degree, self.neighbour_threshold)
+
+    @property
+    def graph_seed(self) -> bytes:
+        """The round's public graph randomness (securefl.protocol.graph.graph_seed)."""
+        return graph_seed(self.session_id, self.round, self.participants)
+
+    @property
+    def guarantee(self) -> Derived:
+        """What this round's parameters guarantee under its assumptions (bounds.Derived)."""
+        return _derive(len(self.participants), self.assumptions, self.threshold, self.degree,
+                       self.neighbour_threshold)
 
     @classmethod
     def build(
@@ -109,27 +127,33 @@ class SecAggConfig:
         session_id: bytes,
         round: int,
         participants: Sequence[int],
-        threshold: int,
         dim: int,
         bits: int,
+        assumptions: Assumptions | None = None,
+        threshold: int | None = None,
         degree: int | None = None,
         neighbour_threshold: int | None = None,
+        plan_digest: bytes = bytes(32),
     ) -> SecAggConfig:
-        """Fill safe defaults: k = min(n - 1, 2 ceil(log2 n)); t = max(majority of k + 1 holders,
-        ``threshold`` when classic)."""
-        n = len(participants)
-        k = default_degree(n) if degree is None else degree
-        if neighbour_threshold is None:
-            majority = (k + 1) // 2 + 1
-            neighbour_threshold = max(majority, threshold) if k == n - 1 else majority
-            neighbour_threshold = min(neighbour_threshold, k + 1)
+        """Derive T, k and t from ``assumptions`` (bounds.derive); explicit values are checked."""
+        a = assumptions if assumptions is not None else Assumptions()
+        d = _derive(len(participants), a, threshold, degree, neighbour_threshold)
         return cls(
             session_id=session_id,
             round=round,
             participants=tuple(sorted(participants)),
-            threshold=threshold,
-            degree=k,
-            neighbour_threshold=neighbour_threshold,
+            threshold=d.threshold,
+            degree=d.degree,
+            neighbour_threshold=d.neighbour_threshold,
             dim=dim,
             bits=bits,
+            assumptions=a,
+            plan_digest=plan_digest,
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _derive(n: int, a: Assumptions, threshold: int | None, degree: int | None,
+            neighbour_threshold: int | None) -> Derived:
+    return derive(n, a, threshold=threshold, degree=degree,
+                  neighbour_threshold=neighbour_threshold)

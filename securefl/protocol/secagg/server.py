@@ -24,7 +24,7 @@ from securefl.errors import (
     RemoteProtocolError,
 )
 from securefl.protocol import quantize
-from securefl.protocol.graph import harary_neighbours
+from securefl.protocol.graph import random_graph
 from securefl.protocol.messages import (
     AdvertiseKeys,
     ConsistencySignature,
@@ -44,6 +44,7 @@ from securefl.protocol.secagg.canonical import (
     advertise_message,
     consistency_message,
     pair_sign,
+    plan_digest,
     roster_digest,
     self_mask_commitment,
 )
@@ -113,15 +114,24 @@ class SecAggServer:
 
     failed_state = ServerState.FAILED
 
-    def __init__(self, config: SecAggConfig, federation: Federation) -> None:
+    def __init__(self, config: SecAggConfig, federation: Federation,
+                 input_binding: bytes = bytes(32)) -> None:
         if federation.session_id != config.session_id:
             raise ConfigError("the federation manifest belongs to another session")
+        if len(input_binding) != 32:
+            raise ConfigError("input_binding must be 32 bytes")
+        #: the input binding every client must have signed (SecAggClient.input_binding); a
+        #: transport that sends the inputs' basis after the keys sets it before the consistency
+        #: stage
+        self.input_binding = input_binding
         self.config = config
         self.federation = federation
         self.state = ServerState.COLLECT_KEYS
+        self._plan = plan_digest(config)
+        #: the round's graph over its participants (public randomness, fixed before any key)
+        self._graph = random_graph(config.participants, config.degree, config.graph_seed)
         self._keys: dict[int, AdvertiseKeys] = {}
         self._entries: list[RosterEntry] = []
-        self._graph: dict[int, frozenset[int]] = {}
         self._digest = b""
         self._share_msgs: dict[int, ShareKeys] = {}
         self._masked_with: dict[int, frozenset[int]] = {}
@@ -176,7 +186,7 @@ class SecAggServer:
             domain=ADVERTISE_DOMAIN,
             session_id=cfg.session_id,
             round_=cfg.round,
-            message=advertise_message(msg.sender, msg.cipher_pk, msg.mask_pk),
+            message=advertise_message(msg.sender, msg.cipher_pk, msg.mask_pk, self._plan),
         )
         self._keys[msg.sender] = msg
         return []
@@ -189,7 +199,6 @@ class SecAggServer:
             for _, m in sorted(self._keys.items())
         ]
         self._digest = roster_digest(cfg.session_id, cfg.round, self._entries)
-        self._graph = harary_neighbours(sorted(self._keys), cfg.degree, self._digest)
         roster = KeyRoster(session_id=cfg.session_id, round=cfg.round, entries=self._entries)
         return [Outgoing(c, roster) for c in sorted(self._keys)]
 
@@ -197,7 +206,7 @@ class SecAggServer:
     def _on_share_keys(self, msg: ShareKeys) -> list[Outgoing]:
         self._check_client(msg, self._keys, self._share_msgs)
         peers = [s.peer for s in msg.shares]
-        if sorted(peers) != sorted(self._graph[msg.sender]):
+        if sorted(peers) != sorted(self._graph[msg.sender] & set(self._keys)):
             raise RemoteProtocolError(f"client {msg.sender} must send one share per neighbour")
         self._share_msgs[msg.sender] = msg
         return []
@@ -251,7 +260,8 @@ class SecAggServer:
             domain=CONSISTENCY_DOMAIN,
             session_id=cfg.session_id,
             round_=cfg.round,
-            message=consistency_message(self._digest, self._survivors),
+            message=consistency_message(self._plan, self._digest, self._survivors,
+                                        self.input_binding),
         )
         self._signatures[msg.sender] = msg.signature
         return []
@@ -259,6 +269,12 @@ class SecAggServer:
     def _close_signatures(self, _: Deadline) -> list[Outgoing]:
         cfg = self.config
         self._abort_below(len(self._signatures), "signed the survivor set")
+        unsigned = set(self._survivors) - set(self._signatures)
+        if unsigned:  # clients reveal nothing unless every survivor signed (client._on_unmask)
+            raise AggregationAbortedError(
+                f"survivor(s) {sorted(unsigned)[:5]} did not sign the survivor set; the round "
+                "cannot be unmasked"
+            )
         dropped = sorted(set(self._share_msgs) - self._u3)
         req = UnmaskRequest(
             session_id=cfg.session_id,
@@ -294,7 +310,7 @@ class SecAggServer:
         dropped = set(self._share_msgs) - self._u3
         for i in self._survivors:  # remove self masks: b_i from >= t shares
             shares = self._collect(i, "self_mask")
-            t = min(cfg.neighbour_threshold, len(self._graph[i]) + 1)
+            t = cfg.neighbour_threshold
             if len(shares) < t:
                 raise AggregationAbortedError(
                     f"only {len(shares)} of {t} needed self-mask shares of client {i} arrived"
@@ -312,7 +328,7 @@ class SecAggServer:
             if not partners:
                 continue
             shares = self._collect(j, "mask_key")
-            t = min(cfg.neighbour_threshold, len(self._graph[j]) + 1)
+            t = cfg.neighbour_threshold
             if len(shares) < t:
                 raise AggregationAbortedError(
                     f"only {len(shares)} of {t} needed mask-key shares of dropped client {j} "
