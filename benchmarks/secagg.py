@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from securefl.crypto.prg import accumulate_mask
 from securefl.crypto.random import SeededRandomSource
@@ -75,26 +76,32 @@ def prg_seconds(d: int, reps: int = 5) -> float:
     return best
 
 
-def run_one(n: int, d: int, dropout: float, precision_bits: int = 16) -> dict[str, Any]:
-    master = Secret(b"bench".ljust(32, b"\x00"))
+def bench_round(label: bytes, n: int, d: int, bits: int, degree: int | None = None
+                ) -> tuple[SecAggConfig, Federation, NDArray[np.uint32], dict[int, SecAggClient]]:
+    """n clients with deterministic keys and one shared input pattern (RAM stays O(d)), with the
+    safe parameters securefl derives (protocols/secagg/spec.md, "Threat model and bounds") for
+    ASSUMPTIONS; ``degree = n - 1`` forces classic SecAgg."""
+    master = Secret(label.ljust(32, b"\x00"))
     ids = list(range(n))
-    clip, gamma = 1.0, 1.0 / 2**precision_bits
-    bits = quantize.choose_encoding(n, d, clip, gamma).bits
     identities = {
         c: SigningKey.from_seed(Secret(SeededRandomSource(master, f"id{c}").random_bytes(32)))
         for c in ids
     }
-    fed = Federation(b"B" * 16, {c: k.verify_key for c, k in identities.items()})
-    # the safe parameters securefl derives (protocols/secagg/spec.md, "Threat model and bounds")
-    # for a federation that tolerates 10 % dropouts with no assumed colluder: every row uses them
-    cfg = SecAggConfig.build(session_id=b"B" * 16, round=0, participants=ids, dim=d, bits=bits,
-                             assumptions=ASSUMPTIONS)
-    inputs = SeededRandomSource(master, "inputs").uint64(d)  # one shared pattern: RAM stays O(d)
-    base = (inputs % np.uint64(1 << bits)).astype(np.uint32)
-    clients = {
-        c: SecAggClient(cfg, fed, c, identities[c], base, SeededRandomSource(master, f"k{c}"))
-        for c in ids
-    }
+    session = label[:1] * 16
+    fed = Federation(session, {c: k.verify_key for c, k in identities.items()})
+    cfg = SecAggConfig.build(session_id=session, round=0, participants=ids, dim=d, bits=bits,
+                             assumptions=ASSUMPTIONS, degree=degree)
+    base = (SeededRandomSource(master, "inputs").uint64(d) % np.uint64(1 << bits)).astype(np.uint32)
+    clients = {c: SecAggClient(cfg, fed, c, identities[c], base, SeededRandomSource(master, f"k{c}"))
+               for c in ids}
+    return cfg, fed, base, clients
+
+
+def run_one(n: int, d: int, dropout: float, precision_bits: int = 16) -> dict[str, Any]:
+    ids = list(range(n))
+    clip, gamma = 1.0, 1.0 / 2**precision_bits
+    bits = quantize.choose_encoding(n, d, clip, gamma).bits
+    cfg, fed, base, clients = bench_round(b"bench", n, d, bits)
     n_drop = round(dropout * n)
     dropouts = {c: "masked" for c in ids[1 : 1 + n_drop]}
     server = SecAggServer(cfg, fed)

@@ -69,17 +69,15 @@ from typing import Any
 
 import numpy as np
 from _common import table, write_json
+from secagg import ASSUMPTIONS, bench_round
 
 from securefl.crypto.prg import accumulate_mask
-from securefl.crypto.random import SeededRandomSource
 from securefl.crypto.secret import Secret
-from securefl.crypto.signing import SigningKey
 from securefl.protocol import quantize
-from securefl.protocol.secagg import Federation, SecAggClient, SecAggConfig, SecAggServer
-from securefl.protocol.secagg.bounds import Assumptions, derive
+from securefl.protocol.secagg import SecAggServer
+from securefl.protocol.secagg.bounds import derive
 from securefl.transport.inprocess import InProcessDriver
 
-ASSUMPTIONS = Assumptions(dropout_fraction=0.1)
 NUM_EXAMPLES = 100  # each client's FedAvg weight (Flower masks [w, w * params]; max_weight 1000)
 
 
@@ -117,21 +115,12 @@ def flower_mask_s(d: int, reps: int = 5) -> float:
 
 # --- securefl ---------------------------------------------------------------------------------------
 def securefl_row(n: int, d: int, dropout: float, *, classic: bool) -> dict[str, Any]:
-    master = Secret(b"vs-flower".ljust(32, b"\x00"))
     ids = list(range(n))
     clip, gamma = 1.0, 1.0 / 2**16
     bits = quantize.choose_encoding(n, d, clip, gamma).bits
-    identities = {
-        c: SigningKey.from_seed(Secret(SeededRandomSource(master, f"id{c}").random_bytes(32)))
-        for c in ids
-    }
-    fed = Federation(b"F" * 16, {c: k.verify_key for c, k in identities.items()})
-    cfg = SecAggConfig.build(session_id=b"F" * 16, round=0, participants=ids, dim=d, bits=bits,
-                             assumptions=ASSUMPTIONS, degree=n - 1 if classic else None)
-    # one input shared by every client: client RAM stays O(d) instead of n x d x 4 bytes
-    base = (SeededRandomSource(master, "inputs").uint64(d) % np.uint64(1 << bits)).astype(np.uint32)
-    clients = {c: SecAggClient(cfg, fed, c, identities[c], base, SeededRandomSource(master, f"k{c}"))
-               for c in ids}
+    # benchmarks/secagg.py's round builder: the same deterministic keys and safe parameters
+    cfg, fed, base, clients = bench_round(b"vs-flower", n, d, bits,
+                                          degree=n - 1 if classic else None)
     dropped = ids[1 : 1 + round(dropout * n)]
     server = SecAggServer(cfg, fed)
     driver = InProcessDriver(server, clients, dropouts=dict.fromkeys(dropped, "masked"))
