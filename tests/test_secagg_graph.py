@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securefl.errors import ConfigError
-from securefl.protocol.graph import graph_seed, random_graph
+from securefl.protocol.graph import graph_seed, neighbours_of, random_graph
 
 
 def _spec_seed(session: bytes, round_: int, ids: list[int]) -> bytes:
@@ -51,6 +51,7 @@ def test_matches_the_spec_and_is_symmetric(m: int, kf: float, session: bytes, ro
     assert {c: set(v) for c, v in graph.items()} == expected
     for c, nb in graph.items():
         assert c not in nb and all(c in graph[o] for o in nb)
+        assert neighbours_of(c, nodes, k, seed) == nb  # a client's own row
 
 
 def test_edge_frequency_is_k_over_n_minus_1() -> None:

@@ -32,7 +32,8 @@ from collections.abc import Sequence
 
 from securefl.errors import ConfigError
 
-__all__ = ["GRAPH_DOMAIN", "GRAPH_SEED_DOMAIN", "edge_cutoff", "graph_seed", "random_graph"]
+__all__ = ["GRAPH_DOMAIN", "GRAPH_SEED_DOMAIN", "edge_cutoff", "graph_seed", "neighbours_of",
+           "random_graph"]
 
 GRAPH_DOMAIN = b"securefl/secagg/v2/graph-edge\x00"
 GRAPH_SEED_DOMAIN = b"securefl/secagg/v2/graph-seed\x00"
@@ -55,6 +56,28 @@ def edge_cutoff(n: int, k: int) -> int:
     return (k << 64) // (n - 1)
 
 
+def _edge(prefix: bytes, i: int, j: int, cutoff: int) -> bool:
+    a, b = (i, j) if i < j else (j, i)
+    h = hashlib.sha256(prefix + struct.pack(">II", a, b)).digest()
+    return int.from_bytes(h[:8], "big") < cutoff
+
+
+def neighbours_of(node: int, nodes: Sequence[int], k: int, seed: bytes) -> frozenset[int]:
+    """``random_graph(nodes, k, seed)[node]`` with n - 1 hashes instead of n(n - 1)/2 (a client
+    needs only its own row)."""
+    ids = sorted(nodes)
+    n = len(ids)
+    if len(set(ids)) != n or node not in ids:
+        raise ConfigError("graph nodes must be distinct and include the node")
+    if n == 1:
+        return frozenset()
+    cutoff = edge_cutoff(n, k)
+    if k == n - 1:
+        return frozenset(ids) - {node}
+    prefix = GRAPH_DOMAIN + seed
+    return frozenset(j for j in ids if j != node and _edge(prefix, node, j, cutoff))
+
+
 def random_graph(nodes: Sequence[int], k: int, seed: bytes) -> dict[int, frozenset[int]]:
     """Neighbour sets of G(n, k / (n - 1)) on ``nodes`` drawn from ``seed`` (complete if k = n - 1)."""
     ids = sorted(nodes)
@@ -70,8 +93,7 @@ def random_graph(nodes: Sequence[int], k: int, seed: bytes) -> dict[int, frozens
     prefix = GRAPH_DOMAIN + seed
     for a, i in enumerate(ids):
         for j in ids[a + 1 :]:
-            h = hashlib.sha256(prefix + struct.pack(">II", i, j)).digest()
-            if int.from_bytes(h[:8], "big") < cutoff:
+            if _edge(prefix, i, j, cutoff):
                 adj[i].add(j)
                 adj[j].add(i)
     return {c: frozenset(v) for c, v in adj.items()}

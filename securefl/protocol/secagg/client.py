@@ -21,7 +21,7 @@ from securefl.errors import (
     StateError,
 )
 from securefl.protocol import quantize
-from securefl.protocol.graph import random_graph
+from securefl.protocol.graph import neighbours_of
 from securefl.protocol.messages import (
     AdvertiseKeys,
     ConsistencySignature,
@@ -267,7 +267,7 @@ class SecAggClient:
 
     def _graph_neighbours(self) -> frozenset[int]:
         cfg = self.config
-        return random_graph(cfg.participants, cfg.degree, cfg.graph_seed)[self.id]
+        return neighbours_of(self.id, cfg.participants, cfg.degree, cfg.graph_seed)
 
     def _pair_key(self, j: int, purpose: str) -> Secret:
         if self._cipher is None or self._mask is None:
