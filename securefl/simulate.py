@@ -49,8 +49,11 @@ def simulate_secure_sum(
     clip_norm: float | None = None,
 ) -> SecureSumResult:
     """Sum ``updates`` (client id -> vector, or a list indexed 0..n-1) under ``mode`` ("secagg",
-    "ckks" or "plain"). ``threshold`` defaults to a majority, ``neighbours`` (SecAgg+ degree k, only
-    for "secagg") to min(n - 1, 2 ceil(log2 n)), ``clip_norm`` to the largest input norm; ``seed``
+    "ckks" or "plain"). ``threshold`` defaults to a majority (the active-security bound 2T > n with
+    no colluder assumed), ``neighbours`` (SecAgg+ expected degree k, only for "secagg") to the
+    degree securefl.protocol.secagg.bounds derives (classic SecAgg where a graph saves little); a
+    threshold or degree below the bounds is refused. ``clip_norm`` defaults to the largest input
+    norm; ``seed``
     makes the masks, noise and identities reproducible (with "ckks" the key holder's CKKS key and
     its flooding noise are fresh each call, so totals differ within the release error bound).
     Dropout stages are the mode's ``stages`` (ckks: "contribution", "reveal", "verification").
