@@ -66,10 +66,14 @@ class RoundSpec:
     weights: tuple[float, ...] | None = None
     #: SHA-256 of the global model this round starts from, as this party received it
     model_digest: bytes = bytes(32)
+    #: SHA-256 of the signed training plan this party follows (a deployment's Hello: learning
+    #: rate, epochs, DP-SGD parameters), so a server cannot give the other banks a plan that zeroes
+    #: their updates while one bank trains normally
+    context_digest: bytes = bytes(32)
 
     def __post_init__(self) -> None:
-        if len(self.model_digest) != 32:
-            raise ConfigError("model_digest must be 32 bytes")
+        if len(self.model_digest) != 32 or len(self.context_digest) != 32:
+            raise ConfigError("model_digest and context_digest must be 32 bytes")
         if len(self.session_id) != 16:
             raise ConfigError("session_id must be 16 bytes")
         if self.round < 0:
@@ -91,7 +95,8 @@ class RoundSpec:
 
     def plan_digest(self) -> bytes:
         """SHA-256 of what every participant must agree on beyond the protocol's own parameters:
-        ``"securefl/round-plan/v1" 0x00 | model digest | f64 clip_norm | u32 threshold |
+        ``"securefl/round-plan/v2" 0x00 | model digest | context digest | f64 clip_norm |
+        u32 threshold |
         f64 noise_multiplier | u32 min_survivors | u32 len | f64 weights..`` (big-endian; 0 and an
         empty list where absent). SecAgg signs it with the advertised keys and the survivor set, so
         a tailored model or FedAvg weight is caught before anything is unmasked."""
@@ -101,7 +106,7 @@ class RoundSpec:
         z, m = (self.noise.noise_multiplier, self.noise.min_survivors) if self.noise else (0.0, 0)
         w = self.weights or ()
         return hashlib.sha256(
-            b"securefl/round-plan/v1\x00" + self.model_digest
+            b"securefl/round-plan/v2\x00" + self.model_digest + self.context_digest
             + struct.pack(f">dIdII{len(w)}d", self.clip_norm, self.threshold, z, m, len(w), *w)
         ).digest()
 

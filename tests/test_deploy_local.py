@@ -346,6 +346,22 @@ def test_regression_deployment_standardises_the_target_federatedly(tmp_path: Pat
     assert got["r2"] > 0.1  # it learned something in label units (R^2 of a mean predictor: 0)
 
 
+def _round_1_aborted(server_cls: type[DeployServer], fed: Fed, tmp_path: Path) -> str:
+    """Run one training round with a hostile server; the round must abort, nothing be released,
+    and the run directory still verify. Returns the abort's error code."""
+    from securefl.audit.verify import verify_run_dir
+
+    run_dir = tmp_path / "run"
+    srv = server_cls(ServerSettings.load(fed.server_file(run_dir)))
+    link = LocalLink(_banks(fed), srv.fed.digest)
+    res = srv.run(link, link.names())
+    assert res["rounds_completed"] == 0
+    assert res["history"][0]["round"] == 1
+    verify_run_dir(run_dir)
+    code: str = res["history"][0]["aborted"]
+    return code
+
+
 def test_a_model_tailored_to_one_bank_aborts_the_round_before_unmasking(
         fed: Fed, tmp_path: Path) -> None:
     """Pasquini et al. (CCS 2022): a server that sends one bank a different global model can
@@ -355,7 +371,6 @@ def test_a_model_tailored_to_one_bank_aborts_the_round_before_unmasking(
     import msgspec
     import numpy as np
 
-    from securefl.audit.verify import verify_run_dir
     from securefl.deploy.messages import MODEL_DOMAIN, GlobalModel
     from securefl.protocol import wire
 
@@ -373,12 +388,38 @@ def test_a_model_tailored_to_one_bank_aborts_the_round_before_unmasking(
                         p, model=self._sign(wire.encode(gm), MODEL_DOMAIN, round_))}
             return super()._trip(ex, round_, stage, payloads)
 
-    run_dir = tmp_path / "run"
-    srv = Tailoring(ServerSettings.load(fed.server_file(run_dir)))
-    link = LocalLink(_banks(fed), srv.fed.digest)
-    res = srv.run(link, link.names())
-    assert res["rounds_completed"] == 0
     # the victim's survivor-set signature covers the model it got: the server's machine refuses it
     # (SignatureError), and no honest bank reveals a share without every survivor's signature
-    assert res["history"][0]["round"] == 1 and res["history"][0]["aborted"] == "SFL401"
-    verify_run_dir(run_dir)
+    assert _round_1_aborted(Tailoring, fed, tmp_path) == "SFL401"
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["other-values", "own-weight-only"])
+def test_fedavg_weights_tailored_per_bank_abort_the_round(
+        fed: Fed, tmp_path: Path, partial: bool) -> None:
+    """A server that signs each bank a different weight vector (the victim 1, every other bank
+    ~0, so the sum is the victim's update) is caught: the weights are in every bank's SecAgg plan
+    digest, and a plan that omits the other banks' weights is refused outright (red-team finding)."""
+    import msgspec
+
+    from securefl.deploy.messages import START_DOMAIN, RoundStart
+    from securefl.protocol import wire
+
+    class Tailoring(DeployServer):
+        def _trip(self, ex: Any, round_: int, stage: str, payloads: Any) -> dict[str, Any]:
+            if round_ == 1 and stage == "advertise":
+                banks = sorted(payloads)
+                out = dict(payloads)
+                for b in banks if partial else banks[1:]:
+                    p = payloads[b]
+                    start = wire.decode(p.start.body, RoundStart)
+                    # partial: every bank sees only its own weight (the victim 1, the others ~0),
+                    # which before the fix left the weights out of every plan digest alike
+                    w = ({b: 1.0 if b == banks[0] else 1e-9} if partial else
+                         {n: (1.0 if n == banks[0] else 1e-9) for n in start.weights})
+                    start = msgspec.structs.replace(start, weights=w)
+                    out[b] = msgspec.structs.replace(
+                        p, start=self._sign(wire.encode(start), START_DOMAIN, round_))
+                payloads = out
+            return super()._trip(ex, round_, stage, payloads)
+
+    assert _round_1_aborted(Tailoring, fed, tmp_path)

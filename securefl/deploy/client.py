@@ -240,13 +240,13 @@ class BankNode(NodeHandler):
             raise ConfigError(f"round {start.round}: field precision {start.precision_bits} bits, "
                               f"the manifest says {p.precision_bits}")
 
-    def _machine(self, fed: Federation, identity: SigningKey, hello: Hello, rm: RoundMemo
-                 ) -> tuple[SecAggClient, list[Any]]:
+    def _machine(self, fed: Federation, identity: SigningKey, hello: Hello, rm: RoundMemo,
+                 hello_body: bytes) -> tuple[SecAggClient, list[Any]]:
         """The round's SecAgg client machine after Start and every message in ``rm.received``;
         also returns Start's output (the advertise message, re-derived identically)."""
         start: RoundStart = wire.decode(rm.start, RoundStart)
         ids = bank_ids(fed)
-        spec = round_spec(start, ids)
+        spec = round_spec(start, ids, hashlib.sha256(hello_body).digest())
         enc, threshold = encoding_for(start, spec)
         cfg = secagg_config(start, spec, enc, threshold, fed)
         cid = ids[self.member]
@@ -277,7 +277,7 @@ class BankNode(NodeHandler):
             return []  # the commitment follows the global model in the same payload
         if start.task == "moments":
             rm.field_input = self._encode(fed, hello, start, self._round0_input(hello, start))
-        _, first = self._machine(fed, identity, hello, rm)
+        _, first = self._machine(fed, identity, hello, rm, _hello_body(memo))
         return [ProtocolItem(round=start.round, data=encode_message(m)) for m in first]
 
     def _round0_input(self, hello: Hello, start: RoundStart) -> NDArray[np.float64]:
@@ -422,12 +422,19 @@ class BankNode(NodeHandler):
         newest = rm.received[-1]
         replay = RoundMemo(start=rm.start, seed=rm.seed, field_input=rm.field_input,
                            received=rm.received[:-1], model_digest=rm.model_digest)
-        client, _ = self._machine(fed, identity, hello, replay)
+        client, _ = self._machine(fed, identity, hello, replay, _hello_body(memo))
         msg = decode_message(newest)
         out = client.receive(msg)
         if isinstance(msg, UnmaskRequest):
             del memo.rounds[round_]  # the round is over for this bank: forget its secrets
         return [ProtocolItem(round=round_, data=encode_message(m)) for m in out]
+
+
+def _hello_body(memo: NodeMemo) -> bytes:
+    """The signed Hello body this node verified (its SHA-256 is bound into every SecAgg plan)."""
+    if memo.hello is None:
+        raise StateError("no verified hello yet in this run")
+    return memo.hello
 
 
 def _round_of(signed: Signed) -> int:

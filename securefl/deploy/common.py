@@ -56,22 +56,29 @@ def protocol_federation(fed: Federation, session: bytes) -> ProtocolFederation:
     return ProtocolFederation(session, {i: fed.verify_key(n) for n, i in bank_ids(fed).items()})
 
 
-def round_spec(start: RoundStart, ids: dict[str, int]) -> RoundSpec:
+def round_spec(start: RoundStart, ids: dict[str, int], context: bytes = bytes(32)) -> RoundSpec:
+    """The round's public plan as both sides bind it into SecAgg's plan digest: participants,
+    clip, threshold, noise, every participant's FedAvg weight (train rounds must carry exactly
+    the participants' weights) and ``context``, the SHA-256 of the signed Hello (the training
+    plan)."""
     unknown = [p for p in start.participants if p not in ids]
     if unknown:
         raise SignatureError(f"round {start.round} names participants outside the manifest: "
                              f"{unknown[:5]}")
+    if start.task == "train" and set(start.weights) != set(start.participants):
+        raise ConfigError(f"round {start.round}: the plan must give a FedAvg weight to exactly "
+                          "its participants (the weights are signed into every bank's SecAgg plan)")
     noise = (NoisePlan(start.noise_multiplier, start.min_survivors)
              if start.noise_multiplier > 0 else None)
     order = sorted(start.participants, key=lambda p: ids[p])
-    weights = (tuple(start.weights[p] for p in order)
-               if start.weights and set(start.weights) == set(order) else None)
-    # the public FedAvg weights enter the SecAgg plan digest (a tailored weight is caught before
-    # unmasking); binding the received global model's digest too is an open item (issue 14 note)
+    weights = tuple(start.weights[p] for p in order) if start.task == "train" else None
+    # the weights and the training plan enter the SecAgg plan digest (a weight or plan tailored to
+    # one bank is caught before unmasking); the global model is the consistency message's input
+    # binding (it arrives after the keys)
     return RoundSpec(session_id=start.session, round=start.round,
                      participants=tuple(ids[p] for p in order),
                      clip_norm=start.clip_norm, threshold=start.threshold, noise=noise,
-                     weights=weights)
+                     weights=weights, context_digest=context)
 
 
 def encoding_for(start: RoundStart, spec: RoundSpec) -> tuple[Encoding, int]:

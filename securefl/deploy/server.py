@@ -233,6 +233,7 @@ class DeployServer:
         self.trips: list[dict[str, Any]] = []
         self.refused: dict[str, str] = {}
         self.history: list[dict[str, Any]] = []
+        self._hello_digest = bytes(32)
 
     def _session(self) -> bytes:
         if self.s.reproducible_session:
@@ -375,7 +376,7 @@ class DeployServer:
         return start, self._sign(wire.encode(start), START_DOMAIN, round_)
 
     def _flight(self, start: RoundStart) -> _Flight:
-        spec = round_spec(start, self.ids)
+        spec = round_spec(start, self.ids, self._hello_digest)
         enc, threshold = encoding_for(start, spec)
         machine = SecAggServer(secagg_config(start, spec, enc, threshold, self.fed),
                                protocol_federation(self.fed, self.session))
@@ -422,6 +423,7 @@ class DeployServer:
         plan = self.plan()
         hello = self._sign(wire.encode(Hello(session=self.session, federation=fed.digest,
                                              plan=plan)), HELLO_DOMAIN, 0)
+        self._hello_digest = hashlib.sha256(hello.body).digest()  # bound into every SecAgg plan
         replies = self._trip(ex, 0, "hello", {n: ServerPayload(hello=hello) for n in admitted})
         infos: dict[str, BankInfo] = {n: r.info for n, r in replies.items()
                                       if r.info is not None and n in self.ids}
