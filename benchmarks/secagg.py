@@ -45,6 +45,7 @@ from securefl.protocol.secagg import (
     SecAggClient,
     SecAggConfig,
     SecAggServer,
+    ServerResult,
 )
 from securefl.secagg import encode_input
 from securefl.transport.inprocess import InProcessDriver
@@ -97,6 +98,21 @@ def bench_round(label: bytes, n: int, d: int, bits: int, degree: int | None = No
     return cfg, fed, base, clients
 
 
+def run_checked(server: SecAggServer, clients: dict[int, SecAggClient], dropouts: dict[int, str],
+                base: NDArray[np.uint32], bits: int, what: str
+                ) -> tuple[InProcessDriver, ServerResult, float]:
+    """One round through the in-process driver, its wall time, and a check that the sum is the
+    shared input times the number of survivors (SystemExit otherwise)."""
+    driver = InProcessDriver(server, clients, dropouts=dropouts)
+    t0 = time.perf_counter()
+    result = driver.run()
+    wall = time.perf_counter() - t0
+    expected = (base.astype(np.uint64) * np.uint64(len(result.survivors))) % np.uint64(1 << bits)
+    if not np.array_equal(result.field_sum.astype(np.uint64), expected):
+        raise SystemExit(f"wrong sum ({what})")
+    return driver, result, wall
+
+
 def run_one(n: int, d: int, dropout: float, precision_bits: int = 16) -> dict[str, Any]:
     ids = list(range(n))
     clip, gamma = 1.0, 1.0 / 2**precision_bits
@@ -107,13 +123,7 @@ def run_one(n: int, d: int, dropout: float, precision_bits: int = 16) -> dict[st
     g0 = time.process_time()  # the server derives the whole round graph: n(n-1)/2 SHA-256
     server = SecAggServer(cfg, fed)
     graph_cpu = time.process_time() - g0
-    driver = InProcessDriver(server, clients, dropouts=dropouts)
-    t0 = time.perf_counter()
-    result = driver.run()
-    wall = time.perf_counter() - t0
-    expected = (base.astype(np.uint64) * np.uint64(len(result.survivors))) % np.uint64(1 << bits)
-    if not np.array_equal(result.field_sum.astype(np.uint64), expected):
-        raise SystemExit(f"wrong sum for n={n} d={d}")
+    driver, result, wall = run_checked(server, clients, dropouts, base, bits, f"n={n} d={d}")
     graph = server._graph
     survivors = set(result.survivors)
     dropped = set(dropouts)

@@ -69,14 +69,13 @@ from typing import Any
 
 import numpy as np
 from _common import table, write_json
-from secagg import ASSUMPTIONS, bench_round
+from secagg import ASSUMPTIONS, bench_round, run_checked
 
 from securefl.crypto.prg import accumulate_mask
 from securefl.crypto.secret import Secret
 from securefl.protocol import quantize
 from securefl.protocol.secagg import SecAggServer
 from securefl.protocol.secagg.bounds import derive
-from securefl.transport.inprocess import InProcessDriver
 
 NUM_EXAMPLES = 100  # each client's FedAvg weight (Flower masks [w, w * params]; max_weight 1000)
 
@@ -123,13 +122,8 @@ def securefl_row(n: int, d: int, dropout: float, *, classic: bool) -> dict[str, 
                                           degree=n - 1 if classic else None)
     dropped = ids[1 : 1 + round(dropout * n)]
     server = SecAggServer(cfg, fed)
-    driver = InProcessDriver(server, clients, dropouts=dict.fromkeys(dropped, "masked"))
-    w0 = time.perf_counter()
-    result = driver.run()
-    wall = time.perf_counter() - w0
-    expected = (base.astype(np.uint64) * np.uint64(len(result.survivors))) % np.uint64(1 << bits)
-    if not np.array_equal(result.field_sum.astype(np.uint64), expected):
-        raise SystemExit(f"securefl: wrong sum (n={n}, d={d}, classic={classic})")
+    driver, result, wall = run_checked(server, clients, dict.fromkeys(dropped, "masked"), base,
+                                       bits, f"securefl n={n} d={d} classic={classic}")
     survivors = set(result.survivors)
     graph = server._graph
     cpu = driver.stats.cpu_seconds
