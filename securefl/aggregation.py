@@ -34,21 +34,66 @@ RandomFactory = Callable[[int, str], "RandomSource"]
 
 @dataclass(frozen=True)
 class NoisePlan:
-    """Client-level DP noise of the sum (DP-FedAvg, McMahan et al., ICLR 2018).
+    """Client-level DP noise of the sum (DP-FedAvg, McMahan et al., ICLR 2018), sized for collusion.
 
-    The released sum carries Gaussian(-like) noise of std ``noise_multiplier * clip_norm`` per
-    coordinate whenever at least ``min_survivors`` clients survive: each client adds a share of variance
-    (z*C)^2 / min_survivors, so more survivors only add noise.
+    The released sum must carry Gaussian(-like) noise of std ``noise_multiplier * clip_norm`` per
+    coordinate even after the colluding banks subtract their own shares (DESIGN.md section 6). The
+    smallest set of honest inputs whose sum can be revealed, :attr:`honest_floor` h, is
+    ``min_survivors - colluders`` (every completed round has >= min_survivors survivors, at most
+    ``colluders`` of them colluding: classic SecAgg's T - c, and plain or ckks, where the whole sum
+    is released), or ``isolatable_honest`` where a sparse SecAgg+ graph lets the server learn sums of
+    as few honest inputs (protocol.secagg.bounds, bound 4: ``Derived.min_honest_sum``). Each client
+    adds a share of variance (z C)^2 / h, so any h honest shares carry the planned noise and more
+    survivors only add noise.
+
+    Not in :meth:`RoundSpec.plan_digest`: ``colluders`` and ``isolatable_honest`` follow from the
+    SecAgg plan's own (signed) n, T, k and c, and :class:`~securefl.secagg.SecAggAggregator`
+    refuses a NoisePlan weaker than its assumptions.
     """
 
     noise_multiplier: float
     min_survivors: int
+    #: banks assumed to collude with the server (their shares do not count)
+    colluders: int = 0
+    #: SecAgg+ on a sparse graph: the bounds' minimum isolatable honest set; None: a whole sum
+    isolatable_honest: int | None = None
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier >= 0 and np.isfinite(self.noise_multiplier)):
             raise ConfigError("noise_multiplier must be a finite number >= 0")
         if self.min_survivors < 1:
             raise ConfigError("min_survivors must be >= 1")
+        if not 0 <= self.colluders < self.min_survivors:
+            raise ConfigError(
+                f"colluders ({self.colluders}) must be in [0, min_survivors = "
+                f"{self.min_survivors}): a round's noise needs at least one honest share")
+        if self.isolatable_honest is not None and not (
+                1 <= self.isolatable_honest <= self.min_survivors - self.colluders):
+            raise ConfigError(
+                f"isolatable_honest ({self.isolatable_honest}) must be in [1, min_survivors - "
+                f"colluders = {self.min_survivors - self.colluders}]")
+
+    @property
+    def honest_floor(self) -> int:
+        """h: the fewest honest shares any revealed sum of a completed round holds."""
+        if self.isolatable_honest is not None:
+            return self.isolatable_honest
+        return self.min_survivors - self.colluders
+
+    def honest_shares(self, survivors: int) -> int:
+        """Honest shares the adversary cannot remove from a round with ``survivors`` survivors:
+        ``survivors - colluders`` for a whole sum, the isolatable set for SecAgg+ (the server may
+        have cut the honest survivors into components of that size)."""
+        if survivors < self.min_survivors:
+            raise ConfigError(f"{survivors} survivors are below min_survivors "
+                              f"{self.min_survivors}: the round must abort")
+        if self.isolatable_honest is not None:
+            return self.isolatable_honest
+        return survivors - self.colluders
+
+    def share_std(self, sensitivity: float) -> float:
+        """Std of one client's share: z * sensitivity / sqrt(h) (same units as ``sensitivity``)."""
+        return float(self.noise_multiplier * sensitivity / np.sqrt(self.honest_floor))
 
 
 @dataclass(frozen=True)
@@ -171,6 +216,11 @@ class Aggregator(ABC):
     secure: ClassVar[bool]
     #: protocol stages at which a client can drop out (for dropout simulation), in order
     stages: ClassVar[tuple[str, ...]] = ("upload",)
+
+    def isolatable_honest(self, n: int, threshold: int) -> int | None:
+        """The fewest honest inputs a released sum can hold when that is fewer than all honest
+        survivors (SecAgg+ overrides it); None: one sum of every survivor is released."""
+        return None
 
     @abstractmethod
     def aggregate(

@@ -49,9 +49,7 @@ class PlainAggregator(Aggregator):
         total = np.zeros(dim, dtype=np.float64)
         share_std = 0.0
         if spec.noise is not None and spec.noise.noise_multiplier > 0:
-            share_std = spec.noise.noise_multiplier * spec.clip_norm / np.sqrt(
-                spec.noise.min_survivors
-            )
+            share_std = spec.noise.share_std(spec.clip_norm)  # z C / sqrt(honest floor)
         digests: dict[str, str] = {}
         for cid in survivors:
             vec = np.asarray(inputs[cid], dtype=np.float64)

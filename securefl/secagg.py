@@ -131,12 +131,40 @@ class SecAggAggregator(Aggregator):
         self.assumptions = assumptions if assumptions is not None else Assumptions()
 
     def noise_variance_int(self, spec: RoundSpec, gamma: float) -> float:
-        """Per-client integer noise variance (z C / gamma)^2 / min_survivors (0 without noise)."""
+        """Per-client integer noise variance (z C / gamma)^2 / h, h the honest floor of the noise
+        plan (min_survivors - colluders, or SecAgg+'s isolatable honest set); 0 without noise."""
         if spec.noise is None or spec.noise.noise_multiplier == 0:
             return 0.0
         return (
             spec.noise.noise_multiplier * spec.clip_norm / gamma
-        ) ** 2 / spec.noise.min_survivors
+        ) ** 2 / spec.noise.honest_floor
+
+    def isolatable_honest(self, n: int, threshold: int) -> int | None:
+        """The fewest honest inputs a released sum can hold under this aggregator's assumptions
+        when that is fewer than all honest survivors (SecAgg+ on a sparse graph: the bounds'
+        ``min_honest_sum``); None for classic SecAgg, which releases one sum."""
+        from securefl.protocol.secagg import derive
+
+        d = derive(n, self.assumptions, threshold=threshold, degree=self.degree,
+                   neighbour_threshold=self.neighbour_threshold)
+        return None if d.classic else d.min_honest_sum
+
+    def check_noise_plan(self, spec: RoundSpec) -> None:
+        """Refuse (ConfigError) a noise plan sized for fewer colluders, or a larger honest set, than
+        this aggregator's assumptions guarantee: its honest shares would carry less than the
+        planned noise."""
+        if spec.noise is None or spec.noise.noise_multiplier == 0:
+            return
+        n, c = len(spec.participants), self.assumptions.colluders
+        isolatable = self.isolatable_honest(n, self.min_survivors(spec))
+        guaranteed = isolatable if isolatable is not None else spec.noise.min_survivors - c
+        if spec.noise.colluders < c or spec.noise.honest_floor > guaranteed:
+            raise ConfigError(
+                f"the noise plan splits the noise over {spec.noise.honest_floor} honest shares "
+                f"(colluders {spec.noise.colluders}), but with c = {c} colluding banks a released "
+                f"sum may hold only {guaranteed} honest inputs",
+                hint="size the noise plan with the aggregator's assumptions (NoisePlan colluders, "
+                     "isolatable_honest)")
 
     @staticmethod
     def min_survivors(spec: RoundSpec) -> int:
@@ -172,6 +200,7 @@ class SecAggAggregator(Aggregator):
     ) -> SecAggOutcome:
         dropouts = dict(dropouts or {})
         dim = check_inputs(spec, inputs)
+        self.check_noise_plan(spec)
         enc = self.encoding_for(spec, dim)
         cfg = SecAggConfig.build(
             session_id=spec.session_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from securefl.dp.accountants import (
     RDP_ORDERS,
@@ -19,10 +20,16 @@ from securefl.dp.accountants import (
     to_add_remove,
 )
 from securefl.dp.events import ComposedEvent, Event, SelfComposedEvent
+from securefl.dp.fedavg import client_round_event
 from securefl.dp.ledger import Draft, Ledger, LedgerEntry
 from securefl.errors import BudgetExceededError, PrivacyError
 
-__all__ = ["BudgetCheck", "RunningAccount", "check_plan", "spent_epsilon", "would_exceed"]
+if TYPE_CHECKING:
+    from securefl.aggregation import NoisePlan
+    from securefl.protocol.quantize import Encoding
+
+__all__ = ["BudgetCheck", "RunningAccount", "check_plan", "planned_client_events", "spent_epsilon",
+           "worst_case_events", "would_exceed"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,37 @@ def check_plan(per_round: Sequence[Event], rounds: int, target_epsilon: float, d
             f"{target_epsilon:g}; at most {fit} rounds fit",
             hint=f"run at most {fit} rounds, raise the noise multiplier, or raise the target")
     return check
+
+
+def worst_case_events(candidates: Sequence[Event], orders: Sequence[float] = RDP_ORDERS
+                      ) -> list[Event]:
+    """What a budget plan charges for one round whose recorded event will be one of
+    ``candidates`` (e.g. one per admissible survivor count): the candidate whose RDP curve is at
+    least every other's at every order, so composing it bounds whichever one the round records;
+    if none dominates (the distributed discrete Gaussian's tau term grows with the survivors
+    while its L2 term shrinks), all distinct candidates composed, an upper bound since RDP curves
+    are non-negative."""
+    distinct = list(dict.fromkeys(candidates))
+    if len(distinct) <= 1:
+        return distinct
+    account = [RdpAccount(orders) for _ in distinct]
+    for acc, ev in zip(account, distinct, strict=True):
+        acc.add([to_add_remove(ev)])
+    curves = [acc.rdp() for acc in account]
+    for ev, curve in zip(distinct, curves, strict=True):
+        if all(bool((curve >= other).all()) for other in curves):
+            return [ev]
+    return distinct
+
+
+def planned_client_events(plan: NoisePlan, n_participants: int, *,
+                          encoding: Encoding | None = None, dim: int | None = None
+                          ) -> list[Event]:
+    """What a budget charges for one round of ``n_participants`` under ``plan``: the event the
+    round records (:func:`securefl.dp.fedavg.client_round_event`, the same function the record
+    uses) for every admissible survivor count, reduced by :func:`worst_case_events`."""
+    return worst_case_events([client_round_event(plan, s, encoding=encoding, dim=dim)
+                              for s in range(plan.min_survivors, n_participants + 1)])
 
 
 def spent_epsilon(entries: Sequence[LedgerEntry], delta: float, accountant: str = "rdp") -> float:

@@ -20,7 +20,13 @@ steps_per_epoch``; the noisy sum is divided by the expected batch size q * N. Le
 
 ``secure_mode``: the ghost backend then draws the sampling masks and the noise from the OS CSPRNG
 (securefl.dp.noise.gaussian over SystemRandomSource); otherwise from a torch generator seeded with
-``random_seed`` (reproducible simulation). torch and opacus are imported lazily.
+``random_seed`` (reproducible simulation). ``deployed=True`` (a bank in a deployment) makes the
+ghost backend always draw from the OS CSPRNG, and refuses the Opacus backend unless the bank
+passes ``accept_prng_noise=True``: Opacus' own secure mode needs torchcsprng, which has no build for
+torch 2.x, so Opacus' noise would come from torch's Mersenne Twister (not cryptographic: an
+observer of enough outputs can predict it, and noise that can be predicted can be subtracted).
+Either way the run says where its noise came from (``DpSgdRun.noise_source``, recorded in the
+ledger). torch and opacus are imported lazily.
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from securefl.dp.events import Event, GaussianEvent, PoissonSampledEvent, SelfComposedEvent
-from securefl.dp.ledger import Draft
+from securefl.dp.ledger import Draft, NoiseSource
 from securefl.errors import ConfigError, PrivacyError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DpSgdRun", "dp_train_epochs", "dpsgd_schedule", "ghost_supported"]
+__all__ = ["DpSgdRun", "dp_train_epochs", "dpsgd_schedule", "ghost_supported",
+           "noise_source_for"]
 
 Backend = Literal["auto", "ghost", "opacus"]
 
@@ -51,6 +58,8 @@ class DpSgdRun:
     noise_multiplier: float
     max_grad_norm: float
     backend: str
+    #: where the noise and the Poisson sampling came from (securefl.dp.ledger.NoiseSource)
+    noise_source: NoiseSource | None = None
 
     def event(self) -> Event:
         """The mechanism run: ``steps`` Poisson(q)-sampled Gaussian steps."""
@@ -62,7 +71,8 @@ class DpSgdRun:
         """The ledger draft for this run (party ``bank:<bank>``, level ``record``)."""
         return Draft(round=round, level="record", party=f"bank:{bank}", event=self.event(),
                      clip_norm=self.max_grad_norm, participants=1, survivors=1,
-                     neighbouring="add_remove", sampling="poisson", steps=self.steps)
+                     neighbouring="add_remove", sampling="poisson", steps=self.steps,
+                     noise_source=self.noise_source)
 
 
 def dpsgd_schedule(n_rows: int, batch_size: int, epochs: int) -> tuple[int, float]:
@@ -133,6 +143,8 @@ def dp_train_epochs(
     planned_steps: int | None = None,
     backend: Backend = "auto",
     grad_sample_mode: str = "hooks",
+    deployed: bool = False,
+    accept_prng_noise: bool = False,
 ) -> tuple[dict[str, torch.Tensor], DpSgdRun]:
     """Train a copy of ``model`` on (X, y) with DP-SGD; return its state dict and the run record.
 
@@ -140,7 +152,8 @@ def dp_train_epochs(
     Give either ``noise_multiplier`` or (``target_epsilon``, ``target_delta``, ``planned_steps``):
     the latter calibrates z with the RDP accountant so that ``planned_steps`` steps at this
     sampling rate (all rounds of the run) stay within the target. ``loss_fn`` is applied with
-    ``reduction="sum"`` to get per-sample gradients.
+    ``reduction="sum"`` to get per-sample gradients. ``deployed``: see the module docstring (OS
+    CSPRNG for ghost; Opacus refused with PrivacyError unless ``accept_prng_noise``).
     """
     n = int(X.shape[0])
     _validate(epochs, batch_size, lr, max_grad_norm, n)
@@ -157,6 +170,8 @@ def dp_train_epochs(
         raise PrivacyError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier!r}")
     if backend == "auto":
         backend = "ghost" if ghost_supported(model) else "opacus"
+    secure_mode, source = noise_source_for(backend, secure_mode=secure_mode, deployed=deployed,
+                                           accept_prng_noise=accept_prng_noise)
     local = copy.deepcopy(model)
     if backend == "ghost":
         if not ghost_supported(local):
@@ -175,7 +190,28 @@ def dp_train_epochs(
         raise ConfigError(f"backend must be 'auto', 'ghost' or 'opacus', got {backend!r}")
     state = {k: v.detach().clone() for k, v in local.state_dict().items()}
     return state, DpSgdRun(steps=steps, sample_rate=q, noise_multiplier=float(noise_multiplier),
-                           max_grad_norm=float(max_grad_norm), backend=backend)
+                           max_grad_norm=float(max_grad_norm), backend=backend,
+                           noise_source=source)
+
+
+def noise_source_for(backend: str, *, secure_mode: bool, deployed: bool,
+                     accept_prng_noise: bool = False) -> tuple[bool, NoiseSource]:
+    """(secure_mode to run with, the noise source the ledger records) for ``backend``.
+
+    Deployed: ghost always uses the OS CSPRNG; Opacus without torchcsprng would draw from torch's
+    Mersenne Twister, so it is refused (PrivacyError) unless ``accept_prng_noise``."""
+    if backend == "ghost":
+        secure = secure_mode or deployed
+        return secure, "os_csprng" if secure else "torch_prng"
+    if deployed and not secure_mode and not accept_prng_noise:
+        raise PrivacyError(
+            "the Opacus DP-SGD backend in a deployment would draw its noise and sampling from "
+            "torch's Mersenne Twister (Opacus' secure mode needs torchcsprng, which has no build "
+            "for torch 2.x): not cryptographic noise",
+            hint="use the ghost backend (an nn.Sequential MLP: OS CSPRNG noise), or accept "
+                 "non-cryptographic noise explicitly (accept_prng_noise=True); the ledger records "
+                 "the noise source either way")
+    return secure_mode, "torchcsprng" if secure_mode else "torch_prng"
 
 
 def _sum_loss(loss_fn: torch.nn.Module) -> torch.nn.Module:

@@ -12,7 +12,9 @@ Units:
 * ``DistributedDiscreteGaussianEvent``: integer units of the SecAgg encoder (after scaling):
   ``sigma_int`` is the std parameter of *each* survivor's discrete Gaussian share, so the released
   sum carries N_Z(0, sigma_int^2) summed ``survivors`` times; ``sensitivity_int`` is the L2 norm
-  bound of one client's encoded (scaled, rounded) update, including the rounding inflation.
+  bound of one client's encoded (scaled, rounded) update, including the rounding inflation. Under
+  collusion (a ledger entry's ``colluders``) ``survivors`` counts the shares the adversary cannot
+  remove: the honest survivors' shares of the smallest sum that can be revealed.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
 """Client-level DP for federated averaging (DP-FedAvg, McMahan et al., ICLR 2018): clip, noise.
 
-Each client clips its update to L2 norm C and adds a noise *share*; the sum of any ``min_survivors``
-(the SecAgg threshold t) shares carries the planned noise std z * C, so each share has variance
-(z C)^2 / t. When s >= t clients survive, the released sum carries variance s (z C)^2 / t, i.e. an
-effective noise multiplier z * sqrt(s / t); the ledger records that actual value (never less than
-planned), so a round with fewer survivors records a larger epsilon than one where all survive.
+Each client clips its update to L2 norm C and adds a noise *share*; the shares of any ``h`` honest
+clients carry the planned noise std z * C, so each share has variance (z C)^2 / h. ``h`` is the
+smallest set of honest inputs whose sum can be revealed (:class:`securefl.aggregation.NoisePlan`:
+the survivor floor t minus the assumed colluders c, who can subtract their own shares, or SecAgg+'s
+minimum isolatable honest set). When s >= t clients survive, the honest part of the released sum
+carries variance (s - c) (z C)^2 / h, i.e. an effective noise multiplier z * sqrt((s - c) / h); the
+ledger records that value (never less than planned), so a round with fewer survivors records a
+larger epsilon than one where all survive. :func:`client_round_event` builds this event for the
+budget plan and for the ledger record alike, so a plan never under-counts what a round records.
 
 Units: model units for the continuous path (C, std); integer units of the SecAgg encoder for the
 discrete path (sensitivity_int, sigma2).
@@ -23,8 +27,13 @@ from securefl.errors import PrivacyError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from securefl.aggregation import NoisePlan
+    from securefl.dp.events import Event
+    from securefl.protocol.quantize import Encoding
+
 __all__ = [
     "client_level_event",
+    "client_round_event",
     "clip_l2",
     "ddg_event",
     "ddg_share_sigma2",
@@ -77,6 +86,23 @@ def client_level_event(noise_multiplier: float, min_survivors: int,
     _nonneg("noise_multiplier", noise_multiplier)
     _survivors(min_survivors, survivors)
     return GaussianEvent(noise_multiplier * math.sqrt(survivors / min_survivors))
+
+
+def client_round_event(plan: NoisePlan, survivors: int, *, encoding: Encoding | None = None,
+                       dim: int | None = None) -> Event:
+    """The client-level mechanism of a round with ``survivors`` survivors, as seen by the server and
+    the assumed colluders (who subtract their own shares): the one function both the budget plan
+    (``survivors = plan.min_survivors``, the worst admissible round) and the ledger record call.
+
+    Continuous shares (plain, ckks): ``GaussianEvent(z * sqrt(honest / h))``. SecAgg (``encoding``
+    and ``dim`` given): the honest shares of N_Z(0, encoding.noise_sigma2_int) with the encoder's
+    rounding-inflated L2 sensitivity (Kairouz, Liu, Steinke, ICML 2021)."""
+    honest = plan.honest_shares(survivors)
+    if encoding is None:
+        return client_level_event(plan.noise_multiplier, plan.honest_floor, honest)
+    if dim is None:
+        raise PrivacyError("a SecAgg round's event needs the update dimension")
+    return ddg_event(encoding.noise_sigma2_int, honest, encoding.sensitivity_int, dim)
 
 
 def ddg_share_sigma2(noise_multiplier: float, sensitivity_int: float, min_survivors: int) -> float:

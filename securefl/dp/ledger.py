@@ -45,6 +45,7 @@ __all__ = [
     "Draft",
     "Ledger",
     "LedgerEntry",
+    "NoiseSource",
     "canonical_bytes",
     "entry_hash",
 ]
@@ -65,6 +66,11 @@ _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 Level = Literal["record", "client"]
 Neighbouring = Literal["add_remove", "replace"]
 Sampling = Literal["poisson", "all", "fixed_size"]
+#: where a mechanism's noise came from: "os_csprng" (the operating system's CSPRNG, what a
+#: deployment uses), "torchcsprng" (Opacus' secure mode), "torch_prng" (torch's CPU generator, a
+#: Mersenne Twister: not cryptographic), "seeded_chacha20" (``securefl run``'s reproducible
+#: simulation: ChaCha20 streams keyed by the run seed, predictable to whoever knows it)
+NoiseSource = Literal["os_csprng", "torchcsprng", "torch_prng", "seeded_chacha20", "declared"]
 
 
 class LedgerEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -75,7 +81,11 @@ class LedgerEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     mechanism; ``clip_norm`` the L2 clip (model units, > 0); ``participants`` parties asked to take
     part; ``survivors`` parties whose contribution is in the released value; ``neighbouring``
     "add_remove" or "replace"; ``sampling`` how records/clients were selected; ``steps`` mechanism
-    invocations in this entry; ``prev_hash`` hex SHA-256 of the previous entry's canonical bytes.
+    invocations in this entry; ``prev_hash`` hex SHA-256 of the previous entry's canonical bytes;
+    ``colluders`` (client level) the banks assumed to collude with the server, whose own noise
+    shares they can subtract: ``event`` is then the mechanism the honest shares alone carry;
+    ``noise_source`` where the noise came from (:data:`NoiseSource`; None in entries written before
+    it was recorded). Both are optional (schema evolution): older lines decode with 0 and None.
     """
 
     version: int = LEDGER_VERSION
@@ -90,6 +100,8 @@ class LedgerEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     neighbouring: Neighbouring = "add_remove"
     sampling: Sampling = "poisson"
     steps: Annotated[int, msgspec.Meta(ge=0)] = 1
+    colluders: Annotated[int, msgspec.Meta(ge=0)] = 0
+    noise_source: NoiseSource | None = None
     prev_hash: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 
     def __post_init__(self) -> None:
@@ -100,8 +112,11 @@ class LedgerEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         if self.version != LEDGER_VERSION:
             raise LedgerError(f"{where}: unsupported version {self.version!r} "
                               f"(this build reads version {LEDGER_VERSION})")
-        for name in ("seq", "round", "steps"):
+        for name in ("seq", "round", "steps", "colluders"):
             _check_int(where, name, getattr(self, name), 0)
+        if self.colluders and (self.level != "client" or self.colluders >= self.survivors):
+            raise LedgerError(f"{where}: colluders ({self.colluders}) must be 0 at record level "
+                              f"and below the survivors ({self.survivors}) at client level")
         _check_int(where, "participants", self.participants, 1)
         _check_int(where, "survivors", self.survivors, 1)
         if self.survivors > self.participants:
@@ -132,6 +147,8 @@ class Draft(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     neighbouring: Neighbouring = "add_remove"
     sampling: Sampling = "poisson"
     steps: int = 1
+    colluders: int = 0
+    noise_source: NoiseSource | None = None
 
 
 def _check_int(where: str, name: str, value: Any, low: int) -> None:
