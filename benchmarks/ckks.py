@@ -11,6 +11,12 @@ this protocol must do.
     python benchmarks/ckks.py            # d in {1e5, 1e6}, n in {3, 10, 50}
     python benchmarks/ckks.py --quick    # d = 2e4, n in {3, 5}
     python benchmarks/ckks.py --default-only --dims 300000 --ns 10 --out /tmp/ckks.json
+    python benchmarks/ckks.py --round-keys-only   # the cost of a fresh CKKS key per round
+
+Round keys: the key holder makes a fresh key for every round (``CKKSKeyHolder.round_context``:
+SEAL key generation, serializing the public context, signing it) and every bank checks the
+signature and parses the context (``accept_public_context``); the context travels to every bank
+each round. Printed before the table, as medians over repetitions, for each parameter set.
 """
 
 from __future__ import annotations
@@ -275,6 +281,33 @@ HEADER = (
 )
 
 
+def round_key_cost(params: CKKSParams, reps: int = 7) -> dict[str, float | int | str]:
+    """Median CPU cost of one round key: key holder (keygen + serialize + sign) and one bank
+    (verify + parse), plus the signed context's bytes on the wire (to each bank, each round)."""
+    holder = CKKSKeyHolder(SigningKey.from_seed(Secret(b"\xee" * 32)), None, {}, min_clients=1,
+                           verifiers=1, params=params)
+    make, accept, size = [], [], 0
+    for r in range(reps):
+        t = time.process_time()
+        msg = holder.round_context(SESSION, r)
+        make.append(time.process_time() - t)
+        data = wire.encode(msg)
+        size = len(data)
+        t = time.process_time()
+        accept_public_context(wire.decode(data, type(msg)), holder.verify_key, params,
+                              session_id=SESSION, round_=r)
+        accept.append(time.process_time() - t)
+    return {"params": f"N={params.poly_modulus_degree} {list(params.coeff_mod_bit_sizes)}",
+            "keyholder_round_key_s": float(np.median(make)),
+            "bank_accept_s": float(np.median(accept)), "context_bytes": size}
+
+
+def fmt_round_key(row: dict[str, Any]) -> str:
+    return (f"round key {row['params']:<27} key holder {1e3 * row['keyholder_round_key_s']:6.1f} "
+            f"ms CPU, each bank {1e3 * row['bank_accept_s']:6.1f} ms CPU, "
+            f"{row['context_bytes'] / 1024:7.1f} KiB to each bank per round")
+
+
 def fmt(row: dict[str, Any]) -> str:
     return " ".join(f.format(row[k]) for k, f in COLUMNS)
 
@@ -286,13 +319,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dims", type=int, nargs="+", help="override the vector sizes d")
     ap.add_argument("--ns", type=int, nargs="+", help="override the client counts n")
     ap.add_argument("--default-only", action="store_true", help="only the default parameters")
+    ap.add_argument("--round-keys-only", action="store_true",
+                    help="only the cost of a fresh key per round (prints, writes nothing)")
     args = ap.parse_args(argv)
+    all_params = (DEFAULT_PARAMS, COMPACT_PARAMS, NVFLARE_PARAMS)
+    chosen = all_params[:1] if args.default_only else all_params
+    round_keys = [round_key_cost(p) for p in chosen]
+    for row in round_keys:
+        print(fmt_round_key(row), flush=True)
+    if args.round_keys_only:
+        return 0
     dims = args.dims or ([20_000] if args.quick else [100_000, 1_000_000])
     ns = args.ns or ([3, 5] if args.quick else [3, 10, 50])
     rows = []
     print(HEADER, flush=True)
-    all_params = (DEFAULT_PARAMS, COMPACT_PARAMS, NVFLARE_PARAMS)
-    for params in all_params[:1] if args.default_only else all_params:
+    for params in chosen:
         for d in dims:
             for n in ns:
                 row = run_one(params, d, n, raw_reps=min(n, 5))
@@ -322,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({**meta, "rows": rows, "round_keys": round_keys}, indent=2) + "\n")
     return 0
 
 

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEY_FILES",
+    "TRUST_ASSUMPTION",
     "CKKSAggregator",
     "KeyHolderKeys",
     "create_key_holder_keys",
@@ -78,6 +79,15 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: the mode's trust assumption, printed by `securefl run --aggregation ckks`
+#: (protocols/ckks/spec.md, "Trust assumption"; tests/test_ckks_malicious_bank.py shows the attack)
+TRUST_ASSUMPTION = (
+    "ckks hides each update from the server and the key holder only while EVERY bank encrypts "
+    "honestly: one bank sending a malformed ciphertext can extract the round's CKKS key and read "
+    "the others' updates (no practical proof of well-formed encryption exists); keys are fresh "
+    "per round; use secagg if a bank may deviate"
+)
 
 #: file names written by `securefl keys ckks --out DIR`
 KEY_FILES = {
@@ -206,12 +216,14 @@ class CKKSAggregator(Aggregator):
     def _key_holder(
         self, federation: Mapping[int, VerifyKey], min_clients: int, server_key: VerifyKey
     ) -> CKKSKeyHolder:
-        """The aggregator's key holder (created once: its replay set and query budget persist)."""
+        """The aggregator's key holder (created once: its replay set persists). It makes fresh
+        CKKS keys for every round (``CKKSKeyHolder.round_context``)."""
         if self._holder is None:
             self._holder = CKKSKeyHolder(
                 SigningKey.generate(),
-                generate_context(self.params),
+                None,
                 federation,
+                params=self.params,
                 min_clients=min_clients,
                 verifiers=self.verifiers,
                 max_queries=self.max_queries,
@@ -245,15 +257,19 @@ class CKKSAggregator(Aggregator):
         ct_bytes, n_chunks = params.ciphertext_max_bytes(), params.num_chunks(slots)
         bytes_sent: dict[str, int] = {}
 
-        pub_msg, size = _wire(holder.public_context_message(), SignedPublicContext, 32 * 2**20)
+        # a fresh key for this round, signed for (session, round): a key that leaks opens this
+        # round only, and a ciphertext replayed from an earlier round decrypts to noise
+        pub_msg, size = _wire(
+            holder.round_context(spec.session_id, spec.round), SignedPublicContext, 32 * 2**20
+        )
         bytes_sent["key_holder"] = size
-        public = accept_public_context(pub_msg, holder.verify_key, params)
+        public = accept_public_context(
+            pub_msg, holder.verify_key, params, session_id=spec.session_id, round_=spec.round
+        )
 
         share_std = 0.0
         if spec.noise is not None and spec.noise.noise_multiplier > 0:
-            share_std = (
-                spec.noise.noise_multiplier * spec.clip_norm / math.sqrt(spec.noise.min_survivors)
-            )
+            share_std = spec.noise.share_std(spec.clip_norm)  # z C / sqrt(honest floor)
         server = CKKSServer(
             public,
             federation,

@@ -258,3 +258,28 @@ def test_weight_outside_unit_interval_is_refused():
         client.commit(session_id=b"V" * 16, round_=1, values=inputs[0], clip_norm=1.0,
                       num_participants=3, noise_std=0.0, random=_factory()(0, "noise"),
                       weight=2.0)
+
+
+def test_run_output_states_the_ckks_trust_assumption():
+    """`securefl run --aggregation ckks` prints one line with the mode's trust assumption (every
+    bank encrypts honestly; one deviating bank may extract the key); other modes do not."""
+    from securefl.cli.run import format_result
+
+    class _Result:
+        def __init__(self, aggregation: str) -> None:
+            self.aggregation = aggregation
+            self.config = {"task": "classification"}
+
+        def to_dict(self) -> dict[str, object]:
+            return {"rounds_completed": 1, "task": "classification",
+                    "aggregation": self.aggregation, "insecure": False, "dp": False,
+                    "run_dir": "r", "stopped_early": None, "final_metrics": {},
+                    "baselines": {}, "privacy": {}, "model_sha256": "0" * 64, "seconds": 1.0}
+
+    lines = format_result(_Result("ckks")).splitlines()  # type: ignore[arg-type]
+    trust = [line for line in lines if line.startswith("trust: ")]
+    assert len(trust) == 1
+    assert "EVERY bank encrypts honestly" in trust[0] and "use secagg" in trust[0]
+    assert "fresh per round" in trust[0]
+    assert not any(line.startswith("trust: ")
+                   for line in format_result(_Result("secagg")).splitlines())  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey, sign_bound
 from securefl.errors import (
     AggregationAbortedError,
+    ConfigError,
     IntegrityError,
     MessageError,
     OverflowRiskError,
@@ -373,7 +374,12 @@ def _signed_set(world, commitments, key=None, round_=0):
         for c in sorted(commitments, key=lambda c: c.client_id)
     ]
     unsigned = CommitmentSet(
-        session_id=SESSION, round=round_, num_values=D, entries=entries, signature=bytes(64)
+        session_id=SESSION,
+        round=round_,
+        num_values=D,
+        key_digest=world["public"].digest,
+        entries=entries,
+        signature=bytes(64),
     )
     sig = sign_bound(
         key or world["server_key"],
@@ -481,19 +487,22 @@ def test_rogue_negation_after_seeing_ct_b_is_refused(world):
 
     # ... or re-opens the set with a late commitment to the rogue ciphertext: the honest reveals
     # bind the first set's digest, so their signatures no longer verify
+    rogue_commitment = commitment_value(
+        SESSION, 0, a, D, ciphertext_digest(rogue_chunks), world["public"].digest
+    )
     late_commit = Commitment(
         session_id=SESSION,
         round=0,
         client_id=a,
         num_values=D,
-        commitment=commitment_value(SESSION, 0, a, D, ciphertext_digest(rogue_chunks)),
+        commitment=rogue_commitment,
         signature=sign_bound(
             world["keys"][a],
             domain=DOMAIN_COMMITMENT,
             session_id=SESSION,
             round_=0,
             message=commitment_message(
-                a, D, commitment_value(SESSION, 0, a, D, ciphertext_digest(rogue_chunks))
+                a, D, rogue_commitment
             ),
         ),
     )
@@ -715,7 +724,9 @@ def test_large_round_malformed_reveal_refused_and_not_summed(world):
         server.receive_commitment(_commit(world, c, round_=5, values=inputs[i]))
     bad = encrypt_chunks(world["public"], np.zeros(D_BIG))
     bad[2] = encrypt_chunks(world["public"], np.zeros(10))[0]
-    commitment = commitment_value(SESSION, 5, 4, D_BIG, _hand_ct_digest(bad))
+    commitment = commitment_value(
+        SESSION, 5, 4, D_BIG, _hand_ct_digest(bad), world["public"].digest
+    )
     server.receive_commitment(
         Commitment(
             session_id=SESSION,
@@ -816,3 +827,81 @@ def test_a_message_of_another_protocol_version_is_refused():
     assert wire.decode(msgspec.msgpack.encode(good), Commitment).client_id == 2
     with pytest.raises(MessageError):
         wire.decode(msgspec.msgpack.encode({**good, "version": 2}), Commitment)
+
+
+# --- round keys (protocol version 4) ---------------------------------------------------------------
+def test_round_keys_are_fresh_signed_for_their_round_and_bound_into_the_round(world):
+    """A round key's public context is signed for (session, round): offered for another round, or
+    where the long-lived key is expected, it is refused; its digest is in every commitment and in
+    the closed set, so a set (or manifest) under another key is refused by the bank that reveals
+    and by the key holder; the key is made once per round and never after that round's release."""
+    from securefl.protocol.ckks import DOMAIN_CONTEXT
+
+    holder = CKKSKeyHolder(world["holder_key"], None, world["fed"], min_clients=3, verifiers=2,
+                           server_key=world["server_key"].verify_key, params=DEFAULT_PARAMS)
+    with pytest.raises(ConfigError):
+        holder.public_context_message()  # no long-lived key
+    r1, r2 = holder.round_context(SESSION, 1), holder.round_context(SESSION, 2)
+    assert holder.round_context(SESSION, 1) == r1  # idempotent within the round
+    assert r1.context != r2.context and (r1.session_id, r1.round) == (SESSION, 1)
+    vk = holder.verify_key
+    p1 = accept_public_context(r1, vk, DEFAULT_PARAMS, session_id=SESSION, round_=1)
+    with pytest.raises(RemoteProtocolError, match="not the key for this round"):
+        accept_public_context(r1, vk, DEFAULT_PARAMS, session_id=SESSION, round_=2)
+    with pytest.raises(RemoteProtocolError, match="long-lived"):
+        accept_public_context(r1, vk, DEFAULT_PARAMS)
+    # the round-key signature is domain-separated from the long-lived one
+    relabelled = msgspec.structs.replace(r1, session_id=None, round=None)
+    with pytest.raises(SignatureError):
+        accept_public_context(relabelled, vk, DEFAULT_PARAMS)
+    forged = msgspec.structs.replace(
+        r1,
+        signature=sign_bound(world["holder_key"], domain=DOMAIN_CONTEXT, session_id=SESSION,
+                             round_=1, message=r1.signature),
+    )
+    with pytest.raises(SignatureError):
+        accept_public_context(forged, vk, DEFAULT_PARAMS, session_id=SESSION, round_=1)
+
+    # a round under round 1's key, but the key holder is asked to decrypt it as round 2's
+    def run(public, round_):
+        server = CKKSServer(public, world["fed"], world["server_key"], session_id=SESSION,
+                            round_=round_, num_values=D, participants=IDS, min_clients=3,
+                            verifiers=2)
+        clients = {i: CKKSClient(i, world["keys"][i], public, world["server_key"].verify_key)
+                   for i in IDS}
+        for c in clients.values():
+            server.receive_commitment(_commit(world, c, round_))
+        cset = server.close_commitments()
+        assert cset.key_digest == public.digest
+        for c in clients.values():
+            server.receive_contribution(c.reveal(cset))
+        server.close()
+        req = server.verify_request()
+        for vid in server.verifier_ranking()[:2]:
+            server.receive_cosignature(CKKSVerifier(
+                vid, world["keys"][vid], public, world["fed"], world["server_key"].verify_key,
+                min_clients=3).verify(req, session_id=SESSION, round_=round_,
+                                      revealed_under=clients[vid].revealed_under[(SESSION,
+                                                                                  round_)]))
+        return server.decryption_request(), cset
+
+    dreq, cset = run(p1, 2)  # every bank was given round 1's key in round 2
+    with pytest.raises(DecryptionRefusedError, match="another CKKS key"):
+        holder.decrypt(dreq, _rand("f"))
+    # a bank holding round 2's key refuses to reveal under a set closed under round 1's key
+    p2 = accept_public_context(r2, vk, DEFAULT_PARAMS, session_id=SESSION, round_=2)
+    bank = CKKSClient(1, world["keys"][1], p2, world["server_key"].verify_key)
+    bank.commit(session_id=SESSION, round_=2, values=world["inputs"][1], clip_norm=1.0,
+                num_participants=len(IDS), noise_std=0.0, random=_rand("1"))
+    with pytest.raises(RemoteProtocolError, match="another CKKS key"):
+        bank.reveal(msgspec.structs.replace(cset, entries=[
+            e if e.client_id != 1 else msgspec.structs.replace(
+                e, commitment=bank.export_round(SESSION, 2).commitment)
+            for e in cset.entries]))
+    dreq1, _ = run(p1, 1)
+    res = holder.decrypt(dreq1, _rand("f"))  # the right key: released
+    assert np.allclose(np.frombuffer(res.values, "<f8"), sum(world["inputs"].values()),
+                       atol=1e-3)
+    with pytest.raises(StateError):
+        holder.round_context(SESSION, 1)  # no key for a released round
+    assert holder.queries_used == 0  # the long-lived budget is untouched

@@ -48,8 +48,14 @@ def test_vectors_recomputed_independently():
     large = [bytes([i]) + bytes(range(256)) * 2048 for i in range(V["large_chunks"]["count"])]
     assert _digest(large).hex() == V["large_chunks"]["ciphertext_digest"]
     round_, cid, d = V["round"], V["client_id"], V["num_values"]
+    key_digest = hashlib.sha256(bytes.fromhex(V["context_bytes"])).digest()
+    assert key_digest.hex() == V["key_digest"]
     commitment = hashlib.sha256(
-        b"securefl-ckks-commit-v1" + session + struct.pack(">QQQ", round_, cid, d) + digest
+        b"securefl-ckks-commit-v2"
+        + session
+        + struct.pack(">QQQ", round_, cid, d)
+        + key_digest
+        + digest
     ).digest()
     assert commitment.hex() == V["commitment"]
     commit_sig = priv.sign(
@@ -62,9 +68,11 @@ def test_vectors_recomputed_independently():
     )
     assert commit_sig.hex() == V["commitment_signature"]
     set_digest = hashlib.sha256(
-        b"securefl-ckks-commitment-set-v1"
+        b"securefl-ckks-commitment-set-v2"
         + session
-        + struct.pack(">QQI", round_, d, 1)
+        + struct.pack(">QQ", round_, d)
+        + key_digest
+        + struct.pack(">I", 1)
         + struct.pack(">Q", cid)
         + commitment
         + commit_sig
@@ -118,8 +126,13 @@ def test_vectors_recomputed_independently():
             "securefl/ckks/public-context/v1",
             key_id,
             0,
-            params + hashlib.sha256(bytes.fromhex(V["context_bytes"])).digest(),
+            params + key_digest,
         ),
+    )
+    # a round key: signed for its (session, round) under its own domain
+    holder.verify(
+        bytes.fromhex(V["round_context_signature"]),
+        _bound("securefl/ckks/round-context/v1", session, round_, params + key_digest),
     )
 
 

@@ -11,6 +11,7 @@ deterministic) over fixed inputs with fixed seeds. An independent verifier
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from securefl.protocol.ckks import (
     DOMAIN_CONTEXT,
     DOMAIN_CONTRIBUTION,
     DOMAIN_COSIGN,
+    DOMAIN_ROUND_CONTEXT,
     commitment_message,
     commitment_set_digest,
     commitment_value,
@@ -64,7 +66,9 @@ def vectors() -> dict[str, object]:
     digest = ciphertext_digest(chunks)
     # large enough (1.5 MiB) that securefl hashes the chunks on several threads
     large = [bytes([i]) + bytes(range(256)) * 2048 for i in range(3)]
-    commitment = commitment_value(session, 7, 5, 9000, digest)
+    fake_context = b"public-context-bytes"
+    key_digest = hashlib.sha256(fake_context).digest()
+    commitment = commitment_value(session, 7, 5, 9000, digest, key_digest)
     commit_sig = sign_bound(
         client,
         domain=DOMAIN_COMMITMENT,
@@ -76,6 +80,7 @@ def vectors() -> dict[str, object]:
         session_id=session,
         round=7,
         num_values=9000,
+        key_digest=key_digest,
         entries=[CommitmentEntry(client_id=5, commitment=commitment, signature=commit_sig)],
         signature=bytes(64),
     )
@@ -103,7 +108,13 @@ def vectors() -> dict[str, object]:
     cosig = sign_bound(
         client, domain=DOMAIN_COSIGN, session_id=session, round_=7, message=cosign_message(5, mdig)
     )
-    fake_context = b"public-context-bytes"
+    round_ctx_sig = sign_bound(
+        holder,
+        domain=DOMAIN_ROUND_CONTEXT,
+        session_id=session,
+        round_=7,
+        message=context_message(DEFAULT_PARAMS, fake_context),
+    )
     ctx_sig = sign_bound(
         holder,
         domain=DOMAIN_CONTEXT,
@@ -145,6 +156,8 @@ def vectors() -> dict[str, object]:
         "context_bytes": fake_context.hex(),
         "context_key_id": key_id_for(fake_context).hex(),
         "context_signature": ctx_sig.hex(),
+        "key_digest": key_digest.hex(),
+        "round_context_signature": round_ctx_sig.hex(),
     }
 
 

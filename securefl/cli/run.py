@@ -145,6 +145,10 @@ def format_result(result: RunResult) -> str:
              + (" (INSECURE: the server saw every update)" if d["insecure"] else "")
              + (", DP on" if d["dp"] else ", NO DP (comparison only)"),
              f"run directory: {d['run_dir']}"]
+    if d["aggregation"] == "ckks":
+        from securefl.ckks import TRUST_ASSUMPTION
+
+        lines.append(f"trust: {TRUST_ASSUMPTION}")
     if d["stopped_early"]:
         lines.append(f"stopped early: {d['stopped_early']}")
     lines.append("global test: " + ", ".join(f"{k} {v:.4f}" for k, v in

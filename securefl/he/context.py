@@ -12,6 +12,7 @@ needs neither).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, NoReturn
 
 from securefl.crypto.secret import Secret
@@ -73,9 +74,9 @@ class PublicContext:
     """A CKKS context with the public key only. Safe to give to clients, the server and
     verifiers."""
 
-    __slots__ = ("_ctx", "half_modulus", "params")
+    __slots__ = ("_ctx", "digest", "half_modulus", "params")
 
-    def __init__(self, ctx: Any, params: CKKSParams) -> None:
+    def __init__(self, ctx: Any, params: CKKSParams, digest: bytes | None = None) -> None:
         if ctx.is_private() or ctx.has_secret_key():
             raise SecretKeyExposureError(
                 "this CKKS context carries the secret key; a client or server must only receive "
@@ -86,6 +87,9 @@ class PublicContext:
         self.params = params
         #: lower bound of Q/2 (coefficient units): the overflow limit of a sum
         self.half_modulus = _half_modulus_lower_bound(ctx)
+        #: SHA-256 of the serialized public context (the bytes the key holder signed): the key
+        #: digest every round binds (protocols/ckks/spec.md, "Keys")
+        self.digest = digest if digest is not None else hashlib.sha256(self.to_bytes()).digest()
 
     @property
     def raw(self) -> Any:
@@ -130,6 +134,10 @@ class SecretContext:
     def public(self) -> PublicContext:
         """The public part: what the key holder publishes (signed)."""
         return load_public_context(self.public_bytes(), self.params)
+
+    def public_digest(self) -> bytes:
+        """SHA-256 of the serialized public context (:attr:`PublicContext.digest`)."""
+        return hashlib.sha256(self.public_bytes()).digest()
 
     def public_bytes(self) -> bytes:
         return bytes(
@@ -185,7 +193,7 @@ def _parse(data: bytes) -> Any:
 
 def load_public_context(data: bytes, params: CKKSParams) -> PublicContext:
     """Parse a public context; raise SecretKeyExposureError if it carries the secret key."""
-    return PublicContext(_parse(data), params)
+    return PublicContext(_parse(data), params, hashlib.sha256(data).digest())
 
 
 def load_secret_context(secret: Secret, params: CKKSParams) -> SecretContext:

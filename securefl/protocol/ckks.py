@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -46,7 +46,12 @@ from securefl.errors import (
     SignatureError,
     StateError,
 )
-from securefl.he.context import PublicContext, SecretContext, load_public_context
+from securefl.he.context import (
+    PublicContext,
+    SecretContext,
+    generate_context,
+    load_public_context,
+)
 from securefl.he.flooding import (
     DEFAULT_MAX_QUERIES,
     DEFAULT_STATISTICAL_SECURITY,
@@ -93,6 +98,7 @@ __all__ = [
     "DOMAIN_CONTRIBUTION",
     "DOMAIN_COSIGN",
     "DOMAIN_RELEASE",
+    "DOMAIN_ROUND_CONTEXT",
     "CKKSClient",
     "CKKSKeyHolder",
     "CKKSServer",
@@ -115,6 +121,7 @@ __all__ = [
 ]
 
 DOMAIN_CONTEXT = "securefl/ckks/public-context/v1"
+DOMAIN_ROUND_CONTEXT = "securefl/ckks/round-context/v1"
 DOMAIN_COMMITMENT = "securefl/ckks/commitment/v1"
 DOMAIN_COMMITMENT_SET = "securefl/ckks/commitment-set/v1"
 DOMAIN_CONTRIBUTION = "securefl/ckks/contribution/v2"
@@ -147,16 +154,25 @@ def key_id_for(context: bytes) -> bytes:
 
 
 def commitment_value(
-    session_id: bytes, round_: int, client_id: int, num_values: int, ct_digest: bytes
+    session_id: bytes,
+    round_: int,
+    client_id: int,
+    num_values: int,
+    ct_digest: bytes,
+    key_digest: bytes,
 ) -> bytes:
-    """The hash commitment to a ciphertext: SHA-256("securefl-ckks-commit-v1" || session(16) ||
-    u64 round || u64 id || u64 d || ct_digest). Binding by collision resistance; it reveals nothing
-    about the ciphertext's digest (which carries the encryption's fresh randomness) and, being bound
-    to the client id, cannot be copied by another client."""
+    """The hash commitment to a ciphertext: SHA-256("securefl-ckks-commit-v2" || session(16) ||
+    u64 round || u64 id || u64 d || key_digest || ct_digest). Binding by collision resistance; it
+    reveals nothing about the ciphertext's digest (which carries the encryption's fresh randomness)
+    and, being bound to the client id, cannot be copied by another client. ``key_digest`` (SHA-256
+    of the public context the client encrypted under) ties it to the round's key."""
+    if len(key_digest) != 32:
+        raise LocalProtocolError("key_digest must be 32 bytes")
     return hashlib.sha256(
-        b"securefl-ckks-commit-v1"
+        b"securefl-ckks-commit-v2"
         + session_id
         + struct.pack(">QQQ", round_, client_id, num_values)
+        + key_digest
         + ct_digest
     ).digest()
 
@@ -167,8 +183,9 @@ def commitment_message(client_id: int, num_values: int, commitment: bytes) -> by
 
 def commitment_set_digest(cs: CommitmentSet) -> bytes:
     """SHA-256 over the closed commitment set (without the server's signature over it)."""
-    h = hashlib.sha256(b"securefl-ckks-commitment-set-v1")
-    h.update(cs.session_id + struct.pack(">QQI", cs.round, cs.num_values, len(cs.entries)))
+    h = hashlib.sha256(b"securefl-ckks-commitment-set-v2")
+    h.update(cs.session_id + struct.pack(">QQ", cs.round, cs.num_values) + cs.key_digest)
+    h.update(struct.pack(">I", len(cs.entries)))
     for e in cs.entries:
         h.update(struct.pack(">Q", e.client_id) + e.commitment + e.signature)
     return h.digest()
@@ -278,21 +295,37 @@ def split_weight_slot(
 # --- key holder
 # ---------------------------------------------------------------------------------------
 def accept_public_context(
-    msg: SignedPublicContext, key_holder: VerifyKey, params: CKKSParams
+    msg: SignedPublicContext,
+    key_holder: VerifyKey,
+    params: CKKSParams,
+    *,
+    session_id: bytes | None = None,
+    round_: int | None = None,
 ) -> PublicContext:
     """Verify the key holder's signature and parameters; reject a context carrying the secret
-    key."""
+    key. With ``session_id`` and ``round_``, accept only a round key signed for exactly that
+    (session, round) (fresh per round, spec.md "Keys"); without them, only a long-lived key."""
     got = CKKSParams(msg.poly_modulus_degree, tuple(msg.coeff_mod_bit_sizes), msg.scale_bits)
     if got != params:
         raise CryptoError("the published CKKS parameters differ from the agreed ones")
     if msg.key_id != key_id_for(msg.context):
         raise IntegrityError("the public context's key_id does not match its contents")
+    if (msg.session_id, msg.round) != (session_id, round_):
+        raise RemoteProtocolError(
+            "the public context is not the key for this round"
+            if session_id is not None
+            else "a round key was offered where the long-lived key is expected"
+        )
+    if msg.session_id is not None and msg.round is not None:
+        domain, bound_session, bound_round = DOMAIN_ROUND_CONTEXT, msg.session_id, msg.round
+    else:
+        domain, bound_session, bound_round = DOMAIN_CONTEXT, msg.key_id, 0
     verify_bound(
         key_holder,
         msg.signature,
-        domain=DOMAIN_CONTEXT,
-        session_id=msg.key_id,
-        round_=0,
+        domain=domain,
+        session_id=bound_session,
+        round_=bound_round,
         message=context_message(params, msg.context),
     )
     return load_public_context(msg.context, params)
@@ -337,9 +370,14 @@ def _check_commitment_set(
 
 
 def _check_entries(
-    manifest: Manifest, federation: Federation, server_key: VerifyKey, min_clients: int
+    manifest: Manifest,
+    federation: Federation,
+    server_key: VerifyKey,
+    min_clients: int,
+    key_digest: bytes,
 ) -> bytes:
-    """The closed commitment set is the server's, for this round, with valid commitment
+    """The closed commitment set is the server's, for this round and this round's key
+    (``key_digest``), with valid commitment
     signatures; entries sorted by id, distinct, enrolled, >= min_clients; every entry opens its
     client's commitment in that set, and every reveal signature binds that same set (a client shown
     another set signed another digest). Returns the commitment set's digest."""
@@ -350,6 +388,10 @@ def _check_entries(
         manifest.num_values,
     ):
         raise DecryptionRefusedError("the commitment set is for another session, round or size")
+    if cs.key_digest != key_digest:
+        raise DecryptionRefusedError(
+            "the commitment set is under another CKKS key than this round's"
+        )
     set_digest = _check_commitment_set(cs, federation, server_key)
     committed = {e.client_id: e.commitment for e in cs.entries}
     ids = [e.client_id for e in manifest.entries]
@@ -373,7 +415,12 @@ def _check_entries(
                 f"client {e.client_id} contributed without a commitment in the closed set"
             )
         opened = commitment_value(
-            manifest.session_id, manifest.round, e.client_id, manifest.num_values, e.digest
+            manifest.session_id,
+            manifest.round,
+            e.client_id,
+            manifest.num_values,
+            e.digest,
+            cs.key_digest,
         )
         if opened != commitment:
             raise DecryptionRefusedError(
@@ -391,12 +438,22 @@ def _check_entries(
 
 
 class CKKSKeyHolder:
-    """Holds the secret key; decrypts at most one verified aggregate per (session, round)."""
+    """Holds the secret key(s); decrypts at most one verified aggregate per (session, round).
+
+    Two kinds of key. A **round key** (:meth:`round_context`): fresh CKKS keys for one (session,
+    round), their public context signed for that round; the secret key decrypts that round's
+    aggregate once and is then deleted, so a key that leaks (for instance to a bank that crafted a
+    malformed ciphertext, spec.md "Trust assumption") opens that round only, and a ciphertext
+    replayed from an earlier round decrypts to noise under this round's key. The **long-lived
+    key** (``secret_context``, published by :meth:`public_context_message`): one key for every
+    round of every session, as the deployment's key holder node uses today. A round with a round
+    key is decrypted only with it.
+    """
 
     def __init__(
         self,
         signing_key: SigningKey,
-        secret_context: SecretContext,
+        secret_context: SecretContext | None,
         federation: Federation,
         *,
         min_clients: int,
@@ -405,18 +462,30 @@ class CKKSKeyHolder:
         statistical_security: int = DEFAULT_STATISTICAL_SECURITY,
         server_key: VerifyKey | None = None,
         verifier_skips: int = DEFAULT_VERIFIER_SKIPS,
+        params: CKKSParams | None = None,
+        keygen: Callable[[CKKSParams], SecretContext] = generate_context,
     ) -> None:
         """``server_key`` is the aggregation server's enrolled identity (it signs the closed
         commitment set); decryption is refused until it is set. ``verifier_skips``: how many
         ranked verifiers may have dropped out (co-signers must rank in the first
-        ``verifiers + verifier_skips`` contributors)."""
+        ``verifiers + verifier_skips`` contributors). ``secret_context``: the long-lived key, or
+        None for a key holder that only makes round keys (then ``params`` names their
+        parameters); ``keygen`` makes each round key (SEAL's CSPRNG)."""
+        resolved = secret_context.params if secret_context is not None else params
+        if resolved is None or (params is not None and params != resolved):
+            raise ConfigError(
+                "name the CKKS parameters (params) or give a long-lived key with the same ones"
+            )
         if min_clients < 1 or verifiers < 1 or verifier_skips < 0:
             raise ConfigError("min_clients and verifiers must be >= 1, verifier_skips >= 0")
         if statistical_security < 30:
             raise ConfigError("statistical security must be >= 30 bits")
         self._key = signing_key
         self._ctx = secret_context
-        self.params = secret_context.params
+        self.params: CKKSParams = resolved
+        self._keygen = keygen
+        #: (session, round) -> (secret round key, its SignedPublicContext), until it decrypts
+        self._round_keys: dict[tuple[bytes, int], tuple[SecretContext, SignedPublicContext]] = {}
         self.federation = dict(federation)
         self.min_clients = min_clients
         self.verifiers = verifiers
@@ -432,6 +501,11 @@ class CKKSKeyHolder:
         return self._key.verify_key
 
     @property
+    def has_long_lived_key(self) -> bool:
+        """True when rounds without a round key use the long-lived key (deployment today)."""
+        return self._ctx is not None
+
+    @property
     def decrypted(self) -> frozenset[tuple[bytes, int]]:
         """The (session, round) slots this key holder has decrypted (each at most once)."""
         return frozenset(self._decrypted)
@@ -444,24 +518,48 @@ class CKKSKeyHolder:
         self.queries_used = max(self.queries_used, queries_used)
         self._decrypted |= set(decrypted)
 
-    def public_context_message(self) -> SignedPublicContext:
-        context = self._ctx.public_bytes()
+    def _signed_context(
+        self, secret: SecretContext, slot: tuple[bytes, int] | None
+    ) -> SignedPublicContext:
+        context = secret.public_bytes()
         kid = key_id_for(context)
+        domain, session, round_ = (
+            (DOMAIN_CONTEXT, kid, 0) if slot is None else (DOMAIN_ROUND_CONTEXT, *slot)
+        )
         sig = sign_bound(
             self._key,
-            domain=DOMAIN_CONTEXT,
-            session_id=kid,
-            round_=0,
-            message=context_message(self.params, context),
+            domain=domain,
+            session_id=session,
+            round_=round_,
+            message=context_message(secret.params, context),
         )
         return SignedPublicContext(
-            poly_modulus_degree=self.params.poly_modulus_degree,
-            coeff_mod_bit_sizes=list(self.params.coeff_mod_bit_sizes),
-            scale_bits=self.params.scale_bits,
+            poly_modulus_degree=secret.params.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(secret.params.coeff_mod_bit_sizes),
+            scale_bits=secret.params.scale_bits,
             context=context,
             key_id=kid,
             signature=sig,
+            session_id=None if slot is None else slot[0],
+            round=None if slot is None else slot[1],
         )
+
+    def public_context_message(self) -> SignedPublicContext:
+        """The long-lived key's public context, signed (no session or round)."""
+        if self._ctx is None:
+            raise ConfigError("this key holder has no long-lived key; use round_context")
+        return self._signed_context(self._ctx, None)
+
+    def round_context(self, session_id: bytes, round_: int) -> SignedPublicContext:
+        """Fresh CKKS keys for one round (made on the first call, the same message after), their
+        public context signed for (session, round). Refused for a round already decrypted."""
+        slot = (session_id, round_)
+        if slot in self._decrypted:
+            raise StateError(f"round {round_} of this session was already decrypted")
+        if slot not in self._round_keys:
+            secret = self._keygen(self.params)
+            self._round_keys[slot] = (secret, self._signed_context(secret, slot))
+        return self._round_keys[slot][1]
 
     def decrypt(self, req: DecryptionRequest, random: RandomSource) -> DecryptionResult:
         """Check everything, then decrypt, flood, round and sign. Raises and releases nothing on
@@ -474,7 +572,14 @@ class CKKSKeyHolder:
             )
         if self.server_key is None:
             raise ConfigError("the key holder does not know the server's identity key")
-        _check_entries(m, self.federation, self.server_key, self.min_clients)
+        round_key = self._round_keys.get(slot)
+        secret = round_key[0] if round_key is not None else self._ctx
+        if secret is None:
+            raise DecryptionRefusedError(f"no key was made for round {m.round} of this session")
+        key_digest = hashlib.sha256(round_key[1].context).digest() if round_key else (
+            secret.public_digest()
+        )
+        _check_entries(m, self.federation, self.server_key, self.min_clients, key_digest)
         if ciphertext_digest(req.aggregate) != m.aggregate_digest:
             raise DecryptionRefusedError("the aggregate does not match the manifest's digest")
         mdig = manifest_digest(m)
@@ -498,18 +603,23 @@ class CKKSKeyHolder:
             raise DecryptionRefusedError(
                 f"{len(signers)} verifier co-signatures; {self.verifiers} are required"
             )
-        chunks = self.params.num_chunks(m.num_values)
-        if self.queries_used + chunks > self.max_queries:
+        chunks = secret.params.num_chunks(m.num_values)
+        used = 0 if round_key is not None else self.queries_used  # a round key decrypts once
+        if used + chunks > self.max_queries:
             raise DecryptionRefusedError(
                 f"decrypting {chunks} more ciphertexts would exceed this key's budget of "
                 f"{self.max_queries} (noise flooding assumes at most that many); rotate the key",
                 hint="create a new key holder key with `securefl keys ckks` and restart the "
                 "session",
             )
-        # Commit the refusal state before decrypting, so no failure path can decrypt twice.
+        # Commit the refusal state before decrypting, so no failure path can decrypt twice; a
+        # round key is forgotten as it is used.
         self._decrypted.add(slot)
-        self.queries_used += chunks
-        total = decrypt_chunks(self._ctx, req.aggregate, m.num_values)
+        if round_key is None:
+            self.queries_used += chunks
+        else:
+            del self._round_keys[slot]
+        total = decrypt_chunks(secret, req.aggregate, m.num_values)
         # Noise flooding (Li-Micciancio, EUROCRYPT 2021), sized as OpenFHE documents:
         # sigma = sqrt(12 tau) 2^(s/2) t, moved to the slot domain (securefl.he.flooding).
         flood = flooding_std(
@@ -636,7 +746,9 @@ class CKKSClient:
             x = np.append(x, float(weight))
         chunks = encrypt_chunks(self.context, x)
         digest = ciphertext_digest(chunks)
-        commitment = commitment_value(session_id, round_, self.client_id, x.size, digest)
+        commitment = commitment_value(
+            session_id, round_, self.client_id, x.size, digest, self.context.digest
+        )
         self._pending[slot] = (chunks, digest, commitment, x.size)
         sig = sign_bound(
             self._key,
@@ -697,6 +809,8 @@ class CKKSClient:
         chunks, digest, commitment, num_values = pending
         if cs.num_values != num_values:
             raise RemoteProtocolError("the commitment set is for another number of values")
+        if cs.key_digest != self.context.digest:
+            raise RemoteProtocolError("the commitment set is under another CKKS key")
         mine = [e for e in cs.entries if e.client_id == self.client_id]
         if len(mine) != 1 or mine[0].commitment != commitment:
             raise RemoteProtocolError("the commitment set does not carry this client's commitment")
@@ -766,7 +880,9 @@ class CKKSVerifier:
         m = req.manifest
         if (m.session_id, m.round) != (session_id, round_):
             raise RemoteProtocolError("the manifest is for another session or round")
-        set_digest = _check_entries(m, self.federation, self.server_key, self.min_clients)
+        set_digest = _check_entries(
+            m, self.federation, self.server_key, self.min_clients, self.context.digest
+        )
         if revealed_under is not None and revealed_under != set_digest:
             raise RemoteProtocolError(
                 "the manifest's commitment set differs from the one this client was shown"
@@ -894,6 +1010,7 @@ class CKKSServer:
             session_id=self.session_id,
             round=self.round,
             num_values=self.num_values,
+            key_digest=self.context.digest,
             entries=entries,
             signature=bytes(64),
         )
@@ -931,7 +1048,9 @@ class CKKSServer:
         if c.commitment_set_digest != self._set_digest:
             raise RemoteProtocolError(f"client {c.client_id} revealed under another commitment set")
         digest = ciphertext_digest(c.chunks)
-        opened = commitment_value(c.session_id, c.round, c.client_id, c.num_values, digest)
+        opened = commitment_value(
+            c.session_id, c.round, c.client_id, c.num_values, digest, self.context.digest
+        )
         if opened != commitment.commitment:
             raise IntegrityError(f"client {c.client_id}'s ciphertext does not match its commitment")
         key = self.federation.get(c.client_id)

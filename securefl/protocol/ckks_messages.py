@@ -32,9 +32,11 @@ __all__ = [
 
 #: 2: commit phase (Commitment, CommitmentSet) before the ciphertexts are revealed;
 #: 3: the ciphertext digest is a hash list ("securefl-ckks-ct-v2") and training rounds carry the
-#: FedAvg weight slot. Decoding refuses any other version (the field is a Literal).
-PROTOCOL_VERSION: Final = 3
-Version = Literal[3]
+#: FedAvg weight slot; 4: the public context's key digest is bound into every commitment and the
+#: commitment set, and a round key's public context is signed for its (session, round).
+#: Decoding refuses any other version (the field is a Literal).
+PROTOCOL_VERSION: Final = 4
+Version = Literal[4]
 #: serialized chunk: at most N=32768 with 3 data limbs, uncompressed (2 * 32768 * 3 * 8 + slack)
 MAX_CHUNK_BYTES = 2 * 1024 * 1024
 #: at most 2^16 chunks (2^28 parameters at N=8192)
@@ -58,7 +60,9 @@ class _Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=
 
 
 class SignedPublicContext(_Msg, tag="ckks.public_context", frozen=True, forbid_unknown_fields=True):
-    """The key holder's public CKKS context and parameters, signed (domain ckks/public-context)."""
+    """The key holder's public CKKS context and parameters, signed. A round key (fresh for one
+    round) names its ``session_id`` and ``round`` and is signed for them (domain
+    ckks/round-context); a long-lived key leaves both None (domain ckks/public-context)."""
 
     poly_modulus_degree: Annotated[int, Meta(ge=1024, le=32768)]
     coeff_mod_bit_sizes: Annotated[
@@ -68,6 +72,8 @@ class SignedPublicContext(_Msg, tag="ckks.public_context", frozen=True, forbid_u
     context: Annotated[bytes, Meta(min_length=1, max_length=16 * 1024 * 1024)]
     key_id: SessionId
     signature: Sig
+    session_id: SessionId | None = None
+    round: Round | None = None
     version: Version = PROTOCOL_VERSION
 
 
@@ -95,11 +101,13 @@ class CommitmentEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class CommitmentSet(_Msg, tag="ckks.commitment_set", frozen=True, forbid_unknown_fields=True):
     """Server -> every committed client: the closed, complete set of commitments (sorted by client
-    id), signed by the server (domain ckks/commitment-set) over ``commitment_set_digest``."""
+    id) under the round's CKKS key (``key_digest``: SHA-256 of its public context), signed by the
+    server (domain ckks/commitment-set) over ``commitment_set_digest``."""
 
     session_id: SessionId
     round: Round
     num_values: NumValues
+    key_digest: Digest
     entries: Annotated[list[CommitmentEntry], Meta(min_length=1, max_length=MAX_CLIENTS)]
     signature: Sig
     version: Version = PROTOCOL_VERSION
