@@ -1,0 +1,350 @@
+"""securefl's SecAgg inside any Flower ClientApp: ``ClientApp(client_fn=..., mods=[securefl_mod])``.
+
+Shaped like Flower's own ``secaggplus_mod``: the mod answers securefl's TRAIN messages (those
+carrying the :data:`~securefl.flower.common.RECORD` array record) itself and calls the user's
+ClientApp (``call_next``, the NumPyClient's ``fit``) once per round, at the masked-input stage. Any
+other message goes straight to the user's app.
+
+Node config (``--node-config``): ``member`` (this bank's name in the manifest), ``key`` (its Ed25519
+identity key; ``passphrase-file`` if encrypted), ``manifest`` (the signed federation manifest),
+``state-dir`` (where it keeps the highest session counter it accepted), ``num-examples`` (its
+public training-set size: the FedAvg weight; fit must report the same), optional ``state-key``
+(default ``<key>.state-key``) and, for a bank whose own loop runs DP-SGD, the declared mechanism
+``dpsgd-noise-multiplier``, ``dpsgd-sample-rate``, ``dpsgd-steps``, ``dpsgd-max-grad-norm``.
+
+What this path guarantees, whatever the user's fit does:
+
+- **client-level clip**: the update (fit parameters - global parameters, flattened) is scaled to
+  L2 norm at most the manifest's ``clip_norm`` (DP-FedAvg, McMahan et al., ICLR 2018), then
+  multiplied by the public FedAvg weight n_i / max n;
+- **noise share**: with the manifest's ``noise_multiplier`` > 0 the bank adds its discrete Gaussian
+  share after quantization, sized so the honest survivors the plan guarantees carry the planned
+  noise (securefl.secagg.encode_input, the deployment's own encoding);
+- **secure aggregation**: securefl's actively secure SecAgg/SecAgg+ client machine
+  (securefl.protocol.secagg; Bonawitz et al. CCS 2017 figure 4, Bell et al. CCS 2020): the server
+  learns only the sum of the survivors' masked inputs; the plan (participants, thresholds, clip,
+  noise, weights, the global model's and the fit config's digests) is signed by the manifest's
+  server key and bound into every key advertisement and consistency signature.
+
+Record-level DP-SGD is NOT guaranteed here: the user's fit runs outside securefl. A bank that
+trains through securefl's client API (:class:`securefl.Bank`) gets it; a bank with its own DP-SGD
+loop may declare its parameters in the node config, and the server's ledger records them as
+declared, not verified.
+
+The node's state between messages (the round's key seed, its encoded input, the server messages so
+far) lives in ``context.state`` sealed with AES-256-GCM under a node-local key
+(securefl.deploy.common.NodeHandler); the SecAgg machine is rebuilt for each message by replay.
+flwr is imported lazily, inside :func:`securefl_mod`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import numpy as np
+
+from securefl.crypto.random import SystemRandomSource
+from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
+from securefl.deploy.common import (
+    NodeHandler,
+    SessionCounter,
+    bank_ids,
+    encode_input,
+    encoding_for,
+    protocol_federation,
+    randomness,
+    round_spec,
+    secagg_config,
+    session_id,
+)
+from securefl.errors import ConfigError, RemoteProtocolError, SignatureError, StateError
+from securefl.flower.common import (
+    ARRAY,
+    INFO_DOMAIN,
+    PLAN_DOMAIN,
+    RECORD,
+    STATE,
+    BankInfo,
+    ClientMsg,
+    FlowerPlan,
+    ServerMsg,
+    check_plan,
+    config_digest,
+    decode_server,
+    flatten,
+    params_digest,
+    round_start,
+)
+from securefl.protocol import wire
+from securefl.protocol.messages import decode_message, encode_message
+from securefl.protocol.secagg import SecAggClient, Start
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from securefl.bank import DeclaredDpSgd
+    from securefl.federation import Federation
+    from securefl.transport.flower import Envelope
+
+__all__ = ["FitOutcome", "FlowerBank", "securefl_mod"]
+
+log = logging.getLogger("securefl.flower")
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """What the user's fit returned, next to what it started from."""
+
+    global_params: list[NDArray[Any]]
+    new_params: list[NDArray[Any]]
+    num_examples: int
+    config: Mapping[str, Any]
+
+
+class _RoundMemo(msgspec.Struct, forbid_unknown_fields=True):
+    plan: bytes  # msgpack FlowerPlan, signature verified
+    seed: bytes | None  # key-machine seed (None only with the INSECURE simulation seed)
+    field_input: bytes | None = None  # uint32 little-endian, once fit ran
+    received: list[bytes] = []  # server protocol messages of this round, in order
+
+
+class _Memo(msgspec.Struct, forbid_unknown_fields=True):
+    session: bytes = b""
+    counter: int = 0
+    last_round: int = 0
+    current: _RoundMemo | None = None
+
+
+@dataclass(frozen=True)
+class FlowerBank(NodeHandler):
+    """One bank's node inside a Flower app (the node config, see the module docstring)."""
+
+    insecure_seed_effect = "every key and mask of this bank is predictable"
+
+    member: str
+    key_path: Path
+    manifest_path: Path
+    state_dir: Path
+    num_examples: int
+    passphrase_file: Path | None = None
+    sim_seed: int | None = None
+    state_key_file: Path | None = None
+    declared_dpsgd: DeclaredDpSgd | None = None
+    #: runs the user's fit for the current message (set per message by :func:`securefl_mod`)
+    fit: Callable[[], FitOutcome] | None = None
+
+    @classmethod
+    def from_node_config(cls, cfg: Mapping[str, Any]) -> FlowerBank:
+        from securefl.bank import DeclaredDpSgd
+
+        try:
+            declared = None
+            if "dpsgd-noise-multiplier" in cfg:
+                declared = DeclaredDpSgd(
+                    noise_multiplier=float(cfg["dpsgd-noise-multiplier"]),
+                    sample_rate=float(cfg["dpsgd-sample-rate"]),
+                    steps=int(cfg["dpsgd-steps"]), max_grad_norm=float(cfg["dpsgd-max-grad-norm"]))
+            n = int(cfg["num-examples"])
+            if n < 1:
+                raise ConfigError("num-examples must be >= 1")
+            return cls(**cls.common_config(cfg), state_dir=Path(str(cfg["state-dir"])),
+                       num_examples=n, declared_dpsgd=declared)
+        except KeyError as exc:
+            raise ConfigError(f"node config lacks {exc.args[0]!r}",
+                              hint="--node-config 'member=... key=... manifest=... "
+                                   "state-dir=... num-examples=...'") from exc
+        except ValueError as exc:
+            raise ConfigError(f"node config: {exc}") from exc
+
+    # -- one message ----------------------------------------------------------------------------
+    def _handle(self, env: Envelope, state: bytes | None) -> tuple[bytes, bytes]:
+        fed = self.federation()
+        if env.federation != fed.digest:
+            raise SignatureError("message for another federation manifest")
+        identity = self.identity(fed)
+        msg = decode_server(env.payload)
+        if msg.stage != env.stage:
+            raise RemoteProtocolError("the payload's stage is not the envelope's")
+        memo = wire.decode(state, _Memo) if state else _Memo()
+        if msg.stage == "hello":
+            reply = ClientMsg(stage="hello", info=self._info(identity, env.session))
+        elif msg.stage == "advertise":
+            reply = ClientMsg(stage="advertise",
+                              protocol=self._advertise(fed, identity, memo, env, msg))
+        else:
+            reply = self._step(fed, identity, memo, env, msg)
+        return wire.encode(reply), wire.encode(memo)
+
+    def _info(self, identity: SigningKey, session: bytes) -> BankInfo:
+        unsigned = BankInfo(member=self.member, n_examples=self.num_examples,
+                            signature=bytes(64))
+        sig = sign_bound(identity, domain=INFO_DOMAIN, session_id=session, round_=0,
+                         message=unsigned.message())
+        return msgspec.structs.replace(unsigned, signature=sig)
+
+    def _advertise(self, fed: Federation, identity: SigningKey, memo: _Memo, env: Envelope,
+                   msg: ServerMsg) -> list[bytes]:
+        if msg.plan is None:
+            raise RemoteProtocolError("an advertise message without a plan")
+        verify_bound(fed.verify_key(fed.server), msg.plan.signature, domain=PLAN_DOMAIN,
+                     session_id=env.session, round_=env.round, message=msg.plan.body)
+        plan: FlowerPlan = wire.decode(msg.plan.body, FlowerPlan)
+        if plan.session != env.session or plan.round != env.round:
+            raise SignatureError("the plan names another session or round")
+        if plan.session != memo.session:
+            # a new session: its id must derive from the manifest and a counter this bank never
+            # accepted before (securefl.deploy.common.SessionCounter)
+            if plan.session != session_id(fed.digest, plan.counter):
+                raise RemoteProtocolError("the session id is not derived from the manifest and "
+                                          f"the session counter {plan.counter}")
+            SessionCounter(self.state_dir, fed.digest).accept(plan.counter)
+            memo.session, memo.counter, memo.last_round = plan.session, plan.counter, 0
+        if plan.round <= memo.last_round:
+            raise RemoteProtocolError(f"round {plan.round} after round {memo.last_round}: each "
+                                      "round runs once, in order")
+        if self.member not in plan.participants:
+            raise ConfigError(f"{self.member!r} is not a participant of round {plan.round}")
+        seen: set[str] = set()
+        for info in msg.infos:
+            if info.member in seen or info.member not in fed.clients:
+                raise RemoteProtocolError(f"a signed size for {info.member!r} twice or outside "
+                                          "the manifest")
+            seen.add(info.member)
+            verify_bound(fed.verify_key(info.member), info.signature, domain=INFO_DOMAIN,
+                         session_id=plan.session, round_=0, message=info.message())
+        mine = [i for i in msg.infos if i.member == self.member]
+        if not mine or mine[0].n_examples != self.num_examples:
+            raise RemoteProtocolError("the plan does not carry this bank's own signed size")
+        check_plan(fed, plan, msg.infos)
+        memo.last_round = plan.round
+        seed = None if self.sim_seed is not None else SystemRandomSource().random_bytes(32)
+        memo.current = _RoundMemo(plan=msg.plan.body, seed=seed)
+        _, first = self._machine(fed, identity, memo.session, memo.current)
+        return [encode_message(m) for m in first]
+
+    def _machine(self, fed: Federation, identity: SigningKey, session: bytes,
+                 rm: _RoundMemo) -> tuple[SecAggClient, list[Any]]:
+        """The round's SecAgg client machine after Start, and Start's output (the advertisement,
+        re-derived identically from the stored seed)."""
+        plan: FlowerPlan = wire.decode(rm.plan, FlowerPlan)
+        start = round_start(plan)
+        ids = bank_ids(fed)
+        spec = round_spec(start, ids, hashlib.sha256(rm.plan).digest())
+        enc, threshold = encoding_for(start, spec)
+        cfg = secagg_config(start, spec, enc, threshold, fed)
+        cid = ids[self.member]
+        x = (np.frombuffer(rm.field_input, dtype="<u4").astype(np.uint32)
+             if rm.field_input is not None else np.zeros(plan.dim, dtype=np.uint32))
+        client = SecAggClient(cfg, protocol_federation(fed, session), cid, identity, x,
+                              randomness(self.sim_seed, session, plan.round, cid, "keys", rm.seed),
+                              input_binding=plan.model_digest)
+        return client, client.receive(Start())
+
+    def _step(self, fed: Federation, identity: SigningKey, memo: _Memo, env: Envelope,
+              msg: ServerMsg) -> ClientMsg:
+        rm = memo.current
+        if rm is None or env.session != memo.session or env.round != memo.last_round:
+            raise StateError(f"a {msg.stage!r} message for round {env.round}, not in flight here")
+        if msg.protocol is None:
+            raise RemoteProtocolError(f"a {msg.stage!r} message without a protocol message")
+        reply = ClientMsg(stage=msg.stage)
+        if msg.stage == "masked":
+            reply = self._fit_and_encode(fed, memo, rm)
+        client, _ = self._machine(fed, identity, memo.session, rm)
+        for old in rm.received:
+            client.receive(decode_message(old))
+        out = client.receive(decode_message(msg.protocol))
+        rm.received.append(msg.protocol)
+        if msg.stage == "unmask":
+            memo.current = None  # the round is over for this bank: forget its secrets
+        return msgspec.structs.replace(reply, protocol=[encode_message(m) for m in out])
+
+    def _fit_and_encode(self, fed: Federation, memo: _Memo, rm: _RoundMemo) -> ClientMsg:
+        """The user's fit, then the update (fit - global), the client-level clip, the FedAvg
+        weight and the encoding with this bank's noise share (securefl.secagg.encode_input)."""
+        from securefl.bank import clip_update
+
+        if self.fit is None or rm.field_input is not None:
+            raise StateError("the masked-input stage runs fit once, with the user's app")
+        plan: FlowerPlan = wire.decode(rm.plan, FlowerPlan)
+        res = self.fit()
+        if params_digest(res.global_params) != plan.model_digest:
+            raise RemoteProtocolError(f"round {plan.round}: the global model is not the one the "
+                                      "signed plan names")
+        if config_digest(res.config) != plan.config_digest:
+            raise RemoteProtocolError(f"round {plan.round}: the fit config is not the one the "
+                                      "signed plan names")
+        if res.num_examples != self.num_examples:
+            raise ConfigError(f"fit reported {res.num_examples} examples, the node config's "
+                              f"num-examples (the public FedAvg weight) is {self.num_examples}")
+        if [np.shape(a) for a in res.new_params] != [np.shape(a) for a in res.global_params]:
+            raise ConfigError("fit returned parameters of other shapes than the global model's")
+        delta = flatten(res.new_params) - flatten(res.global_params)
+        if delta.size != plan.dim:
+            raise ConfigError(f"round {plan.round}: {delta.size} parameters, plan says {plan.dim}")
+        clipped_delta, clipped = clip_update(delta, plan.clip_norm)
+        update = plan.weights[self.member] * clipped_delta
+        start = round_start(plan)
+        ids = bank_ids(fed)
+        spec = round_spec(start, ids)
+        enc, _ = encoding_for(start, spec)
+        cid = ids[self.member]
+        field = encode_input(update, spec, enc,
+                             randomness(self.sim_seed, memo.session, plan.round, cid, "rounding"),
+                             randomness(self.sim_seed, memo.session, plan.round, cid, "noise"))
+        rm.field_input = field.astype("<u4").tobytes()
+        drafts = ([self.declared_dpsgd.draft(round=plan.round, bank=self.member)]
+                  if self.declared_dpsgd is not None else [])
+        return ClientMsg(stage="masked", drafts=drafts, clipped=clipped)
+
+
+def securefl_mod(msg: Any, ctxt: Any, call_next: Callable[[Any, Any], Any]) -> Any:
+    """Flower mod: run securefl's SecAgg client for securefl TRAIN messages, call the user's app
+    (``call_next``) at the masked-input stage; pass every other message through unchanged.
+
+    A refusal (bad signature, a plan weaker than the manifest, a view mismatch) is logged with its
+    code and raised, so Flower returns an error reply and the server counts a dropout."""
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
+    from flwr.app.message_type import MessageType
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from securefl.transport.flower import handle_client_message
+
+    if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.array_records:
+        return call_next(msg, ctxt)
+    node = FlowerBank.from_node_config(ctxt.node_config)
+    digest = node.federation().digest
+    data = msg.content.array_records[RECORD][ARRAY].numpy().tobytes()
+    saved = ctxt.state.array_records.get(STATE)
+    state = saved[ARRAY].numpy().tobytes() if saved is not None else None
+    out: dict[str, Any] = {"content": RecordDict()}
+
+    def fit() -> FitOutcome:
+        reply = call_next(msg, ctxt)
+        if reply.has_error():
+            raise StateError(f"the ClientApp's fit failed: {reply.error.reason}")
+        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
+        for record in reply.content.array_records.values():
+            record.clear()  # the update leaves this node only masked
+        out["content"] = reply.content
+        return FitOutcome(global_params=parameters_to_ndarrays(fitins.parameters),
+                          new_params=parameters_to_ndarrays(fitres.parameters),
+                          num_examples=int(fitres.num_examples), config=dict(fitins.config))
+
+    handler = replace(node, fit=fit)
+    reply, new_state = handle_client_message(data, state, member=node.member,
+                                             federation=digest, handler=handler.handle)
+    ctxt.state.array_records[STATE] = ArrayRecord(
+        {ARRAY: Array(np.frombuffer(new_state, dtype=np.uint8))})
+    content = out["content"]
+    content.array_records[RECORD] = ArrayRecord(
+        {ARRAY: Array(np.frombuffer(reply, dtype=np.uint8))})
+    return Message(content, reply_to=msg)

@@ -1,0 +1,478 @@
+"""securefl's SecAgg as a Flower fit workflow:
+``DefaultWorkflow(fit_workflow=SecureFLWorkflow(manifest=..., server_key=..., run_dir=...))``.
+
+Shaped like Flower's ``SecAggPlusWorkflow`` (used with a ``LegacyContext``): per Flower round the
+strategy's ``configure_fit`` picks the nodes, each node id maps to a manifest member by the name
+the SuperLink operator registered it under (``NodeInfo.name``, as securefl.transport.flower's
+GridLink maps them: a routing hint; authenticity comes from the manifest keys), and securefl's
+SecAgg server machine (securefl.protocol.secagg) runs five stages over Flower TRAIN messages:
+
+  advertise    signed plan + every bank's signed size -> AdvertiseKeys
+  share        KeyRoster -> ShareKeys
+  masked       ForwardedShares + the strategy's FitIns -> the bank runs the user's fit, clips,
+               weights, adds its noise share, masks -> MaskedInput
+  consistency  SurvivorList -> ConsistencySignature
+  unmask       UnmaskRequest -> UnmaskShares
+
+A run adds one "hello" trip before its first round (each bank's size, signed by its manifest key:
+the public FedAvg weights n_i / max n). The released sum divided by the survivors' public weights
+is the FedAvg mean update; global + mean update is handed to the strategy as every survivor's
+FitRes parameters, so ``aggregate_fit`` (FedAvg) returns it (as Flower's SecAgg+ workflow does).
+Every round, completed or aborted, is committed to ``run_dir``: the audit log (RFC 9162 Merkle
+tree, signed checkpoints, securefl.audit.store.RunStore) and the privacy ledger (the client-level
+distributed discrete Gaussian event, and any record-level DP-SGD a bank declared, recorded as
+declared), so ``securefl audit verify RUN_DIR`` checks the run afterwards.
+
+What this path guarantees: the client-level clip, the noise share and secure aggregation always
+(securefl.flower.mod); record-level DP-SGD only when the bank trains through securefl's client API
+(securefl.Bank); a user's own DP-SGD loop is recorded as declared, not verified. The strategy, not
+a public draw, chooses each round's participants: the banks enforce the manifest's threshold as a
+floor on every plan. CKKS is not offered on this path (ConfigError).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+
+from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
+from securefl.deploy.common import (
+    SessionCounter,
+    bank_ids,
+    encoding_for,
+    protocol_federation,
+    round_spec,
+    secagg_config,
+    session_id,
+)
+from securefl.deploy.messages import Signed
+from securefl.errors import (
+    AggregationAbortedError,
+    ConfigError,
+    MessageError,
+    SecureFLError,
+    SignatureError,
+)
+from securefl.flower.common import (
+    ARRAY,
+    INFO_DOMAIN,
+    PLAN_DOMAIN,
+    RECORD,
+    STAGES,
+    BankInfo,
+    ClientMsg,
+    FlowerPlan,
+    ServerMsg,
+    check_plan,
+    config_digest,
+    decode_client,
+    fedavg_weights,
+    flatten,
+    params_digest,
+    round_start,
+    unflatten,
+)
+from securefl.protocol import quantize, wire
+from securefl.protocol.messages import decode_message, encode_message
+from securefl.protocol.secagg import Deadline, SecAggServer
+from securefl.transport.flower import GridLink, StageExchange
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from securefl.audit.store import RunStore
+    from securefl.dp.ledger import Draft, Ledger
+    from securefl.federation import Federation
+    from securefl.protocol.quantize import Encoding
+
+__all__ = ["RoundOutcome", "SecureFLWorkflow"]
+
+log = logging.getLogger("securefl.flower")
+
+
+@dataclass
+class RoundOutcome:
+    """One released round: the FedAvg mean update and who is in it."""
+
+    participants: list[str]
+    mean_update: NDArray[np.float64]
+    total: NDArray[np.float64]
+    survivors: list[str]
+    dropouts: dict[str, str]
+    drafts: list[Draft]
+    clipped: int
+    #: the survivors' masked-stage replies (the user's FitRes without its parameters), by member
+    fit_replies: dict[str, Any]
+
+
+@dataclass
+class _Session:
+    fed: Federation
+    key: SigningKey
+    counter: int
+    session: bytes
+    infos: list[BankInfo]
+    store: RunStore
+    ledger: Ledger
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _TrainLink:
+    """securefl envelopes over Flower TRAIN messages (a :class:`securefl.transport.flower.Link`);
+    ``extra[node_id]`` is content to send along (the masked stage's FitIns), ``replies`` keeps the
+    last trip's reply messages."""
+
+    def __init__(self, grid: Any, group_id: str) -> None:
+        self._grid = grid
+        self._group = group_id
+        self.extra: dict[int, Any] = {}
+        self.replies: dict[int, Any] = {}
+
+    def round_trip(self, payloads: Mapping[int, bytes], timeout_s: float) -> dict[int, bytes]:
+        from flwr.app import Array, ArrayRecord, Message, RecordDict
+        from flwr.app.message_type import MessageType
+
+        msgs = []
+        for nid, data in payloads.items():
+            content = self.extra.pop(nid, None) or RecordDict()
+            content.array_records[RECORD] = ArrayRecord(
+                {ARRAY: Array(np.frombuffer(data, dtype=np.uint8))})
+            msgs.append(Message(content, dst_node_id=nid, message_type=MessageType.TRAIN,
+                                group_id=self._group))
+        out: dict[int, bytes] = {}
+        self.replies = {}
+        timeout = timeout_s if np.isfinite(timeout_s) else None
+        for reply in self._grid.send_and_receive(msgs, timeout=timeout):
+            if reply.has_error():
+                continue  # the mod refused or the app failed: a dropout for this stage
+            try:
+                data = reply.content.array_records[RECORD][ARRAY].numpy().tobytes()
+            except (KeyError, TypeError, ValueError):
+                continue
+            out[int(reply.metadata.src_node_id)] = data
+            self.replies[int(reply.metadata.src_node_id)] = reply
+        return out
+
+
+class SecureFLWorkflow:
+    """Flower fit workflow running securefl's SecAgg (see the module docstring).
+
+    ``manifest``: the signed federation manifest; ``server_key``: the manifest server's Ed25519
+    identity key (``passphrase_file`` if encrypted); ``run_dir``: the audit run directory (must not
+    exist or be empty); ``state_dir``: where the server keeps its session counter (default
+    ``<server_key>.state``); ``timeout``: seconds per stage (None: wait for every reply)."""
+
+    def __init__(self, *, manifest: str | Path, server_key: str | Path, run_dir: str | Path,
+                 passphrase_file: str | Path | None = None, state_dir: str | Path | None = None,
+                 timeout: float | None = None) -> None:
+        self.manifest = Path(manifest)
+        self.server_key = Path(server_key)
+        self.run_dir = Path(run_dir)
+        self.passphrase_file = Path(passphrase_file) if passphrase_file else None
+        self.state_dir = (Path(state_dir) if state_dir
+                          else self.server_key.with_name(self.server_key.name + ".state"))
+        self.timeout = float("inf") if timeout is None else float(timeout)
+        self._s: _Session | None = None
+
+    # -- Flower's entry point -----------------------------------------------------------------------
+    def __call__(self, grid: Any, context: Any) -> None:
+        """One fit round (DefaultWorkflow calls it once per round)."""
+        from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+        from flwr.compat.common import recorddict_compat as compat
+        from flwr.server.compat.legacy_context import LegacyContext
+        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+        if not isinstance(context, LegacyContext):
+            raise TypeError(f"Expect a LegacyContext, but get {type(context).__name__}.")
+        r = int(cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]))
+        parameters = compat.arrayrecord_to_parameters(
+            context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+        global_arrays = parameters_to_ndarrays(parameters)
+        instructions = context.strategy.configure_fit(r, parameters, context.client_manager)
+        link = GridLink(grid)
+        nodes = link.node_names()
+        s = self._session(grid, nodes, global_arrays)
+        names = {nid: name for name, nid in nodes.items() if name in s.fed.clients}
+        chosen = {names[p.node_id]: (p, ins) for p, ins in instructions if p.node_id in names}
+        refused = [p.node_id for p, _ in instructions if p.node_id not in names]
+        if refused:
+            log.error("round %d: nodes %s are not named after a manifest client: left out", r,
+                      refused[:5])
+        try:
+            out = self.run_round(grid, s, r, {n: nodes[n] for n in chosen},
+                                 {n: ins for n, (_, ins) in chosen.items()}, global_arrays)
+        except SecureFLError as err:
+            log.error("round %d aborted: %s %s", r, err.code, err.message)
+            self._commit(s, r, list(chosen), global_arrays, None, err)
+            self._finish_if_last(s, r, context)
+            return
+        new = unflatten(flatten(global_arrays) + out.mean_update, global_arrays)
+        params = ndarrays_to_parameters(new)
+        results = []
+        for name in out.survivors:
+            res = compat.recorddict_to_fitres(out.fit_replies[name].content, keep_input=True)
+            results.append((chosen[name][0], FitRes(status=Status(Code.OK, ""), parameters=params,
+                                                    num_examples=res.num_examples,
+                                                    metrics=res.metrics)))
+        aggregated, metrics = context.strategy.aggregate_fit(r, results, [])
+        if aggregated is not None:
+            new = parameters_to_ndarrays(aggregated)
+            context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+                aggregated, True)
+            context.history.add_metrics_distributed_fit(server_round=r, metrics=metrics)
+        self._commit(s, r, out.participants, new, out, None)
+        self._finish_if_last(s, r, context)
+
+    # -- the session ----------------------------------------------------------------------------------
+    def _session(self, grid: Any, nodes: Mapping[str, int],
+                 global_arrays: list[NDArray[Any]]) -> _Session:
+        """First call: the manifest, the server key, a fresh session (counter), the banks' signed
+        sizes (one "hello" trip) and the run directory."""
+        if self._s is not None:
+            return self._s
+        from securefl.audit.store import RunStore
+        from securefl.dp.ledger import Ledger
+        from securefl.federation import load_manifest, load_signing_key, verify_manifest
+        from securefl.fl.params import to_bytes
+
+        fed = verify_manifest(load_manifest(self.manifest))
+        pw = self.passphrase_file.read_bytes().strip() if self.passphrase_file else None
+        key = load_signing_key(self.server_key, pw)
+        if key.verify_key != fed.verify_key(fed.server):
+            raise SignatureError("the server key is not the one the manifest lists for "
+                                 f"{fed.server!r}")
+        if fed.params.aggregation != "secagg":
+            raise ConfigError("the Flower workflow runs securefl's SecAgg; this manifest says "
+                              f"{fed.params.aggregation!r}")
+        counter = SessionCounter(self.state_dir, fed.digest).next()
+        session = session_id(fed.digest, counter)
+        banks = {n: nid for n, nid in nodes.items() if n in fed.clients}
+        ex = StageExchange(link=_TrainLink(grid, "0"), federation=fed.digest, session=session,
+                           server=fed.server, nodes=banks, timeout_s=self.timeout)
+        res = ex.exchange(0, "hello", {n: wire.encode(ServerMsg(stage="hello"))
+                                       for n in banks})
+        infos: list[BankInfo] = []
+        for name, data in res.replies.items():
+            try:
+                info = decode_client(data).info
+                if info is None or info.member != name:
+                    raise SignatureError(f"{name} answered the hello without its own size")
+                verify_bound(fed.verify_key(name), info.signature, domain=INFO_DOMAIN,
+                             session_id=session, round_=0, message=info.message())
+            except (MessageError, SignatureError) as err:
+                log.error("%s refused: %s %s", name, err.code, err.message)
+                continue
+            infos.append(info)
+        infos.sort(key=lambda i: fed.clients.index(i.member))
+        config = {"transport": "flower-app", "aggregation": "secagg",
+                  "manifest_sha256": fed.digest, "clip_norm": fed.params.clip_norm,
+                  "noise_multiplier": fed.params.noise_multiplier,
+                  "precision_bits": fed.params.precision_bits}
+        store = RunStore.create(
+            self.run_dir, config=config, server_key=key, origin=f"securefl/{session.hex()}",
+            initial_model=to_bytes(_named(global_arrays)), write_key_file=False,
+            federation={"banks": [{"name": i.member, "train_examples": i.n_examples}
+                                  for i in infos],
+                        "manifest_sha256": fed.digest,
+                        "data_source": "each bank's own Flower ClientApp"})
+        self._s = _Session(fed=fed, key=key, counter=counter, session=session, infos=infos,
+                           store=store, ledger=Ledger())
+        return self._s
+
+    # -- one round ------------------------------------------------------------------------------------
+    def plan(self, s: _Session, r: int, participants: list[str], fit_config: Mapping[str, Any],
+             global_arrays: list[NDArray[Any]]) -> FlowerPlan:
+        """Round ``r``'s plan: the manifest's clip, noise, precision and degree, the threshold
+        its assumptions derive for this many participants (never below the manifest's)."""
+        from securefl.protocol.secagg import derive
+
+        p = s.fed.params
+        k = len(participants)
+        if k < max(2, p.threshold):
+            raise AggregationAbortedError(f"round {r}: {k} participants with a signed size, fewer "
+                                          f"than the manifest's threshold {p.threshold}")
+        threshold = min(k, max(p.threshold,
+                               derive(k, p.assumptions(), degree=p.neighbours).threshold))
+        w = fedavg_weights(s.infos)
+        plan = FlowerPlan(session=s.session, counter=s.counter, round=r,
+                          participants=participants, threshold=threshold,
+                          clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
+                          min_survivors=threshold, degree=p.neighbours,
+                          precision_bits=p.precision_bits,
+                          dim=int(flatten(global_arrays).size),
+                          weights={b: w[b] for b in participants},
+                          model_digest=params_digest(global_arrays),
+                          config_digest=config_digest(fit_config))
+        check_plan(s.fed, plan, s.infos)
+        return plan
+
+    def run_round(self, grid: Any, s: _Session, r: int, nodes: Mapping[str, int],
+                  fitins: Mapping[str, Any], global_arrays: list[NDArray[Any]]) -> RoundOutcome:
+        """The five SecAgg stages of round ``r`` over the chosen ``nodes``; raises a SecureFLError
+        when the round cannot release (nothing is released then)."""
+        from flwr.common import parameters_to_ndarrays
+        from flwr.compat.common import recorddict_compat as compat
+
+        sized = {i.member for i in s.infos}
+        participants = [b for b in s.fed.clients if b in nodes and b in sized]
+        configs = [dict(ins.config) for n, ins in fitins.items() if n in participants]
+        if any(c != configs[0] for c in configs) or any(
+                params_digest(parameters_to_ndarrays(fitins[n].parameters))
+                != params_digest(global_arrays) for n in participants):
+            raise ConfigError(f"round {r}: the strategy gave the banks different models or fit "
+                              "configs; securefl's plan binds one of each")
+        plan = self.plan(s, r, participants, configs[0] if configs else {}, global_arrays)
+        body = wire.encode(plan)
+        signed = Signed(body=body, signature=sign_bound(s.key, domain=PLAN_DOMAIN,
+                                                        session_id=s.session, round_=r,
+                                                        message=body))
+        start = round_start(plan)
+        ids = bank_ids(s.fed)
+        spec = round_spec(start, ids, hashlib.sha256(body).digest())
+        enc, threshold = encoding_for(start, spec)
+        machine = SecAggServer(secagg_config(start, spec, enc, threshold, s.fed),
+                               protocol_federation(s.fed, s.session),
+                               input_binding=plan.model_digest)
+        link = _TrainLink(grid, str(r))
+        ex = StageExchange(link=link, federation=s.fed.digest, session=s.session,
+                           server=s.fed.server, nodes={n: nodes[n] for n in participants},
+                           timeout_s=self.timeout)
+        names = {ids[n]: n for n in participants}
+        payloads = {n: ServerMsg(stage="advertise", plan=signed, infos=s.infos)
+                    for n in participants}
+        fit_replies: dict[str, Any] = {}
+        drafts: list[Draft] = []
+        clipped = 0
+        for stage in STAGES:
+            if stage == "masked":
+                link.extra = {nodes[n]: compat.fitins_to_recorddict(fitins[n], True)
+                              for n in payloads}
+            res = ex.exchange(r, stage, {n: wire.encode(m) for n, m in payloads.items()})
+            for name, why in res.dropped.items():
+                log.warning("round %d stage %s: %s dropped (%s)", r, stage, name, why)
+            for name, data in res.replies.items():
+                reply = self._feed(machine, ids[name], name, stage, data)
+                if reply is not None and stage == "masked":
+                    fit_replies[name] = link.replies[nodes[name]]
+                    drafts += [d for d in reply.drafts
+                               if d.round == r and d.party == f"bank:{name}"]
+                    clipped += int(reply.clipped)
+            payloads = {names[o.recipient]: ServerMsg(stage=_next(stage),
+                                                      protocol=encode_message(o.message))
+                        for o in machine.receive(Deadline())}
+        result = machine.result
+        if result is None:
+            raise AggregationAbortedError(f"round {r} ended without a result")
+        survivors = [names[i] for i in result.survivors]
+        if plan.noise_multiplier > 0 and len(survivors) < plan.min_survivors:
+            raise AggregationAbortedError(
+                f"{len(survivors)} survivors carry less than the planned noise")
+        total = _decode(result.field_sum, enc)
+        weight = sum(plan.weights[n] for n in survivors)
+        if plan.noise_multiplier > 0:
+            drafts.append(self._client_event(s, plan, enc, len(survivors)))
+        return RoundOutcome(participants=participants, mean_update=total / weight, total=total,
+                            survivors=survivors,
+                            dropouts={names[i]: st for i, st in result.dropped_at.items()},
+                            drafts=[d for d in drafts if d.party == "federation"
+                                    or d.party[len("bank:"):] in survivors],
+                            clipped=clipped, fit_replies=fit_replies)
+
+    @staticmethod
+    def _feed(machine: SecAggServer, cid: int, name: str, stage: str,
+              data: bytes) -> ClientMsg | None:
+        """One bank's reply into the machine. A reply that is malformed, of another stage or not
+        the bank's own (sender id) is refused (logged; the bank is a dropout); a protocol error in
+        the machine aborts the round (raised)."""
+        try:
+            reply = decode_client(data)
+            msgs = [decode_message(p) for p in reply.protocol]
+        except MessageError as err:
+            log.error("%s: malformed reply (%s)", name, err.code)
+            return None
+        if reply.stage != stage or any(getattr(m, "sender", None) != cid for m in msgs):
+            log.error("%s: a reply of another stage or sender: refused", name)
+            return None
+        for m in msgs:
+            machine.receive(m)
+        return reply
+
+    @staticmethod
+    def _client_event(s: _Session, plan: FlowerPlan, enc: Encoding, survivors: int) -> Draft:
+        """The client-level DP event of the release: ``survivors`` discrete Gaussian shares
+        (securefl.dp.fedavg.ddg_event), no sampling amplification claimed (the strategy, not a
+        public draw, picked the participants)."""
+        from securefl.dp.fedavg import ddg_event
+        from securefl.dp.ledger import Draft
+
+        return Draft(round=plan.round, level="client", party="federation",
+                     event=ddg_event(enc.noise_sigma2_int, survivors, enc.sensitivity_int,
+                                     plan.dim),
+                     clip_norm=plan.clip_norm, participants=len(plan.participants),
+                     survivors=survivors, neighbouring="add_remove", sampling="all", steps=1)
+
+    # -- audit --------------------------------------------------------------------------------------
+    def _commit(self, s: _Session, r: int, participants: list[str], model: list[NDArray[Any]],
+                out: RoundOutcome | None, error: SecureFLError | None) -> None:
+        """Round ``r`` (released or aborted) into the audit log and the ledger, atomically."""
+        from securefl.fl.params import to_bytes
+        from securefl.runtime import seal_round
+
+        if s.store.last_round + 1 != r:
+            raise ConfigError(f"Flower round {r} after committed round {s.store.last_round}: the "
+                              "workflow must see every round of the run")
+        record: dict[str, Any] = {"session_id": s.session.hex(), "aggregation": "secagg",
+                                  "participants": participants}
+        if out is None:
+            # nothing released, the model unchanged: no one "survived" into a sum, no one dropped
+            record.update(survivors=participants, status="aborted",
+                          error_code=error.code if error is not None else "SFL310")
+            drafts: list[Draft] = []
+        else:
+            record.update(survivors=out.survivors, dropouts={
+                n: st for n, st in out.dropouts.items() if n not in out.survivors},
+                aggregate_digest=hashlib.sha256(out.total.tobytes()).hexdigest())
+            drafts = out.drafts
+        s.store.commit_round(round_=r, record_fields=record, model=to_bytes(_named(model)),
+                             ledger_lines=seal_round(s.ledger, drafts), metrics={})
+        entry: dict[str, Any] = {"round": r, "metrics": {}}
+        if out is None and error is not None:
+            entry["aborted"] = error.code
+        s.history.append(entry)
+
+    def _finish_if_last(self, s: _Session, r: int, context: Any) -> None:
+        """After the run's last round: result.json, signed and bound to the log."""
+        from securefl import __version__
+
+        if r != context.config.num_rounds:
+            return
+        s.store.finish({
+            "securefl_version": __version__, "aggregation": "secagg",
+            "transport": "flower-app", "session_id": s.session.hex(),
+            "manifest_sha256": s.fed.digest,
+            "rounds_completed": sum(1 for h in s.history if "aborted" not in h),
+            "model_sha256": s.store.model_sha256(s.store.last_round),
+        })
+
+
+def _next(stage: str) -> str:
+    i = STAGES.index(stage)
+    return STAGES[i + 1] if i + 1 < len(STAGES) else "done"
+
+
+def _decode(field_sum: NDArray[np.uint32], enc: Encoding) -> NDArray[np.float64]:
+    """The released field sum in input units (securefl.protocol.quantize.from_field, times gamma)."""
+    out: NDArray[np.float64] = quantize.from_field(field_sum, enc.bits).astype(np.float64) \
+        * enc.gamma
+    return out
+
+
+def _named(arrays: list[NDArray[Any]]) -> dict[str, Any]:
+    """Parameters as named tensors for the run directory's safetensors files (array order)."""
+    return {f"param{i:04d}": np.asarray(a) for i, a in enumerate(arrays)}

@@ -1,0 +1,243 @@
+"""securefl inside a Flower app, in-process: the real ClientApp with ``mods=[securefl_mod]`` and
+the real ``DefaultWorkflow(fit_workflow=SecureFLWorkflow(...))`` with a FedAvg strategy, over a fake
+Grid (tests/flower_mod_helpers.py). Expected values come from Flower's own FedAvg arithmetic
+(flwr.server.strategy.aggregate.aggregate) on the clients' plain fit results, never from securefl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from securefl.federation import ProtocolParams
+from tests.flower_mod_helpers import (
+    FakeGrid,
+    FlowerFed,
+    known_client_fn,
+    known_delta,
+    make_flower_federation,
+    server_identity,
+)
+
+pytest.importorskip("flwr")
+
+BANKS = ["bank-a", "bank-b", "bank-c"]
+N_EXAMPLES = {"bank-a": 100, "bank-b": 200, "bank-c": 300}
+SHAPES = [(60, 40), (40,)]
+CLIP = 10.0  # above every known update's norm (about 1.0): nothing is clipped
+
+
+def _initial() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+
+
+def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
+         extra_config: dict[str, dict[str, Any]] | None = None, evaluate: bool = False,
+         fed: FlowerFed | None = None, workflow_cls: Any = None, run_name: str = "run",
+         silent: dict[str, str] | None = None) -> tuple[list[np.ndarray], Path, FakeGrid]:
+    from flwr.app import Context, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.server import ServerConfig
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow
+    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+    from securefl.flower import SecureFLWorkflow, securefl_mod
+
+    fed = fed or make_flower_federation(tmp_path / "fed", BANKS, params)
+    client_fn = known_client_fn({b: i for i, b in enumerate(BANKS)}, N_EXAMPLES)
+    nids = {b: 101 + i for i, b in enumerate(BANKS)}
+    apps = {nids[b]: ClientApp(client_fn=client_fn, mods=[securefl_mod]) for b in BANKS}
+    configs = {nids[b]: fed.node_config(b, N_EXAMPLES[b], **(extra_config or {}).get(b, {}))
+               for b in BANKS}
+    grid = FakeGrid(apps, configs, {nid: b for b, nid in nids.items()},
+                    silent={nids[b]: st for b, st in (silent or {}).items()})
+    strategy = FedAvg(initial_parameters=ndarrays_to_parameters(_initial()),
+                      fraction_fit=1.0, min_fit_clients=3, min_available_clients=3,
+                      fraction_evaluate=1.0 if evaluate else 0.0,
+                      min_evaluate_clients=3 if evaluate else 0,
+                      on_fit_config_fn=lambda r: {"epochs": 1, "round": r})
+    run_dir = tmp_path / run_name
+    workflow = DefaultWorkflow(fit_workflow=(workflow_cls or SecureFLWorkflow)(
+        manifest=fed.manifest, server_key=fed.keys["agg"], run_dir=run_dir,
+        state_dir=tmp_path / "server-state"))
+    context = LegacyContext(Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                    run_config={}),
+                            config=ServerConfig(num_rounds=rounds), strategy=strategy)
+    with server_identity():
+        workflow(grid, context)
+    final = parameters_to_ndarrays(compat.arrayrecord_to_parameters(
+        context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True))
+    return final, run_dir, grid
+
+
+def _plain_fedavg_step(params: list[np.ndarray]) -> list[np.ndarray]:
+    """Flower's own FedAvg of the clients' plain fit results from ``params``."""
+    from flwr.server.strategy.aggregate import aggregate
+
+    fits = [([(p + d) for p, d in zip(params, known_delta(i, SHAPES), strict=True)],
+             N_EXAMPLES[b]) for i, b in enumerate(BANKS)]
+    return aggregate(fits)
+
+
+def _flat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+
+
+def _weight_total() -> float:
+    top = max(N_EXAMPLES.values())
+    return sum(n / top for n in N_EXAMPLES.values())
+
+
+def test_dp_off_equals_plain_fedavg_within_the_quantization_bound(tmp_path: Path) -> None:
+    from securefl.audit.verify import verify_run_dir
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0, precision_bits=16)
+    final, run_dir, grid = _run(tmp_path, params, rounds=2, evaluate=True)
+    want = _plain_fedavg_step(_plain_fedavg_step(_initial()))
+    # stochastic rounding moves each bank's value by < gamma = C / 2^precision per coordinate,
+    # so the sum by < n gamma and the mean by < n gamma / (sum of the public weights); per round
+    gamma = CLIP / 2**16
+    bound = 2 * len(BANKS) * gamma / _weight_total() + 1e-6  # + float32 storage
+    err = np.abs(_flat(final) - _flat(want))
+    assert err.max() <= bound
+    assert np.abs(_flat(final) - _flat(_initial())).max() > 100 * bound  # the model moved
+    report = verify_run_dir(run_dir)
+    assert report.last_round == 2 and report.has_result and report.rounds_aborted == 0
+    # the evaluate messages passed through the mod untouched (NumPyClient.evaluate answered)
+    assert any(m.metadata.message_type == "evaluate" for m in grid.sent)
+    # nothing but masked vectors left the banks: no fit parameters in any reply record
+    assert (run_dir / "ledger.jsonl").read_bytes() == b""
+
+
+def test_dp_on_noise_within_the_bound_it_implies_and_ledgered(tmp_path: Path) -> None:
+    from securefl.audit.verify import verify_run_dir
+
+    z = 0.5
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=z, precision_bits=16)
+    declared = {"bank-a": {"dpsgd-noise-multiplier": 1.1, "dpsgd-sample-rate": 0.01,
+                           "dpsgd-steps": 100, "dpsgd-max-grad-norm": 1.0}}
+    final, run_dir, _ = _run(tmp_path, params, extra_config=declared)
+    want = _plain_fedavg_step(_initial())
+    err_sum = (_flat(final) - _flat(want)) * _weight_total()  # the noise of the released sum
+    # DESIGN.md section 6: any admissible honest set carries std >= z C; all n = 3 survivors
+    # carry at most n / h = 3 / 2 times that variance (h >= 2, the manifest's threshold)
+    std = float(np.std(err_sum))
+    assert 0.9 * z * CLIP <= std <= 1.1 * z * CLIP * np.sqrt(3 / 2)
+    assert abs(float(np.mean(err_sum))) < 0.2 * z * CLIP
+    verify_run_dir(run_dir)
+    entries = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    client = [e for e in entries if e["level"] == "client"]
+    record = [e for e in entries if e["level"] == "record"]
+    assert len(client) == 1 and client[0]["survivors"] == 3
+    assert [e["party"] for e in record] == ["bank:bank-a"]
+    assert record[0]["noise_source"] == "declared"
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run_dir / "audit" / "log.jsonl").read_text().splitlines()][1:]
+
+
+def test_banks_refuse_a_plan_weaker_than_the_manifest(tmp_path: Path) -> None:
+    """A server that plans less noise than the signed manifest says gets no key advertisement:
+    the round aborts, nothing is released, the model stays, and the audit log says so."""
+    import msgspec
+
+    from securefl.audit.verify import verify_run_dir
+    from securefl.flower import SecureFLWorkflow
+
+    class Weaker(SecureFLWorkflow):
+        def plan(self, *args: Any, **kwargs: Any) -> Any:
+            return msgspec.structs.replace(super().plan(*args, **kwargs), noise_multiplier=0.0)
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.5)
+    final, run_dir, _ = _run(tmp_path, params, workflow_cls=Weaker)
+    assert np.array_equal(_flat(final), _flat(_initial()))
+    verify_run_dir(run_dir)
+    (rec,) = _records(run_dir)
+    assert rec["status"] == "aborted" and rec["error_code"] == "SFL310"
+
+
+def test_a_replayed_session_is_refused(tmp_path: Path) -> None:
+    """A server that reuses a session counter (here: it lost its state) is refused by every bank,
+    which keeps the highest counter it accepted (a replayed session would be a second attempt at
+    the same inputs under the same session keys)."""
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    fed = make_flower_federation(tmp_path / "fed", BANKS, params)
+    _, first, _ = _run(tmp_path, params, fed=fed, run_name="run1")
+    assert _records(first)[0]["status"] == "committed"
+    import shutil
+
+    shutil.rmtree(tmp_path / "server-state")  # the server's counter starts again at 1
+    final, second, _ = _run(tmp_path, params, fed=fed, run_name="run2")
+    assert np.array_equal(_flat(final), _flat(_initial()))
+    assert _records(second)[0]["status"] == "aborted"
+
+
+def test_a_bank_with_a_key_not_in_the_manifest_drops_out(tmp_path: Path) -> None:
+    """A node whose identity key is not its member's in the manifest refuses to run (typed
+    SignatureError on the node); the others still release a sum of their own updates only."""
+    from securefl.crypto.signing import SigningKey
+    from tests.deploy_helpers import write_key
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    fed = make_flower_federation(tmp_path / "fed", BANKS, params)
+    write_key(tmp_path / "impostor.key", SigningKey.generate())
+    final, run_dir, _ = _run(tmp_path, params, fed=fed,
+                             extra_config={"bank-c": {"key": str(tmp_path / "impostor.key")}})
+    (rec,) = _records(run_dir)
+    # refused at the hello (no signed size), so never a participant of a plan
+    assert rec["participants"] == rec["survivors"] == ["bank-a", "bank-b"]
+    # FedAvg of the two survivors' plain updates, weights n_i (Flower's own arithmetic)
+    from flwr.server.strategy.aggregate import aggregate
+
+    init = _initial()
+    want = aggregate([([p + d for p, d in zip(init, known_delta(i, SHAPES), strict=True)],
+                       N_EXAMPLES[b]) for i, b in enumerate(BANKS[:2])])
+    top = max(N_EXAMPLES.values())
+    bound = 2 * (CLIP / 2**16) / ((N_EXAMPLES["bank-a"] + N_EXAMPLES["bank-b"]) / top) + 1e-6
+    assert np.abs(_flat(final) - _flat(want)).max() <= bound
+
+
+@pytest.mark.parametrize("stage", ["masked", "consistency", "unmask"])
+def test_a_bank_that_drops_mid_round(tmp_path: Path, stage: str) -> None:
+    """bank-c stops answering at ``stage``. Before its masked input arrived ("masked"): its
+    pairwise masks are removed through the others' shares and the sum holds bank-a and bank-b.
+    After it ("unmask"): its input is in the sum, its self mask removed through the others'
+    shares. In between ("consistency"): a survivor that does not sign the survivor set aborts the
+    round (the active-security rule, Bonawitz et al. 2017 figure 4): nothing released, model
+    unchanged, the abort in the audit log."""
+    from flwr.server.strategy.aggregate import aggregate
+
+    from securefl.audit.verify import verify_run_dir
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    final, run_dir, _ = _run(tmp_path, params, silent={"bank-c": stage})
+    verify_run_dir(run_dir)
+    (rec,) = _records(run_dir)
+    if stage == "consistency":
+        assert rec["status"] == "aborted"
+        assert np.array_equal(_flat(final), _flat(_initial()))
+        return
+    summed = BANKS[:2] if stage == "masked" else BANKS
+    assert rec["survivors"] == summed and rec["dropouts"] == (
+        {"bank-c": "masked"} if stage == "masked" else {})
+    init = _initial()
+    want = aggregate([([p + d for p, d in zip(init, known_delta(i, SHAPES), strict=True)],
+                       N_EXAMPLES[b]) for i, b in enumerate(BANKS) if b in summed])
+    top = max(N_EXAMPLES.values())
+    bound = len(summed) * (CLIP / 2**16) / (sum(N_EXAMPLES[b] for b in summed) / top) + 1e-6
+    assert np.abs(_flat(final) - _flat(want)).max() <= bound
