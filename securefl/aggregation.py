@@ -91,6 +91,18 @@ class NoisePlan:
             return self.isolatable_honest
         return survivors - self.colluders
 
+    def seen_by(self, colluders: int) -> NoisePlan:
+        """The same shares as ``colluders`` colluding banks see them: a plan sized for fewer
+        colluders re-expressed with the shares unchanged (z' = z sqrt((m - c') / h)), so
+        :func:`securefl.dp.fedavg.client_round_event` gives the noise the honest shares carry."""
+        if colluders <= self.colluders:
+            return self
+        if self.isolatable_honest is not None:
+            raise ConfigError("a SecAgg+ noise plan is re-sized by its own assumptions")
+        h = self.min_survivors - colluders
+        z = self.noise_multiplier * float(np.sqrt(h / self.honest_floor))
+        return NoisePlan(z, self.min_survivors, colluders=colluders)
+
     def share_std(self, sensitivity: float) -> float:
         """Std of one client's share: z * sensitivity / sqrt(h) (same units as ``sensitivity``)."""
         return float(self.noise_multiplier * sensitivity / np.sqrt(self.honest_floor))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn as nn
 
 from securefl.dp.accountants import epsilon_of_events
-from securefl.dp.dpsgd import dp_train_epochs, ghost_supported
+from securefl.dp.dpsgd import DpSgdRun, dp_train_epochs, ghost_supported
 from securefl.dp.events import GaussianEvent, PoissonSampledEvent, SelfComposedEvent
 from securefl.dp.ledger import Ledger
 from securefl.errors import ConfigError, PrivacyError
@@ -134,3 +136,34 @@ def test_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="ghost"):
         dp_train_epochs(_Wrapped(), X, y, loss_fn=nn.BCEWithLogitsLoss(), epochs=1,
                         batch_size=10, lr=0.1, noise_multiplier=1.0, backend="ghost")
+
+
+def _train(model: nn.Module, **kw: Any) -> tuple[dict[str, torch.Tensor], DpSgdRun]:
+    X, y = _data()
+    return dp_train_epochs(model, X, y, loss_fn=nn.BCEWithLogitsLoss(), epochs=1,
+                           batch_size=10, lr=0.1, noise_multiplier=1.0, max_grad_norm=1.0,
+                           random_seed=5, **kw)
+
+
+def test_deployed_ghost_draws_from_the_os_csprng_and_says_so() -> None:
+    """Issue 16, deployment randomness: a deployed bank's DP-SGD never uses torch's Mersenne
+    Twister. With the same random_seed the simulation repeats itself exactly (seeded torch
+    generator) while a deployed run does not (the seed is ignored: OS CSPRNG)."""
+    sim_a, run_a = _train(_mlp())
+    sim_b, _ = _train(_mlp())
+    assert torch.equal(sim_a["0.weight"], sim_b["0.weight"])
+    assert run_a.noise_source == "torch_prng"
+    dep_a, run_d = _train(_mlp(), deployed=True)
+    dep_b, _ = _train(_mlp(), deployed=True)
+    assert not torch.equal(dep_a["0.weight"], dep_b["0.weight"])
+    assert run_d.noise_source == "os_csprng"
+    draft = run_d.draft(round=1, bank="alpha")
+    assert Ledger().record([draft])[0].noise_source == "os_csprng"
+
+
+def test_deployed_opacus_is_refused_unless_prng_noise_is_accepted() -> None:
+    with pytest.raises(PrivacyError, match="Mersenne Twister"):
+        _train(_Wrapped(), deployed=True)
+    _, run = _train(_Wrapped(), deployed=True, accept_prng_noise=True)
+    assert run.backend == "opacus"
+    assert run.noise_source == "torch_prng"

@@ -1,0 +1,205 @@
+"""A bank's own persistent privacy budget (issue 16, "Budgets are the bank's, not the server's"):
+caps the bank keeps in its own directory, across runs, checked before it takes part in a round."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securefl.dp.accountants import epsilon_of_events
+from securefl.dp.bank_budget import (
+    BUDGET_FILE,
+    BankBudget,
+    BudgetCaps,
+    caps_from_node_config,
+    charge_round,
+)
+from securefl.dp.events import GaussianEvent, PoissonSampledEvent, SelfComposedEvent
+from securefl.dp.ledger import Draft
+from securefl.errors import BudgetExceededError, ConfigError, LedgerError
+
+SGD = SelfComposedEvent(PoissonSampledEvent(0.02, GaussianEvent(1.5)), 10)
+CLIENT = GaussianEvent(5.0)
+
+
+def _round(bank: str = "alpha", round_: int = 1) -> list[Draft]:
+    return [Draft(round=round_, level="record", party=f"bank:{bank}", event=SGD, clip_norm=1.0,
+                  participants=1, survivors=1, steps=20),
+            Draft(round=round_, level="client", party="federation", event=CLIENT, clip_norm=1.0,
+                  participants=3, survivors=3, sampling="all")]
+
+
+def _fits(cap: float, event: object) -> int:
+    """How many rounds fit a cap, counted independently with the accountant."""
+    k = 0
+    while epsilon_of_events([event] * (k + 1), 1e-5) <= cap:  # type: ignore[list-item]
+        k += 1
+    return k
+
+
+def test_caps_hold_across_runs(tmp_path: Path) -> None:
+    """Three 'runs' (fresh objects, as a new deployment run would make) share the bank's file;
+    the round that would pass the record-level cap is refused and not recorded."""
+    cap = 0.6
+    fits = _fits(cap, SGD)
+    assert 2 <= fits <= 10
+    caps = BudgetCaps(record_epsilon_cap=cap)
+    charged, refused = 0, False
+    for run in range(fits + 1):  # each run takes part in up to two rounds
+        budget = BankBudget(tmp_path, "alpha", caps)
+        for r in (1, 2):
+            try:
+                budget.charge(_round(round_=r), session=f"{run:02x}", round_=r)
+            except BudgetExceededError as err:
+                assert "record epsilon" in err.message
+                refused = True
+                break
+            charged += 1
+        if refused:
+            break
+    assert refused and charged == fits
+    again = BankBudget(tmp_path, "alpha", caps)
+    assert len(again.charges()) == fits
+    assert again.spent()["record"] <= cap
+    with pytest.raises(BudgetExceededError):
+        again.check(_round())
+
+
+def test_client_cap_is_separate_from_record_cap(tmp_path: Path) -> None:
+    fits = _fits(1.5, CLIENT)
+    budget = BankBudget(tmp_path, "alpha", BudgetCaps(client_epsilon_cap=1.5))
+    for r in range(fits):
+        budget.charge(_round(round_=r), session="aa", round_=r)
+    with pytest.raises(BudgetExceededError, match="client epsilon"):
+        budget.charge(_round(round_=fits), session="aa", round_=fits)
+
+
+def test_other_banks_record_level_spending_does_not_count(tmp_path: Path) -> None:
+    budget = BankBudget(tmp_path, "alpha", BudgetCaps(record_epsilon_cap=100.0))
+    budget.charge(_round("beta"), session="aa", round_=1)
+    assert budget.spent()["record"] == 0.0
+    assert budget.spent()["client"] > 0.0
+
+
+def test_a_replayed_session_and_round_is_charged_again(tmp_path: Path) -> None:
+    """A server that reuses a session id and round asks for a second release: it costs again."""
+    budget = BankBudget(tmp_path, "alpha", BudgetCaps(record_epsilon_cap=100.0))
+    first = budget.charge(_round(), session="aa", round_=1)
+    second = budget.charge(_round(), session="aa", round_=1)
+    assert second["record"] > first["record"] and second["client"] > first["client"]
+    assert len(budget.charges()) == 2
+
+
+def test_a_torn_last_line_is_dropped(tmp_path: Path) -> None:
+    """A crash mid-append (before the bank took part) leaves a torn line: it is cut off, and the
+    charges before it still count."""
+    budget = BankBudget(tmp_path, "alpha", BudgetCaps(record_epsilon_cap=100.0))
+    budget.charge(_round(), session="aa", round_=1)
+    path = tmp_path / BUDGET_FILE
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole[: len(whole) // 2])
+    assert len(budget.charges()) == 1
+    assert path.read_bytes() == whole
+    budget.charge(_round(round_=2), session="aa", round_=2)
+    assert [c.seq for c in budget.charges()] == [0, 1]
+
+
+def test_a_removed_charge_breaks_the_chain(tmp_path: Path) -> None:
+    """A bank (or anyone with its disk) deleting a charge to regain budget is caught."""
+    budget = BankBudget(tmp_path, "alpha", BudgetCaps(record_epsilon_cap=100.0))
+    for r in range(3):
+        budget.charge(_round(round_=r), session="aa", round_=r)
+    path = tmp_path / BUDGET_FILE
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join([lines[0], *lines[2:]]))
+    with pytest.raises(LedgerError, match="hash chain"):
+        budget.check(_round())
+
+
+def _charge_many(directory: str, start: int) -> None:
+    budget = BankBudget(directory, "alpha", BudgetCaps(record_epsilon_cap=1000.0))
+    for r in range(start, start + 5):
+        budget.charge(_round(round_=r), session="aa", round_=r)
+
+
+def test_concurrent_processes_keep_one_chain(tmp_path: Path) -> None:
+    """A deployment runs each message in a fresh process: charges from several at once stay one
+    valid chain with none lost."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_charge_many, args=(str(tmp_path), 100 * i)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    charges = BankBudget(tmp_path, "alpha", BudgetCaps()).charges()
+    assert sorted(c.round for c in charges) == sorted(100 * i + r for i in range(3)
+                                                       for r in range(5))
+
+
+@settings(max_examples=30, deadline=None)
+@given(cap=st.floats(0.2, 6.0), rounds=st.integers(1, 12))
+def test_spent_never_exceeds_the_cap(tmp_path_factory: pytest.TempPathFactory, cap: float,
+                                     rounds: int) -> None:
+    directory = tmp_path_factory.mktemp("bank")
+    budget = BankBudget(directory, "alpha", BudgetCaps(record_epsilon_cap=cap,
+                                                       client_epsilon_cap=cap))
+    for r in range(rounds):
+        with contextlib.suppress(BudgetExceededError):
+            charge_round(budget, _round(round_=r), session="aa", round_=r)
+    spent = BankBudget(directory, "alpha", BudgetCaps()).spent()
+    assert spent["record"] <= cap and spent["client"] <= cap
+
+
+def test_node_config(tmp_path: Path) -> None:
+    assert caps_from_node_config({}, "alpha", tmp_path) is None
+    assert charge_round(None, _round(), session="aa", round_=1) == {}
+    b = caps_from_node_config({"record-epsilon-cap": "8", "budget-dir": str(tmp_path / "b")},
+                              "alpha", tmp_path)
+    assert b is not None and b.caps.record_epsilon_cap == 8.0 and b.caps.client_epsilon_cap is None
+    assert b.path == tmp_path / "b" / BUDGET_FILE
+    with pytest.raises(ConfigError):
+        caps_from_node_config({"client-epsilon-cap": "lots"}, "alpha", tmp_path)
+    with pytest.raises(ConfigError):
+        BudgetCaps(record_epsilon_cap=-1.0)
+
+
+def test_deployed_bank_refuses_a_round_past_its_own_cap_across_runs(tmp_path: Path) -> None:
+    """Over the deployment's handlers (in-process link, same bytes as over Flower): bank 0 keeps
+    its own budget file with a record-level cap; in a second run the server asks it again, and
+    the bank itself refuses the round that would pass its cap (a dropout: nothing of its data is
+    in that round's sum), while the banks without a cap go on."""
+    from deploy_helpers import make_federation
+
+    from securefl.audit.store import RunStore
+    from securefl.deploy.client import BankNode
+    from securefl.deploy.local import LocalLink
+    from securefl.deploy.server import DeployServer, ServerSettings
+
+    f = make_federation(tmp_path / "fed", {"rounds": 1, "seed": 3})
+    capped = f.banks[0]
+    budget_dir = tmp_path / "budget"
+
+    def banks() -> dict[int, BankNode]:
+        extra = {"record-epsilon-cap": "9", "budget-dir": str(budget_dir)}
+        return {i: BankNode.from_node_config({**f.node_config(b, sim_seed=3),
+                                              **(extra if b == capped else {})})
+                for i, b in enumerate(f.banks)}
+
+    survivors = []
+    for k in range(2):
+        srv = DeployServer(ServerSettings.load(f.server_file(tmp_path / f"run{k}")))
+        link = LocalLink(banks(), srv.fed.digest)
+        assert srv.run(link, link.names())["rounds_completed"] == 1
+        survivors.append(RunStore.open(tmp_path / f"run{k}").records[1].survivors)
+    assert capped in survivors[0]
+    # each run is calibrated to record epsilon 8; two compose (RDP) to about 9.6 > 9: refused
+    assert capped not in survivors[1] and len(survivors[1]) == 2
+    budget = BankBudget(budget_dir, capped, BudgetCaps())
+    assert len(budget.charges()) == 1
+    assert 7.5 < budget.spent()["record"] <= 8.0
