@@ -1,0 +1,121 @@
+"""The canonical byte strings of the CKKS protocol that are signed or hashed (protocols/ckks/spec.md,
+"Encodings" and "Signatures"), and the verifier ranking drawn from the closed commitment set."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+
+from securefl.errors import LocalProtocolError
+from securefl.he.params import CKKSParams
+from securefl.protocol.ckks_messages import CommitmentSet, Manifest
+
+__all__ = [
+    "commitment_message",
+    "commitment_set_digest",
+    "commitment_value",
+    "context_message",
+    "contribution_message",
+    "cosign_message",
+    "eligible_verifiers",
+    "key_id_for",
+    "manifest_digest",
+    "release_message",
+    "verifier_ranking",
+]
+
+
+def context_message(params: CKKSParams, context: bytes) -> bytes:
+    return params.canonical_bytes() + hashlib.sha256(context).digest()
+
+
+def key_id_for(context: bytes) -> bytes:
+    """16-byte identifier of a public context: sha256(context)[:16]."""
+    return hashlib.sha256(context).digest()[:16]
+
+
+def commitment_value(
+    session_id: bytes,
+    round_: int,
+    client_id: int,
+    num_values: int,
+    ct_digest: bytes,
+    key_digest: bytes,
+) -> bytes:
+    """The hash commitment to a ciphertext: SHA-256("securefl-ckks-commit-v2" || session(16) ||
+    u64 round || u64 id || u64 d || key_digest || ct_digest). Binding by collision resistance; it
+    reveals nothing about the ciphertext's digest (which carries the encryption's fresh randomness)
+    and, being bound to the client id, cannot be copied by another client. ``key_digest`` (SHA-256
+    of the public context the client encrypted under) ties it to the round's key."""
+    if len(key_digest) != 32:
+        raise LocalProtocolError("key_digest must be 32 bytes")
+    return hashlib.sha256(
+        b"securefl-ckks-commit-v2"
+        + session_id
+        + struct.pack(">QQQ", round_, client_id, num_values)
+        + key_digest
+        + ct_digest
+    ).digest()
+
+
+def commitment_message(client_id: int, num_values: int, commitment: bytes) -> bytes:
+    return struct.pack(">QQ", client_id, num_values) + commitment
+
+
+def commitment_set_digest(cs: CommitmentSet) -> bytes:
+    """SHA-256 over the closed commitment set (without the server's signature over it)."""
+    h = hashlib.sha256(b"securefl-ckks-commitment-set-v2")
+    h.update(cs.session_id + struct.pack(">QQ", cs.round, cs.num_values) + cs.key_digest)
+    h.update(struct.pack(">I", len(cs.entries)))
+    for e in cs.entries:
+        h.update(struct.pack(">Q", e.client_id) + e.commitment + e.signature)
+    return h.digest()
+
+
+def contribution_message(
+    client_id: int, num_values: int, digest: bytes, commitment_set_digest_: bytes
+) -> bytes:
+    """What a reveal signs: u64 id || u64 d || ct_digest || commitment_set_digest."""
+    return struct.pack(">QQ", client_id, num_values) + digest + commitment_set_digest_
+
+
+def cosign_message(verifier_id: int, manifest_digest_: bytes) -> bytes:
+    return struct.pack(">Q", verifier_id) + manifest_digest_
+
+
+def release_message(manifest_digest_: bytes, num_values: int, values: bytes) -> bytes:
+    return manifest_digest_ + struct.pack(">Q", num_values) + hashlib.sha256(values).digest()
+
+
+def manifest_digest(m: Manifest) -> bytes:
+    """SHA-256 over a canonical encoding of the manifest (spec.md, "Encodings")."""
+    h = hashlib.sha256(b"securefl-ckks-manifest-v2")
+    h.update(m.session_id + struct.pack(">QQI", m.round, m.num_values, len(m.entries)))
+    for e in m.entries:
+        h.update(struct.pack(">Q", e.client_id) + e.digest + e.signature)
+    h.update(m.aggregate_digest)
+    h.update(commitment_set_digest(m.commitment_set) + m.commitment_set.signature)
+    return h.digest()
+
+
+def verifier_ranking(set_digest: bytes, client_ids: Iterable[int]) -> tuple[int, ...]:
+    """Clients ordered by SHA-256("securefl-ckks-verifiers-v1" || set_digest || u64 id), ties by
+    id. ``set_digest`` is the closed commitment set's digest: public, fixed once the server signs
+    the set, and unpredictable before every commitment is in (each commitment hides a fresh
+    ciphertext digest). Verifiers are the first ranked contributors that answer."""
+
+    def key(cid: int) -> tuple[bytes, int]:
+        tag = b"securefl-ckks-verifiers-v1" + set_digest + struct.pack(">Q", cid)
+        return hashlib.sha256(tag).digest(), cid
+
+    return tuple(sorted(set(client_ids), key=key))
+
+
+def eligible_verifiers(m: Manifest, verifiers: int, skips: int) -> tuple[int, ...]:
+    """The contributors of ``m`` allowed to co-sign: the first ``verifiers + skips`` of the ranking
+    derived from the manifest's closed commitment set."""
+    ranking = verifier_ranking(
+        commitment_set_digest(m.commitment_set), (e.client_id for e in m.entries)
+    )
+    return ranking[: verifiers + skips]

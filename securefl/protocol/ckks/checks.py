@@ -1,0 +1,199 @@
+"""Checks every CKKS party shares: the key holder's signed public context, the server-signed closed
+commitment set, a manifest's entries against it, and verifier co-signatures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from securefl.crypto.signing import VerifyKey, verify_bound
+from securefl.errors import CryptoError, IntegrityError, RemoteProtocolError, SignatureError
+from securefl.he.context import PublicContext, load_public_context
+from securefl.he.params import CKKSParams
+from securefl.protocol.ckks.canonical import (
+    commitment_message,
+    commitment_set_digest,
+    commitment_value,
+    context_message,
+    contribution_message,
+    cosign_message,
+    key_id_for,
+)
+from securefl.protocol.ckks.config import (
+    DOMAIN_COMMITMENT,
+    DOMAIN_COMMITMENT_SET,
+    DOMAIN_CONTEXT,
+    DOMAIN_CONTRIBUTION,
+    DOMAIN_COSIGN,
+    DOMAIN_ROUND_CONTEXT,
+    DecryptionRefusedError,
+    Federation,
+)
+from securefl.protocol.ckks_messages import CommitmentSet, CoSignature, Manifest, SignedPublicContext
+
+__all__ = [
+    "accept_public_context",
+    "check_commitment_set",
+    "check_entries",
+    "verify_cosignature",
+    "verify_set_signature",
+]
+
+
+def verify_cosignature(federation: Mapping[int, VerifyKey], cs: CoSignature, mdig: bytes) -> None:
+    """Raise unless ``cs`` is an enrolled verifier's signature over manifest digest ``mdig`` in the
+    co-signature's own session and round (callers check those match the round first)."""
+    key = federation.get(cs.verifier_id)
+    if key is None:
+        raise SignatureError(f"verifier {cs.verifier_id} is not enrolled")
+    verify_bound(
+        key,
+        cs.signature,
+        domain=DOMAIN_COSIGN,
+        session_id=cs.session_id,
+        round_=cs.round,
+        message=cosign_message(cs.verifier_id, mdig),
+    )
+
+
+
+def accept_public_context(
+    msg: SignedPublicContext,
+    key_holder: VerifyKey,
+    params: CKKSParams,
+    *,
+    session_id: bytes | None = None,
+    round_: int | None = None,
+) -> PublicContext:
+    """Verify the key holder's signature and parameters; reject a context carrying the secret
+    key. With ``session_id`` and ``round_``, accept only a round key signed for exactly that
+    (session, round) (fresh per round, spec.md "Keys"); without them, only a long-lived key."""
+    got = CKKSParams(msg.poly_modulus_degree, tuple(msg.coeff_mod_bit_sizes), msg.scale_bits)
+    if got != params:
+        raise CryptoError("the published CKKS parameters differ from the agreed ones")
+    if msg.key_id != key_id_for(msg.context):
+        raise IntegrityError("the public context's key_id does not match its contents")
+    if (msg.session_id, msg.round) != (session_id, round_):
+        raise RemoteProtocolError(
+            "the public context is not the key for this round"
+            if session_id is not None
+            else "a round key was offered where the long-lived key is expected"
+        )
+    if msg.session_id is not None and msg.round is not None:
+        domain, bound_session, bound_round = DOMAIN_ROUND_CONTEXT, msg.session_id, msg.round
+    else:
+        domain, bound_session, bound_round = DOMAIN_CONTEXT, msg.key_id, 0
+    verify_bound(
+        key_holder,
+        msg.signature,
+        domain=domain,
+        session_id=bound_session,
+        round_=bound_round,
+        message=context_message(params, msg.context),
+    )
+    return load_public_context(msg.context, params)
+
+
+def verify_set_signature(cs: CommitmentSet, server_key: VerifyKey) -> bytes:
+    """Entries sorted and distinct, and the server's signature over the set; returns its digest."""
+    ids = [e.client_id for e in cs.entries]
+    if len(set(ids)) != len(ids) or ids != sorted(ids):
+        raise RemoteProtocolError("commitment set entries must be sorted by client id and distinct")
+    digest = commitment_set_digest(cs)
+    verify_bound(
+        server_key,
+        cs.signature,
+        domain=DOMAIN_COMMITMENT_SET,
+        session_id=cs.session_id,
+        round_=cs.round,
+        message=digest,
+    )
+    return digest
+
+
+def check_commitment_set(
+    cs: CommitmentSet, federation: Federation, server_key: VerifyKey
+) -> bytes:
+    """Server signature, entries sorted and distinct, enrolled, each commitment signature valid.
+    Returns the set's digest."""
+    digest = verify_set_signature(cs, server_key)
+    for e in cs.entries:
+        key = federation.get(e.client_id)
+        if key is None:
+            raise SignatureError(f"client {e.client_id} is not enrolled in the federation")
+        verify_bound(
+            key,
+            e.signature,
+            domain=DOMAIN_COMMITMENT,
+            session_id=cs.session_id,
+            round_=cs.round,
+            message=commitment_message(e.client_id, cs.num_values, e.commitment),
+        )
+    return digest
+
+
+def check_entries(
+    manifest: Manifest,
+    federation: Federation,
+    server_key: VerifyKey,
+    min_clients: int,
+    key_digest: bytes,
+) -> bytes:
+    """The closed commitment set is the server's, for this round and this round's key
+    (``key_digest``), with valid commitment
+    signatures; entries sorted by id, distinct, enrolled, >= min_clients; every entry opens its
+    client's commitment in that set, and every reveal signature binds that same set (a client shown
+    another set signed another digest). Returns the commitment set's digest."""
+    cs = manifest.commitment_set
+    if (cs.session_id, cs.round, cs.num_values) != (
+        manifest.session_id,
+        manifest.round,
+        manifest.num_values,
+    ):
+        raise DecryptionRefusedError("the commitment set is for another session, round or size")
+    if cs.key_digest != key_digest:
+        raise DecryptionRefusedError(
+            "the commitment set is under another CKKS key than this round's"
+        )
+    set_digest = check_commitment_set(cs, federation, server_key)
+    committed = {e.client_id: e.commitment for e in cs.entries}
+    ids = [e.client_id for e in manifest.entries]
+    if len(set(ids)) != len(ids):
+        raise DecryptionRefusedError("the manifest lists a client more than once")
+    if ids != sorted(ids):
+        raise RemoteProtocolError("manifest entries must be sorted by client id")
+    if len(ids) < min_clients:
+        raise DecryptionRefusedError(
+            f"the manifest has {len(ids)} contributions; at least {min_clients} are required"
+        )
+    if len({e.digest for e in manifest.entries}) != len(ids):
+        raise DecryptionRefusedError("two contributions carry the same ciphertext")
+    for e in manifest.entries:
+        key = federation.get(e.client_id)
+        if key is None:
+            raise SignatureError(f"client {e.client_id} is not enrolled in the federation")
+        commitment = committed.get(e.client_id)
+        if commitment is None:
+            raise DecryptionRefusedError(
+                f"client {e.client_id} contributed without a commitment in the closed set"
+            )
+        opened = commitment_value(
+            manifest.session_id,
+            manifest.round,
+            e.client_id,
+            manifest.num_values,
+            e.digest,
+            cs.key_digest,
+        )
+        if opened != commitment:
+            raise DecryptionRefusedError(
+                f"client {e.client_id}'s ciphertext does not match its commitment"
+            )
+        verify_bound(
+            key,
+            e.signature,
+            domain=DOMAIN_CONTRIBUTION,
+            session_id=manifest.session_id,
+            round_=manifest.round,
+            message=contribution_message(e.client_id, manifest.num_values, e.digest, set_digest),
+        )
+    return set_digest
