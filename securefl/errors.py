@@ -17,6 +17,7 @@ __all__ = [
     "EXIT_CODES",
     "AggregationAbortedError",
     "AuditError",
+    "AuditFormatError",
     "BudgetExceededError",
     "ConfigError",
     "CryptoError",
@@ -181,6 +182,13 @@ class AuditError(SecureFLError):
 
     code = "SFL600"
     default_hint = "the run directory was altered; the named record is the first bad one"
+
+
+class AuditFormatError(AuditError):
+    """A run directory written in a format version this securefl does not verify."""
+
+    code = "SFL601"
+    default_hint = "verify it with the securefl version that wrote it, or re-run"
 
 
 #: exit status per error class, most specific first (the CLI walks the MRO).

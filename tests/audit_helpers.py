@@ -4,6 +4,8 @@
 - :func:`round_inputs` deterministic fake inputs for round r (model bytes, ledger lines, metrics);
 - :func:`make_run` creates a run directory with ``rounds`` committed rounds;
 - :func:`snapshot` maps every file of a directory (relative posix path) to its bytes;
+- :func:`resign_result`, :func:`rewrite_commit`, :func:`resign_everything`: the tampering an
+  attacker with (or without) a signing key can do, for tests/test_audit_claims.py;
 - ``python tests/audit_helpers.py RUN_DIR ROUNDS`` (:func:`run_child`) creates or resumes a run
   and commits up to ROUNDS rounds: the process tests kill with SIGKILL.
 """
@@ -11,13 +13,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from securefl.audit.store import RunStore
+import msgspec
+
+from securefl.audit.layout import decode_commit, encode_commit, sign_commit
+from securefl.audit.note import b64encode
+from securefl.audit.records import RoundRecord, canonical_json
+from securefl.audit.store import CALLER_FIELDS, RunStore
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey
 
@@ -91,6 +100,50 @@ def snapshot(directory: Path) -> dict[str, bytes]:
             p = Path(root) / name
             out[p.relative_to(directory).as_posix()] = p.read_bytes()
     return out
+
+
+# ---------------------------------------------------------------------- an attacker's tools
+def resign_result(run_dir: Path, key: SigningKey, mutate: Callable[[dict[str, Any]], None],
+                  ) -> None:
+    """What a holder of the server key can do: change result.json's ``result`` object, sign it
+    again and point a re-signed COMMIT at it."""
+    doc = json.loads((run_dir / "result.json").read_bytes())
+    mutate(doc["body"]["result"])
+    body = canonical_json(doc["body"])
+    sig = key.sign(b"securefl-audit-result-v1\n" + body)
+    data = canonical_json({"body": doc["body"], "signature": b64encode(sig)})
+    (run_dir / "result.json").write_bytes(data)
+    rewrite_commit(run_dir, key, result_sha256=hashlib.sha256(data).hexdigest())
+
+
+def rewrite_commit(run_dir: Path, key: SigningKey | None, **fields: Any) -> None:
+    """Change COMMIT's fields; re-sign it with ``key``, or keep the old signature (None)."""
+    ptr = msgspec.structs.replace(decode_commit((run_dir / "COMMIT").read_bytes()), **fields)
+    if key is not None:
+        ptr = sign_commit(ptr, key)
+    (run_dir / "COMMIT").write_bytes(encode_commit(ptr))
+
+
+def resign_everything(src: Path, dst: Path, key: SigningKey) -> None:
+    """What anyone can do with a copied run directory: write the same run again under a new key
+    (every record, checkpoint, result.json and COMMIT signed by ``key``)."""
+    old = RunStore.open(src, verify=False)
+    fed = json.loads((src / "federation.json").read_bytes())
+    store = RunStore.create(dst, config=json.loads((src / "config.json").read_bytes()),
+                            server_key=key, origin=old.origin,
+                            initial_model=old.model_bytes(0), federation=fed["members"],
+                            write_key_file=fed["server_key_file"] is not None)
+    ledger = (src / "ledger.jsonl").read_bytes().split(b"\n")[:-1]
+    for rec in old.records[1:]:
+        assert isinstance(rec, RoundRecord)
+        n = len(rec.ledger_entries_sha256)
+        lines, ledger = ledger[:n], ledger[n:]
+        fields = {k: getattr(rec, k) for k in CALLER_FIELDS}
+        store.commit_round(round_=rec.round, record_fields=fields,
+                           model=old.model_bytes(rec.round), ledger_lines=lines,
+                           metrics=rec.metrics)
+    if (src / "result.json").exists():
+        store.finish(json.loads((src / "result.json").read_bytes())["body"]["result"])
 
 
 def run_child(run_dir: Path, rounds: int) -> None:

@@ -109,8 +109,14 @@ def test_run_without_key_file(tmp_path: Path) -> None:
     assert not (d / "keys/server.key").exists()
     store.commit_round(**round_inputs(1) | {"model": b"m1"})
     verify_run_dir(d)
-    with pytest.raises(AuditError):
-        RunStore.open(d)  # no key to sign with
+    read_only = RunStore.open(d)  # no key to sign with: it reads, it does not write
+    assert read_only.last_round == 1 and read_only.model_bytes(1) == b"m1"
+    with pytest.raises(StateError, match="read-only"):
+        read_only.commit_round(**round_inputs(2))
+    with pytest.raises(StateError, match="read-only"):
+        read_only.finish({})
+    with pytest.raises(AuditError, match="does not match"):
+        RunStore.open(d, server_key=server_key(b"someone else"))
     assert RunStore.open(d, server_key=server_key()).last_round == 1
 
 

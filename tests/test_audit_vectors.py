@@ -82,3 +82,21 @@ def test_vector_run_by_an_independent_reading_of_the_spec() -> None:
     ledger = (VEC / "ledger.jsonl").read_bytes().split(b"\n")[:-1]
     assert [hashlib.sha256(x).hexdigest() for x in ledger] == [
         h for rec in records[1:] for h in rec["ledger_entries_sha256"]]
+    # COMMIT (spec section 5): signed by the log key over the domain label and the canonical JSON
+    # of every other field; its root is the tree of all leaves; it names result.json's sha256
+    commit = json.loads((VEC / "COMMIT").read_bytes())
+    assert commit["version"] == 2 and commit["last_round"] == len(leaves) - 1
+    unsigned = {k: v for k, v in commit.items() if k != "signature"}
+    pub.verify(base64.b64decode(commit["signature"]), b"securefl-audit-commit-v2\n"
+               + json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode())
+    assert base64.b64decode(commit["root_hash"]) == _mth(leaves)
+    result_bytes = (VEC / "result.json").read_bytes()
+    assert hashlib.sha256(result_bytes).hexdigest() == commit["result_sha256"]
+    sizes = {p: len((VEC / p).read_bytes()) for p in commit["sizes"]}
+    assert sizes == commit["sizes"]
+    # result.json: signed body; its final_metrics claim is the last record's metrics
+    result = json.loads(result_bytes)
+    body = json.dumps(result["body"], sort_keys=True, separators=(",", ":")).encode()
+    pub.verify(base64.b64decode(result["signature"]), b"securefl-audit-result-v1\n" + body)
+    assert result["body"]["result"]["final_metrics"] == records[-1]["metrics"]
+    assert result["body"]["root_hash"] == commit["root_hash"]

@@ -6,6 +6,7 @@
 - :mod:`securefl.audit.log`     AuditLog (server) and CheckpointKeeper (each client)
 - :mod:`securefl.audit.store`   RunStore: the crash-safe run directory
 - :mod:`securefl.audit.verify`  verify_run_dir, prove / verify_proof, show
+- :mod:`securefl.audit.claims`  result.json's claims re-derived from the records and the ledger
 """
 
 from __future__ import annotations

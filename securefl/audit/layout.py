@@ -13,7 +13,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from securefl.errors import AuditError
+from securefl.audit.note import b64decode_strict, b64encode
+from securefl.crypto.signing import SigningKey, VerifyKey
+from securefl.errors import AuditError, AuditFormatError, SignatureError
 
 CONFIG = "config.json"
 FEDERATION = "federation.json"
@@ -65,22 +67,67 @@ class CommitSizes(msgspec.Struct, frozen=True, forbid_unknown_fields=True, renam
                 METRICS: self.metrics}
 
 
-class CommitPointer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The COMMIT file: the last committed round, the committed size (bytes) of each
-    append-only file and the sha256 of result.json once the run finished (else null).
-    Replacing it atomically is the commit point of a round and of finish()."""
+#: COMMIT format version. 1 (unsigned) is refused with AuditFormatError: nothing bound its
+#: ``result_sha256`` to the log key, so a finished run could be passed off as an unfinished one.
+COMMIT_VERSION: Literal[2] = 2
+COMMIT_DOMAIN = b"securefl-audit-commit-v2\n"
 
-    version: Literal[1]
+
+class CommitPointer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The COMMIT file: the last committed round, the committed size (bytes) of each append-only
+    file, the sha256 of result.json once the run finished (else null), the log's root hash
+    (base64) after the last round, and the log key's Ed25519 signature (base64) of
+    :meth:`signed_bytes`. Replacing it atomically is the commit point of a round and of finish();
+    the signature makes "finished or not" a statement of the log key, like the checkpoints."""
+
+    version: Literal[2]
     last_round: NonNeg
     sizes: CommitSizes
     result_sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")] | None
+    root_hash: Annotated[str, msgspec.Meta(min_length=44, max_length=44)]
+    signature: Annotated[str, msgspec.Meta(min_length=88, max_length=88)] = ""
+
+    def signed_bytes(self) -> bytes:
+        """The domain label, then the canonical JSON of every field but ``signature``."""
+        fields = {f: getattr(self, f) for f in self.__struct_fields__ if f != "signature"}
+        return COMMIT_DOMAIN + msgspec.json.encode(fields, order="sorted")
+
+
+def sign_commit(ptr: CommitPointer, key: SigningKey) -> CommitPointer:
+    return msgspec.structs.replace(ptr, signature=b64encode(key.sign(ptr.signed_bytes())))
+
+
+def check_commit_signature(ptr: CommitPointer, key: VerifyKey) -> None:
+    """Raise AuditError unless the log key signed COMMIT."""
+    sig = b64decode_strict(ptr.signature, what=f"{COMMIT} signature")
+    try:
+        key.verify(sig, ptr.signed_bytes())
+    except SignatureError as exc:
+        raise AuditError(f"{COMMIT}: not signed by the log key {key.fingerprint()}") from exc
 
 
 def encode_commit(ptr: CommitPointer) -> bytes:
     return msgspec.json.encode(ptr, order="sorted")
 
 
+class _Versioned(msgspec.Struct):
+    version: Any = None
+
+
 def decode_commit(data: bytes) -> CommitPointer:
+    """Parse COMMIT (canonical JSON); a COMMIT of another format version raises
+    :class:`AuditFormatError` naming it (version 1: unsigned, written by securefl 0.1.0 before
+    the audit-claims change)."""
+    try:
+        version = msgspec.json.decode(data, type=_Versioned).version
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        version = COMMIT_VERSION  # let the strict decoder below name the problem
+    if version != COMMIT_VERSION:
+        raise AuditFormatError(
+            f"{COMMIT}: format version {version!r}; this securefl verifies version "
+            f"{COMMIT_VERSION} only" + (" (version 1 COMMIT files are unsigned, so whether the "
+                                         "run finished cannot be checked)" if version == 1
+                                         else ""))
     try:
         ptr = msgspec.json.decode(data, type=CommitPointer)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:

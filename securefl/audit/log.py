@@ -24,24 +24,30 @@ from securefl.audit.note import (
     open_checkpoint,
 )
 from securefl.crypto.signing import SigningKey
-from securefl.errors import AuditError
+from securefl.errors import AuditError, StateError
 from securefl.storage import atomic_write_json
 
 __all__ = ["AuditLog", "CheckpointKeeper", "cosign_checkpoint"]
 
 
 class AuditLog:
-    """Append-only list of leaf bytes with an incremental Merkle tree and a checkpoint signer."""
+    """Append-only list of leaf bytes with an incremental Merkle tree and a checkpoint signer.
+    Built from a :class:`NoteVerifier` instead of a key it is read-only: it cannot sign."""
 
-    def __init__(self, origin: str, signer: SigningKey) -> None:
+    def __init__(self, origin: str, signer: SigningKey | NoteVerifier) -> None:
         self.origin = origin
-        self._signer = NoteSigner(origin, signer)
+        if isinstance(signer, NoteVerifier):
+            self._signer: NoteSigner | None = None
+            self._verifier = signer
+        else:
+            self._signer = NoteSigner(origin, signer)
+            self._verifier = self._signer.verifier
         self.tree = MerkleTree()
         self._leaves: list[bytes] = []
 
     @property
     def verifier(self) -> NoteVerifier:
-        return self._signer.verifier
+        return self._verifier
 
     @property
     def size(self) -> int:
@@ -61,6 +67,8 @@ class AuditLog:
 
     def signed_checkpoint(self, size: int | None = None) -> bytes:
         """The checkpoint of ``size`` leaves as a signed note (Ed25519, the log key)."""
+        if self._signer is None:
+            raise StateError("this audit log was opened without its key: it cannot sign")
         return self.checkpoint(size).sign([self._signer])
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:

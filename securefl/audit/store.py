@@ -7,7 +7,8 @@ Commit protocol of one round (protocols/audit/spec.md, "Commit protocol"):
 3. append the round's leaf to ``audit/log.jsonl`` (fsync);
 4. append the signed checkpoint to ``audit/checkpoints`` (fsync);
 5. append the metrics line to ``metrics.jsonl`` (fsync);
-6. atomically replace ``COMMIT`` (last committed round + committed size of each append-only file).
+6. atomically replace ``COMMIT`` (last committed round, committed size of each append-only file,
+   the log's root hash; signed by the log key).
 
 Step 6 is the commit point. :meth:`RunStore.open` cuts every append-only file back to its committed
 size and deletes model files of uncommitted rounds, so a crash at any instant loses nothing that was
@@ -76,7 +77,7 @@ class RunStore:
     """A run directory opened for appending rounds. Create with :meth:`create`, resume with
     :meth:`open`. Not thread-safe; one writer per directory."""
 
-    def __init__(self, run_dir: Path, *, log: AuditLog, server_key: SigningKey,
+    def __init__(self, run_dir: Path, *, log: AuditLog, server_key: SigningKey | None,
                  records: list[LeafRecord], commit: L.CommitPointer, config_sha256: str,
                  federation_sha256: str) -> None:
         self.run_dir = run_dir
@@ -174,7 +175,7 @@ class RunStore:
         contents = {L.LEDGER: b"", L.LOG: leaf + b"\n", L.CHECKPOINTS: note, L.METRICS: b""}
         for rel, data in contents.items():
             atomic_write_bytes(run_dir / rel, data)
-        commit = L.CommitPointer(version=1, last_round=0, sizes=L.CommitSizes(
+        commit = _sign_commit(log, server_key, last_round=0, sizes=L.CommitSizes(
             ledger=0, log=len(contents[L.LOG]), checkpoints=len(note), metrics=0),
             result_sha256=None)
         atomic_write_bytes(run_dir / L.COMMIT, L.encode_commit(commit))
@@ -187,23 +188,20 @@ class RunStore:
              verify: bool = True) -> RunStore:
         """Recover ``run_dir`` to its last committed round (cut torn appends, delete uncommitted
         model files and temp files), verify it (unless ``verify=False``) and open it for appending.
-        ``server_key`` defaults to keys/server.key."""
+        ``server_key`` defaults to keys/server.key; when the directory has no key file (a
+        deployment keeps it elsewhere) and none is given, the store is read-only (commit_round and
+        finish raise StateError)."""
         run_dir = Path(run_dir)
         recover(run_dir)
         if verify:
             verify_run_dir(run_dir)
         commit = L.decode_commit(L.read_bytes(run_dir, L.COMMIT))
-        if server_key is None:
+        origin, log_key = _federation_key(run_dir)
+        if server_key is None and (run_dir / L.SERVER_KEY).exists():
             server_key = SigningKey.from_pem(L.read_bytes(run_dir, L.SERVER_KEY))
-        fed = L.decode_json_canonical(L.read_bytes(run_dir, L.FEDERATION), L.FEDERATION)
-        if not isinstance(fed, dict) or not isinstance(fed.get("origin"), str) or not isinstance(
-            fed.get("server_key"), str
-        ):
-            raise AuditError(f"{L.FEDERATION}: unexpected structure")
-        origin = fed["origin"]
-        if NoteVerifier.from_string(fed["server_key"]).key != server_key.verify_key:
+        if server_key is not None and log_key.key != server_key.verify_key:
             raise AuditError("the server key does not match federation.json")
-        log = AuditLog(origin, server_key)
+        log = AuditLog(origin, server_key if server_key is not None else log_key)
         records: list[LeafRecord] = []
         for line in L.split_lines(L.read_bytes(run_dir, L.LOG), L.LOG):
             records.append(decode_leaf(line))
@@ -225,8 +223,7 @@ class RunStore:
         status ("committed" | "aborted") and error_code (e.g. "SFL310"). Client ids are turned into
         strings and lists sorted. Everything else (hashes, round, version) is filled in here.
         """
-        if self._broken:
-            raise StateError("a previous commit failed half-way; reopen with RunStore.open")
+        key = self._check_writable()
         if round_ != self.last_round + 1:
             raise StateError(f"round {round_} cannot follow committed round {self.last_round}")
         unknown = set(record_fields) - CALLER_FIELDS
@@ -281,7 +278,7 @@ class RunStore:
             if data:
                 L.append_bytes(d / rel, data)
         old = self._commit.sizes
-        commit = L.CommitPointer(version=1, last_round=round_, sizes=L.CommitSizes(
+        commit = _sign_commit(self.log, key, last_round=round_, sizes=L.CommitSizes(
             ledger=old.ledger + len(ledger_bytes), log=old.log + len(leaf_line),
             checkpoints=old.checkpoints + len(note), metrics=old.metrics + len(metrics_line)),
             result_sha256=None)
@@ -294,10 +291,12 @@ class RunStore:
 
     def finish(self, result: dict[str, Any]) -> None:
         """Write result.json atomically: ``result`` bound to the last record and the log root,
-        signed by the server key; then record its sha256 in COMMIT (the commit point).
-        A later commit_round removes it."""
-        if self._broken:
-            raise StateError("a previous commit failed half-way; reopen with RunStore.open")
+        signed by the server key; then record its sha256 in COMMIT, signed too (the commit point).
+        A later commit_round removes it. The claims verify_run_dir checks (securefl.audit.claims):
+        ``final_metrics`` equal to the last round's recorded metrics, ``privacy`` equal to
+        privacy_report recomputed from the ledger, ``model_sha256``, ``rounds_completed`` and each
+        ``history`` entry's round, metrics and epsilon, whenever they are present."""
+        key = self._check_writable()
         body = {
             "version": 1,
             "last_round": self.last_round,
@@ -307,12 +306,38 @@ class RunStore:
             "result": result,
         }
         body_bytes = canonical_json(body)
-        sig = self._server_key.sign(L.RESULT_DOMAIN + body_bytes)
+        sig = key.sign(L.RESULT_DOMAIN + body_bytes)
         data = canonical_json({"body": body, "signature": b64encode(sig)})
         atomic_write_bytes(self.run_dir / L.RESULT, data)
-        commit = msgspec.structs.replace(self._commit, result_sha256=L.sha256_hex(data))
+        commit = _sign_commit(self.log, key, last_round=self.last_round, sizes=self._commit.sizes,
+                              result_sha256=L.sha256_hex(data))
         atomic_write_bytes(self.run_dir / L.COMMIT, L.encode_commit(commit))
         self._commit = commit
+
+    def _check_writable(self) -> SigningKey:
+        if self._broken:
+            raise StateError("a previous commit failed half-way; reopen with RunStore.open")
+        if self._server_key is None:
+            raise StateError("the run directory was opened without the server key: read-only",
+                             hint="pass server_key to RunStore.open")
+        return self._server_key
+
+
+def _sign_commit(log: AuditLog, key: SigningKey, *, last_round: int, sizes: L.CommitSizes,
+                 result_sha256: str | None) -> L.CommitPointer:
+    ptr = L.CommitPointer(version=L.COMMIT_VERSION, last_round=last_round, sizes=sizes,
+                          result_sha256=result_sha256, root_hash=b64encode(log.tree.root()))
+    return L.sign_commit(ptr, key)
+
+
+def _federation_key(run_dir: Path) -> tuple[str, NoteVerifier]:
+    """The log origin and key federation.json names (checked in full by verify_run_dir)."""
+    fed = L.decode_json_canonical(L.read_bytes(run_dir, L.FEDERATION), L.FEDERATION)
+    if not isinstance(fed, dict) or not isinstance(fed.get("origin"), str) or not isinstance(
+        fed.get("server_key"), str
+    ):
+        raise AuditError(f"{L.FEDERATION}: unexpected structure")
+    return fed["origin"], NoteVerifier.from_string(fed["server_key"])
 
 
 def _remove(path: Path) -> None:
@@ -329,6 +354,8 @@ def recover(run_dir: Path) -> L.CommitPointer:
                          hint="not a run directory, or its creation did not finish: create it "
                          "again")
     commit = L.decode_commit(L.read_bytes(run_dir, L.COMMIT))
+    # only a COMMIT the log key signed may cut files back (a forged one could erase rounds)
+    L.check_commit_signature(commit, _federation_key(run_dir)[1].key)
     for rel, size in commit.sizes.by_file().items():
         path = run_dir / rel
         actual = path.stat().st_size if path.exists() else -1

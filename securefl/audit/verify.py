@@ -2,7 +2,9 @@
 
 :func:`verify_run_dir` trusts nothing in the directory but the server key (from federation.json,
 or pinned with ``pubkey``). It raises :class:`~securefl.errors.AuditError` naming the first bad
-file and record; on success it returns a :class:`VerifyReport`.
+file and record; on success it returns a :class:`VerifyReport`, which says which key the log was
+checked against and whether that key was pinned: without a pinned key, verification proves only
+that the directory is consistent with itself (anyone can rewrite and re-sign it with a new key).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import msgspec
 
 from securefl.audit import layout as L
+from securefl.audit.claims import ClaimsChecked, check_result_claims
 from securefl.audit.merkle import (
     MerkleTree,
     leaf_hash,
@@ -51,9 +54,28 @@ class VerifyReport:
     ledger_lines: int
     has_result: bool
     files_checked: list[str] = field(default_factory=list)
+    key_fingerprint: str = ""  # first 16 hex digits of sha256(public key)
+    key_pinned: bool = False
+    #: where the trusted key came from ("federation.json in the run directory" when not pinned)
+    key_source: str = "federation.json in the run directory (not pinned)"
+    #: result.json claims re-derived from the log and ledger, and those present but not checkable
+    claims_checked: list[str] = field(default_factory=list)
+    claims_unchecked: list[str] = field(default_factory=list)
+    commit_version: int = L.COMMIT_VERSION
+
+    @property
+    def assurance(self) -> str:
+        """What the verification proves, in one sentence."""
+        if self.key_pinned:
+            return (f"the run directory is exactly what the pinned key {self.key_fingerprint} "
+                    "signed")
+        return ("internal consistency only: the key was taken from the directory itself, so "
+                "a directory rewritten and re-signed with another key verifies too; pin the "
+                "server key (--key or --manifest)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__},
+                "assurance": self.assurance}
 
 
 def _fail(where: str, exc: SecureFLError | str) -> AuditError:
@@ -124,18 +146,21 @@ def _walk_files(run_dir: Path) -> set[str]:
     return out
 
 
-def verify_run_dir(run_dir: Path, *, pubkey: VerifyKey | None = None) -> VerifyReport:
-    """Check everything in ``run_dir`` (see protocols/audit/spec.md, "Verification")."""
+def verify_run_dir(run_dir: Path, *, pubkey: VerifyKey | None = None,
+                   key_source: str | None = None) -> VerifyReport:
+    """Check everything in ``run_dir`` (see protocols/audit/spec.md, "Verification").
+    ``pubkey`` pins the log key; ``key_source`` says where it came from (for the report)."""
     run_dir = Path(run_dir)
     checked: list[str] = []
     commit = L.decode_commit(L.read_bytes(run_dir, L.COMMIT))
-    checked.append(L.COMMIT)
     fed, fed_bytes, server = _load_federation(run_dir, pubkey)
-    checked.append(L.FEDERATION)
+    L.check_commit_signature(commit, server.key)
+    checked += [L.COMMIT, L.FEDERATION]
     if fed["server_key_file"] is not None:
         _check_key_file(run_dir, server)
         checked.append(L.SERVER_KEY)
-    config_sha = L.sha256_hex(L.read_bytes(run_dir, L.CONFIG))
+    config_bytes = L.read_bytes(run_dir, L.CONFIG)
+    config_sha = L.sha256_hex(config_bytes)
     fed_sha = L.sha256_hex(fed_bytes)
     checked.append(L.CONFIG)
     sizes = commit.sizes.by_file()
@@ -198,6 +223,8 @@ def verify_run_dir(run_dir: Path, *, pubkey: VerifyKey | None = None) -> VerifyR
             raise AuditError(f"{where}: root hash does not match the records in {L.LOG}")
         cps.append(cp)
     final = cps[-1]
+    if commit.root_hash != b64encode(final.root_hash):
+        raise AuditError(f"{L.COMMIT}: root_hash is not the root of the records in {L.LOG}")
     for i, leaf in enumerate(leaves):  # RFC 9162 2.1.3: every record is in the final tree
         try:
             verify_inclusion(leaf_hash(leaf), i, final.size, tree.inclusion_proof(i, final.size),
@@ -254,10 +281,13 @@ def verify_run_dir(run_dir: Path, *, pubkey: VerifyKey | None = None) -> VerifyR
 
     # ---- result.json: signed, bound to the last record and the final root
     has_result = commit.result_sha256 is not None
+    claims = ClaimsChecked()
     if has_result:
         if L.sha256_hex(L.read_bytes(run_dir, L.RESULT)) != commit.result_sha256:
             raise AuditError(f"{L.RESULT}: sha256 does not match {L.COMMIT}")
-        _check_result(run_dir, server, commit.last_round, prev_model, final)
+        result = _check_result(run_dir, server, commit.last_round, prev_model, final)
+        config = L.decode_json_canonical(config_bytes, L.CONFIG)
+        claims = check_result_claims(result, records, ledger, config)
         checked.append(L.RESULT)
 
     # ---- nothing else
@@ -277,11 +307,16 @@ def verify_run_dir(run_dir: Path, *, pubkey: VerifyKey | None = None) -> VerifyR
         last_round=commit.last_round, tree_size=final.size, root_hash=b64encode(final.root_hash),
         rounds_committed=commit.last_round - aborted, rounds_aborted=aborted,
         ledger_lines=len(ledger), has_result=has_result, files_checked=checked,
+        key_fingerprint=server.key.fingerprint(), key_pinned=pubkey is not None,
+        key_source=(key_source or "pinned by the caller") if pubkey is not None
+        else VerifyReport.key_source,
+        claims_checked=claims.checked, claims_unchecked=claims.unchecked,
     )
 
 
 def _check_result(run_dir: Path, server: NoteVerifier, last_round: int, model_sha: str,
-                  final: Checkpoint) -> None:
+                  final: Checkpoint) -> Any:
+    """Check result.json's signature and binding; return its ``result`` object (the claims)."""
     doc = L.decode_json_canonical(L.read_bytes(run_dir, L.RESULT), L.RESULT)
     if not isinstance(doc, dict) or set(doc) != {"body", "signature"}:
         raise AuditError(f"{L.RESULT}: unexpected structure")
@@ -302,6 +337,7 @@ def _check_result(run_dir: Path, server: NoteVerifier, last_round: int, model_sh
     for k, v in want.items():
         if body[k] != v or type(body[k]) is not type(v):
             raise AuditError(f"{L.RESULT}: {k} does not match the last record")
+    return body["result"]
 
 
 # ---------------------------------------------------------------------- proofs for third parties
@@ -382,6 +418,8 @@ def show(run_dir: Path, round_: int | None = None) -> str:
     if round_ is None:
         out.append(f"run directory {run_dir}: VERIFIED")
         out.append(f"log origin {report.origin}; key {report.server_key}")
+        out.append(f"checked against key {report.key_fingerprint} from {report.key_source}: "
+                   f"{report.assurance}")
         out.append(f"rounds: {report.last_round} ({report.rounds_aborted} aborted); "
                    f"tree size {report.tree_size}; root {report.root_hash}")
         out.append(f"ledger entries: {report.ledger_lines}; result.json: "

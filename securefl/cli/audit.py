@@ -13,10 +13,19 @@ def register_audit(sub: Any) -> None:
     p = sub.add_parser("audit", help="verify, show or prove a run's tamper-evident audit log")
     asub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
 
-    v = asub.add_parser("verify", help="check every signature, proof, hash chain and file")
+    v = asub.add_parser(
+        "verify", help="check every signature, proof, hash chain, file and result claim",
+        description="Without a pinned server key (--key, --manifest or --pubkey) the key is taken "
+        "from the run directory itself, which proves only internal consistency.")
     v.add_argument("run_dir", type=Path)
-    v.add_argument("--pubkey", help="the server's verifier key string or a file holding it "
-                                    "(default: the key in federation.json)")
+    pin = v.add_mutually_exclusive_group()
+    pin.add_argument("--key", type=Path, metavar="FILE",
+                     help="pin the server's public key: its identity file (NAME.pub.json from "
+                          "`securefl keys init`), a PEM public key or a verifier key string")
+    pin.add_argument("--manifest", type=Path, metavar="FILE",
+                     help="pin the server key listed in a federation manifest signed by every "
+                          "member (the deployment's manifest.json)")
+    pin.add_argument("--pubkey", help="pin the server's verifier key string or a file holding it")
     v.add_argument("--json", action="store_true")
     v.set_defaults(handler=_verify)
 
@@ -61,18 +70,82 @@ def _pubkey(text: str | None) -> Any:
     return NoteVerifier.from_string(raw).key
 
 
+#: a public key file is a few hundred bytes; refuse to read anything much larger
+_MAX_KEY_FILE = 64 * 1024
+
+
+def _key_file(path: Path) -> tuple[Any, str]:
+    """The Ed25519 public key in ``path`` (identity JSON, PEM or verifier key string) and a
+    description of where it came from."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from securefl.audit.note import NoteVerifier
+    from securefl.crypto.signing import VerifyKey
+    from securefl.errors import ConfigError
+    from securefl.federation import _read_bounded, load_identity
+
+    text = _read_bounded(path, _MAX_KEY_FILE, "public key").strip()
+    if text.startswith(b"{"):
+        ident = load_identity(path)
+        return ident.verify_key(), (f"--key {path} (identity of {ident.institution}, "
+                                    f"role {ident.role})")
+    if text.startswith(b"-----BEGIN PUBLIC KEY-----"):
+        try:
+            pub = load_pem_public_key(text)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: not a PEM public key") from exc
+        if not isinstance(pub, Ed25519PublicKey):
+            raise ConfigError(f"{path}: not an Ed25519 public key")
+        return VerifyKey(pub.public_bytes_raw()), f"--key {path} (PEM public key)"
+    try:
+        return NoteVerifier.from_string(text.decode("utf-8")).key, f"--key {path}"
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a public key file") from exc
+
+
+def _manifest_key(path: Path) -> tuple[Any, str]:
+    """The server member's key from a manifest every member signed (verified in full)."""
+    from securefl.federation import Federation
+
+    fed = Federation.load(path)
+    return fed.verify_key(fed.server), (f"--manifest {path} (federation {fed.federation_id}, "
+                                        f"server {fed.server}, manifest {fed.digest[:16]})")
+
+
+def _pinned(args: argparse.Namespace) -> tuple[Any, str | None]:
+    if args.key is not None:
+        return _key_file(args.key)
+    if args.manifest is not None:
+        return _manifest_key(args.manifest)
+    if args.pubkey is not None:
+        return _pubkey(args.pubkey), "--pubkey"
+    return None, None
+
+
 def _verify(args: argparse.Namespace) -> int:
     from securefl.audit.verify import verify_run_dir
 
-    report = verify_run_dir(args.run_dir, pubkey=_pubkey(args.pubkey))
+    pubkey, source = _pinned(args)
+    report = verify_run_dir(args.run_dir, pubkey=pubkey, key_source=source)
     d = report.to_dict()
     if args.json:
         print(json.dumps({"ok": True, **d}, indent=2, sort_keys=True))
+        return 0
+    print(f"OK: {args.run_dir} verifies: {d['rounds_committed']} committed and "
+          f"{d['rounds_aborted']} aborted rounds, tree size {d['tree_size']}, "
+          f"root {d['root_hash']}, {d['ledger_lines']} ledger entries, "
+          f"{len(d['files_checked'])} files checked")
+    print(f"key: {report.key_fingerprint} from {report.key_source}")
+    if report.has_result:
+        checked = ", ".join(report.claims_checked) or "none"
+        print(f"result.json claims re-derived from the log and ledger: {checked}"
+              + (f"; not checkable: {', '.join(report.claims_unchecked)}"
+                 if report.claims_unchecked else ""))
+    if report.key_pinned:
+        print(f"proves: {report.assurance}")
     else:
-        print(f"OK: {args.run_dir} verifies: {d['rounds_committed']} committed and "
-              f"{d['rounds_aborted']} aborted rounds, tree size {d['tree_size']}, "
-              f"root {d['root_hash']}, {d['ledger_lines']} ledger entries, "
-              f"{len(d['files_checked'])} files checked")
+        print(f"WARNING: no server key pinned; this proves {report.assurance}")
     return 0
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from securefl import __version__
 from securefl.config import RunConfig, from_mapping
-from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
+from securefl.crypto.signing import sign_bound, verify_bound
 from securefl.deploy.ckks import TRIPS_PER_ROUND as CKKS_TRIPS_PER_ROUND
 from securefl.deploy.common import (
     bank_ids,
@@ -673,7 +673,7 @@ class DeployServer:
         if not (run_dir / L.COMMIT).exists():
             raise ConfigError(f"nothing to resume in {run_dir}",
                               hint="drop \"resume\" to start a new run there")
-        store = RunStore.open(run_dir)
+        store = RunStore.open(run_dir, server_key=self.key)
         if L.decode_commit(L.read_bytes(run_dir, L.COMMIT)).result_sha256 is not None:
             raise ConfigError(f"the run in {run_dir} is finished; nothing to resume")
         if L.read_bytes(run_dir, L.CONFIG) != canonical_json(self._store_config()):
@@ -732,10 +732,10 @@ class DeployServer:
                                             for b in rs.banks},
             }
             rs.store = RunStore.create(self.s.run_dir, config=self._store_config(),
-                                       server_key=SigningKey.generate(),
+                                       server_key=self.key,  # the manifest's server key
                                        origin=f"securefl/{self.session.hex()}",
                                        initial_model=to_bytes(model_tensors(rs.model)),
-                                       federation=facts)
+                                       federation=facts, write_key_file=False)
             return
         record: dict[str, Any] = {"session_id": self.session.hex(),
                                   "aggregation": done.aggregation,
