@@ -8,6 +8,10 @@
 
 Epsilon is always recomputed from events ("rdp": Opacus RDP, "prv": Opacus PRV, "pld": Google
 dp-accounting PLD); a ledger never stores it. torch and opacus are imported only when needed.
+
+A bank's own lifetime budget (:class:`BankBudget`, caps :class:`BudgetCaps`): before it takes part
+in a round, a bank calls ``charge_round(budget, planned_round_drafts(...), session=..., round_=...)``
+and refuses the round on :class:`~securefl.errors.BudgetExceededError`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from securefl.dp.accountants import (
     epsilon_of_events,
     max_rounds_within,
 )
+from securefl.dp.bank_budget import BankBudget, BudgetCaps, charge_round, planned_round_drafts
 from securefl.dp.budget import BudgetCheck, check_plan, would_exceed
 from securefl.dp.events import (
     ComposedEvent,
@@ -38,6 +43,8 @@ from securefl.dp.report import format_report, privacy_report
 
 __all__ = [
     "ACCOUNTANTS",
+    "BankBudget",
+    "BudgetCaps",
     "BudgetCheck",
     "ComposedEvent",
     "DistributedDiscreteGaussianEvent",
@@ -50,10 +57,12 @@ __all__ = [
     "SelfComposedEvent",
     "UnsupportedEventError",
     "calibrate_noise",
+    "charge_round",
     "check_plan",
     "epsilon",
     "format_report",
     "max_rounds_within",
+    "planned_round_drafts",
     "report",
     "would_exceed",
 ]

@@ -170,3 +170,28 @@ def test_facade_epsilon_accepts_entries_and_events() -> None:
         privacy.epsilon([client_level_event(0.8, 3, 5)], DELTA))
     with pytest.raises(PrivacyError):
         privacy.epsilon(fed, DELTA, "nope")
+
+
+def _source_ledger(source: str, colluders: int = 0) -> Ledger:
+    led = Ledger()
+    led.record([Draft(round=1, level="record", party="bank:a", event=GaussianEvent(2.0),
+                      clip_norm=1.0, participants=1, survivors=1, noise_source=source),
+                Draft(round=1, level="client", party="federation", event=GaussianEvent(2.0),
+                      clip_norm=1.0, participants=4, survivors=3, colluders=colluders,
+                      noise_source=source)])
+    return led
+
+
+def test_report_says_where_the_noise_came_from_and_under_which_assumption() -> None:
+    sim = privacy_report(_source_ledger("seeded_chacha20"), 1e-5)
+    assert sim["noise_sources"] == {"record": ["seeded_chacha20"], "client": ["seeded_chacha20"]}
+    assert any("reproducible simulation" in w for w in sim["warnings"])
+    assert "reproducible simulation" in format_report(sim)
+    deployed = privacy_report(_source_ledger("os_csprng", colluders=1), 1e-5)
+    assert not any("reproducible simulation" in w for w in deployed["warnings"])
+    assert deployed["colluders"] == 1
+    assert any("1 colluding" in w for w in deployed["warnings"])
+    old = Ledger()
+    old.record([Draft(round=1, level="client", party="federation", event=GaussianEvent(2.0),
+                      clip_norm=1.0, participants=3, survivors=3)])
+    assert privacy_report(old, 1e-5)["noise_sources"]["client"] == ["not recorded"]

@@ -19,6 +19,12 @@ __all__ = ["LARGE_CLIENT_EPSILON", "format_report", "privacy_report"]
 
 #: client-level epsilon above which the report warns in plain language
 LARGE_CLIENT_EPSILON = 10.0
+#: noise sources whose draws someone can predict (securefl.dp.ledger.NoiseSource), and why
+PREDICTABLE_SOURCES = {
+    "seeded_chacha20": "seeded_chacha20 is securefl run's seeded streams (predictable to whoever "
+                       "knows --seed)",
+    "torch_prng": "torch_prng is torch's Mersenne Twister (not cryptographic)",
+}
 
 
 def _account(entries: Sequence[LedgerEntry], delta: float, accountant: str) -> dict[str, Any]:
@@ -45,8 +51,10 @@ def privacy_report(ledger: Ledger, delta: float, accountant: str = "rdp") -> dic
     """Per-bank and federation (epsilon, delta) at record and client level, with warnings.
 
     Returns a JSON-ready dict: ``{"delta", "accountant", "entries", "head_hash", "federation":
-    {"client": ...}, "banks": {name: {"record": ..., "client": ...}}, "warnings": [str]}``; each
-    level holds ``epsilon``, ``delta``, the ``accountant`` actually used, ``entries``, ``rounds``.
+    {"client": ...}, "banks": {name: {"record": ..., "client": ...}}, "colluders",
+    "noise_sources": {"record": [...], "client": [...]}, "warnings": [str]}``; each level holds
+    ``epsilon``, ``delta``, the ``accountant`` actually used, ``entries``, ``rounds``;
+    ``colluders`` is the largest number of colluding banks the client-level entries assume.
     """
     entries = ledger.entries
     fed_client = [e for e in entries if e.party == "federation" and e.level == "client"]
@@ -84,6 +92,23 @@ def privacy_report(ledger: Ledger, delta: float, accountant: str = "rdp") -> dic
     for bank, levels in report["banks"].items():
         if levels["record"]["entries"] == 0:
             warnings.append(f"Bank {bank} trained without record-level DP (no DP-SGD entries).")
+    report["colluders"] = max((e.colluders for e in fed_client), default=0)
+    report["noise_sources"] = {
+        level: sorted({e.noise_source or "not recorded" for e in entries if e.level == level})
+        for level in ("record", "client")}
+    if report["colluders"]:
+        warnings.append(f"Client-level epsilon assumes up to {report['colluders']} colluding "
+                        "bank(s) who subtract their own noise shares (recorded in the ledger); "
+                        "more colluders than that void it.")
+    predictable = sorted({e.noise_source for e in entries
+                          if e.noise_source in PREDICTABLE_SOURCES})
+    if predictable:
+        warnings.append(
+            f"Noise came from {', '.join(predictable)}: "
+            + "; ".join(PREDICTABLE_SOURCES[s] for s in predictable)
+            + ". Noise that can be predicted can be subtracted: this is a reproducible "
+              "simulation's guarantee, not a deployment's (a deployment draws from the OS "
+              "CSPRNG).")
     return report
 
 
