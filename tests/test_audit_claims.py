@@ -175,15 +175,40 @@ def test_any_other_final_metric_value_is_refused(metric: str, value: float) -> N
             check_result_claims({"final_metrics": claimed}, store.records, [], {})
 
 
+def test_model_aborted_and_unknown_claims_on_the_fake_run() -> None:
+    """model_sha256, history[i].aborted, a claim naming no committed round, and final_metrics of a
+    run with no committed round (not checkable: reported, not refused)."""
+    store = _fake_store()
+    recs = store.records  # round 3 of make_run is aborted
+    with pytest.raises(AuditError, match="claim model_sha256: is not the last round's model"):
+        check_result_claims({"model_sha256": "0" * 64}, recs, [], {})
+    with pytest.raises(AuditError, match=r"claim history\[0\]\.aborted: round 3 is aborted"):
+        check_result_claims({"history": [{"round": 3, "aborted": None}]}, recs, [], {})
+    with pytest.raises(AuditError, match=r"claim history\[0\]: names no committed round"):
+        check_result_claims({"history": [{"round": 9}]}, recs, [], {})
+    out = check_result_claims({"final_metrics": {"loss": 0.1}}, recs[:1], [], {})
+    assert (out.checked, out.unchecked) == ([], ["final_metrics"])
+
+
+def test_a_privacy_field_the_recomputation_does_not_have_is_refused(sim_copy: Path) -> None:
+    resign_result(sim_copy, _key(sim_copy),
+                  lambda res: res["privacy"].update(epsilon_total=0.1))
+    with pytest.raises(AuditError, match=r"claim privacy: claims fields \['epsilon_total'\] the "
+                                         r"recomputation does not have and lacks \[\]"):
+        verify_run_dir(sim_copy)
+
+
 _FAKE: list[RunStore] = []
 
 
 def _fake_store() -> RunStore:
     if not _FAKE:
+        import atexit
         import tempfile
 
         base = Path(tempfile.mkdtemp(prefix="securefl-claims-"))
-        _FAKE.append(make_run(base / "run", 2))
+        atexit.register(shutil.rmtree, base, True)
+        _FAKE.append(make_run(base / "run", 4))
     return _FAKE[0]
 
 
