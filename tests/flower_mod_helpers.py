@@ -91,11 +91,14 @@ class FakeGrid:
     ``silent`` (node id -> first stage it ignores) stops answering from that securefl stage on."""
 
     def __init__(self, apps: dict[int, Any], configs: dict[int, dict[str, Any]],
-                 names: dict[int, str], silent: dict[int, str] | None = None) -> None:
+                 names: dict[int, str], silent: dict[int, str] | None = None,
+                 tamper: Callable[[int, Any], None] | None = None) -> None:
         from flwr.app import Context, RecordDict
 
         self.apps = apps
         self.silent = silent or {}
+        #: (node id, message) -> None, may change the message: a hostile server's hand
+        self.tamper = tamper
         self.names = names
         self.contexts = {nid: Context(run_id=1, node_id=nid, node_config=cfg,
                                       state=RecordDict(), run_config={})
@@ -130,6 +133,8 @@ class FakeGrid:
             nid = msg.metadata.dst_node_id
             if nid in self.silent and _stage_index(msg) >= STAGES.index(self.silent[nid]):
                 continue  # this node went away: no reply
+            if self.tamper is not None:
+                self.tamper(nid, msg)
             try:
                 out.append(self.apps[nid](msg, self.contexts[nid]))
             except Exception as exc:  # a failing ClientApp: Flower replies with an error

@@ -38,7 +38,7 @@ def _initial() -> list[np.ndarray]:
 def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
          extra_config: dict[str, dict[str, Any]] | None = None, evaluate: bool = False,
          fed: FlowerFed | None = None, workflow_cls: Any = None, run_name: str = "run",
-         silent: dict[str, str] | None = None) -> tuple[list[np.ndarray], Path, FakeGrid]:
+         silent: dict[str, str] | None = None, tamper: Any = None) -> tuple[list[np.ndarray], Path, FakeGrid]:
     from flwr.app import Context, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -58,7 +58,9 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
     configs = {nids[b]: fed.node_config(b, N_EXAMPLES[b], **(extra_config or {}).get(b, {}))
                for b in BANKS}
     grid = FakeGrid(apps, configs, {nid: b for b, nid in nids.items()},
-                    silent={nids[b]: st for b, st in (silent or {}).items()})
+                    silent={nids[b]: st for b, st in (silent or {}).items()},
+                    tamper=(lambda nid, msg: tamper(names[nid], msg)) if tamper else None)
+    names = {nid: b for b, nid in nids.items()}
     strategy = FedAvg(initial_parameters=ndarrays_to_parameters(_initial()),
                       fraction_fit=1.0, min_fit_clients=3, min_available_clients=3,
                       fraction_evaluate=1.0 if evaluate else 0.0,
@@ -134,7 +136,8 @@ def test_dp_on_noise_within_the_bound_it_implies_and_ledgered(tmp_path: Path) ->
     std = float(np.std(err_sum))
     assert 0.9 * z * CLIP <= std <= 1.1 * z * CLIP * np.sqrt(3 / 2)
     assert abs(float(np.mean(err_sum))) < 0.2 * z * CLIP
-    verify_run_dir(run_dir)
+    report = verify_run_dir(run_dir)
+    assert "privacy" in report.claims_checked  # result.json's epsilons re-derived from the ledger
     entries = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines()]
     client = [e for e in entries if e["level"] == "client"]
     record = [e for e in entries if e["level"] == "record"]
@@ -242,6 +245,28 @@ def test_a_bank_that_drops_mid_round(tmp_path: Path, stage: str) -> None:
     bound = len(summed) * (CLIP / 2**16) / (sum(N_EXAMPLES[b] for b in summed) / top) + 1e-6
     assert np.abs(_flat(final) - _flat(want)).max() <= bound
 
+
+
+def test_a_model_tailored_to_one_bank_is_refused_by_it(tmp_path: Path) -> None:
+    """A server that sends bank-c another global model than the signed plan names (in the masked
+    stage's FitIns) gets no masked input from it: bank-c refuses before anything of its own leaves
+    (a RemoteProtocolError on the node), and the sum holds bank-a and bank-b only."""
+    from flwr.app import Array, ArrayRecord
+
+    from securefl.audit.verify import verify_run_dir
+
+    def tailor(name: str, msg: Any) -> None:
+        rec = msg.content.array_records.get("fitins.parameters")
+        if name == "bank-c" and rec is not None:
+            msg.content.array_records["fitins.parameters"] = ArrayRecord(
+                {k: Array(v.numpy() + np.float32(0.5)) for k, v in rec.items()})
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    _, run_dir, _ = _run(tmp_path, params, tamper=tailor)
+    verify_run_dir(run_dir)
+    (rec,) = _records(run_dir)
+    assert rec["survivors"] == ["bank-a", "bank-b"] and rec["dropouts"] == {"bank-c": "masked"}
 
 # --- the example app on a real SuperLink and SuperNodes (TLS, node auth) -------------------------
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flower_app"

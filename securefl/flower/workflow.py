@@ -166,11 +166,15 @@ class SecureFLWorkflow:
     ``manifest``: the signed federation manifest; ``server_key``: the manifest server's Ed25519
     identity key (``passphrase_file`` if encrypted); ``run_dir``: the audit run directory (must not
     exist or be empty); ``state_dir``: where the server keeps its session counter (default
-    ``<server_key>.state``); ``timeout``: seconds per stage (None: wait for every reply)."""
+    ``<server_key>.state``); ``timeout``: seconds per stage (None: wait for every reply);
+    ``delta``: the delta every epsilon of the run is reported at (config.json, result.json)."""
 
     def __init__(self, *, manifest: str | Path, server_key: str | Path, run_dir: str | Path,
                  passphrase_file: str | Path | None = None, state_dir: str | Path | None = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, delta: float = 1e-5) -> None:
+        if not 0 < delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
+        self.delta = float(delta)
         self.manifest = Path(manifest)
         self.server_key = Path(server_key)
         self.run_dir = Path(run_dir)
@@ -273,7 +277,7 @@ class SecureFLWorkflow:
         config = {"transport": "flower-app", "aggregation": "secagg",
                   "manifest_sha256": fed.digest, "clip_norm": fed.params.clip_norm,
                   "noise_multiplier": fed.params.noise_multiplier,
-                  "precision_bits": fed.params.precision_bits}
+                  "precision_bits": fed.params.precision_bits, "delta": self.delta}
         store = RunStore.create(
             self.run_dir, config=config, server_key=key, origin=f"securefl/{session.hex()}",
             initial_model=to_bytes(_named(global_arrays)), write_key_file=False,
@@ -449,10 +453,12 @@ class SecureFLWorkflow:
     def _finish_if_last(self, s: _Session, r: int, context: Any) -> None:
         """After the run's last round: result.json, signed and bound to the log."""
         from securefl import __version__
+        from securefl.dp.report import privacy_report
 
         if r != context.config.num_rounds:
             return
         s.store.finish({
+            "privacy": privacy_report(s.ledger, self.delta, "rdp"),
             "securefl_version": __version__, "aggregation": "secagg",
             "transport": "flower-app", "session_id": s.session.hex(),
             "manifest_sha256": s.fed.digest,
