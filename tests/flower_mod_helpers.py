@@ -63,10 +63,10 @@ def known_delta(bank_index: int, shapes: list[tuple[int, ...]]) -> list[np.ndarr
     return [(0.02 * rng.standard_normal(s)).astype(np.float32) for s in shapes]
 
 
-def known_client_fn(bank_index: dict[str, int], n_examples: dict[str, int]
-                    ) -> Callable[[Any], Any]:
+def known_client_fn(bank_index: dict[str, int], n_examples: dict[str, int],
+                    calls: list[str] | None = None) -> Callable[[Any], Any]:
     """A NumPyClient per node: fit returns global + known_delta(bank), its n_examples and a
-    metric; the bank is the node config's ``member``."""
+    metric (and appends the bank to ``calls``); the bank is the node config's ``member``."""
     from flwr.client import NumPyClient
 
     class Known(NumPyClient):  # type: ignore[misc]
@@ -75,6 +75,8 @@ def known_client_fn(bank_index: dict[str, int], n_examples: dict[str, int]
 
         def fit(self, parameters: list[np.ndarray], config: dict[str, Any]
                 ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+            if calls is not None:
+                calls.append(self.name)
             d = known_delta(bank_index[self.name], [p.shape for p in parameters])
             return ([(p + x).astype(p.dtype) for p, x in zip(parameters, d, strict=True)],
                     n_examples[self.name], {"seen": float(config.get("epochs", 0))})
@@ -92,13 +94,16 @@ class FakeGrid:
 
     def __init__(self, apps: dict[int, Any], configs: dict[int, dict[str, Any]],
                  names: dict[int, str], silent: dict[int, str] | None = None,
-                 tamper: Callable[[int, Any], None] | None = None) -> None:
+                 tamper: Callable[[int, Any], None] | None = None,
+                 tamper_reply: Callable[[int, Any], Any] | None = None) -> None:
         from flwr.app import Context, RecordDict
 
         self.apps = apps
         self.silent = silent or {}
         #: (node id, message) -> None, may change the message: a hostile server's hand
         self.tamper = tamper
+        #: (node id, reply) -> reply: a bank's hand on what it sends
+        self.tamper_reply = tamper_reply
         self.names = names
         self.contexts = {nid: Context(run_id=1, node_id=nid, node_config=cfg,
                                       state=RecordDict(), run_config={})
@@ -136,7 +141,8 @@ class FakeGrid:
             if self.tamper is not None:
                 self.tamper(nid, msg)
             try:
-                out.append(self.apps[nid](msg, self.contexts[nid]))
+                reply = self.apps[nid](msg, self.contexts[nid])
+                out.append(self.tamper_reply(nid, reply) if self.tamper_reply else reply)
             except Exception as exc:  # a failing ClientApp: Flower replies with an error
                 out.append(Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"),
                                    reply_to=msg))

@@ -38,7 +38,8 @@ def _initial() -> list[np.ndarray]:
 def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
          extra_config: dict[str, dict[str, Any]] | None = None, evaluate: bool = False,
          fed: FlowerFed | None = None, workflow_cls: Any = None, run_name: str = "run",
-         silent: dict[str, str] | None = None, tamper: Any = None) -> tuple[list[np.ndarray], Path, FakeGrid]:
+         silent: dict[str, str] | None = None, tamper: Any = None,
+         calls: list[str] | None = None, tamper_reply: Any = None) -> tuple[list[np.ndarray], Path, FakeGrid]:
     from flwr.app import Context, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -52,14 +53,16 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
     from securefl.flower import SecureFLWorkflow, securefl_mod
 
     fed = fed or make_flower_federation(tmp_path / "fed", BANKS, params)
-    client_fn = known_client_fn({b: i for i, b in enumerate(BANKS)}, N_EXAMPLES)
+    client_fn = known_client_fn({b: i for i, b in enumerate(BANKS)}, N_EXAMPLES, calls)
     nids = {b: 101 + i for i, b in enumerate(BANKS)}
     apps = {nids[b]: ClientApp(client_fn=client_fn, mods=[securefl_mod]) for b in BANKS}
     configs = {nids[b]: fed.node_config(b, N_EXAMPLES[b], **(extra_config or {}).get(b, {}))
                for b in BANKS}
     grid = FakeGrid(apps, configs, {nid: b for b, nid in nids.items()},
                     silent={nids[b]: st for b, st in (silent or {}).items()},
-                    tamper=(lambda nid, msg: tamper(names[nid], msg)) if tamper else None)
+                    tamper=(lambda nid, msg: tamper(names[nid], msg)) if tamper else None,
+                    tamper_reply=((lambda nid, reply: tamper_reply(names[nid], reply))
+                                  if tamper_reply else None))
     names = {nid: b for b, nid in nids.items()}
     strategy = FedAvg(initial_parameters=ndarrays_to_parameters(_initial()),
                       fraction_fit=1.0, min_fit_clients=3, min_available_clients=3,
@@ -249,8 +252,8 @@ def test_a_bank_that_drops_mid_round(tmp_path: Path, stage: str) -> None:
 
 def test_a_model_tailored_to_one_bank_is_refused_by_it(tmp_path: Path) -> None:
     """A server that sends bank-c another global model than the signed plan names (in the masked
-    stage's FitIns) gets no masked input from it: bank-c refuses before anything of its own leaves
-    (a RemoteProtocolError on the node), and the sum holds bank-a and bank-b only."""
+    stage's FitIns) gets no masked input from it: bank-c refuses before its fit even runs (a
+    RemoteProtocolError on the node), and the sum holds bank-a and bank-b only."""
     from flwr.app import Array, ArrayRecord
 
     from securefl.audit.verify import verify_run_dir
@@ -263,10 +266,47 @@ def test_a_model_tailored_to_one_bank_is_refused_by_it(tmp_path: Path) -> None:
 
     params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
                             noise_multiplier=0.0)
-    _, run_dir, _ = _run(tmp_path, params, tamper=tailor)
+    calls: list[str] = []
+    _, run_dir, _ = _run(tmp_path, params, tamper=tailor, calls=calls)
+    assert sorted(calls) == ["bank-a", "bank-b"]
     verify_run_dir(run_dir)
     (rec,) = _records(run_dir)
     assert rec["survivors"] == ["bank-a", "bank-b"] and rec["dropouts"] == {"bank-c": "masked"}
+
+
+def test_a_forged_key_advertisement_drops_that_bank_only(tmp_path: Path) -> None:
+    """bank-c's advertisement reaches the server with a signature its manifest key did not make:
+    the server refuses that bank (a dropout at the advertise stage) instead of aborting the
+    round, and the others' sum is released."""
+    import msgspec
+    from flwr.app import Array, ArrayRecord
+
+    from securefl.flower.common import ARRAY, RECORD, decode_client
+    from securefl.protocol import wire
+    from securefl.protocol.messages import AdvertiseKeys, decode_message, encode_message
+    from securefl.transport.flower import Envelope
+
+    def forge(name: str, reply: Any) -> Any:
+        if name != "bank-c" or RECORD not in reply.content.array_records:
+            return reply
+        env = wire.decode(reply.content.array_records[RECORD][ARRAY].numpy().tobytes(), Envelope)
+        body = decode_client(env.payload)
+        msgs = [decode_message(p) for p in body.protocol]
+        if not any(isinstance(m, AdvertiseKeys) for m in msgs):
+            return reply
+        forged = [msgspec.structs.replace(m, signature=bytes(64)) for m in msgs]
+        body = msgspec.structs.replace(body, protocol=[encode_message(m) for m in forged])
+        data = wire.encode(msgspec.structs.replace(env, payload=wire.encode(body)))
+        reply.content.array_records[RECORD] = ArrayRecord(
+            {ARRAY: Array(np.frombuffer(data, dtype=np.uint8))})
+        return reply
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    _, run_dir, _ = _run(tmp_path, params, tamper_reply=forge)
+    (rec,) = _records(run_dir)
+    assert rec["status"] == "committed"
+    assert rec["survivors"] == ["bank-a", "bank-b"] and rec["dropouts"] == {"bank-c": "advertise"}
 
 # --- the example app on a real SuperLink and SuperNodes (TLS, node auth) -------------------------
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flower_app"

@@ -92,7 +92,7 @@ if TYPE_CHECKING:
     from securefl.federation import Federation
     from securefl.transport.flower import Envelope
 
-__all__ = ["FitOutcome", "FlowerBank", "securefl_mod"]
+__all__ = ["FitCheck", "FitOutcome", "FlowerBank", "securefl_mod"]
 
 log = logging.getLogger("securefl.flower")
 
@@ -105,6 +105,10 @@ class FitOutcome:
     new_params: list[NDArray[Any]]
     num_examples: int
     config: Mapping[str, Any]
+
+
+#: (global parameters, fit config) -> None, raises when they are not what the signed plan names
+FitCheck = Callable[[list["NDArray[Any]"], Mapping[str, Any]], None]
 
 
 class _RoundMemo(msgspec.Struct, forbid_unknown_fields=True):
@@ -136,8 +140,9 @@ class FlowerBank(NodeHandler):
     sim_seed: int | None = None
     state_key_file: Path | None = None
     declared_dpsgd: DeclaredDpSgd | None = None
-    #: runs the user's fit for the current message (set per message by :func:`securefl_mod`)
-    fit: Callable[[], FitOutcome] | None = None
+    #: runs the user's fit for the current message (set per message by :func:`securefl_mod`);
+    #: it calls its argument with the FitIns' global parameters and config before the user's code
+    fit: Callable[[FitCheck], FitOutcome] | None = None
 
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> FlowerBank:
@@ -273,13 +278,17 @@ class FlowerBank(NodeHandler):
         if self.fit is None or rm.field_input is not None:
             raise StateError("the masked-input stage runs fit once, with the user's app")
         plan: FlowerPlan = wire.decode(rm.plan, FlowerPlan)
-        res = self.fit()
-        if params_digest(res.global_params) != plan.model_digest:
-            raise RemoteProtocolError(f"round {plan.round}: the global model is not the one the "
-                                      "signed plan names")
-        if config_digest(res.config) != plan.config_digest:
-            raise RemoteProtocolError(f"round {plan.round}: the fit config is not the one the "
-                                      "signed plan names")
+
+        def check(global_params: list[NDArray[Any]], config: Mapping[str, Any]) -> None:
+            """Before the user's fit runs: the model and config are the plan's."""
+            if params_digest(global_params) != plan.model_digest:
+                raise RemoteProtocolError(f"round {plan.round}: the global model is not the one "
+                                          "the signed plan names")
+            if config_digest(config) != plan.config_digest:
+                raise RemoteProtocolError(f"round {plan.round}: the fit config is not the one the "
+                                          "signed plan names")
+
+        res = self.fit(check)
         if res.num_examples != self.num_examples:
             raise ConfigError(f"fit reported {res.num_examples} examples, the node config's "
                               f"num-examples (the public FedAvg weight) is {self.num_examples}")
@@ -326,11 +335,12 @@ def securefl_mod(msg: Any, ctxt: Any, call_next: Callable[[Any, Any], Any]) -> A
     state = saved[ARRAY].numpy().tobytes() if saved is not None else None
     out: dict[str, Any] = {"content": RecordDict()}
 
-    def fit() -> FitOutcome:
+    def fit(check: FitCheck) -> FitOutcome:
+        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        check(parameters_to_ndarrays(fitins.parameters), dict(fitins.config))
         reply = call_next(msg, ctxt)
         if reply.has_error():
             raise StateError(f"the ClientApp's fit failed: {reply.error.reason}")
-        fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
         fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
         for record in reply.content.array_records.values():
             record.clear()  # the update leaves this node only masked

@@ -79,8 +79,14 @@ from securefl.flower.common import (
     unflatten,
 )
 from securefl.protocol import quantize, wire
-from securefl.protocol.messages import decode_message, encode_message
-from securefl.protocol.secagg import Deadline, SecAggServer
+from securefl.protocol.messages import AdvertiseKeys, decode_message, encode_message
+from securefl.protocol.secagg import (
+    ADVERTISE_DOMAIN,
+    Deadline,
+    SecAggServer,
+    advertise_message,
+    plan_digest,
+)
 from securefl.transport.flower import GridLink, StageExchange
 
 if TYPE_CHECKING:
@@ -391,9 +397,10 @@ class SecureFLWorkflow:
     @staticmethod
     def _feed(machine: SecAggServer, cid: int, name: str, stage: str,
               data: bytes) -> ClientMsg | None:
-        """One bank's reply into the machine. A reply that is malformed, of another stage or not
-        the bank's own (sender id) is refused (logged; the bank is a dropout); a protocol error in
-        the machine aborts the round (raised)."""
+        """One bank's reply into the machine. A reply that is malformed, of another stage, not the
+        bank's own (sender id) or a key advertisement its manifest key did not sign is refused
+        (logged; the bank is a dropout), so one bank cannot abort the round with a forged
+        advertisement; any other protocol error in the machine aborts the round (raised)."""
         try:
             reply = decode_client(data)
             msgs = [decode_message(p) for p in reply.protocol]
@@ -403,6 +410,19 @@ class SecureFLWorkflow:
         if reply.stage != stage or any(getattr(m, "sender", None) != cid for m in msgs):
             log.error("%s: a reply of another stage or sender: refused", name)
             return None
+        cfg = machine.config
+        for m in msgs:
+            if not isinstance(m, AdvertiseKeys):
+                continue
+            try:
+                verify_bound(machine.federation.verify_key(cid), m.signature,
+                             domain=ADVERTISE_DOMAIN, session_id=cfg.session_id, round_=cfg.round,
+                             message=advertise_message(m.sender, m.cipher_pk, m.mask_pk,
+                                                       plan_digest(cfg)))
+            except SignatureError as err:
+                log.error("%s: key advertisement not signed by its manifest key: refused (%s)",
+                          name, err.code)
+                return None
         for m in msgs:
             machine.receive(m)
         return reply
