@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -396,39 +396,67 @@ class Engine:
 
     def _client_drafts(self, round_: int, n_participants: int, threshold: int,
                        outcome: Any, dim: int) -> list[Any]:
-        """The client-level mechanism this round actually released (survivors, not the plan)."""
-        from securefl.dp.fedavg import client_level_event, ddg_event
-        from securefl.dp.ledger import Draft
+        """The client-level mechanism this round actually released (survivors, not the plan),
+        as the server and the assumed colluders see it (dp.fedavg.client_round_event)."""
+        from securefl.dp.fedavg import client_round_event
 
-        c = self.config
-        if not (c.dp and c.noise_multiplier > 0):
+        plan = self._noise_plan(n_participants, threshold)
+        if plan is None:
             return []
         survivors = len(outcome.survivors)
-        encoding = getattr(outcome, "encoding", None)
-        if encoding is not None:  # SecAgg: distributed discrete Gaussian in integer units
-            event: Any = ddg_event(encoding.noise_sigma2_int, survivors,
-                                   encoding.sensitivity_int, dim)
-        else:
-            event = client_level_event(c.noise_multiplier, threshold, survivors)
-        return [Draft(round=round_, level="client", party="federation", event=event,
-                      clip_norm=c.clip_norm, participants=n_participants, survivors=survivors,
-                      neighbouring="add_remove",
-                      sampling="all" if c.clients_per_round >= 1 else "fixed_size", steps=1)]
+        event = client_round_event(plan, survivors, encoding=getattr(outcome, "encoding", None),
+                                   dim=dim)
+        return [self._client_draft(round_, n_participants, survivors, event, plan)]
 
-    def _planned_client_drafts(self, round_: int, n_participants: int, threshold: int
-                               ) -> list[Any]:
-        """The worst admissible round (exactly ``threshold`` survivors), for budget checks."""
-        from securefl.dp.fedavg import client_level_event
+    def _planned_client_drafts(self, round_: int, n_participants: int, threshold: int,
+                               dim: int) -> list[Any]:
+        """What a budget check charges for the next round: the event the round will record
+        (dp.fedavg.client_round_event, with the encoding the aggregator will use) for every
+        admissible survivor count, reduced to the worst case (dp.budget.worst_case_events)."""
+        from securefl.dp.budget import planned_client_events
+
+        c = self.config
+        plan = self._noise_plan(n_participants, threshold)
+        if plan is None:
+            return []
+        encoding = None
+        if c.aggregation == "secagg":
+            from securefl.secagg import SecAggAggregator
+
+            agg = cast(SecAggAggregator, make_aggregator("secagg", neighbours=c.neighbours,
+                                                          colluders=c.colluders))
+            encoding = agg.encoding_for(RoundSpec(
+                session_id=self.session_id, round=round_, participants=tuple(range(n_participants)),
+                clip_norm=c.clip_norm, threshold=threshold, noise=plan), dim)
+        events = planned_client_events(plan, n_participants, encoding=encoding, dim=dim)
+        return [self._client_draft(round_, n_participants, plan.min_survivors, ev, plan)
+                for ev in events]
+
+    def _noise_plan(self, n_participants: int, threshold: int) -> NoisePlan | None:
+        """The round's client-level noise plan: each share sized so that the smallest honest set
+        whose sum can be revealed under the stated colluders (NoisePlan.honest_floor: T - c, or
+        SecAgg+'s isolatable honest set from the bounds) still carries z * C; None without it."""
+        c = self.config
+        if not (c.dp and c.noise_multiplier > 0):
+            return None
+        isolatable = None
+        if c.aggregation == "secagg":
+            isolatable = make_aggregator("secagg", neighbours=c.neighbours,
+                                         colluders=c.colluders
+                                         ).isolatable_honest(n_participants, threshold)
+        return NoisePlan(c.noise_multiplier, threshold, colluders=c.colluders,
+                         isolatable_honest=isolatable)
+
+    def _client_draft(self, round_: int, n_participants: int, survivors: int, event: Any,
+                      plan: NoisePlan) -> Any:
         from securefl.dp.ledger import Draft
 
         c = self.config
-        if not (c.dp and c.noise_multiplier > 0):
-            return []
-        return [Draft(round=round_, level="client", party="federation",
-                      event=client_level_event(c.noise_multiplier, threshold, threshold),
-                      clip_norm=c.clip_norm, participants=n_participants, survivors=threshold,
-                      neighbouring="add_remove",
-                      sampling="all" if c.clients_per_round >= 1 else "fixed_size", steps=1)]
+        return Draft(round=round_, level="client", party="federation", event=event,
+                     clip_norm=c.clip_norm, participants=n_participants, survivors=survivors,
+                     neighbouring="add_remove",
+                     sampling="all" if c.clients_per_round >= 1 else "fixed_size", steps=1,
+                     colluders=plan.colluders, noise_source="seeded_chacha20")
 
     def _check_secagg_plan(self, n_banks: int) -> None:
         """Refuse, before anything runs, a threshold or degree below the SecAgg bounds for the
@@ -443,7 +471,9 @@ class Engine:
                threshold=min(c.threshold or default_threshold(k, c.colluders), k),
                degree=c.neighbours)
 
-    def _check_budget_before_start(self, n_banks: int) -> None:
+    def _check_budget_before_start(self, n_banks: int, model: Any) -> None:
+        """Refuse a plan whose rounds, each charged what it will record (the worst admissible
+        survivor count; ``model`` gives the update dimension), exceed the target epsilon."""
         from securefl.dp.budget import check_plan
 
         c = self.config
@@ -455,7 +485,8 @@ class Engine:
                 "--noise-multiplier > 0); without it epsilon is infinite")
         k = len(self._sample(1, n_banks))
         threshold = min(c.threshold or default_threshold(k, c.colluders), k)
-        drafts = self._planned_client_drafts(1, k, threshold)
+        dim = sum(int(p.numel()) for p in model.parameters())
+        drafts = self._planned_client_drafts(1, k, threshold, dim)
         check_plan([d.event for d in drafts], c.rounds, c.target_epsilon, c.delta)
 
     def _running_epsilon(self, ledger: Any) -> dict[str, float]:
@@ -527,10 +558,10 @@ class Engine:
         self._check_secagg_plan(len(fed.banks))
         if c.target_epsilon is not None:
             on(0, "accounting", "checking the plan against the target epsilon")
-        self._check_budget_before_start(len(fed.banks))
         task = fed.task
         train_spec = self._train_spec(task)
         model = build_model(c.model, fed.X_test.shape[1], c.hidden)
+        self._check_budget_before_start(len(fed.banks), model)
         server_opt = ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr)
         sizes = [len(b.y_train) for b in fed.banks]
         public_weight = [n / max(sizes) for n in sizes]  # example counts are public metadata
@@ -568,7 +599,8 @@ class Engine:
 
                 on(round_, "accounting", "budget check")
 
-                planned = self._planned_client_drafts(round_, len(participants), threshold)
+                planned = self._planned_client_drafts(round_, len(participants), threshold,
+                                                      len(weights))
                 checks = would_exceed(ledger, planned, c.target_epsilon, c.delta)
                 over = [f"{p}/{lv}: {ch.epsilon:.4g}" for (p, lv), ch in checks.items()
                         if ch.exceeds]
@@ -581,8 +613,7 @@ class Engine:
             inputs, drafts, clipped = self._local_updates(
                 round_, participants, fed, model, weights, train_spec, record_noise,
                 public_weight, phase=on)
-            noise = (NoisePlan(c.noise_multiplier, threshold)
-                     if c.dp and c.noise_multiplier > 0 else None)
+            noise = self._noise_plan(len(participants), threshold)
             spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
                              clip_norm=c.clip_norm, threshold=threshold, noise=noise,
                              weights=tuple(public_weight[i] for i in participants),

@@ -54,6 +54,7 @@ from securefl.deploy.messages import (
     RoundStart,
     Signed,
 )
+from securefl.dp.bank_budget import caps_from_node_config
 from securefl.errors import ConfigError, DataError, SecureFLError, SignatureError, StateError
 from securefl.federation import Federation
 from securefl.protocol import wire
@@ -124,12 +125,17 @@ class BankNode(NodeHandler):
     sim_seed: int | None = None
     #: the node-local key sealing this node's state (default ``<key>.state-key``; NodeHandler)
     state_key_file: Path | None = None
+    #: the bank's own persistent privacy caps (securefl.dp.bank_budget.BankBudget; node config
+    #: record-epsilon-cap / client-epsilon-cap / budget-dir), checked before every round
+    budget: Any = None
 
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> BankNode:
         try:
             return cls(**cls.common_config(cfg), data_path=Path(str(cfg["data-path"])),
-                       label=str(cfg.get("label", "default")))
+                       label=str(cfg.get("label", "default")),
+                       budget=caps_from_node_config(cfg, str(cfg["member"]),
+                                                    Path(str(cfg["key"])).parent))
         except KeyError as exc:
             raise ConfigError(f"node config lacks {exc.args[0]!r}",
                               hint="--node-config 'member=... key=... manifest=... "
@@ -340,6 +346,7 @@ class BankNode(NodeHandler):
         start: RoundStart = wire.decode(rm.start, RoundStart)
         plan = hello.plan
         X, y = load_bank_csv(self.data_path, self.label)
+        self._charge_budget(fed, hello, start, X.shape[0], memo.record_noise)
         stdz, target = split_standardisation(np.asarray(model.moments_total),
                                              model.target_scale_log2)
         if (plan.task == "regression") != (target is not None):
@@ -362,7 +369,7 @@ class BankNode(NodeHandler):
                 loss_fn=loss_function(plan.task, plan.loss), epochs=plan.local_epochs,
                 batch_size=plan.batch_size, lr=plan.lr, optimizer=plan.optimizer,
                 noise_multiplier=memo.record_noise, max_grad_norm=plan.record_clip,
-                random_seed=seed)
+                random_seed=seed, deployed=self.sim_seed is None)  # OS CSPRNG noise
             net.load_state_dict(state)
             drafts.append(dp_run.draft(round=model.round, bank=self.member))
         else:
@@ -377,6 +384,28 @@ class BankNode(NodeHandler):
             delta = delta * (start.clip_norm / norm)
         update: NDArray[np.float64] = start.weights[self.member] * delta
         return drafts, clipped, update
+
+    def _charge_budget(self, fed: Federation, hello: Hello, start: RoundStart, n_rows: int,
+                       record_noise: float | None) -> None:
+        """The bank's own caps (securefl.dp.bank_budget), whatever the server enforces: charge
+        this round's planned events (its DP-SGD, the client-level sum as the manifest's colluders
+        see it) before its update leaves; BudgetExceededError refuses the round."""
+        if self.budget is None or not hello.plan.dp:
+            return
+        from securefl.dp.bank_budget import planned_round_drafts
+        from securefl.dp.dpsgd import DpSgdRun, dpsgd_schedule
+
+        plan = hello.plan
+        spec = round_spec(start, bank_ids(fed))
+        steps, q = dpsgd_schedule(n_rows, plan.batch_size, plan.local_epochs)
+        record = (DpSgdRun(steps, q, record_noise, plan.record_clip, "planned")
+                  if record_noise is not None else None)
+        drafts = planned_round_drafts(
+            bank=self.member, round_=start.round, record=record, noise=spec.noise,
+            n_participants=len(start.participants), clip_norm=start.clip_norm,
+            colluders=fed.params.colluders, dim=start.dim,
+            encoding=encoding_for(start, spec)[0] if plan.aggregation == "secagg" else None)
+        self.budget.charge(drafts, session=hello.session, round_=start.round)
 
     def _protocol(self, fed: Federation, identity: SigningKey, memo: NodeMemo, hello: Hello,
                   item: ProtocolItem) -> list[ProtocolItem]:
