@@ -890,6 +890,12 @@ def test_round_keys_are_fresh_signed_for_their_round_and_bound_into_the_round(wo
         holder.decrypt(dreq, _rand("f"))
     # a bank holding round 2's key refuses to reveal under a set closed under round 1's key
     p2 = accept_public_context(r2, vk, DEFAULT_PARAMS, session_id=SESSION, round_=2)
+    # a verifier holding round 2's key refuses to co-sign a manifest under round 1's key
+    with pytest.raises(DecryptionRefusedError, match="another CKKS key"):
+        CKKSVerifier(1, world["keys"][1], p2, world["fed"], world["server_key"].verify_key,
+                     min_clients=3).verify(
+            VerifyRequest(manifest=dreq.manifest, contributions=[[b"x"]] * len(IDS)),
+            session_id=SESSION, round_=2)
     bank = CKKSClient(1, world["keys"][1], p2, world["server_key"].verify_key)
     bank.commit(session_id=SESSION, round_=2, values=world["inputs"][1], clip_norm=1.0,
                 num_participants=len(IDS), noise_std=0.0, random=_rand("1"))
