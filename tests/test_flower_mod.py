@@ -25,7 +25,7 @@ from tests.flower_mod_helpers import (
 pytest.importorskip("flwr")
 
 BANKS = ["bank-a", "bank-b", "bank-c"]
-N_EXAMPLES = {"bank-a": 100, "bank-b": 200, "bank-c": 300}
+N_EXAMPLES = {"bank-a": 100, "bank-b": 200, "bank-c": 300, "bank-d": 150}
 SHAPES = [(60, 40), (40,)]
 CLIP = 10.0  # above every known update's norm (about 1.0): nothing is clipped
 
@@ -39,7 +39,8 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
          extra_config: dict[str, dict[str, Any]] | None = None, evaluate: bool = False,
          fed: FlowerFed | None = None, workflow_cls: Any = None, run_name: str = "run",
          silent: dict[str, str] | None = None, tamper: Any = None,
-         calls: list[str] | None = None, tamper_reply: Any = None) -> tuple[list[np.ndarray], Path, FakeGrid]:
+         calls: list[str] | None = None, tamper_reply: Any = None,
+         banks: list[str] = BANKS) -> tuple[list[np.ndarray], Path, FakeGrid]:
     from flwr.app import Context, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -52,12 +53,12 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
 
     from securefl.flower import SecureFLWorkflow, securefl_mod
 
-    fed = fed or make_flower_federation(tmp_path / "fed", BANKS, params)
-    client_fn = known_client_fn({b: i for i, b in enumerate(BANKS)}, N_EXAMPLES, calls)
-    nids = {b: 101 + i for i, b in enumerate(BANKS)}
-    apps = {nids[b]: ClientApp(client_fn=client_fn, mods=[securefl_mod]) for b in BANKS}
+    fed = fed or make_flower_federation(tmp_path / "fed", banks, params)
+    client_fn = known_client_fn({b: i for i, b in enumerate(banks)}, N_EXAMPLES, calls)
+    nids = {b: 101 + i for i, b in enumerate(banks)}
+    apps = {nids[b]: ClientApp(client_fn=client_fn, mods=[securefl_mod]) for b in banks}
     configs = {nids[b]: fed.node_config(b, N_EXAMPLES[b], **(extra_config or {}).get(b, {}))
-               for b in BANKS}
+               for b in banks}
     grid = FakeGrid(apps, configs, {nid: b for b, nid in nids.items()},
                     silent={nids[b]: st for b, st in (silent or {}).items()},
                     tamper=(lambda nid, msg: tamper(names[nid], msg)) if tamper else None,
@@ -65,9 +66,10 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
                                   if tamper_reply else None))
     names = {nid: b for b, nid in nids.items()}
     strategy = FedAvg(initial_parameters=ndarrays_to_parameters(_initial()),
-                      fraction_fit=1.0, min_fit_clients=3, min_available_clients=3,
+                      fraction_fit=1.0, min_fit_clients=len(banks),
+                      min_available_clients=len(banks),
                       fraction_evaluate=1.0 if evaluate else 0.0,
-                      min_evaluate_clients=3 if evaluate else 0,
+                      min_evaluate_clients=len(banks) if evaluate else 0,
                       on_fit_config_fn=lambda r: {"epochs": 1, "round": r})
     run_dir = tmp_path / run_name
     workflow = DefaultWorkflow(fit_workflow=(workflow_cls or SecureFLWorkflow)(
@@ -83,12 +85,12 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
     return final, run_dir, grid
 
 
-def _plain_fedavg_step(params: list[np.ndarray]) -> list[np.ndarray]:
+def _plain_fedavg_step(params: list[np.ndarray], banks: list[str] = BANKS) -> list[np.ndarray]:
     """Flower's own FedAvg of the clients' plain fit results from ``params``."""
     from flwr.server.strategy.aggregate import aggregate
 
     fits = [([(p + d) for p, d in zip(params, known_delta(i, SHAPES), strict=True)],
-             N_EXAMPLES[b]) for i, b in enumerate(BANKS)]
+             N_EXAMPLES[b]) for i, b in enumerate(banks)]
     return aggregate(fits)
 
 
@@ -96,9 +98,9 @@ def _flat(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
 
 
-def _weight_total() -> float:
-    top = max(N_EXAMPLES.values())
-    return sum(n / top for n in N_EXAMPLES.values())
+def _weight_total(banks: list[str] = BANKS) -> float:
+    top = max(N_EXAMPLES[b] for b in banks)
+    return sum(N_EXAMPLES[b] / top for b in banks)
 
 
 def test_dp_off_equals_plain_fedavg_within_the_quantization_bound(tmp_path: Path) -> None:
@@ -147,6 +149,23 @@ def test_dp_on_noise_within_the_bound_it_implies_and_ledgered(tmp_path: Path) ->
     assert len(client) == 1 and client[0]["survivors"] == 3
     assert [e["party"] for e in record] == ["bank:bank-a"]
     assert record[0]["noise_source"] == "declared"
+
+
+def test_noise_shares_are_sized_for_the_manifests_colluders(tmp_path: Path) -> None:
+    """Four banks, c = 1 colluder in the manifest: thresholds 2T > n + c and T >= c + 2 give
+    T = 3, so each share must carry (z C)^2 / (T - c) = (z C)^2 / 2 and the whole sum of four
+    survivors (z C)^2 * 2: the three honest shares still carry z C once the colluder subtracts its
+    own. (Shares sized for T = 3 honest banks, ignoring the colluder, give (z C)^2 * 4/3.)"""
+    banks = ["bank-a", "bank-b", "bank-c", "bank-d"]
+    z = 0.5
+    params = ProtocolParams(aggregation="secagg", threshold=3, clip_norm=CLIP,
+                            noise_multiplier=z, colluders=1)
+    final, run_dir, _ = _run(tmp_path, params, banks=banks)
+    err_sum = (_flat(final) - _flat(_plain_fedavg_step(_initial(), banks))) * _weight_total(banks)
+    std = float(np.std(err_sum))
+    assert 0.93 * z * CLIP * np.sqrt(2) <= std <= 1.07 * z * CLIP * np.sqrt(2)
+    (client,) = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    assert client["colluders"] == 1 and client["event"]["survivors"] == 3  # the honest shares
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:

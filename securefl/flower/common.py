@@ -11,6 +11,7 @@ user's ClientApp (``call_next``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,6 +20,7 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from securefl.deploy.common import bank_ids, round_spec
 from securefl.deploy.messages import RoundStart, Signed
 from securefl.dp.ledger import Draft
 from securefl.errors import ConfigError
@@ -27,6 +29,7 @@ from securefl.protocol import wire
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from securefl.aggregation import RoundSpec
     from securefl.federation import Federation
 
 __all__ = [
@@ -43,6 +46,7 @@ __all__ = [
     "config_digest",
     "flatten",
     "params_digest",
+    "round_spec_for",
     "round_start",
     "unflatten",
 ]
@@ -185,6 +189,27 @@ def round_start(plan: FlowerPlan) -> RoundStart:
                       min_survivors=plan.min_survivors, degree=plan.degree,
                       precision_bits=plan.precision_bits, dim=plan.dim,
                       weights=dict(plan.weights))
+
+
+def round_spec_for(plan: FlowerPlan, fed: Federation, context: bytes = bytes(32)) -> RoundSpec:
+    """The round's RoundSpec as both sides derive it: securefl.deploy.common.round_spec, with the
+    client-level noise plan sized for the manifest's colluders (each share (z C)^2 / h, h = T - c,
+    or SecAgg+'s minimum isolatable honest set: NoisePlan.honest_floor), as ``securefl run``
+    sizes it (securefl.runtime), so the honest shares of any completed round carry z C even after
+    the colluders subtract their own."""
+    from securefl.aggregation import NoisePlan
+    from securefl.secagg import SecAggAggregator
+
+    spec = round_spec(round_start(plan), bank_ids(fed), context)
+    p = fed.params
+    if plan.noise_multiplier == 0:
+        return spec
+    n = len(plan.participants)
+    isolatable = SecAggAggregator(degree=plan.degree, assumptions=p.assumptions()
+                                  ).isolatable_honest(n, plan.min_survivors)
+    return dataclasses.replace(spec, noise=NoisePlan(plan.noise_multiplier, plan.min_survivors,
+                                                     colluders=p.colluders,
+                                                     isolatable_honest=isolatable))
 
 
 def fedavg_weights(infos: Sequence[BankInfo]) -> dict[str, float]:

@@ -59,7 +59,6 @@ from securefl.deploy.common import (
     encoding_for,
     protocol_federation,
     randomness,
-    round_spec,
     secagg_config,
     session_id,
 )
@@ -79,6 +78,7 @@ from securefl.flower.common import (
     decode_server,
     flatten,
     params_digest,
+    round_spec_for,
     round_start,
 )
 from securefl.protocol import wire
@@ -240,7 +240,7 @@ class FlowerBank(NodeHandler):
         plan: FlowerPlan = wire.decode(rm.plan, FlowerPlan)
         start = round_start(plan)
         ids = bank_ids(fed)
-        spec = round_spec(start, ids, hashlib.sha256(rm.plan).digest())
+        spec = round_spec_for(plan, fed, hashlib.sha256(rm.plan).digest())
         enc, threshold = encoding_for(start, spec)
         cfg = secagg_config(start, spec, enc, threshold, fed)
         cid = ids[self.member]
@@ -301,7 +301,7 @@ class FlowerBank(NodeHandler):
         update = plan.weights[self.member] * clipped_delta
         start = round_start(plan)
         ids = bank_ids(fed)
-        spec = round_spec(start, ids)
+        spec = round_spec_for(plan, fed)
         enc, _ = encoding_for(start, spec)
         cid = ids[self.member]
         field = encode_input(update, spec, enc,

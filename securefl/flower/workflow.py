@@ -47,7 +47,6 @@ from securefl.deploy.common import (
     bank_ids,
     encoding_for,
     protocol_federation,
-    round_spec,
     secagg_config,
     session_id,
 )
@@ -75,6 +74,7 @@ from securefl.flower.common import (
     fedavg_weights,
     flatten,
     params_digest,
+    round_spec_for,
     round_start,
     unflatten,
 )
@@ -92,6 +92,7 @@ from securefl.transport.flower import GridLink, StageExchange
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from securefl.aggregation import NoisePlan
     from securefl.audit.store import RunStore
     from securefl.dp.ledger import Draft, Ledger
     from securefl.federation import Federation
@@ -344,7 +345,7 @@ class SecureFLWorkflow:
                                                         message=body))
         start = round_start(plan)
         ids = bank_ids(s.fed)
-        spec = round_spec(start, ids, hashlib.sha256(body).digest())
+        spec = round_spec_for(plan, s.fed, hashlib.sha256(body).digest())
         enc, threshold = encoding_for(start, spec)
         machine = SecAggServer(secagg_config(start, spec, enc, threshold, s.fed),
                                protocol_federation(s.fed, s.session),
@@ -385,8 +386,8 @@ class SecureFLWorkflow:
                 f"{len(survivors)} survivors carry less than the planned noise")
         total = _decode(result.field_sum, enc)
         weight = sum(plan.weights[n] for n in survivors)
-        if plan.noise_multiplier > 0:
-            drafts.append(self._client_event(s, plan, enc, len(survivors)))
+        if spec.noise is not None:
+            drafts.append(self._client_event(plan, spec.noise, enc, len(survivors)))
         return RoundOutcome(participants=participants, mean_update=total / weight, total=total,
                             survivors=survivors,
                             dropouts={names[i]: st for i, st in result.dropped_at.items()},
@@ -428,18 +429,20 @@ class SecureFLWorkflow:
         return reply
 
     @staticmethod
-    def _client_event(s: _Session, plan: FlowerPlan, enc: Encoding, survivors: int) -> Draft:
-        """The client-level DP event of the release: ``survivors`` discrete Gaussian shares
-        (securefl.dp.fedavg.ddg_event), no sampling amplification claimed (the strategy, not a
-        public draw, picked the participants)."""
-        from securefl.dp.fedavg import ddg_event
+    def _client_event(plan: FlowerPlan, noise: NoisePlan, enc: Encoding, survivors: int
+                      ) -> Draft:
+        """The client-level DP event of the release as the server and the assumed colluders see
+        it (securefl.dp.fedavg.client_round_event: the honest discrete Gaussian shares, as
+        ``securefl run`` records it); no sampling amplification claimed (the strategy, not a
+        public draw, picked the participants); the shares come from each bank's OS CSPRNG."""
+        from securefl.dp.fedavg import client_round_event
         from securefl.dp.ledger import Draft
 
         return Draft(round=plan.round, level="client", party="federation",
-                     event=ddg_event(enc.noise_sigma2_int, survivors, enc.sensitivity_int,
-                                     plan.dim),
+                     event=client_round_event(noise, survivors, encoding=enc, dim=plan.dim),
                      clip_norm=plan.clip_norm, participants=len(plan.participants),
-                     survivors=survivors, neighbouring="add_remove", sampling="all", steps=1)
+                     survivors=survivors, neighbouring="add_remove", sampling="all", steps=1,
+                     colluders=noise.colluders, noise_source="os_csprng")
 
     # -- audit --------------------------------------------------------------------------------------
     def _commit(self, s: _Session, r: int, participants: list[str], model: list[NDArray[Any]],
