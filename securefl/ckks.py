@@ -9,6 +9,11 @@ Dropout stages: ``"contribution"`` (the client never commits: it is simply not i
 not in the sum) and ``"verification"`` (it contributed but does not co-sign); any other stage name is
 treated as ``"contribution"``.
 
+Keys: the aggregator's key holder makes a fresh CKKS key for every round
+(``CKKSKeyHolder.round_context``), so a key that leaks opens that round only and a ciphertext
+replayed from an earlier round decrypts to noise. Trust: the mode protects updates only while every
+bank encrypts honestly (:data:`TRUST_ASSUMPTION`; protocols/ckks/spec.md, "Trust assumption").
+
 Identities: enrolled Ed25519 keys can be passed (``identities`` for the clients, ``server_identity``
 for the server); by default (simulation) they are derived from ``random(client, "identity")`` and
 ``random(-1, "server-identity")``.
