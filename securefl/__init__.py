@@ -16,11 +16,16 @@ from securefl.errors import SecureFLError
 
 if TYPE_CHECKING:
     from securefl import privacy
+    from securefl.bank import Bank, DeclaredDpSgd, LocalPlan, LocalUpdate
     from securefl.config import RunConfig
-    from securefl.runtime import RoundReport, RunResult, run
+    from securefl.runtime import RoundReport, RunResult, run, train
     from securefl.simulate import SecureSumResult, simulate_secure_sum
 
 __all__ = [
+    "Bank",
+    "DeclaredDpSgd",
+    "LocalPlan",
+    "LocalUpdate",
     "RoundReport",
     "RunConfig",
     "RunResult",
@@ -30,11 +35,17 @@ __all__ = [
     "privacy",
     "run",
     "simulate_secure_sum",
+    "train",
 ]
 
 _LAZY = {
+    "Bank": "securefl.bank",
+    "DeclaredDpSgd": "securefl.bank",
+    "LocalPlan": "securefl.bank",
+    "LocalUpdate": "securefl.bank",
     "RunConfig": "securefl.config",
     "run": "securefl.runtime",
+    "train": "securefl.runtime",
     "RunResult": "securefl.runtime",
     "RoundReport": "securefl.runtime",
     "simulate_secure_sum": "securefl.simulate",

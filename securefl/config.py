@@ -35,7 +35,7 @@ class RunConfig:
     test_fraction: float = 0.2  # global test split for reporting
     local_test_fraction: float = 0.1  # each bank's own held-out split
     # model and local training
-    model: str = "mlp"  # mlp | logreg
+    model: str = "mlp"  # mlp | logreg (custom: your own torch model, securefl.train only)
     hidden: tuple[int, ...] = (64, 32)
     loss: str = "auto"  # bce (classification); mse | huber (regression); auto picks bce / mse
     local_epochs: int = 1
@@ -93,7 +93,8 @@ def _validate(c: RunConfig) -> None:
     _need(0 < c.alpha < math.inf, "alpha", "must be a positive number")
     _need(0 < c.test_fraction < 0.9, "test_fraction", "must be in (0, 0.9)")
     _need(0 <= c.local_test_fraction < 0.9, "local_test_fraction", "must be in [0, 0.9)")
-    _need(c.model in ("mlp", "logreg"), "model", "must be mlp or logreg")
+    _need(c.model in ("mlp", "logreg", "custom"), "model",
+          "must be mlp or logreg (custom: a torch model given to securefl.train)")
     _need(len(c.hidden) >= 1 and all(1 <= h <= 4096 for h in c.hidden), "hidden",
           "must be a list of 1..4096 layer widths")
     _need(c.loss in ("auto", "bce", "mse", "huber"), "loss", "must be auto, bce, mse or huber")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -20,7 +20,7 @@ from securefl import __version__
 from securefl.aggregation import Aggregator, NoisePlan, RandomFactory, RoundSpec
 from securefl.config import RunConfig
 from securefl.crypto.random import SimulationRandomness
-from securefl.errors import BudgetExceededError, ConfigError
+from securefl.errors import BudgetExceededError, ConfigError, DataError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -37,6 +37,7 @@ __all__ = [
     "server_update",
     "session_id_for",
     "stream_id_for",
+    "train",
     "weighted_mean_update",
 ]
 
@@ -164,20 +165,21 @@ class _Randomness(SimulationRandomness):
 REPORTING_ONLY = ("out", "baselines")
 
 
-def stream_id_for(config: RunConfig) -> bytes:
+def stream_id_for(config: RunConfig, extra: bytes = b"") -> bytes:
     """What the simulation's random streams are keyed by (with the seed): the session id of the
     configuration with the aggregation mode left out, so ``plain``, ``secagg`` and ``ckks`` runs with
     the same seed train on the same draws (DP-SGD, rounding, continuous noise) and differ only by
     what the mode itself does."""
-    return session_id_for(config.replace(aggregation="plain"))
+    return session_id_for(config.replace(aggregation="plain"), extra)
 
 
-def session_id_for(config: RunConfig) -> bytes:
+def session_id_for(config: RunConfig, extra: bytes = b"") -> bytes:
     """The 16-byte session id of a run: a hash of its configuration, reporting-only options aside
-    (so ``securefl run`` and ``securefl run --baselines`` train the same federated model)."""
+    (so ``securefl run`` and ``securefl run --baselines`` train the same federated model), and of
+    ``extra`` (a library run's model and banks, :func:`train`)."""
     body = json.dumps({k: v for k, v in config.to_dict().items() if k not in REPORTING_ONLY},
                       sort_keys=True)
-    return hashlib.sha256(b"securefl-session-v1" + body.encode()).digest()[:16]
+    return hashlib.sha256(b"securefl-session-v1" + body.encode() + extra).digest()[:16]
 
 
 def sample_participants(seed: int, round_: int, n_banks: int, fraction: float,
@@ -247,21 +249,37 @@ def _discard_unfinished_create(run_dir: Path) -> bool:
     return True
 
 
-def _clip(vec: NDArray[np.float64], bound: float) -> tuple[NDArray[np.float64], bool]:
-    norm = float(np.linalg.norm(vec))
-    if norm > bound:
-        return vec * (bound / norm), True
-    return vec, False
+#: RunConfig.model of a library run: the caller's own torch model (:func:`train`)
+CUSTOM_MODEL = "custom"
+
+
+@dataclass
+class _Setup:
+    """What a run federates: the banks (securefl.bank.Bank), the global model, how it is scored,
+    and the run-directory facts that describe them."""
+
+    banks: list[Any]
+    model: Any
+    evaluate: Callable[[Any], dict[str, float]]
+    task: str
+    facts: dict[str, Any]
+    baselines: Callable[[], dict[str, dict[str, float]]] | None = None
+    #: bytes that, with the config, key the session id (a library run's model and banks)
+    identity: bytes = b""
 
 
 class Engine:
-    """One federated run (simulation driver). Use :func:`run`."""
+    """One federated run: the single round engine behind :func:`run` (``securefl run``) and
+    :func:`train` (your own model and banks)."""
 
-    def __init__(self, config: RunConfig, *, resume: Path | None = None) -> None:
+    def __init__(self, config: RunConfig, *, resume: Path | None = None,
+                 custom: _Setup | None = None) -> None:
         self.config = config
         self.resume = resume
-        self.session_id = session_id_for(config)
-        self.random = _Randomness(config.seed, stream_id_for(config))
+        self._custom = custom
+        extra = custom.identity if custom is not None else b""
+        self.session_id = session_id_for(config, extra)
+        self.random = _Randomness(config.seed, stream_id_for(config, extra))
         self._account: Any = None  # securefl.dp.budget.RunningAccount, made on first use
 
     # -- setup ------------------------------------------------------------------------------------
@@ -390,7 +408,7 @@ class Engine:
         from securefl.dp.dpsgd import dpsgd_schedule
 
         for i, bank in enumerate(fed.banks):
-            steps, q = dpsgd_schedule(len(bank.y_train), c.batch_size, c.local_epochs)
+            steps, q = dpsgd_schedule(bank.n_train, c.batch_size, c.local_epochs)
             out[i] = calibrate_noise(target, c.delta, c.rounds, q, "rdp", steps_per_round=steps)
         return out
 
@@ -513,8 +531,7 @@ class Engine:
     def _store_config(self) -> dict[str, Any]:
         return {k: v for k, v in self.config.to_dict().items() if k != "out"}
 
-    def _open_store(self, fed: Any, initial_model: bytes, facts: dict[str, Any]
-                    ) -> tuple[Any, Any]:
+    def _open_store(self, initial_model: bytes, facts: dict[str, Any]) -> tuple[Any, Any]:
         from securefl.audit.store import RunStore
         from securefl.crypto.signing import SigningKey
         from securefl.dp.ledger import Ledger
@@ -533,6 +550,32 @@ class Engine:
             federation=facts)
         return store, Ledger()
 
+    # -- the banks, the model and how it is scored ---------------------------------------------------
+    def _builtin_setup(self, aggregator: Aggregator, on: PhaseCallback) -> _Setup:
+        """``securefl run``'s federation: a table split into banks, federated standardisation,
+        securefl's own model (mlp or logreg), scored on the global test split."""
+        from securefl.bank import Bank
+        from securefl.fl.models import build_model
+        from securefl.fl.train import loss_function
+
+        c = self.config
+        if c.model == CUSTOM_MODEL:
+            raise ConfigError("model 'custom' is your own torch model: use securefl.train(model, "
+                              "banks, config) from Python")
+        on(0, "loading data", c.data or "embedded credit data")
+        fed = self._load_data()
+        on(0, "standardising", f"{c.aggregation} sum of the banks' feature moments")
+        fed, stats_digest = self._standardize(fed, aggregator)
+        train_spec = self._train_spec(fed.task)
+        loss = loss_function(train_spec.task, train_spec.loss)
+        banks = [Bank(b.name, b.X_train, b.y_train, task=fed.task, loss=loss) for b in fed.banks]
+        return _Setup(
+            banks=banks, model=build_model(c.model, fed.X_test.shape[1], c.hidden),
+            evaluate=lambda model: self._evaluate(model, fed), task=fed.task,
+            facts={"data_source": fed.source, "n_features": int(fed.X_test.shape[1]),
+                   "standardisation": {"mode": c.aggregation, "aggregate_sha256": stats_digest}},
+            baselines=lambda: self._baselines(fed, train_spec))
+
     # -- the run ------------------------------------------------------------------------------------
     def run(self, *, progress: ProgressCallback | None = None,
             phase: PhaseCallback | None = None) -> RunResult:
@@ -541,7 +584,6 @@ class Engine:
         import torch
 
         from securefl.errors import AggregationAbortedError
-        from securefl.fl.models import build_model
         from securefl.fl.params import from_bytes, get_flat, model_tensors, set_flat, to_bytes
         from securefl.fl.server_opt import ServerOptimizer
 
@@ -551,47 +593,40 @@ class Engine:
         aggregator = make_aggregator(c.aggregation, neighbours=c.neighbours,
                                      colluders=c.colluders)
         on = phase or _no_phase
-        on(0, "loading data", c.data or "embedded credit data")
-        fed = self._load_data()
-        on(0, "standardising", f"{c.aggregation} sum of the banks' feature moments")
-        fed, stats_digest = self._standardize(fed, aggregator)
-        self._check_secagg_plan(len(fed.banks))
+        setup = self._custom if self._custom is not None else self._builtin_setup(aggregator, on)
+        banks, model = setup.banks, setup.model
+        self._check_secagg_plan(len(banks))
         if c.target_epsilon is not None:
             on(0, "accounting", "checking the plan against the target epsilon")
-        task = fed.task
-        train_spec = self._train_spec(task)
-        model = build_model(c.model, fed.X_test.shape[1], c.hidden)
-        self._check_budget_before_start(len(fed.banks), model)
+        self._check_budget_before_start(len(banks), model)
         server_opt = ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr)
-        sizes = [len(b.y_train) for b in fed.banks]
+        sizes = [b.n_train for b in banks]
         public_weight = [n / max(sizes) for n in sizes]  # example counts are public metadata
-        names = [b.name for b in fed.banks]
+        names = [b.name for b in banks]
         if c.dp and c.record_noise_multiplier is None:
             on(0, "calibrating noise", "record-level DP-SGD noise per bank")
-        record_noise = self._record_noise(fed)
+        record_noise = self._record_noise(setup)
         facts = {
-            "banks": [{"name": b.name, "train_examples": len(b.y_train)} for b in fed.banks],
-            "data_source": fed.source, "task": task, "n_features": int(fed.X_test.shape[1]),
-            "standardisation": {"mode": c.aggregation, "aggregate_sha256": stats_digest},
+            "banks": [{"name": b.name, "train_examples": b.n_train} for b in banks],
+            "task": setup.task, **setup.facts,
             "record_noise_multiplier": {names[i]: z for i, z in record_noise.items()},
         }
         on(0, "committing", "opening the run directory")
-        store, ledger = self._open_store(
-            fed, to_bytes(model_tensors(model)), facts)
+        store, ledger = self._open_store(to_bytes(model_tensors(model)), facts)
         start = store.last_round + 1
-        keepers = self._checkpoint_keepers(store, len(fed.banks))
+        keepers = self._checkpoint_keepers(store, len(banks))
         tensors = from_bytes(store.model_bytes(store.last_round))
         server_opt.load_state({k: v.astype(np.float64) for k, v in tensors.items()
                                if k.startswith("server_opt.")})
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()
                                if not k.startswith("server_opt.")})
         weights = get_flat(model)
-        history = self._history_from(store, names) if start > 1 else []
+        history = self._history_from(store) if start > 1 else []
         stopped: str | None = None
 
         for round_ in range(start, c.rounds + 1):
             t0 = _now()
-            participants = self._sample(round_, len(fed.banks))
+            participants = self._sample(round_, len(banks))
             threshold = min(c.threshold or default_threshold(len(participants), c.colluders),
                             len(participants))
             if c.target_epsilon is not None:
@@ -611,8 +646,8 @@ class Engine:
             dropouts = self._simulated_dropouts(round_, participants,
                                                 aggregator.stages)
             inputs, drafts, clipped = self._local_updates(
-                round_, participants, fed, model, weights, train_spec, record_noise,
-                public_weight, phase=on)
+                round_, participants, banks, model, weights, record_noise, public_weight,
+                phase=on)
             noise = self._noise_plan(len(participants), threshold)
             spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
                              clip_norm=c.clip_norm, threshold=threshold, noise=noise,
@@ -632,7 +667,7 @@ class Engine:
                 alive = [names[i] for i in participants if i not in dropouts]
                 record.update(survivors=alive, status="aborted", error_code=err.code,
                               dropouts={names[i]: st for i, st in dropouts.items()})
-                metrics = history[-1].metrics if history else self._evaluate(model, fed)
+                metrics = history[-1].metrics if history else setup.evaluate(model)
                 set_flat(model, weights)
                 on(round_, "committing", "aborted round: audit record, ledger")
                 store.commit_round(round_=round_, record_fields=record,
@@ -652,7 +687,7 @@ class Engine:
                                     public_weight, outcome.weight_total)
             set_flat(model, weights)
             on(round_, "evaluating", "global test split")
-            metrics = self._evaluate(model, fed)
+            metrics = setup.evaluate(model)
             record.update(
                 survivors=[names[i] for i in outcome.survivors],
                 # a client that vanished after its masked input was in (consistency or unmask
@@ -680,7 +715,7 @@ class Engine:
 
         if c.baselines:
             on(0, "baselines", "centralised and each bank alone")
-        baselines = self._baselines(fed, train_spec) if c.baselines else {}
+        baselines = setup.baselines() if c.baselines and setup.baselines else {}
         privacy: dict[str, Any] = {}
         if c.dp:
             from securefl.dp.report import privacy_report
@@ -688,9 +723,9 @@ class Engine:
             on(0, "accounting", "privacy report")
             privacy = privacy_report(ledger, c.delta, "rdp")
         result = RunResult(
-            run_dir=store.run_dir, config=c.to_dict(), task=task,
+            run_dir=store.run_dir, config=c.to_dict(), task=setup.task,
             rounds_completed=sum(1 for h in history if h.aborted is None),
-            final_metrics=history[-1].metrics if history else self._evaluate(model, fed),
+            final_metrics=history[-1].metrics if history else setup.evaluate(model),
             history=history, baselines=baselines, privacy=privacy,
             model_sha256=store.model_sha256(store.last_round), seconds=_now() - t_start,
             stopped_early=stopped)
@@ -720,49 +755,43 @@ class Engine:
             proof = store.log.consistency_proof(last) if last < store.log.size else []
             keepers[cid].receive(note, proof)
 
-    def _local_updates(self, round_: int, participants: tuple[int, ...], fed: Any, model: Any,
-                       weights: NDArray[np.float64], train_spec: Any,
-                       record_noise: dict[int, float], public_weight: list[float],
-                       phase: PhaseCallback = _no_phase
-                       ) -> tuple[dict[int, NDArray[np.float64]], list[Any], int]:
-        """Each participant trains on its own rows (DP-SGD when on) and clips its update."""
-        import torch
-
-        from securefl.fl.params import get_flat, set_flat
-        from securefl.fl.train import local_train, loss_function
+    def _local_plan(self, round_: int, cid: int, record_noise: dict[int, float],
+                    public_weight: list[float]) -> Any:
+        """The public plan bank ``cid`` follows in ``round_`` (securefl.bank.LocalPlan)."""
+        from securefl.bank import LocalPlan
 
         c = self.config
+        return LocalPlan(round=round_, clip_norm=c.clip_norm, weight=public_weight[cid],
+                         epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
+                         optimizer=c.optimizer, record_noise_multiplier=record_noise.get(cid),
+                         record_clip=c.record_clip, dp_backend=c.dp_backend,
+                         secure_randomness=c.secure_mode,
+                         prox_mu=c.prox_mu if c.server_optimizer == "fedprox" else 0.0)
+
+    def _local_updates(self, round_: int, participants: tuple[int, ...], banks: list[Any],
+                       model: Any, weights: NDArray[np.float64], record_noise: dict[int, float],
+                       public_weight: list[float], phase: PhaseCallback = _no_phase
+                       ) -> tuple[dict[int, NDArray[np.float64]], list[Any], int]:
+        """Each participant trains on its own rows (DP-SGD when on) and clips its update
+        (securefl.bank.Bank.update)."""
         inputs: dict[int, NDArray[np.float64]] = {}
         drafts: list[Any] = []
         clipped = 0
         for k, cid in enumerate(participants, 1):
-            bank = fed.banks[cid]
+            bank = banks[cid]
             phase(round_, "training", f"bank {k}/{len(participants)} ({bank.name}"
                   + (", DP-SGD)" if cid in record_noise else ")"))
             seed = int.from_bytes(self.random.source(round_, cid, "train").random_bytes(8),
                                   "big") >> 1
-            set_flat(model, weights)
-            if cid in record_noise:
-                from securefl.dp.dpsgd import dp_train_epochs
-
-                state, dp_run = dp_train_epochs(
-                    model, torch.from_numpy(bank.X_train), torch.from_numpy(bank.y_train),
-                    loss_fn=loss_function(train_spec.task, train_spec.loss),
-                    epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
-                    optimizer=c.optimizer, noise_multiplier=record_noise[cid],
-                    max_grad_norm=c.record_clip, random_seed=seed,
-                    backend=c.dp_backend,  # type: ignore[arg-type]
-                    secure_mode=c.secure_mode)
-                model.load_state_dict(state)
-                drafts.append(dp_run.draft(round=round_, bank=bank.name))
-            else:
-                local_train(model, bank.X_train, bank.y_train, train_spec, seed=seed)
-            delta, was_clipped = _clip(get_flat(model) - weights, c.clip_norm)
-            clipped += int(was_clipped)
-            inputs[cid] = public_weight[cid] * delta
+            update = bank.update(model, weights,
+                                 self._local_plan(round_, cid, record_noise, public_weight),
+                                 seed=seed)
+            inputs[cid] = update.vector
+            drafts += update.drafts
+            clipped += int(update.clipped)
         return inputs, drafts, clipped
 
-    def _history_from(self, store: Any, names: list[str]) -> list[RoundReport]:
+    def _history_from(self, store: Any) -> list[RoundReport]:
         """Round reports of the rounds committed before a resume, from the audit records."""
         out: list[RoundReport] = []
         for rec in store.records[1:]:
@@ -784,6 +813,97 @@ def run(
     round's :class:`RoundReport`, ``phase`` what the run is about to do (:data:`PHASES`)."""
     return Engine(config, resume=Path(resume) if resume is not None else None).run(
         progress=progress, phase=phase)
+
+
+def train(
+    model: Any,
+    banks: Sequence[Any],
+    config: RunConfig | None = None,
+    *,
+    test: tuple[Any, Any] | None = None,
+    evaluate: Callable[[Any], Mapping[str, float]] | None = None,
+    progress: ProgressCallback | None = None,
+    resume: str | Path | None = None,
+    phase: PhaseCallback | None = None,
+) -> RunResult:
+    """Federated training of your own torch ``model`` over your own ``banks``
+    (:class:`securefl.bank.Bank`), through the same round engine as ``securefl run``: DP-SGD,
+    client clip, noise shares, the aggregation mode (secagg, ckks or plain) and the audit log and
+    privacy ledger in ``config.out``, all as ``config`` says (its data and model options do not
+    apply: ``banks`` and ``model`` replace them). ``model`` ends holding the final global weights.
+
+    Each round is scored with ``evaluate(model)`` (a mapping of metric name to number), or on
+    ``test = (X, y)`` with securefl's metrics for the banks' task; with neither, rounds carry no
+    metrics. The banks live in this process (an in-process simulation of the federation); a
+    deployment runs the same :meth:`Bank.update` at each bank (docs/architecture.md).
+    """
+    from securefl.bank import Bank
+    from securefl.fl.params import model_tensors, to_bytes
+
+    cfg = config if config is not None else RunConfig()
+    if cfg.baselines:
+        raise ConfigError("baselines: securefl.train has no pooled data to train baselines on",
+                          hint="train them yourself, or use securefl run --baselines")
+    banks = list(banks)
+    if len(banks) < 2 or not all(isinstance(b, Bank) for b in banks):
+        raise ConfigError("banks must be at least two securefl.Bank objects")
+    names = [b.name for b in banks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"bank names must be distinct, got {names}")
+    if len({b.n_features for b in banks}) != 1 or len({b.task for b in banks}) != 1:
+        raise DataError("every bank must have the same number of features and the same task")
+    if not hasattr(model, "state_dict") or not hasattr(model, "parameters"):
+        raise ConfigError("model must be a torch.nn.Module")
+    cfg = cfg.replace(banks=len(banks), model=CUSTOM_MODEL)
+    task = banks[0].task
+    initial = to_bytes(model_tensors(model))
+    identity = hashlib.sha256(initial + json.dumps(
+        [[b.name, b.n_train, b.n_features] for b in banks]).encode()).digest()
+    setup = _Setup(
+        banks=banks, model=model, evaluate=_scorer(task, test, evaluate), task=task,
+        facts={"data_source": "securefl.train: per-bank arrays held by the caller",
+               "n_features": banks[0].n_features,
+               "model": {"class": type(model).__qualname__,
+                         "parameters": int(sum(p.numel() for p in model.parameters()))}},
+        identity=identity)
+    return Engine(cfg, resume=Path(resume) if resume is not None else None,
+                  custom=setup).run(progress=progress, phase=phase)
+
+
+def _scorer(task: str, test: tuple[Any, Any] | None,
+            evaluate: Callable[[Any], Mapping[str, float]] | None
+            ) -> Callable[[Any], dict[str, float]]:
+    """A round's metrics: the caller's ``evaluate``, or securefl's metrics on ``test``."""
+    if test is not None and evaluate is not None:
+        raise ConfigError("give test or evaluate, not both")
+    if evaluate is not None:
+        user = evaluate
+
+        def checked(model: Any) -> dict[str, float]:
+            out = dict(user(model))
+            bad = [k for k, v in out.items() if not isinstance(k, str) or isinstance(v, bool)
+                   or not isinstance(v, int | float) or not np.isfinite(v)]
+            if bad:
+                raise DataError(f"evaluate returned non-finite or non-numeric metrics: {bad[:5]}")
+            return {k: float(v) for k, v in out.items()}
+
+        return checked
+    if test is None:
+        return lambda model: {}
+    from securefl.bank import Bank
+    from securefl.fl.metrics import classification_metrics, regression_metrics
+    from securefl.fl.train import predict
+
+    held_out = Bank("test", test[0], test[1], task=task)  # the same input checks as a bank's rows
+
+    def score(model: Any) -> dict[str, float]:
+        pred = predict(model, held_out.X, task)
+        y = held_out.y.astype(np.float64)
+        if task == "classification":
+            return classification_metrics(y, pred)
+        return regression_metrics(y, pred)
+
+    return score
 
 
 def _now() -> float:

@@ -74,7 +74,7 @@ def test_budget_stops_before_the_round_that_would_exceed(
 ) -> None:
     # simulate a plan that under-estimated the cost: the start check passes, the per-round check
     # must stop the run before the first round that would exceed the target
-    monkeypatch.setattr(Engine, "_check_budget_before_start", lambda self, n: None)
+    monkeypatch.setattr(Engine, "_check_budget_before_start", lambda self, *args: None)
     cfg = RunConfig(rounds=10, model="logreg", noise_multiplier=2.0, target_epsilon=4.0,
                     out=str(tmp_path / "s"))
     result = run(cfg)

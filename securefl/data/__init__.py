@@ -14,7 +14,7 @@ from securefl.data.partition import (
     stratified_split,
 )
 from securefl.data.standardize import Standardizer, TargetScaler, moments
-from securefl.data.table import RawTable, load_embedded, load_table
+from securefl.data.table import RawTable, load_embedded, load_table, open_embedded
 
 __all__ = [
     "BankData",
@@ -32,5 +32,6 @@ __all__ = [
     "load_table",
     "moments",
     "natural_groups",
+    "open_embedded",
     "stratified_split",
 ]

@@ -105,6 +105,17 @@ def _embedded_bytes(path: str | Path | None) -> bytes:
     return ref.read_bytes()
 
 
+def open_embedded() -> io.BytesIO:
+    """The embedded table's gzip-compressed CSV bytes, checksum-verified (IntegrityError on a
+    mismatch), as a binary file object: ``pandas.read_csv(open_embedded(), compression="gzip")``.
+    Its columns are ``ID``, the 23 features and the label ``default``."""
+    blob = _embedded_bytes(None)
+    if hashlib.sha256(blob).hexdigest() != EMBEDDED_SHA256:
+        raise IntegrityError("embedded dataset checksum mismatch",
+                             hint="reinstall securefl; the packaged data file was altered")
+    return io.BytesIO(blob)
+
+
 def load_embedded(path: str | Path | None = None, *, label: str = "default") -> RawTable:
     """Load the embedded UCI "Default of Credit Card Clients" table (30,000 rows, ``ID`` dropped).
 

@@ -70,14 +70,17 @@ def local_train(
     spec: LocalTrainSpec,
     *,
     seed: int,
+    loss_fn: torch.nn.Module | None = None,
 ) -> int:
-    """Train ``model`` in place for ``spec.epochs`` epochs; returns the number of optimizer steps."""
+    """Train ``model`` in place for ``spec.epochs`` epochs; returns the number of optimizer steps.
+    ``loss_fn`` (any torch loss module) replaces the spec's built-in loss."""
     import torch
 
     Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).reshape(-1, 1)
     gen = torch.Generator().manual_seed(seed)
-    loss_fn = loss_function(spec.task, spec.loss)
+    if loss_fn is None:
+        loss_fn = loss_function(spec.task, spec.loss)
     opt = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
     anchor = [p.detach().clone() for p in model.parameters()] if spec.prox_mu > 0 else None
     model.train()
@@ -88,7 +91,8 @@ def local_train(
         for start in range(0, n, spec.batch_size):
             idx = order[start : start + spec.batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xt[idx]), yt[idx])
+            out, yb = model(Xt[idx]), yt[idx]
+            loss = loss_fn(out.reshape(yb.shape) if out.numel() == yb.numel() else out, yb)
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor,
                                                                 strict=True))
