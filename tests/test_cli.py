@@ -72,3 +72,27 @@ def test_help_runs_as_a_process() -> None:
     out = subprocess.run([sys.executable, "-m", "securefl", "--help"], capture_output=True,
                          text=True, check=True)
     assert "run" in out.stdout
+
+
+def test_unexpected_exception_is_one_line_without_its_message(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last line of defence: a non-securefl exception (a bug) exits 1 with one line naming
+    its type and place and a --debug hint; its message (which may hold data) is never printed."""
+    import securefl.cli.run as run_cli
+
+    def boom(args: object) -> int:
+        raise ValueError("secret-update-bytes 0.123456789")
+
+    monkeypatch.setattr(run_cli, "run_command", boom)
+    code = main(["run", "--rounds", "1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "internal error: ValueError at cli" in err and "--debug" in err
+    assert "secret-update-bytes" not in err and "0.123456789" not in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2
+    with pytest.raises(ValueError, match="secret-update-bytes"):
+        main(["--debug", "run", "--rounds", "1"])
+    code = main(["run", "--rounds", "1", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and out["error"]["code"] == "internal"
+    assert "secret-update-bytes" not in json.dumps(out)

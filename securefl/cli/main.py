@@ -139,6 +139,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("securefl: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last line of defence: a bug, not a bad input
+        if args.debug:
+            raise
+        _print_internal(exc, as_json=bool(getattr(args, "json", False)))
+        return INTERNAL_ERROR_EXIT
+
+
+#: exit code of an unexpected (non-securefl) exception: a bug in securefl or a library it uses
+INTERNAL_ERROR_EXIT = 1
+
+
+def _print_internal(exc: BaseException, *, as_json: bool) -> None:
+    """One line naming the exception type and where it was raised, never its message (which may
+    hold data, e.g. array values), and a hint to rerun with --debug."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "/securefl/" in f.filename.replace("\\", "/")]
+    where = ours[-1] if ours else (frames[-1] if frames else None)
+    place = (f"{where.filename.rsplit('/securefl/', 1)[-1]}:{where.lineno}"
+             if where is not None else "unknown")
+    message = f"internal error: {type(exc).__name__} at {place}"
+    hint = "this is a bug; rerun with --debug for the traceback and report it"
+    if as_json:
+        print(json.dumps({"error": {"code": "internal", "message": message, "hint": hint}}))
+    print(f"securefl: {message}", file=sys.stderr)
+    print(f"  hint: {hint}", file=sys.stderr)
 
 
 def _print_error(err: SecureFLError, *, as_json: bool) -> None:
