@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         "differential privacy and a tamper-evident audit log.",
     )
     parser.add_argument("--version", action="version", version=f"securefl {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks on errors and debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p_run = sub.add_parser("run", help="run a federated training (simulated banks, one machine)")
@@ -126,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
+    if args.debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG)
+        logging.getLogger("securefl").setLevel(logging.DEBUG)
     if handler is None:
         parser.print_help()
         return 2
