@@ -136,7 +136,7 @@ class FakeGrid:
         for msg in messages:
             self.sent.append(msg)
             nid = msg.metadata.dst_node_id
-            if nid in self.silent and _stage_index(msg) >= STAGES.index(self.silent[nid]):
+            if nid in self.silent and stage_index(msg) >= STAGES.index(self.silent[nid]):
                 continue  # this node went away: no reply
             if self.tamper is not None:
                 self.tamper(nid, msg)
@@ -149,7 +149,7 @@ class FakeGrid:
         return out
 
 
-def _stage_index(msg: Any) -> int:
+def stage_index(msg: Any) -> int:
     """The securefl stage a message carries (-1: not a securefl message or the hello)."""
     from securefl.protocol import wire
     from securefl.transport.flower import Envelope

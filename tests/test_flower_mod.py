@@ -168,6 +168,26 @@ def test_noise_shares_are_sized_for_the_manifests_colluders(tmp_path: Path) -> N
     assert client["colluders"] == 1 and client["event"]["survivors"] == 3  # the honest shares
 
 
+def test_attempts_at_one_global_model_are_bounded(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """bank-c never signs the survivor set, so every round aborts and the next one retries the
+    same global model with new keys and a new graph: the banks make keys for at most 3 plans in a
+    row naming one model (securefl.deploy.common.MAX_ATTEMPTS) and refuse the fourth (SFL307)."""
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    final, run_dir, grid = _run(tmp_path, params, rounds=4, silent={"bank-c": "consistency"})
+    assert np.array_equal(_flat(final), _flat(_initial()))
+    assert [r["status"] for r in _records(run_dir)] == ["aborted"] * 4
+    refusals = [r.getMessage() for r in caplog.records if "SFL307" in r.getMessage()]
+    assert len(refusals) == 3 and all("round 4" in m for m in refusals)
+    # rounds 1-3 got as far as the consistency stage, round 4 not past the advertisement
+    from tests.flower_mod_helpers import stage_index
+
+    last = {g: max(stage_index(m) for m in grid.sent if m.metadata.group_id == g)
+            for g in ("1", "2", "3", "4")}
+    assert last == {"1": 3, "2": 3, "3": 3, "4": 0}
+
+
 def _records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (run_dir / "audit" / "log.jsonl").read_text().splitlines()][1:]
 

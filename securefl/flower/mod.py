@@ -52,7 +52,9 @@ import numpy as np
 from securefl.crypto.random import SystemRandomSource
 from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
 from securefl.deploy.common import (
+    MAX_ATTEMPTS,
     NodeHandler,
+    ServerFaultError,
     SessionCounter,
     bank_ids,
     encode_input,
@@ -123,6 +125,10 @@ class _Memo(msgspec.Struct, forbid_unknown_fields=True):
     counter: int = 0
     last_round: int = 0
     current: _RoundMemo | None = None
+    #: the global model of the last plan this bank made keys for, and how many plans in a row
+    #: named it (attempts at one input: at most MAX_ATTEMPTS)
+    last_model: bytes = b""
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -227,7 +233,15 @@ class FlowerBank(NodeHandler):
         if not mine or mine[0].n_examples != self.num_examples:
             raise RemoteProtocolError("the plan does not carry this bank's own signed size")
         check_plan(fed, plan, msg.infos)
+        # an aborted round leaves the model unchanged and the next round retries it with a new
+        # graph and new keys: the attempts at one input are bounded (securefl.deploy's rule,
+        # protocols/secagg/spec.md section 12)
+        memo.attempts = memo.attempts + 1 if plan.model_digest == memo.last_model else 1
+        memo.last_model = plan.model_digest
         memo.last_round = plan.round
+        if memo.attempts > MAX_ATTEMPTS:
+            raise ServerFaultError(f"round {plan.round}: attempt {memo.attempts} at the same "
+                                   f"global model, beyond the bound of {MAX_ATTEMPTS}")
         seed = None if self.sim_seed is not None else SystemRandomSource().random_bytes(32)
         memo.current = _RoundMemo(plan=msg.plan.body, seed=seed)
         _, first = self._machine(fed, identity, memo.session, memo.current)
