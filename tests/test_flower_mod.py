@@ -188,6 +188,25 @@ def test_attempts_at_one_global_model_are_bounded(tmp_path: Path,
     assert last == {"1": 3, "2": 3, "3": 3, "4": 0}
 
 
+def test_node_config_errors_are_typed(tmp_path: Path) -> None:
+    """A node config without the keys the mod needs, or with a non-positive size, is refused with
+    ConfigError naming the key (the mod then fails the message: a dropout for the server)."""
+    from securefl.errors import ConfigError
+    from securefl.flower.mod import FlowerBank
+
+    good = {"member": "bank-a", "key": "k", "manifest": "m", "state-dir": "s",
+            "num-examples": 10}
+    assert FlowerBank.from_node_config(good).num_examples == 10
+    for drop in ("member", "key", "manifest", "state-dir", "num-examples"):
+        with pytest.raises(ConfigError, match=drop):
+            FlowerBank.from_node_config({k: v for k, v in good.items() if k != drop})
+    with pytest.raises(ConfigError, match="num-examples"):
+        FlowerBank.from_node_config({**good, "num-examples": 0})
+    with pytest.raises(ConfigError, match="dpsgd-steps"):
+        FlowerBank.from_node_config({**good, "dpsgd-noise-multiplier": 1.0,
+                                     "dpsgd-sample-rate": 0.1, "dpsgd-max-grad-norm": 1.0})
+
+
 def _records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (run_dir / "audit" / "log.jsonl").read_text().splitlines()][1:]
 
