@@ -18,6 +18,8 @@ from securefl.errors import ConfigError
 AGGREGATIONS = ("secagg", "ckks", "plain")
 PARTITIONS = ("natural", "iid", "dirichlet")
 TASKS = ("auto", "classification", "regression")
+#: per-bank record-level (DP-SGD) epsilon over the whole run when DP is on and none is given
+DEFAULT_RECORD_EPSILON = 8.0
 
 
 @dataclass(frozen=True)
@@ -207,4 +209,5 @@ def resolve(config_file: str | Path | None, overrides: dict[str, Any]) -> RunCon
     return from_mapping(values, source=str(config_file) if config_file else "arguments")
 
 
-__all__ = ["AGGREGATIONS", "FIELD_TYPES", "RunConfig", "from_mapping", "load_toml", "resolve"]
+__all__ = ["AGGREGATIONS", "DEFAULT_RECORD_EPSILON", "FIELD_TYPES", "RunConfig", "from_mapping",
+           "load_toml", "resolve"]

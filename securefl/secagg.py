@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from securefl.crypto.random import RandomSource
 
-__all__ = ["SecAggAggregator", "SecAggOutcome"]
+__all__ = ["SecAggAggregator", "SecAggOutcome", "encode_input"]
 
 
 @dataclass

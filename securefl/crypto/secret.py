@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 from typing import NoReturn
 
+__all__ = ["Secret"]
+
 
 class Secret:
     """Secret bytes. ``repr`` is redacted; :meth:`expose` is the one greppable way to read them."""

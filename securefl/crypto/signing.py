@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from securefl.crypto.secret import Secret
 from securefl.errors import CryptoError, SignatureError
 
+__all__ = ["PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "SigningKey", "VerifyKey", "sign_bound", "verify_bound"]
+
 PUBLIC_KEY_SIZE = 32
 SIGNATURE_SIZE = 64
 

@@ -16,6 +16,17 @@ from securefl.errors import DataError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "REGRESSION_METRICS",
+    "accuracy",
+    "classification_metrics",
+    "log_loss",
+    "pr_auc",
+    "regression_metrics",
+    "roc_auc",
+]
+
 CLASSIFICATION_METRICS = ("roc_auc", "pr_auc", "accuracy", "log_loss")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 

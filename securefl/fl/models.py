@@ -14,6 +14,8 @@ from securefl.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+__all__ = ["MODEL_KINDS", "build_model"]
+
 MODEL_KINDS = ("mlp", "logreg")
 
 

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     import torch
     from numpy.typing import NDArray
 
+__all__ = ["from_bytes", "get_flat", "model_tensors", "set_flat", "sha256_hex", "to_bytes"]
+
 
 def get_flat(model: torch.nn.Module) -> NDArray[np.float64]:
     """All parameters, in ``named_parameters`` order, as one float64 vector."""

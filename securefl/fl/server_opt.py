@@ -19,6 +19,8 @@ from securefl.errors import ConfigError, IntegrityError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+__all__ = ["SERVER_OPTIMIZERS", "ServerOptimizer"]
+
 SERVER_OPTIMIZERS = ("fedavg", "fedadam", "fedprox")
 
 

@@ -13,6 +13,16 @@ if TYPE_CHECKING:
     import torch
     from numpy.typing import NDArray
 
+__all__ = [
+    "LOSSES",
+    "OPTIMIZERS",
+    "LocalTrainSpec",
+    "local_train",
+    "loss_function",
+    "make_optimizer",
+    "predict",
+]
+
 LOSSES = {"classification": ("bce",), "regression": ("mse", "huber")}
 OPTIMIZERS = ("sgd", "adam")
 

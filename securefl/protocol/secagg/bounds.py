@@ -53,6 +53,7 @@ __all__ = [
     "Assumptions",
     "Derived",
     "colluder_log2",
+    "default_threshold",
     "derive",
     "isolation_log2",
     "min_threshold",
@@ -114,6 +115,12 @@ class Derived:
 def min_threshold(n: int, colluders: int) -> int:
     """The smallest T with 2T > n + c (bound 1) and T - c >= 2 (bound 2)."""
     return max((n + colluders) // 2 + 1, colluders + 2)
+
+
+def default_threshold(n: int, colluders: int = 0) -> int:
+    """The smallest threshold the active-security bounds allow for n participants and c
+    colluders (:func:`min_threshold`), capped at n: a run's default when none is given."""
+    return min(n, min_threshold(n, colluders))
 
 
 def _default_threshold(n: int, a: Assumptions) -> int:
