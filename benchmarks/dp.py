@@ -1,6 +1,7 @@
 """DP benchmarks: DP-SGD epoch time vs. a non-private epoch, noise throughput, accountant time.
 
 Run: python benchmarks/dp.py [--quick]   (prints a table, writes benchmarks/results/dp.json)
+     python benchmarks/dp.py --collusion   (only the noise colluders leave, printed)
 
 Model: MLP 91-64-32-1 (Linear/ReLU), BCEWithLogits, SGD, on 8,000 synthetic rows with 91 features
 (the shape of the one-hot encoded credit data). The non-private epoch (shuffled mini-batches) and
@@ -128,10 +129,50 @@ def bench_accountants() -> list[dict[str, Any]]:
     return rows
 
 
+def bench_collusion(dim: int = 20_000, z: float = 1.0) -> list[dict[str, Any]]:
+    """The noise left in the released sum after a colluding bank subtracts its own share: 4 banks,
+    bank 0 colluding, threshold T = 3, an honest bank dropped before its input (the worst
+    admissible round), zero updates so the sum is the noise alone. Shares sized for T - c (the
+    rule) against shares sized for T (the rule before issue 16), as a fraction of (z C)^2."""
+    from securefl.aggregation import NoisePlan, RoundSpec
+    from securefl.crypto.random import SimulationRandomness
+    from securefl.runtime import make_aggregator
+
+    rows: list[dict[str, Any]] = []
+    for mode in ("plain", "secagg"):
+        for rule, c in (("T - c", 1), ("T (before)", 0)):
+            agg = make_aggregator(mode, colluders=c)
+            spec = RoundSpec(session_id=bytes(16), round=1, participants=(0, 1, 2, 3),
+                             clip_norm=1.0, threshold=3, noise=NoisePlan(z, 3, colluders=c))
+            rnd = SimulationRandomness(7, bytes(16))
+            out = agg.aggregate(spec, {i: np.zeros(dim) for i in range(4)},
+                                random=lambda cid, what, r=rnd: r.source(1, cid, what),
+                                dropouts={3: agg.stages[0]})
+            own = rnd.source(1, 0, "noise")
+            enc = getattr(out, "encoding", None)
+            if enc is None:
+                left = out.total - gaussian(dim, spec.noise.share_std(1.0), own)  # type: ignore[union-attr]
+                planned = z**2
+            else:
+                left = (out.integer_total.astype(np.float64)  # type: ignore[attr-defined]
+                        - discrete_gaussian(dim, enc.noise_sigma2_int, own))
+                planned = (z / enc.gamma) ** 2
+            rows.append({"mode": mode, "shares sized for": rule, "dim": dim,
+                         "left_over_planned": float(left.var() / planned)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument("--collusion", action="store_true",
+                    help="only measure the noise left after a colluder subtracts its share")
     args = ap.parse_args()
+    if args.collusion:
+        for r in bench_collusion():
+            print(f"{r['mode']:<7} shares sized for {r['shares sized for']:<11} noise left "
+                  f"{r['left_over_planned']:.4f} x (z C)^2 (d = {r['dim']})")
+        return
     torch.set_num_threads(1)
     repeats = 2 if args.quick else 5
     modes = [] if args.quick else ["hooks", "functorch"]
