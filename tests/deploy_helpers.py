@@ -47,7 +47,7 @@ class Fed:
     def server_file(self, run_dir: Path, **extra: Any) -> Path:
         cfg = {"manifest": str(self.manifest), "key": str(self.keys[SERVER]),
                "run_dir": str(run_dir), "run": self.run, "test_data": str(self.test_file),
-               "reproducible_session": True, **extra}
+               "insecure_sim_streams": True, **extra}
         p = self.root / "server.json"
         p.write_text(json.dumps(cfg))
         return p

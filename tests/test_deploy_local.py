@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from deploy_helpers import SERVER, Fed, make_federation, write_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from securefl.crypto.signing import SigningKey
 from securefl.deploy.client import BankNode
@@ -111,10 +113,11 @@ def test_advertisement_signed_by_a_foreign_key_is_refused_by_the_server(
     node = Impostor(**vars(BankNode.from_node_config(fed.node_config(bank, RUN["seed"]))))
     srv = _server(fed, tmp_path / "run")
     link = LocalLink(_banks(fed, **{bank: node}), srv.fed.digest)
-    with caplog.at_level(logging.ERROR, logger="securefl.deploy"), \
-            pytest.raises(AggregationAbortedError):
-        srv.run(link, link.names())
-    assert srv.refused[bank].startswith("SFL401")
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())  # the two others go on without it
+    # its first signed message, the BankInfo, is refused: it never takes part
+    assert srv.refused[bank].startswith("SFL401") and "BankInfo" in srv.refused[bank]
+    assert all(bank not in h["participants"] for h in res["history"])
     assert any("SFL401" in r.getMessage() and bank in r.getMessage() for r in caplog.records)
 
 
@@ -209,6 +212,20 @@ def test_node_state_is_sealed_with_a_node_local_key(fed: Fed, tmp_path: Path) ->
         key_file.chmod(0o600)
 
 
+def _resigned(srv: DeployServer, rs: Any, start: Any, participants: list[str],
+              **fields: Any) -> tuple[list[str], Any, Any]:
+    """A hostile server's plan: ``start`` with other participants (and their weights) and
+    ``fields``, signed with the server's key."""
+    import msgspec
+
+    from securefl.deploy.messages import START_DOMAIN
+    from securefl.protocol import wire
+
+    start = msgspec.structs.replace(start, participants=participants,
+                                    weights={b: rs.weights[b] for b in participants}, **fields)
+    return participants, start, srv._sign(wire.encode(start), START_DOMAIN, start.round)
+
+
 def test_a_round_shrunk_below_the_manifest_threshold_is_refused(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Manifest threshold 3 of 3 banks: a hostile server that leaves one bank out of round 1 (to
@@ -222,17 +239,8 @@ def test_a_round_shrunk_below_the_manifest_threshold_is_refused(
         def _next_round(self, rs: Any, r: int) -> Any:
             if r == 0:
                 return super()._next_round(rs, r)
-            import msgspec
-
-            from securefl.deploy.messages import START_DOMAIN
-            from securefl.protocol import wire
-
-            participants = rs.banks[:2]
-            start, _ = super()._next_round(rs, r)[1:]
-            start = msgspec.structs.replace(start, participants=participants, threshold=2,
-                                            min_survivors=2,
-                                            weights={b: rs.weights[b] for b in participants})
-            return participants, start, self._sign(wire.encode(start), START_DOMAIN, r)
+            start = super()._next_round(rs, r)[1]
+            return _resigned(self, rs, start, rs.banks[:2], threshold=2, min_survivors=2)
 
     srv = Shrinking(ServerSettings.load(f.server_file(tmp_path / "run")))
     link = LocalLink(_banks(f), srv.fed.digest)
@@ -252,14 +260,16 @@ def test_a_round_shrunk_below_the_manifest_threshold_is_refused(
         honest.run(link, link.names())
 
 
-def test_client_sampling_matches_the_simulation(tmp_path: Path) -> None:
-    """clients_per_round < 1: each training round takes max(threshold, round(q n)) banks; with the
-    simulation's seed the deployment draws the same banks as `securefl run` and ends in the same
-    model; the ledger records fixed-size sampling (no amplification claimed)."""
+def test_client_sampling_is_the_public_draw_and_matches_the_simulation(tmp_path: Path) -> None:
+    """clients_per_round < 1: each training round takes max(threshold, round(q n)) banks, drawn
+    from the public randomness (session, round) every bank recomputes; told the same
+    banks, the simulation ends in the same model; the ledger records fixed-size sampling (no
+    amplification claimed)."""
+    import hashlib
     import json
 
     from securefl.config import RunConfig
-    from securefl.runtime import Engine, sample_participants
+    from securefl.runtime import Engine
 
     run = {"rounds": 3, "seed": 3, "clients_per_round": 0.6}
     f = make_federation(tmp_path / "fed", run)
@@ -268,11 +278,22 @@ def test_client_sampling_matches_the_simulation(tmp_path: Path) -> None:
                       for i, b in enumerate(f.banks)}, srv.fed.digest)
     res = srv.run(link, link.names())
     got = [h["participants"] for h in res["history"]]
-    # the draw, recomputed from its definition: 2 of the 3 banks per round, keyed by (seed, round)
-    want = [[f.banks[i] for i in sample_participants(3, r, 3, 0.6)] for r in (1, 2, 3)]
+    session = bytes.fromhex(res["session_id"])
+
+    def rank(r: int, name: str) -> bytes:  # the draw, recomputed from the spec's definition
+        dom = b"securefl/deploy/participants/v1"
+        return hashlib.sha256(len(dom).to_bytes(2, "big") + dom + session + r.to_bytes(8, "big")
+                              + name.encode()).digest()
+
+    want = [sorted(sorted(f.banks, key=lambda b: rank(r, b))[:2], key=f.banks.index)
+            for r in (1, 2, 3)]
     assert got == want and all(len(p) == 2 for p in got)
-    assert len({tuple(p) for p in got}) > 1  # the sample changes between rounds
-    sim = Engine(RunConfig(**run, out=str(tmp_path / "sim"))).run()
+
+    class Told(Engine):  # the simulation, told the deployment's participants
+        def _sample(self, round_: int, n_banks: int) -> tuple[int, ...]:
+            return tuple(f.banks.index(b) for b in got[round_ - 1])
+
+    sim = Told(RunConfig(**run, out=str(tmp_path / "sim"))).run()
     assert res["model_sha256"] == sim.model_sha256
     lines = [json.loads(x) for x in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
     client = [x for x in lines if x.get("level") == "client"]
@@ -362,30 +383,36 @@ def _round_1_aborted(server_cls: type[DeployServer], fed: Fed, tmp_path: Path) -
     return code
 
 
-def test_a_model_tailored_to_one_bank_aborts_the_round_before_unmasking(
-        fed: Fed, tmp_path: Path) -> None:
-    """Pasquini et al. (CCS 2022): a server that sends one bank a different global model can
-    isolate its update even through perfect secure aggregation. The model each bank trained from is
-    the input binding it signs with the survivor set, so no bank reveals a share and the round
-    aborts; the run directory still verifies."""
+def _tailored_model(srv: DeployServer, round_: int, payloads: Any) -> Any:
+    """The share trip's payloads with a different signed global model for the first bank."""
     import msgspec
     import numpy as np
 
     from securefl.deploy.messages import MODEL_DOMAIN, GlobalModel
     from securefl.protocol import wire
 
+    victim = sorted(payloads)[0]
+    p = payloads[victim]
+    gm = wire.decode(p.model.body, GlobalModel)
+    w = np.frombuffer(gm.weights, dtype="<f8").copy()
+    w[0] += 1.0
+    gm = msgspec.structs.replace(gm, weights=w.astype("<f8").tobytes())
+    return {**payloads, victim: msgspec.structs.replace(
+        p, model=srv._sign(wire.encode(gm), MODEL_DOMAIN, round_))}
+
+
+def test_a_model_tailored_to_one_bank_aborts_the_round_before_unmasking(
+        fed: Fed, tmp_path: Path) -> None:
+    """Pasquini et al. (CCS 2022): a server that sends one bank a different global model can
+    isolate its update even through perfect secure aggregation. The model each bank trained from is
+    the input binding it signs with the survivor set, so no bank reveals a share and the round
+    aborts; the run directory still verifies."""
+
+
     class Tailoring(DeployServer):
         def _trip(self, ex: Any, round_: int, stage: str, payloads: Any) -> dict[str, Any]:
             if round_ == 1 and stage == "share":
-                victim = sorted(payloads)[0]
-                p = payloads[victim]
-                if p.model is not None:
-                    gm = wire.decode(p.model.body, GlobalModel)
-                    w = np.frombuffer(gm.weights, dtype="<f8").copy()
-                    w[0] += 1.0
-                    gm = msgspec.structs.replace(gm, weights=w.astype("<f8").tobytes())
-                    payloads = {**payloads, victim: msgspec.structs.replace(
-                        p, model=self._sign(wire.encode(gm), MODEL_DOMAIN, round_))}
+                payloads = _tailored_model(self, round_, payloads)
             return super()._trip(ex, round_, stage, payloads)
 
     # the victim's survivor-set signature covers the model it got: the server's machine refuses it
@@ -423,3 +450,248 @@ def test_fedavg_weights_tailored_per_bank_abort_the_round(
             return super()._trip(ex, round_, stage, payloads)
 
     assert _round_1_aborted(Tailoring, fed, tmp_path)
+
+
+# -- issue 14 on the deployment path: public randomness the banks check -------------------------------
+def _session_hex(digest: str, counter: int) -> str:
+    """The session id recomputed from the spec (section 12), independently of the code."""
+    import hashlib
+
+    dom = b"securefl/deploy/session/v2"
+    return hashlib.sha256(len(dom).to_bytes(2, "big") + dom + bytes.fromhex(digest)
+                          + counter.to_bytes(8, "big")).digest()[:16].hex()
+
+
+def _hello_only(srv: DeployServer, f: Fed) -> None:
+    """Send the hello, then every bank goes silent (the run aborts before round 0 releases)."""
+    link = LocalLink(_banks(f), srv.fed.digest, kill=lambda trip, nid: trip >= 2)
+    with pytest.raises(AggregationAbortedError):
+        srv.run(link, link.names())
+
+
+def test_a_session_id_the_server_chose_or_a_reused_counter_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The session id (the graph's public randomness) is H(domain | manifest digest | counter):
+    a server that picks its own random session id (the old behaviour), or restarts a session
+    with a counter a bank already accepted (to draw fresh graphs), gets no bank to answer."""
+    import json
+    import os
+
+    f = make_federation(tmp_path / "fed", RUN)
+    honest = _server(f, tmp_path / "run0")
+    assert honest.session.hex() == _session_hex(honest.fed.digest, honest.counter)
+    _hello_only(honest, f)
+    state = f.keys[f.banks[0]].with_name(f.keys[f.banks[0]].name + ".state")
+    saved = json.loads((state / f"session-{honest.fed.digest}.json").read_text())
+    assert saved["highest"] == honest.counter
+
+    class OwnSession(DeployServer):
+        def __init__(self, settings: ServerSettings) -> None:
+            super().__init__(settings)
+            self.session = os.urandom(16)
+
+    # the same counter again: a server whose state was reset to just below it
+    replay_dir = tmp_path / "server-state"
+    replay_dir.mkdir()
+    (replay_dir / f"session-{honest.fed.digest}.json").write_text(
+        json.dumps({"highest": honest.counter - 1}))
+    cfg = ServerSettings.load(f.server_file(tmp_path / "run"))
+    for cls, server_settings, why in [
+            (OwnSession, cfg, "not derived from the manifest"),
+            (DeployServer, ServerSettings(**{**vars(cfg), "state_dir": replay_dir}),
+             f"session counter {honest.counter} is not above {honest.counter}")]:
+        srv = cls(server_settings)
+        link = LocalLink(_banks(f), srv.fed.digest)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="securefl.deploy"), \
+                pytest.raises(AggregationAbortedError, match="only 0 banks answered the hello"):
+            srv.run(link, link.names())
+        refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refusals) == 3 and all("SFL307" in m and why in m for m in refusals)
+
+
+def test_participants_the_server_chose_are_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """clients_per_round < 1: a server that picks round 1's banks itself (and with them the
+    graph) instead of the public draw is refused by every bank it picked."""
+    run = {"rounds": 1, "seed": 3, "clients_per_round": 0.6}
+    f = make_federation(tmp_path / "fed", run)
+
+    class Choosing(DeployServer):
+        def _next_round(self, rs: Any, r: int) -> Any:
+            participants, start, signed = super()._next_round(rs, r)
+            if r == 0:
+                return participants, start, signed
+            left_out = next(b for b in rs.banks if b not in participants)
+            chosen = [b for b in rs.banks if b != participants[0]]  # swaps in left_out
+            assert left_out in chosen
+            return _resigned(self, rs, start, chosen)
+
+    srv = Choosing(ServerSettings.load(f.server_file(tmp_path / "run")))
+    link = LocalLink(_banks(f), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())
+    refusals = [r.getMessage() for r in caplog.records if "refused the plan of round 1" in
+                r.getMessage()]
+    assert len(refusals) == 2 and all("SFL307" in m and "public draw" in m for m in refusals)
+    assert res["rounds_completed"] == 0 and res["history"][0]["aborted"] == "SFL310"
+
+
+def test_a_common_weight_vector_that_shrinks_the_other_banks_is_refused(
+        fed: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every bank gets the same signed weights, the victim 1 and the others a tiny but valid
+    1e-9, so the released sum is about the victim's update alone: each bank checks every
+    participant's weight against n_i / max n of the sizes the banks signed themselves."""
+    import msgspec
+
+    from securefl.deploy.messages import START_DOMAIN, RoundStart
+    from securefl.protocol import wire
+
+    class Shrinking(DeployServer):
+        def _trip(self, ex: Any, round_: int, stage: str, payloads: Any) -> dict[str, Any]:
+            if round_ == 1 and stage == "advertise":
+                victim = sorted(payloads)[0]
+                out = {}
+                for b, p in payloads.items():
+                    start = wire.decode(p.start.body, RoundStart)
+                    w = {n: 1.0 if n == victim else 1e-9 for n in start.weights}
+                    start = msgspec.structs.replace(start, weights=w)
+                    out[b] = msgspec.structs.replace(
+                        p, start=self._sign(wire.encode(start), START_DOMAIN, round_))
+                payloads = out
+            return super()._trip(ex, round_, stage, payloads)
+
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        assert _round_1_aborted(Shrinking, fed, tmp_path) == "SFL310"
+    refusals = [r.getMessage() for r in caplog.records if "refused the plan of round 1" in
+                r.getMessage()]
+    assert len(refusals) == 3 and all("SFL307" in m and "FedAvg weights" in m for m in refusals)
+
+
+def test_bank_sizes_the_server_altered_are_refused(
+        fed: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The weights follow from sizes each bank signed itself: a server that forwards the others'
+    sizes as 1 (weights consistent with them) breaks those banks' signatures."""
+    import msgspec
+
+    from securefl.errors import SecureFLError
+
+    class Resizing(DeployServer):
+        def _bank_infos(self, replies: Any) -> Any:
+            infos = super()._bank_infos(replies)
+            victim = sorted(infos)[0]
+            fake = {b: msgspec.structs.replace(i, n_train=1) if b != victim else i
+                    for b, i in infos.items()}
+            replies.update({b: msgspec.structs.replace(r, info=fake[b])
+                            for b, r in replies.items() if b in fake})
+            return fake
+
+    srv = Resizing(ServerSettings.load(fed.server_file(tmp_path / "run")))
+    link = LocalLink(_banks(fed), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"), \
+            pytest.raises(SecureFLError):
+        srv.run(link, link.names())  # round 0 gets no bank: no standardisation, no run
+    refusals = [r.getMessage() for r in caplog.records
+                if "refused the plan of round 0" in r.getMessage()]
+    assert len(refusals) == 3 and all("SFL401" in m for m in refusals)
+
+
+def test_attempts_at_one_global_model_are_bounded(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server that aborts rounds on purpose (a tailored model each time) retries the same
+    global model with a fresh participant draw and graph per round. The banks join at most
+    MAX_ATTEMPTS rounds in a row from one model and refuse the next, even from a server that
+    ignores the bound; an honest server stops there. Every attempt is an aborted record in the
+    audit log, which verifies."""
+
+    from securefl.audit.store import RunStore
+    from securefl.audit.verify import verify_run_dir
+    from securefl.deploy.common import MAX_ATTEMPTS
+
+    run = {"rounds": MAX_ATTEMPTS + 1, "seed": 3}
+    f = make_federation(tmp_path / "fed", run)
+
+    class Retrying(DeployServer):
+        def _trip(self, ex: Any, round_: int, stage: str, payloads: Any) -> dict[str, Any]:
+            if 1 <= round_ <= MAX_ATTEMPTS and stage == "share":  # abort rounds 1..MAX_ATTEMPTS
+                payloads = _tailored_model(self, round_, payloads)
+            return super()._trip(ex, round_, stage, payloads)
+
+    class Unbounded(Retrying):
+        def _aborted_in_a_row(self) -> int:
+            return 0  # ignores the bound
+
+    def records(run_dir: Path) -> list[Any]:
+        verify_run_dir(run_dir)
+        recs = RunStore.open(run_dir).records[1:]
+        assert all(r.status == "aborted" and r.model_sha256_before == r.model_sha256_after
+                   for r in recs)
+        return [r.round for r in recs]
+
+    srv = Unbounded(ServerSettings.load(f.server_file(tmp_path / "bad")))
+    link = LocalLink(_banks(f), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())
+    assert res["rounds_completed"] == 0
+    # the two banks that got the common model each time refuse the 4th attempt at it (the victim
+    # got a different, tailored model in the first three)
+    late = f"round {MAX_ATTEMPTS + 1}: attempt {MAX_ATTEMPTS + 1} at the same global model"
+    refusals = [r.getMessage() for r in caplog.records if late in r.getMessage()]
+    assert len(refusals) == 2 and all("SFL307" in m for m in refusals)
+    assert records(tmp_path / "bad") == list(range(1, MAX_ATTEMPTS + 2))
+
+    honest = Retrying(ServerSettings.load(f.server_file(tmp_path / "run")))
+    link = LocalLink(_banks(f), honest.fed.digest)
+    with pytest.raises(AggregationAbortedError, match=f"round {MAX_ATTEMPTS + 1}: the last "
+                                                      f"{MAX_ATTEMPTS} rounds aborted"):
+        honest.run(link, link.names())
+    assert records(tmp_path / "run") == list(range(1, MAX_ATTEMPTS + 1))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=40), max_size=12))
+def test_session_counters_are_accepted_once_and_in_order(counters: list[int]) -> None:
+    """A bank accepts a session counter only above every counter it accepted before, also after a
+    restart (a fresh SessionCounter reading the same state directory)."""
+    import tempfile
+
+    from securefl.deploy.common import ServerFaultError, SessionCounter
+
+    with tempfile.TemporaryDirectory() as d:
+        highest = 0
+        for c in counters:
+            counter = SessionCounter(Path(d) / "state", "ab" * 32)  # a restarted node each time
+            if c > highest:
+                counter.accept(c)
+                highest = c
+            else:
+                with pytest.raises(ServerFaultError, match="not above"):
+                    counter.accept(c)
+        assert SessionCounter(Path(d) / "state", "ab" * 32).next() == highest + 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=2, max_value=12).flatmap(lambda n: st.tuples(
+    st.just(n), st.sets(st.integers(min_value=0, max_value=n - 1), max_size=n - 2),
+    st.integers(min_value=2, max_value=n), st.integers(min_value=0, max_value=2**20),
+    st.binary(min_size=16, max_size=16))))
+def test_the_participant_draw_is_the_specified_public_function(
+        case: tuple[int, set[int], int, int, bytes]) -> None:
+    """round_participants is exactly the spec's algorithm (recomputed here with hashlib): the
+    first k of the non-excluded banks ranked by SHA-256(domain | session | round | name), in
+    manifest order."""
+    import hashlib
+
+    from securefl.deploy.common import round_participants
+
+    n, excluded_ids, k, round_, session = case
+    banks = [f"bank{i}" for i in range(n)]
+    excluded = [banks[i] for i in sorted(excluded_ids)]
+    dom = b"securefl/deploy/participants/v1"
+    ranked = sorted((hashlib.sha256(len(dom).to_bytes(2, "big") + dom + session
+                                    + round_.to_bytes(8, "big") + b.encode()).digest(), b)
+                    for b in banks if b not in excluded)
+    chosen = {b for _, b in ranked[:k]}
+    got = round_participants(session, round_, banks, excluded, k)
+    assert got == [b for b in banks if b in chosen]
+    assert len(got) == min(k, n - len(excluded))

@@ -167,7 +167,8 @@ def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: 
                         values=np.asarray(values, dtype=np.float64), clip_norm=start.clip_norm,
                         num_participants=len(start.participants),
                         noise_std=noise_share_std(start),
-                        random=randomness(sim_seed, start.session, start.round, cid, "noise"),
+                        random=randomness(sim_seed, start.session, start.round, cid, "noise",
+                                          sim_stream=start.sim_stream),
                         weight=start.weights[member] if start.task == "train" else None)
     state = wire.encode(client.export_round(start.session, start.round))
     return state, ProtocolItem(round=start.round, data=wire.encode(com))
@@ -360,7 +361,7 @@ class KeyHolderNode(NodeHandler):
         # the manifest's threshold is the floor every member signed
         holder = self.load_holder(fed, identity, fed.params.threshold)
         res = holder.decrypt(req, randomness(self.sim_seed, hello.session, req.manifest.round,
-                                              -1, "ckks-flooding"))
+                                              -1, "ckks-flooding", sim_stream=hello.sim_stream))
         self._write_usage(holder)  # durable before anything leaves the node
         log.info("%s released round %d (%d contributions, flooding std %.3g)", self.member,
                  req.manifest.round, len(req.manifest.entries), res.flood_std)

@@ -29,20 +29,28 @@ import msgspec
 import numpy as np
 
 from securefl.crypto.random import SystemRandomSource
-from securefl.crypto.signing import SigningKey, verify_bound
+from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
 from securefl.deploy.common import (
+    MAX_ATTEMPTS,
     NodeHandler,
+    ServerFaultError,
+    SessionCounter,
     bank_ids,
     encode_input,
     encoding_for,
+    fedavg_weights,
+    participant_count,
     protocol_federation,
     randomness,
     round0_input,
+    round_participants,
     round_spec,
     secagg_config,
+    session_id,
     split_standardisation,
 )
 from securefl.deploy.messages import (
+    BANK_INFO_DOMAIN,
     HELLO_DOMAIN,
     MODEL_DOMAIN,
     START_DOMAIN,
@@ -53,6 +61,7 @@ from securefl.deploy.messages import (
     ProtocolItem,
     RoundStart,
     Signed,
+    SignedBankInfo,
 )
 from securefl.dp.bank_budget import caps_from_node_config
 from securefl.errors import ConfigError, DataError, SecureFLError, SignatureError, StateError
@@ -89,6 +98,14 @@ class NodeMemo(msgspec.Struct, forbid_unknown_fields=True):
     record_noise: float | None = None
     ckks_context: bytes | None = None  # the key holder's SignedPublicContext, signature verified
     rounds: dict[int, RoundMemo] = {}
+    #: the banks the last plan declared silent (they stay silent for the session)
+    excluded: list[str] = []
+    #: the last round started in this session (each round runs once, in order)
+    last_round: int = -1
+    #: SHA-256 of the global weights this bank last trained from, and how many rounds in a row
+    #: it trained from them (attempts at one input: at most MAX_ATTEMPTS)
+    last_weights: bytes = b""
+    attempts: int = 0
 
 
 def load_bank_csv(path: str | Path, label: str) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -125,15 +142,24 @@ class BankNode(NodeHandler):
     sim_seed: int | None = None
     #: the node-local key sealing this node's state (default ``<key>.state-key``; NodeHandler)
     state_key_file: Path | None = None
+    #: where this bank persists the highest session counter it accepted (default ``<key>.state``)
+    state_dir: Path | None = None
     #: the bank's own persistent privacy caps (securefl.dp.bank_budget.BankBudget; node config
     #: record-epsilon-cap / client-epsilon-cap / budget-dir), checked before every round
     budget: Any = None
 
+    @property
+    def session_dir(self) -> Path:
+        """Where the highest accepted session counter is kept (``state-dir``)."""
+        return self.state_dir or self.key_path.with_name(self.key_path.name + ".state")
+
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> BankNode:
         try:
+            sd = cfg.get("state-dir")
             return cls(**cls.common_config(cfg), data_path=Path(str(cfg["data-path"])),
                        label=str(cfg.get("label", "default")),
+                       state_dir=Path(str(sd)) if sd else None,
                        budget=caps_from_node_config(cfg, str(cfg["member"]),
                                                     Path(str(cfg["key"])).parent))
         except KeyError as exc:
@@ -148,6 +174,7 @@ class BankNode(NodeHandler):
         memo = wire.decode(state, NodeMemo) if state else NodeMemo()
         out: list[ProtocolItem] = []
         info: BankInfo | None = None
+        info_signature: bytes | None = None
         drafts: list[Draft] = []
         clipped = False
         if msg.hello is not None:
@@ -157,8 +184,15 @@ class BankNode(NodeHandler):
             if hello.plan.aggregation != fed.params.aggregation:
                 raise ConfigError(f"the plan's aggregation {hello.plan.aggregation!r} is not the "
                                   f"manifest's {fed.params.aggregation!r}")
+            if hello.session != session_id(fed.digest, hello.counter):
+                raise ServerFaultError("the session id is not derived from the manifest and the "
+                                       f"session counter {hello.counter}")
+            SessionCounter(self.session_dir, fed.digest).accept(hello.counter)
             memo = NodeMemo(hello=msg.hello.body)
             info, memo.record_noise = self._bank_info(hello)
+            info_signature = sign_bound(identity, domain=BANK_INFO_DOMAIN,
+                                        session_id=hello.session, round_=0,
+                                        message=wire.encode(info))
         hello = self._hello(memo)
         for item in msg.protocol:
             out += self._protocol(fed, identity, memo, hello, item)
@@ -166,7 +200,8 @@ class BankNode(NodeHandler):
             try:
                 start = self._verified(msg.start, server_key, START_DOMAIN, hello.session,
                                        _round_of(msg.start), RoundStart)
-                out += self._start(fed, identity, memo, hello, start, msg.start.body)
+                out += self._start(fed, identity, memo, hello, start, msg.start.body,
+                                   msg.banks)
             except SecureFLError as err:
                 # refuse the new round only: the previous round's unmask above still goes out
                 log.error("%s refused the plan of round %d: %s %s", self.member, env.round,
@@ -180,7 +215,8 @@ class BankNode(NodeHandler):
             if model.round in memo.rounds:  # the SecAgg survivor set is signed with this digest
                 memo.rounds[model.round].model_digest = hashlib.sha256(msg.model.body).digest()
             out += self._submit(fed, identity, memo, hello, model.round, update)
-        reply = ClientPayload(protocol=out, info=info, drafts=drafts, clipped=clipped)
+        reply = ClientPayload(protocol=out, info=info, info_signature=info_signature,
+                              drafts=drafts, clipped=clipped)
         return wire.encode(reply), wire.encode(memo)
 
     @staticmethod
@@ -260,17 +296,64 @@ class BankNode(NodeHandler):
              if rm.field_input is not None else np.zeros(start.dim, dtype=np.uint32))
         client = SecAggClient(cfg, protocol_federation(fed, hello.session), cid, identity, x,
                               randomness(self.sim_seed, hello.session, start.round, cid, "keys",
-                                         rm.seed), input_binding=rm.model_digest)
+                                         rm.seed, sim_stream=hello.sim_stream),
+                              input_binding=rm.model_digest)
         first = client.receive(Start())
         for data in rm.received:
             client.receive(decode_message(data))
         return client, first
 
+    def _check_draw(self, fed: Federation, memo: NodeMemo, hello: Hello, start: RoundStart,
+                    banks: list[SignedBankInfo]) -> None:
+        """The plan against the public randomness and the banks' own signatures (spec section
+        12): every forwarded BankInfo signed by its bank's manifest key for this session; the
+        participants exactly the draw of (session, round) over those banks minus the ones
+        declared silent (a bank declared silent stays so for the session); every FedAvg weight
+        n_i / max n of the signed sizes.
+        ServerFaultError (SignatureError for a forged BankInfo) otherwise."""
+        sizes: dict[str, int] = {}
+        for sb in banks:
+            if sb.member in sizes or sb.member not in fed.clients:
+                raise ServerFaultError(f"round {start.round}: the plan forwards a BankInfo for "
+                                       f"{sb.member!r} twice or outside the manifest")
+            verify_bound(fed.verify_key(sb.member), sb.signature, domain=BANK_INFO_DOMAIN,
+                         session_id=hello.session, round_=0, message=wire.encode(sb.info))
+            sizes[sb.member] = sb.info.n_train
+        eligible = [b for b in fed.clients if b in sizes]
+        if not set(start.excluded) <= set(eligible):
+            raise ServerFaultError(f"round {start.round}: banks declared silent without a "
+                                   "signed BankInfo")
+        back = sorted(set(memo.excluded) - set(start.excluded))
+        if back:
+            raise ServerFaultError(f"round {start.round}: {back[:5]} were declared silent "
+                                   "earlier in this session and are back in the draw")
+        floor = max(2, fed.params.threshold)
+        q = hello.plan.clients_per_round if start.task == "train" else 1.0
+        k = participant_count(len(eligible), len(eligible) - len(set(start.excluded)), q, floor)
+        want = round_participants(hello.session, start.round, eligible, start.excluded, k)
+        if start.participants != want:
+            raise ServerFaultError(
+                f"round {start.round}: participants {start.participants[:8]} are not the "
+                f"public draw {want[:8]} of (session, round)")
+        if start.task == "train":
+            w = fedavg_weights(sizes)
+            bad = [p for p in start.participants if start.weights.get(p) != w[p]]
+            if bad:
+                raise ServerFaultError(
+                    f"round {start.round}: the FedAvg weights of {bad[:5]} are not n_i / max n of "
+                    "the sizes the banks signed")
+
     def _start(self, fed: Federation, identity: SigningKey, memo: NodeMemo, hello: Hello,
-               start: RoundStart, body: bytes) -> list[ProtocolItem]:
+               start: RoundStart, body: bytes, banks: list[SignedBankInfo]
+               ) -> list[ProtocolItem]:
         self._check_plan(fed, start, hello.session)
-        if start.round in memo.rounds:
-            raise StateError(f"round {start.round} was already started on this node")
+        self._check_draw(fed, memo, hello, start, banks)
+        memo.excluded = list(start.excluded)
+        if start.round <= memo.last_round or start.round > hello.plan.rounds:
+            raise ServerFaultError(f"round {start.round}: this session's rounds run once each, "
+                                   f"in order, up to the plan's {hello.plan.rounds} (last started "
+                                   f"here: {memo.last_round})")
+        memo.last_round = start.round
         seed = None if self.sim_seed is not None else SystemRandomSource().random_bytes(32)
         rm = RoundMemo(start=body, seed=seed)
         memo.rounds[start.round] = rm
@@ -326,8 +409,10 @@ class BankNode(NodeHandler):
         cid = ids[self.member]
         r = start.round
         field = encode_input(x, spec, enc,
-                             randomness(self.sim_seed, hello.session, r, cid, "rounding"),
-                             randomness(self.sim_seed, hello.session, r, cid, "noise"))
+                             randomness(self.sim_seed, hello.session, r, cid, "rounding",
+                                        sim_stream=hello.sim_stream),
+                             randomness(self.sim_seed, hello.session, r, cid, "noise",
+                                        sim_stream=hello.sim_stream))
         return field.astype("<u4").tobytes()
 
     def _train(self, fed: Federation, memo: NodeMemo, hello: Hello, model: GlobalModel
@@ -343,6 +428,15 @@ class BankNode(NodeHandler):
         rm = memo.rounds.get(model.round)
         if rm is None or rm.field_input is not None or rm.ckks is not None:
             raise StateError(f"a model for round {model.round}, which is not awaiting one")
+        # an aborted round leaves the model unchanged and the next round retries it: each retry
+        # is a new round and graph for the same input, so the attempts at one model are bounded
+        digest = hashlib.sha256(model.weights).digest()
+        memo.attempts = memo.attempts + 1 if digest == memo.last_weights else 1
+        memo.last_weights = digest
+        if memo.attempts > MAX_ATTEMPTS:
+            raise ServerFaultError(f"round {model.round}: attempt {memo.attempts} at the same "
+                                   f"global model, beyond the bound of {MAX_ATTEMPTS} "
+                                   "(spec section 12)")
         start: RoundStart = wire.decode(rm.start, RoundStart)
         plan = hello.plan
         X, y = load_bank_csv(self.data_path, self.label)
@@ -358,8 +452,8 @@ class BankNode(NodeHandler):
         net = build_model(plan.model, X.shape[1], tuple(plan.hidden))
         set_flat(net, weights)
         cid = bank_ids(fed)[self.member]
-        seed = int.from_bytes(randomness(self.sim_seed, hello.session, model.round, cid, "train")
-                              .random_bytes(8), "big") >> 1
+        seed = int.from_bytes(randomness(self.sim_seed, hello.session, model.round, cid, "train",
+                                         sim_stream=hello.sim_stream).random_bytes(8), "big") >> 1
         drafts: list[Draft] = []
         if memo.record_noise is not None:
             from securefl.dp.dpsgd import dp_train_epochs

@@ -7,6 +7,7 @@ deployment and ``securefl run`` with the same seed compute the same model.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from securefl.aggregation import NoisePlan, RoundSpec
 from securefl.crypto.random import SeededRandomSource, SimulationRandomness, SystemRandomSource
 from securefl.crypto.secret import Secret
-from securefl.errors import ConfigError, SecureFLError, SignatureError
+from securefl.errors import ConfigError, RemoteProtocolError, SecureFLError, SignatureError
 from securefl.federation import Federation
 from securefl.protocol.quantize import Encoding
 from securefl.protocol.secagg import Federation as ProtocolFederation
@@ -33,17 +34,137 @@ if TYPE_CHECKING:
     from securefl.transport.flower import Envelope
 
 __all__ = [
+    "MAX_ATTEMPTS",
+    "SESSION_DOMAIN",
     "NodeHandler",
+    "ServerFaultError",
+    "SessionCounter",
     "bank_ids",
     "encode_input",
     "encoding_for",
+    "fedavg_weights",
     "protocol_federation",
     "randomness",
     "round0_input",
+    "round_participants",
     "round_spec",
     "secagg_config",
+    "session_id",
     "split_standardisation",
 ]
+
+
+class ServerFaultError(RemoteProtocolError):
+    """The server's signed plan breaks a rule every bank checks for itself (protocols/secagg/
+    spec.md section 12): a session id not derived from the manifest and a fresh counter, a
+    counter already used, an attempt beyond the bound, participants not drawn from the public
+    randomness, FedAvg weights that are not the signed bank sizes'."""
+
+    code = "SFL307"
+    default_hint = "the aggregation server deviated from the protocol; stop and investigate it"
+
+
+#: domain of the deployment's session id (section 12 of protocols/secagg/spec.md)
+SESSION_DOMAIN = b"securefl/deploy/session/v2"
+#: domain of the participant draw
+PARTICIPANTS_DOMAIN = b"securefl/deploy/participants/v1"
+#: attempts at one input: rounds in a row a bank trains from the same global model in one
+#: session (the first and at most two retries after aborted rounds; an aborted round leaves the
+#: model unchanged, so the next round retries it). Each attempt is a new round, hence a new
+#: participant draw and graph, so the graph guarantee for one model's updates fails with
+#: probability <= MAX_ATTEMPTS * 2^-security_bits per session (spec section 12)
+MAX_ATTEMPTS = 3
+
+
+def _u64(x: int) -> bytes:
+    return int(x).to_bytes(8, "big")
+
+
+def session_id(manifest_digest: str, counter: int) -> bytes:
+    """The session id every bank recomputes: SHA-256(u16 len(domain) || domain || manifest
+    digest (32 bytes) || u64 counter), first 16 bytes. No party chooses it beyond the counter,
+    which each bank accepts at most once (:class:`SessionCounter`)."""
+    if counter < 1:
+        raise ConfigError(f"session counter {counter} must be >= 1")
+    body = (len(SESSION_DOMAIN).to_bytes(2, "big") + SESSION_DOMAIN
+            + bytes.fromhex(manifest_digest) + _u64(counter))
+    return hashlib.sha256(body).digest()[:16]
+
+
+def round_participants(session: bytes, round_: int, eligible: list[str], excluded: list[str],
+                       k: int) -> list[str]:
+    """The participants of (session, round), from public randomness only: the eligible banks
+    (those whose signed BankInfo the session carries) ordered by SHA-256(u16 len(domain) ||
+    domain || session || u64 round || UTF-8 name), the first ``k`` of them not in ``excluded``
+    (the banks the signed plan declares silent), returned in ``eligible``'s (manifest) order.
+    Every bank recomputes it. A retry of an aborted round is the next round, so each attempt
+    draws anew from the same public randomness."""
+    def rank(name: str) -> bytes:
+        return hashlib.sha256(len(PARTICIPANTS_DOMAIN).to_bytes(2, "big") + PARTICIPANTS_DOMAIN
+                              + session + _u64(round_) + name.encode("utf-8")).digest()
+
+    out = set([b for b in sorted(eligible, key=rank) if b not in excluded][:k])
+    return [b for b in eligible if b in out]
+
+
+def participant_count(eligible: int, available: int, fraction: float, floor: int) -> int:
+    """How many banks a round takes: all available ones, or with client sampling (``fraction``
+    < 1) max(floor, round(fraction * eligible)) of them."""
+    if fraction >= 1:
+        return available
+    return min(available, max(floor, round(fraction * eligible)))
+
+
+def fedavg_weights(sizes: Mapping[str, int]) -> dict[str, float]:
+    """The public FedAvg weight n_i / max n of every bank (the server computes and every bank
+    re-checks them from the signed bank sizes)."""
+    top = max(sizes.values())
+    return {b: n / top for b, n in sizes.items()}
+
+
+class SessionCounter:
+    """The highest session counter a party has used (server) or accepted (bank) for one
+    manifest, in ``<state dir>/session-<manifest digest>.json``: read and replaced atomically
+    under an exclusive lock, so no counter is accepted twice, even by concurrent processes."""
+
+    def __init__(self, state_dir: Path, manifest_digest: str) -> None:
+        self.path = state_dir / f"session-{manifest_digest}.json"
+        self.digest = manifest_digest
+
+    def _update(self, check: Any) -> int:
+        import fcntl
+        import json
+
+        from securefl.storage import atomic_write_json
+
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.path.with_suffix(".lock"), "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            highest = 0
+            if self.path.exists():
+                try:
+                    highest = int(json.loads(self.path.read_text("utf-8"))["highest"])
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    raise ConfigError(f"unreadable session counter {self.path}: {exc}") from exc
+            new: int = check(highest)
+            atomic_write_json(self.path, {"manifest_sha256": self.digest, "highest": new},
+                              mode=0o600)
+            return new
+
+    def next(self) -> int:
+        """The server: one more than the highest counter it used (persisted before use)."""
+        return self._update(lambda highest: highest + 1)
+
+    def accept(self, counter: int) -> None:
+        """A bank: accept ``counter`` only if above every counter it accepted before."""
+        def check(highest: int) -> int:
+            if counter <= highest:
+                raise ServerFaultError(
+                    f"session counter {counter} is not above {highest}, the highest this bank "
+                    "accepted: the server replays or restarts a session")
+            return counter
+
+        self._update(check)
 
 
 def bank_ids(fed: Federation) -> dict[str, int]:
@@ -144,13 +265,18 @@ def split_standardisation(total: NDArray[np.float64], target_scale_log2: int | N
 
 
 def randomness(sim_seed: int | None, session: bytes, round_: int, party: int, purpose: str,
-               stored_seed: bytes | None = None) -> RandomSource:
+               stored_seed: bytes | None = None, *, sim_stream: bytes | None = None
+               ) -> RandomSource:
     """A bank's randomness for one purpose. Deployment: the OS CSPRNG, except for the SecAgg key
     machine, whose stream must be replayable across ClientApp processes and so comes from a
     32-byte seed drawn once per round from the OS CSPRNG and kept in the node's ``context.state``.
-    ``sim_seed`` (INSECURE, tests only): the same streams as ``securefl run --seed``."""
+    ``sim_seed`` (INSECURE, tests only): the same streams as ``securefl run --seed``, keyed by
+    ``sim_stream`` (the simulation's stream id the test server signs into the hello and plans;
+    securefl.runtime.stream_id_for), not by the session id, which the manifest and the session
+    counter fix; without it by the manifest-bound session id."""
     if sim_seed is not None:
-        return SimulationRandomness(sim_seed, session).source(round_, party, purpose)
+        return SimulationRandomness(sim_seed, sim_stream or session).source(round_, party,
+                                                                            purpose)
     if stored_seed is not None:
         return SeededRandomSource(Secret(stored_seed, label="round-seed"),
                                   f"{session.hex()}/{round_}/{party}/{purpose}")

@@ -21,6 +21,7 @@ from securefl.dp.ledger import Draft
 from securefl.protocol import wire
 
 __all__ = [
+    "BANK_INFO_DOMAIN",
     "HELLO_DOMAIN",
     "MAX_PAYLOAD_BYTES",
     "MODEL_DOMAIN",
@@ -33,6 +34,7 @@ __all__ = [
     "RoundStart",
     "ServerPayload",
     "Signed",
+    "SignedBankInfo",
     "TrainPlan",
     "decode_client",
     "decode_server",
@@ -41,6 +43,8 @@ __all__ = [
 START_DOMAIN = "securefl/deploy/v1/round-start"
 MODEL_DOMAIN = "securefl/deploy/v1/global-model"
 HELLO_DOMAIN = "securefl/deploy/v1/hello"
+#: a bank's signature over its own BankInfo (bound to the session)
+BANK_INFO_DOMAIN = "securefl/deploy/v1/bank-info"
 MAX_PAYLOAD_BYTES = 255 * 1024 * 1024
 
 Task = Literal["moments", "train"]
@@ -69,14 +73,24 @@ class TrainPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: ckks: co-signatures the key holder requires, and how many ranked verifiers may be skipped
     ckks_verifiers: Annotated[int, Meta(ge=1)] = 2
     ckks_verifier_skips: Annotated[int, Meta(ge=0)] = 2
+    #: fraction of the banks each training round takes (1: all); the draw is public randomness
+    #: every bank recomputes (securefl.deploy.common.round_participants)
+    clients_per_round: Annotated[float, Meta(gt=0, le=1)] = 1.0
 
 
 class Hello(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The first message of a run: the session, the manifest digest and the plan. Signed."""
+    """The first message of a run: the session, the manifest digest and the plan. Signed.
+    ``session`` must be securefl.deploy.common.session_id(federation, counter), and each bank
+    accepts a counter only above every counter it accepted before (spec section 12)."""
 
     session: Annotated[bytes, Meta(min_length=16, max_length=16)]
     federation: str
     plan: TrainPlan
+    #: the session counter the session id is derived from
+    counter: Annotated[int, Meta(ge=1)]
+    #: INSECURE tests only: the simulation's stream id that nodes with an insecure-sim-seed key
+    #: their random streams by (securefl.runtime.stream_id_for); None in a real deployment
+    sim_stream: Annotated[bytes, Meta(min_length=16, max_length=16)] | None = None
 
 
 class BankInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -91,6 +105,17 @@ class BankInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: regression: the power of two above the bank's largest |target| (< 7 bits of scale), so the
     #: round-0 sum can carry the target's moments scaled into the features' range
     target_abs_log2: Annotated[int, Meta(ge=0, le=1023)] | None = None
+
+
+class SignedBankInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A bank's BankInfo with the bank's own ``sign_bound`` signature (its manifest key,
+    ``BANK_INFO_DOMAIN``, the session, round 0) over ``msgpack(info)``: the server forwards every
+    bank's with each plan, so each bank checks the participants and FedAvg weights against
+    sizes the other banks signed themselves."""
+
+    member: str
+    info: BankInfo
+    signature: Annotated[bytes, Meta(min_length=64, max_length=64)]
 
 
 class RoundStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -114,6 +139,11 @@ class RoundStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     moments_total: list[float] = []
     #: regression: the round-0 vector carries the moments of target / 2^target_scale_log2
     target_scale_log2: Annotated[int, Meta(ge=0, le=1023)] | None = None
+    #: banks the server declares silent (not drawn); the participants are the public draw
+    #: over the other banks whose signed BankInfo the payload carries
+    excluded: list[str] = []
+    #: INSECURE tests only: as Hello.sim_stream
+    sim_stream: Annotated[bytes, Meta(min_length=16, max_length=16)] | None = None
 
 
 class Signed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -152,6 +182,8 @@ class ServerPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     start: Signed | None = None
     #: a signed :class:`GlobalModel` (train rounds, with the key roster)
     model: Signed | None = None
+    #: every bank's self-signed BankInfo (with each RoundStart)
+    banks: list[SignedBankInfo] = []
 
 
 class ClientPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
@@ -160,6 +192,8 @@ class ClientPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 
     protocol: list[ProtocolItem] = []
     info: BankInfo | None = None
+    #: the bank's signature over ``info`` (SignedBankInfo)
+    info_signature: Annotated[bytes, Meta(min_length=64, max_length=64)] | None = None
     #: record-level DP-SGD ledger drafts of this bank's local training (train rounds)
     drafts: list[Draft] = []
     clipped: bool = False

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,14 +40,21 @@ from securefl.config import RunConfig, from_mapping
 from securefl.crypto.signing import sign_bound, verify_bound
 from securefl.deploy.ckks import TRIPS_PER_ROUND as CKKS_TRIPS_PER_ROUND
 from securefl.deploy.common import (
+    MAX_ATTEMPTS,
+    SessionCounter,
     bank_ids,
     encoding_for,
+    fedavg_weights,
+    participant_count,
     protocol_federation,
+    round_participants,
     round_spec,
     secagg_config,
+    session_id,
     split_standardisation,
 )
 from securefl.deploy.messages import (
+    BANK_INFO_DOMAIN,
     HELLO_DOMAIN,
     MODEL_DOMAIN,
     START_DOMAIN,
@@ -59,6 +65,7 @@ from securefl.deploy.messages import (
     RoundStart,
     ServerPayload,
     Signed,
+    SignedBankInfo,
     TrainPlan,
     decode_client,
 )
@@ -117,8 +124,12 @@ class ServerSettings:
     passphrase_file: Path | None = None
     stage_timeout_s: float = 60.0
     wait_nodes_s: float = 120.0
-    #: derive the session id from the run config like ``securefl run`` (tests compare the two)
-    reproducible_session: bool = False
+    #: INSECURE, tests only: sign the simulation's stream id (securefl.runtime.stream_id_for)
+    #: into the hello and plans, so banks with an insecure-sim-seed draw ``securefl run``'s
+    #: streams (tests compare the two); the session id is never affected
+    insecure_sim_streams: bool = False
+    #: where the server persists its session counter (default ``<key>.state``)
+    state_dir: Path | None = None
     #: continue the run in ``run_dir`` after its last committed round (a crashed or stopped
     #: server): a new hello, no new standardisation, the stored model, optimizer and ledger
     resume: bool = False
@@ -131,7 +142,8 @@ class ServerSettings:
             raw = json.loads(Path(path).read_text("utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read the server deployment file {path}: {exc}") from exc
-        opt = {k: raw.get(k) for k in ("test_data", "passphrase_file", "progress")}
+        opt = {k: raw.get(k) for k in ("test_data", "passphrase_file", "progress",
+                                       "state_dir")}
         try:
             return cls(manifest=Path(raw["manifest"]), key=Path(raw["key"]),
                        run_dir=Path(raw["run_dir"]), run=dict(raw.get("run", {})),
@@ -141,7 +153,8 @@ class ServerSettings:
                                         if opt["passphrase_file"] else None),
                        stage_timeout_s=float(raw.get("stage_timeout_s", 60.0)),
                        wait_nodes_s=float(raw.get("wait_nodes_s", 120.0)),
-                       reproducible_session=bool(raw.get("reproducible_session", False)),
+                       insecure_sim_streams=bool(raw.get("insecure_sim_streams", False)),
+                       state_dir=Path(opt["state_dir"]) if opt["state_dir"] else None,
                        resume=bool(raw.get("resume", False)),
                        progress=Path(opt["progress"]) if opt["progress"] else None)
         except KeyError as exc:
@@ -198,6 +211,8 @@ class _Run:
     w: Any  # NDArray[np.float64]: the global weights
     server_opt: Any
     silent: set[str] = field(default_factory=set)
+    #: every bank's self-signed BankInfo, forwarded with each plan
+    signed_infos: list[SignedBankInfo] = field(default_factory=list)
     store: Any = None  # securefl.audit.store.RunStore, created after round 0
     ledger: Ledger = field(default_factory=Ledger)
     test: tuple[Any, Any] | None = None
@@ -229,21 +244,20 @@ class DeployServer:
         self.ckks = self.fed.params.aggregation == "ckks"
         self.trips_per_round = CKKS_TRIPS_PER_ROUND if self.ckks else TRIPS_PER_ROUND
         self.ids = bank_ids(self.fed)
-        self.session = self._session()
+        self.counter = SessionCounter(self.s.state_dir or self.s.key.with_name(
+            self.s.key.name + ".state"), self.fed.digest).next()
+        # public randomness fixed before any key: the manifest and a counter no bank accepts
+        # twice (protocols/secagg/spec.md section 12)
+        self.session = session_id(self.fed.digest, self.counter)
+        self.sim_stream: bytes | None = None
+        if self.s.insecure_sim_streams:
+            from securefl.runtime import stream_id_for
+
+            self.sim_stream = stream_id_for(self.config)
         self.trips: list[dict[str, Any]] = []
         self.refused: dict[str, str] = {}
         self.history: list[dict[str, Any]] = []
         self._hello_digest = bytes(32)
-
-    def _session(self) -> bytes:
-        if self.s.reproducible_session:
-            # the simulation keys its random streams by this id; the banks' test-only
-            # insecure-sim-seed streams must match them
-            from securefl.runtime import stream_id_for
-
-            return stream_id_for(self.config)
-        return hashlib.sha256(b"securefl-deploy-session-v1" + bytes.fromhex(self.fed.digest)
-                              + os.urandom(16)).digest()[:16]
 
     # -- signing ------------------------------------------------------------------------------------
     def _sign(self, body: bytes, domain: str, round_: int) -> Signed:
@@ -332,12 +346,32 @@ class DeployServer:
                                   and d.party == f"bank:{name}"]
                     fl.clipped += int(reply.clipped)
 
+    def _bank_infos(self, replies: Mapping[str, Any]) -> dict[str, BankInfo]:
+        """The hello replies' BankInfos that their bank signed with its manifest key (the banks
+        check participants and weights against them); an unsigned one is refused (logged)."""
+        infos: dict[str, BankInfo] = {}
+        for name, reply in replies.items():
+            if reply.info is None or name not in self.ids:
+                continue
+            try:
+                if reply.info_signature is None:
+                    raise SignatureError("BankInfo without the bank's signature")
+                verify_bound(self.fed.verify_key(name), reply.info_signature,
+                             domain=BANK_INFO_DOMAIN, session_id=self.session, round_=0,
+                             message=wire.encode(reply.info))
+            except SignatureError as err:
+                self.refused[name] = f"{err.code}: BankInfo not signed by its manifest key"
+                log.error("%s refused: %s %s", name, err.code, err.message)
+                continue
+            infos[name] = reply.info
+        return infos
+
     # -- the run ------------------------------------------------------------------------------------
     def plan(self) -> TrainPlan:
         c = self.config
         task = "classification" if c.task == "auto" else c.task
         loss = c.loss if c.loss != "auto" else ("bce" if task == "classification" else "mse")
-        from securefl.runtime import DEFAULT_RECORD_EPSILON
+        from securefl.config import DEFAULT_RECORD_EPSILON
 
         return TrainPlan(model=c.model, hidden=list(c.hidden), task=task, loss=loss,
                          local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr,
@@ -348,12 +382,13 @@ class DeployServer:
                                          else DEFAULT_RECORD_EPSILON),
                          record_noise_multiplier=c.record_noise_multiplier,
                          record_clip=c.record_clip, delta=c.delta,
-                         aggregation="ckks" if c.aggregation == "ckks" else "secagg")
+                         aggregation="ckks" if c.aggregation == "ckks" else "secagg",
+                         clients_per_round=c.clients_per_round)
 
     def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
-               weights: dict[str, float], target_scale_log2: int | None = None
-               ) -> tuple[RoundStart, Signed]:
-        from securefl.runtime import default_threshold
+               weights: dict[str, float], target_scale_log2: int | None = None,
+               excluded: list[str] | None = None) -> tuple[RoundStart, Signed]:
+        from securefl.protocol.secagg.bounds import default_threshold
 
         c = self.config
         k = len(participants)
@@ -362,7 +397,8 @@ class DeployServer:
                                participants=participants, threshold=k, clip_norm=clip,
                                noise_multiplier=0.0, min_survivors=k, degree=None,
                                precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim,
-                               target_scale_log2=target_scale_log2)
+                               target_scale_log2=target_scale_log2,
+                               excluded=excluded or [], sim_stream=self.sim_stream)
         else:
             threshold = min(c.threshold or default_threshold(k, self.fed.params.colluders), k)
             threshold = max(threshold, self.fed.params.threshold)  # k >= it (_next_round)
@@ -372,7 +408,8 @@ class DeployServer:
                                clip_norm=c.clip_norm, noise_multiplier=z,
                                min_survivors=threshold, degree=c.neighbours,
                                precision_bits=self.fed.params.precision_bits,
-                               dim=dim, weights={p: weights[p] for p in participants})
+                               dim=dim, weights={p: weights[p] for p in participants},
+                               excluded=excluded or [], sim_stream=self.sim_stream)
         return start, self._sign(wire.encode(start), START_DOMAIN, round_)
 
     def _flight(self, start: RoundStart) -> _Flight:
@@ -422,11 +459,11 @@ class DeployServer:
                            server=fed.server, nodes=admitted, timeout_s=self.s.stage_timeout_s)
         plan = self.plan()
         hello = self._sign(wire.encode(Hello(session=self.session, federation=fed.digest,
-                                             plan=plan)), HELLO_DOMAIN, 0)
+                                             plan=plan, counter=self.counter,
+                                             sim_stream=self.sim_stream)), HELLO_DOMAIN, 0)
         self._hello_digest = hashlib.sha256(hello.body).digest()  # bound into every SecAgg plan
         replies = self._trip(ex, 0, "hello", {n: ServerPayload(hello=hello) for n in admitted})
-        infos: dict[str, BankInfo] = {n: r.info for n, r in replies.items()
-                                      if r.info is not None and n in self.ids}
+        infos = self._bank_infos(replies)
         banks = [n for n in fed.clients if n in infos]
         if len(banks) < max(2, fed.params.threshold):
             raise AggregationAbortedError(f"only {len(banks)} banks answered the hello")
@@ -444,7 +481,10 @@ class DeployServer:
         torch.manual_seed(c.seed)
         model = build_model(c.model, n_features, c.hidden)
         rs = _Run(plan=plan, banks=banks, infos=infos, sizes=sizes, n_features=n_features,
-                  weights={b: n / max(sizes.values()) for b, n in sizes.items()},
+                  weights=fedavg_weights(sizes),
+                  signed_infos=[SignedBankInfo(member=b, info=infos[b],
+                                               signature=replies[b].info_signature)
+                                for b in banks],
                   bound=float(2.0 ** max(infos[b].moments_norm_log2 + 1 for b in banks)),
                   model=model, w=get_flat(model),
                   server_opt=ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr),
@@ -477,9 +517,14 @@ class DeployServer:
         prev: _Flight | None = None
         carry: dict[str, list[ProtocolItem]] = {}
         for r in range(rs.first_round, c.rounds + 1):
+            if prev is not None and prev.aborted is not None and \
+                    self._aborted_in_a_row() + 1 >= MAX_ATTEMPTS:
+                self._finish(rs, self._secagg_done(prev))  # the last attempt, in the audit log
+                prev = None
             participants, start, signed = self._next_round(rs, r)
             fl = self._flight(start)
-            payloads = {n: ServerPayload(protocol=carry.get(n, []), start=signed)
+            payloads = {n: ServerPayload(protocol=carry.get(n, []), start=signed,
+                                         banks=rs.signed_infos)
                         for n in participants}
             for n, items in carry.items():
                 if n not in payloads:
@@ -556,7 +601,8 @@ class DeployServer:
             participants, start, signed = self._next_round(rs, r)
             model_msg = self._model_message(rs, r)
             first = {n: ServerPayload(protocol=[] if n in sent_context else [context_item],
-                                      start=signed, model=model_msg) for n in participants}
+                                      start=signed, model=model_msg, banks=rs.signed_infos)
+                     for n in participants}
             sent_context |= set(participants)
             names = {self.ids[p]: p for p in participants}
             done = _Done(start=start, names=names, t0=time.monotonic(), aggregation="ckks")
@@ -598,42 +644,42 @@ class DeployServer:
                                 and d.party == f"bank:{name}"]
                 done.clipped += int(reply.clipped)
 
+    def _aborted_in_a_row(self) -> int:
+        """Rounds aborted in a row, most recent first: each left the global model unchanged, so
+        each was an attempt at the same input (MAX_ATTEMPTS bounds them)."""
+        n = 0
+        for h in reversed(self.history):
+            if "aborted" not in h:
+                break
+            n += 1
+        return n
+
     def _next_round(self, rs: _Run, r: int) -> tuple[list[str], RoundStart, Signed]:
-        """Round r's participants (every bank not yet silent) and its signed plan: round 0 sums
-        the moment vectors, later rounds the model updates."""
-        participants = [b for b in rs.banks if b not in rs.silent]
-        floor = max(2, self.fed.params.threshold)
-        if len(participants) < floor:
+        """Round r's participants and its signed plan: round 0 sums the moment vectors, later
+        rounds the model updates. The participants are the public draw every bank recomputes
+        (securefl.deploy.common.round_participants over the banks with a signed BankInfo, the
+        silent ones excluded): all of them, or with ``clients_per_round`` < 1
+        max(floor, round(q n)) of them."""
+        retries = self._aborted_in_a_row()
+        if r > 0 and retries >= MAX_ATTEMPTS:
             raise AggregationAbortedError(
-                f"round {r}: {len(participants)} banks left, fewer than the manifest's threshold "
+                f"round {r}: the last {retries} rounds aborted; the banks refuse more than "
+                f"{MAX_ATTEMPTS} attempts at one global model")
+        excluded = [b for b in rs.banks if b in rs.silent]
+        available = len(rs.banks) - len(excluded)
+        floor = max(2, self.fed.params.threshold)
+        if available < floor:
+            raise AggregationAbortedError(
+                f"round {r}: {available} banks left, fewer than the manifest's threshold "
                 f"{floor}")
-        if r > 0 and self.config.clients_per_round < 1:
-            participants = self._sample(rs, r, participants, floor)
+        k = participant_count(len(rs.banks), available,
+                              self.config.clients_per_round if r > 0 else 1.0, floor)
+        participants = round_participants(self.session, r, rs.banks, excluded, k)
         target_cols = 1 if rs.target_scale_log2 is not None else 0
         dim = 1 + 2 * (rs.n_features + target_cols) if r == 0 else int(rs.w.size)
         start, signed = self._start(r, participants, dim, clip=rs.bound, weights=rs.weights,
-                                    target_scale_log2=rs.target_scale_log2)
+                                    target_scale_log2=rs.target_scale_log2, excluded=excluded)
         return participants, start, signed
-
-    def _sample(self, rs: _Run, r: int, available: list[str], floor: int) -> list[str]:
-        """Per-round client sampling (``clients_per_round`` < 1): max(floor, round(q n)) of the
-        banks still answering, from the OS CSPRNG; with ``reproducible_session`` (tests) the
-        draw of ``securefl run --seed`` (securefl.runtime.sample_participants), restricted to the
-        banks still answering and topped up from them to the floor."""
-        import secrets
-
-        q, n = self.config.clients_per_round, len(rs.banks)
-        k = min(len(available), max(floor, round(q * n)))
-        if self.s.reproducible_session:
-            from securefl.runtime import sample_participants
-
-            drawn = [rs.banks[i] for i in sample_participants(self.config.seed, r, n, q, floor)]
-            chosen = [b for b in drawn if b in available]
-            chosen += [b for b in available if b not in chosen][: max(0, k - len(chosen))]
-        else:
-            pool = list(available)
-            chosen = [pool.pop(secrets.randbelow(len(pool))) for _ in range(k)]
-        return [b for b in rs.banks if b in chosen]  # manifest order
 
     def _model_message(self, rs: _Run, r: int) -> Signed | None:
         if r == 0:
@@ -742,7 +788,9 @@ class DeployServer:
                                   "participants": list(done.start.participants)}
         if done.error is not None:
             alive = [p for p in done.start.participants if p not in rs.silent]
-            record.update(survivors=alive, status="aborted", error_code=done.error.code)
+            record.update(survivors=alive, status="aborted", error_code=done.error.code,
+                          dropouts={p: "silent" for p in done.start.participants
+                                    if p in rs.silent})
             metrics = self.history[-1]["metrics"] if self.history else {}
             rs.store.commit_round(
                 round_=r, record_fields=record,
