@@ -28,6 +28,7 @@ import numpy as np
 from securefl.errors import LocalProtocolError, OverflowRiskError
 from securefl.he.context import PublicContext, SecretContext
 from securefl.he.errors import MalformedCiphertextError
+from securefl.he.framing import check_vector_framing
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -222,6 +223,7 @@ def load_chunks(
     for i, (chunk, size) in enumerate(zip(chunks, sizes, strict=True)):
         if not isinstance(chunk, bytes | bytearray) or not 0 < len(chunk) <= limit:
             raise MalformedCiphertextError(f"chunk {i} is empty or larger than {limit} bytes")
+        check_vector_framing(bytes(chunk), size)  # one ciphertext, before SEAL allocates
         try:
             vec = ts.ckks_vector_from(ctx.raw, bytes(chunk))
             cts = vec.ciphertext()
