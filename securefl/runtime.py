@@ -18,9 +18,10 @@ import numpy as np
 
 from securefl import __version__
 from securefl.aggregation import Aggregator, NoisePlan, RandomFactory, RoundSpec
-from securefl.config import RunConfig
+from securefl.config import DEFAULT_RECORD_EPSILON, RunConfig
 from securefl.crypto.random import SimulationRandomness
 from securefl.errors import BudgetExceededError, ConfigError, DataError
+from securefl.protocol.secagg.bounds import default_threshold
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -51,9 +52,6 @@ PHASES = ("loading data", "standardising", "calibrating noise", "training",
 
 def _no_phase(round_: int, what: str, detail: str) -> None:
     return None
-
-#: per-bank record-level (DP-SGD) epsilon over the whole run when DP is on and none is given
-DEFAULT_RECORD_EPSILON = 8.0
 
 
 @dataclass(frozen=True)
@@ -138,14 +136,6 @@ def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits:
 
         return CKKSAggregator()
     raise ConfigError(f"unknown aggregation {name!r}")
-
-
-def default_threshold(n: int, colluders: int = 0) -> int:
-    """The smallest T the active-security bounds allow for n participants and c colluders:
-    2T > n + c and T >= c + 2 (protocol.secagg.bounds.min_threshold), capped at n."""
-    from securefl.protocol.secagg.bounds import min_threshold
-
-    return min(n, min_threshold(n, colluders))
 
 
 class _Randomness(SimulationRandomness):

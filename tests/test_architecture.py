@@ -103,3 +103,36 @@ def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
     found = [(m, line) for m, _, line in _imports(bad)]
     assert found == [("securefl.deploy.server", 5)]
     assert LAYER["deploy"] > LAYER["crypto"]
+
+
+def _public_names(module: str) -> set[str] | None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    names = getattr(mod, "__all__", None)
+    return set(names) if names is not None else None
+
+
+def _is_submodule(module: str, name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(f"{module}.{name}") is not None if \
+        hasattr(__import__(module, fromlist=["_"]), "__path__") else False
+
+
+def test_deployment_and_flower_import_only_public_names() -> None:
+    """deploy/ and flower/ build on the public API of the parts below them: every name they import
+    from another part is in that module's ``__all__`` (issue 15)."""
+    private = []
+    for part in ("deploy", "flower"):
+        for path in sorted((PACKAGE / part).rglob("*.py")):
+            for module, names, line in _imports(path):
+                if module.startswith(f"securefl.{part}") or module == "securefl":
+                    continue
+                public = _public_names(module)
+                for name in names:
+                    if _is_submodule(module, name):
+                        continue
+                    if public is None or name not in public:
+                        private.append(f"{path.relative_to(ROOT)}:{line}: {module}.{name}")
+    assert not private, "\n".join(private)
