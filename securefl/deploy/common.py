@@ -43,6 +43,7 @@ __all__ = [
     "encode_input",
     "encoding_for",
     "fedavg_weights",
+    "participant_count",
     "protocol_federation",
     "randomness",
     "round0_input",
