@@ -418,12 +418,11 @@ class BankNode(NodeHandler):
     def _train(self, fed: Federation, memo: NodeMemo, hello: Hello, model: GlobalModel
                ) -> tuple[list[Draft], bool, NDArray[np.float64]]:
         """Local training from the signed global model (DP-SGD when the plan says so), clipped to
-        C and scaled by the public FedAvg weight (securefl.runtime.Engine._local_updates)."""
-        import torch
-
+        C and scaled by the public FedAvg weight: the client API's Bank.update, as in a simulation
+        (securefl.bank)."""
+        from securefl.bank import Bank, LocalPlan
         from securefl.fl.models import build_model
-        from securefl.fl.params import get_flat, set_flat
-        from securefl.fl.train import LocalTrainSpec, local_train, loss_function
+        from securefl.fl.train import loss_function
 
         rm = memo.rounds.get(model.round)
         if rm is None or rm.field_input is not None or rm.ckks is not None:
@@ -450,34 +449,18 @@ class BankNode(NodeHandler):
             y = target.transform(y)
         weights = np.frombuffer(model.weights, dtype="<f8").astype(np.float64)
         net = build_model(plan.model, X.shape[1], tuple(plan.hidden))
-        set_flat(net, weights)
         cid = bank_ids(fed)[self.member]
         seed = int.from_bytes(randomness(self.sim_seed, hello.session, model.round, cid, "train",
                                          sim_stream=hello.sim_stream).random_bytes(8), "big") >> 1
-        drafts: list[Draft] = []
-        if memo.record_noise is not None:
-            from securefl.dp.dpsgd import dp_train_epochs
-
-            state, dp_run = dp_train_epochs(
-                net, torch.from_numpy(X), torch.from_numpy(y),
-                loss_fn=loss_function(plan.task, plan.loss), epochs=plan.local_epochs,
-                batch_size=plan.batch_size, lr=plan.lr, optimizer=plan.optimizer,
-                noise_multiplier=memo.record_noise, max_grad_norm=plan.record_clip,
-                random_seed=seed, deployed=self.sim_seed is None)  # OS CSPRNG noise
-            net.load_state_dict(state)
-            drafts.append(dp_run.draft(round=model.round, bank=self.member))
-        else:
-            spec = LocalTrainSpec(task=plan.task, loss=plan.loss, epochs=plan.local_epochs,
-                                  batch_size=plan.batch_size, lr=plan.lr,
-                                  optimizer=plan.optimizer, prox_mu=plan.prox_mu)
-            local_train(net, X, y, spec, seed=seed)
-        delta = get_flat(net) - weights
-        norm = float(np.linalg.norm(delta))
-        clipped = norm > start.clip_norm
-        if clipped:
-            delta = delta * (start.clip_norm / norm)
-        update: NDArray[np.float64] = start.weights[self.member] * delta
-        return drafts, clipped, update
+        bank = Bank(self.member, X, y, task=plan.task, loss=loss_function(plan.task, plan.loss))
+        local = LocalPlan(round=model.round, clip_norm=start.clip_norm,
+                          weight=start.weights[self.member], epochs=plan.local_epochs,
+                          batch_size=plan.batch_size, lr=plan.lr, optimizer=plan.optimizer,
+                          record_noise_multiplier=memo.record_noise,
+                          record_clip=plan.record_clip, prox_mu=plan.prox_mu,
+                          deployed=self.sim_seed is None)  # OS CSPRNG DP-SGD noise
+        update = bank.update(net, weights, local, seed=seed)
+        return list(update.drafts), update.clipped, update.vector
 
     def _charge_budget(self, fed: Federation, hello: Hello, start: RoundStart, n_rows: int,
                        record_noise: float | None) -> None:
