@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from securefl.dp.accountants import epsilon_of_events, to_add_remove
-from securefl.dp.ledger import GENESIS_HASH, MAX_ENTRY_BYTES, Draft, Level
+from securefl.dp.ledger import GENESIS_HASH, MAX_ENTRY_BYTES, MAX_LEDGER_BYTES, Draft, Level
 from securefl.errors import BudgetExceededError, ConfigError, LedgerError, PrivacyError
 
 if TYPE_CHECKING:
@@ -209,7 +209,11 @@ class BankBudget:
     def _read(self) -> list[BudgetCharge]:
         """Verified charges; a torn last line (crash mid-append) is cut off the file."""
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size > MAX_LEDGER_BYTES:
+                    raise LedgerError(f"{self.path}: {size} bytes exceeds {MAX_LEDGER_BYTES}")
+                data = fh.read(size)
         except FileNotFoundError:
             return []
         if data and not data.endswith(b"\n"):
