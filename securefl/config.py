@@ -188,7 +188,8 @@ def from_mapping(values: dict[str, Any], *, source: str = "config") -> RunConfig
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        with p.open("rb") as fh:
+            raw = fh.read(1_000_001)  # bounded: a larger file is refused, never read whole
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
     if len(raw) > 1_000_000:

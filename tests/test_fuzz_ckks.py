@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 WORKER = Path(__file__).parent / "fuzz" / "ckks_worker.py"
-EXAMPLES = int(os.environ.get("SECUREFL_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("SECUREFL_FUZZ_EXAMPLES", "100"))
 
 
 def run_worker(*args: str, tmp: Path | None = None) -> dict[str, Any]:

@@ -11,19 +11,20 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fuzz import mutate
-from fuzz.targets import Target, all_targets
+from fuzz.targets import Target, all_targets, message_targets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from securefl.config import FIELD_TYPES, from_mapping
 from securefl.errors import SecureFLError
 
-EXAMPLES = int(os.environ.get("SECUREFL_FUZZ_EXAMPLES", "150"))
-SLOW_TARGETS = {"audit.run_dir": 40}  # copies and verifies a run directory per example
+EXAMPLES = int(os.environ.get("SECUREFL_FUZZ_EXAMPLES", "100"))
+SLOW_TARGETS = {"audit.run_dir": 30}  # copies and verifies a run directory per example
 TARGETS = all_targets()
 FUZZ = settings(deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -64,6 +65,18 @@ def test_decoder_raises_only_typed_errors(target: Target) -> None:
         typed_or_accepted(target, data)
 
     run()
+
+
+def test_committed_corpus_raises_only_typed_errors() -> None:
+    """Replay tests/fuzz/corpus (atheris' merged corpus, and any crash it ever found) the way
+    tests/fuzz/fuzz_messages.py feeds it: the first byte picks the decoder."""
+    files = sorted((Path(__file__).parent / "fuzz" / "corpus").iterdir())
+    assert len(files) >= 50
+    targets = message_targets()
+    for f in files:
+        data = f.read_bytes()
+        if data:
+            typed_or_accepted(targets[data[0] % len(targets)], data[1:])
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=[t.name for t in TARGETS])

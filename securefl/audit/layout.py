@@ -137,9 +137,17 @@ def decode_commit(data: bytes) -> CommitPointer:
     return ptr
 
 
+#: largest run-directory file read into memory; a larger one is refused before reading (issue 17)
+MAX_FILE_BYTES = 4 << 30
+
+
 def read_bytes(run_dir: Path, rel: str) -> bytes:
     try:
-        return (run_dir / rel).read_bytes()
+        with (run_dir / rel).open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise AuditError(f"{rel}: {size} bytes, more than {MAX_FILE_BYTES}; not read")
+            return fh.read(size)  # read(n) allocates n bytes up front
     except FileNotFoundError as exc:
         raise AuditError(f"{rel}: missing") from exc
     except OSError as exc:

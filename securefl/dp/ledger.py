@@ -280,10 +280,15 @@ class Ledger:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Ledger:
         p = Path(path)
-        size = p.stat().st_size
-        if size > MAX_LEDGER_BYTES:
-            raise LedgerError(f"{p}: {size} bytes exceeds {MAX_LEDGER_BYTES}")
-        return cls.from_bytes(p.read_bytes())
+        try:
+            with p.open("rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size > MAX_LEDGER_BYTES:
+                    raise LedgerError(f"{p}: {size} bytes exceeds {MAX_LEDGER_BYTES}")
+                data = fh.read(size)  # read(n) allocates n bytes up front
+        except OSError as exc:
+            raise LedgerError(f"cannot read the ledger {p}: {exc.strerror}") from exc
+        return cls.from_bytes(data)
 
 
 def json_schema() -> dict[str, Any]:

@@ -11,6 +11,7 @@ over-allocation in SEAL fails here. Prints one JSON line on stdout.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import resource
 import struct
@@ -30,6 +31,8 @@ from securefl.he.vectors import encrypt_chunks, load_chunks
 
 NUM_VALUES = 10
 HEADROOM = 512 << 20
+BATCH = 250
+HANG_S = 300  # one parse stuck this long: dump every thread's stack and exit non-zero
 SEAL_HEADER = struct.Struct("<HBBBBHQ")
 
 
@@ -127,19 +130,28 @@ def main_fuzz(n: int, out_dir: Path) -> dict[str, Any]:
     counts: dict[str, int] = {"accepted": 0, "typed": 0}
     current = out_dir / "current.bin"
 
-    @settings(max_examples=n, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(what=st.sampled_from(["chunk", "chunk", "chunk", "context"]), data=st.data())
-    def run(what: str, data: st.DataObject) -> None:
-        seeds = (chunk, many) if what == "chunk" else (context,)
-        raw = data.draw(mutate.hostile_inputs(seeds, "raw") | st.sampled_from(seeds).flatmap(
-            _seal_header_edits))
-        current.write_bytes(raw)
-        outcome = parse(pub, raw, what)
-        counts["accepted" if outcome == "accepted" else "typed"] += 1
+    def batch(k: int) -> None:
+        @settings(max_examples=k, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(what=st.sampled_from(["chunk", "chunk", "chunk", "context"]), data=st.data())
+        def run(what: str, data: st.DataObject) -> None:
+            seeds = (chunk, many) if what == "chunk" else (context,)
+            raw = data.draw(mutate.hostile_inputs(seeds, "raw")
+                            | st.sampled_from(seeds).flatmap(_seal_header_edits))
+            counts["index"] = counts.get("index", 0) + 1
+            (out_dir / f"input-{counts['index'] % 4}.bin").write_bytes(raw)  # the last 4 inputs
+            current.write_bytes(raw)
+            faulthandler.dump_traceback_later(HANG_S, exit=True)  # a hang fails, with a stack
+            outcome = parse(pub, raw, what)
+            faulthandler.cancel_dump_traceback_later()
+            counts["accepted" if outcome == "accepted" else "typed"] += 1
 
-    run()
-    return {"examples": sum(counts.values()), **counts, "maxrss_mb": rss_mb()}
+        run()
+
+    # batches: hypothesis keeps every example's choices, and these inputs are 256 KiB each
+    for start in range(0, n, BATCH):
+        batch(min(BATCH, n - start))
+    return {"examples": counts["accepted"] + counts["typed"], **counts, "maxrss_mb": rss_mb()}
 
 
 def _seal_header_edits(seed: bytes) -> Any:

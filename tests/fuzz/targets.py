@@ -14,7 +14,6 @@ inputs the decoder accepts and reach the checks behind the parser.
 from __future__ import annotations
 
 import json
-import math
 import re
 import tempfile
 from collections.abc import Callable
@@ -371,11 +370,7 @@ def all_targets() -> list[Target]:
 
 
 def message_targets() -> list[Target]:
-    """The wire-message decoders (the atheris harness's default)."""
-    names = {"secagg.message", "ckks.message", "deploy.server", "deploy.client",
-             "deploy.signed_bodies", "flower.server", "flower.client", "transport.envelope"}
-    return [t for t in all_targets() if t.name in names]
-
-
-def nonfinite() -> tuple[float, ...]:
-    return (math.nan, math.inf, -math.inf)
+    """The decoders that take bytes in memory (no file I/O): every wire message, the ledger, audit
+    records, COMMIT, signed notes, the manifest and the share payload. The atheris default."""
+    file_based = {"federation.identity", "audit.run_dir", "config.toml"}
+    return [t for t in all_targets() if t.name not in file_based]
