@@ -166,6 +166,17 @@ class _Recording:
         return out
 
 
+def _recorded_run(fed: Fed, tmp_path: Path) -> tuple[_Recording, DeployServer]:
+    """One run in which bank 0's every (envelope, state) is kept."""
+    nodes = _banks(fed)
+    rec = _Recording(nodes[0])
+    nodes[0] = rec  # type: ignore[assignment]
+    srv = _server(fed, tmp_path / "run")
+    link = LocalLink(nodes, srv.fed.digest)
+    srv.run(link, link.names())
+    return rec, srv
+
+
 def test_node_state_is_sealed_with_a_node_local_key(fed: Fed, tmp_path: Path) -> None:
     """The state Flower keeps for a bank between messages is AES-GCM ciphertext under a 0600 key
     file on the bank's machine, bound to federation, member and session: a modified state, one
@@ -178,12 +189,7 @@ def test_node_state_is_sealed_with_a_node_local_key(fed: Fed, tmp_path: Path) ->
     from securefl.errors import ConfigError, IntegrityError, MessageError
     from securefl.protocol import wire
 
-    nodes = _banks(fed)
-    rec = _Recording(nodes[0])
-    nodes[0] = rec  # type: ignore[assignment]
-    srv = _server(fed, tmp_path / "run")
-    link = LocalLink(nodes, srv.fed.digest)
-    srv.run(link, link.names())
+    rec, _ = _recorded_run(fed, tmp_path)
     key_file = rec.node.state_key_path
     assert key_file.exists() and key_file.stat().st_mode & 0o777 == 0o600
     assert len(key_file.read_bytes()) == 32
@@ -510,6 +516,18 @@ def test_a_session_id_the_server_chose_or_a_reused_counter_is_refused(
         assert len(refusals) == 3 and all("SFL307" in m and why in m for m in refusals)
 
 
+def _plan_refused(server_cls: type[DeployServer], f: Fed, tmp_path: Path,
+                  caplog: pytest.LogCaptureFixture, round_: int) -> tuple[dict[str, Any], list[str]]:
+    """Run a hostile server; its result and the banks' logged refusals of round ``round_``'s
+    plan."""
+    srv = server_cls(ServerSettings.load(f.server_file(tmp_path / "run")))
+    link = LocalLink(_banks(f), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())
+    return res, [r.getMessage() for r in caplog.records
+                 if f"refused the plan of round {round_}" in r.getMessage()]
+
+
 def test_participants_the_server_chose_are_refused(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """clients_per_round < 1: a server that picks round 1's banks itself (and with them the
@@ -527,12 +545,7 @@ def test_participants_the_server_chose_are_refused(
             assert left_out in chosen
             return _resigned(self, rs, start, chosen)
 
-    srv = Choosing(ServerSettings.load(f.server_file(tmp_path / "run")))
-    link = LocalLink(_banks(f), srv.fed.digest)
-    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
-        res = srv.run(link, link.names())
-    refusals = [r.getMessage() for r in caplog.records if "refused the plan of round 1" in
-                r.getMessage()]
+    res, refusals = _plan_refused(Choosing, f, tmp_path, caplog, 1)
     assert len(refusals) == 2 and all("SFL307" in m and "public draw" in m for m in refusals)
     assert res["rounds_completed"] == 0 and res["history"][0]["aborted"] == "SFL310"
 
@@ -695,3 +708,51 @@ def test_the_participant_draw_is_the_specified_public_function(
     got = round_participants(session, round_, banks, excluded, k)
     assert got == [b for b in banks if b in chosen]
     assert len(got) == min(k, n - len(excluded))
+
+
+def test_a_round_runs_once_per_session(fed: Fed, tmp_path: Path) -> None:
+    """A server that replays a round's signed plan later in the session (to draw its graph and
+    participants again) is refused: each round runs once, in order, up to the plan's count."""
+    import msgspec
+
+    from securefl.deploy.common import ServerFaultError
+    from securefl.deploy.messages import START_DOMAIN, RoundStart, decode_server
+    from securefl.protocol import wire
+
+    rec, srv = _recorded_run(fed, tmp_path)
+    first = next(e for e, _ in rec.seen if e.stage == "advertise" and e.round == 0)
+    last_state = rec.seen[-1][1]
+    with pytest.raises(ServerFaultError, match="rounds run once each, in order"):
+        rec.node.handle(first, last_state)
+    # nor a round beyond the signed plan's round count
+    payload = decode_server(first.payload)
+    late = msgspec.structs.replace(wire.decode(payload.start.body, RoundStart),
+                                   round=RUN["rounds"] + 1)
+    signed = srv._sign(wire.encode(late), START_DOMAIN, late.round)
+    env = msgspec.structs.replace(first, payload=wire.encode(
+        msgspec.structs.replace(payload, start=signed)))
+    with pytest.raises(ServerFaultError, match=f"up to the plan's {RUN['rounds']}"):
+        rec.node.handle(env, last_state)
+
+
+def test_a_bank_declared_silent_stays_silent_for_the_session(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The server may declare banks silent (the draw then skips them); a bank it declared silent
+    cannot come back later in the session, so the server cannot swap banks in and out to choose
+    the graph: the banks that saw it excluded refuse the plan that brings it back."""
+    run = {"rounds": 2, "seed": 3}
+    f = make_federation(tmp_path / "fed", run)
+    back = f.banks[2]
+
+    class Swapping(DeployServer):
+        def _next_round(self, rs: Any, r: int) -> Any:
+            if r == 1:
+                rs.silent.add(back)  # declared silent in round 1 ...
+            if r == 2:
+                rs.silent.discard(back)  # ... and back in round 2
+            return super()._next_round(rs, r)
+
+    res, refusals = _plan_refused(Swapping, f, tmp_path, caplog, 2)
+    assert len(refusals) == 2 and all("SFL307" in m and "declared silent earlier" in m
+                                      for m in refusals)
+    assert [h.get("aborted") for h in res["history"]] == [None, "SFL310"]
