@@ -66,6 +66,7 @@ def main() -> None:
             alone = [v[main_metric] for k, v in base.items() if k.startswith("alone:")]
             rows.append([name, f"{main_metric} {m[main_metric]:.4f}",
                          f"{m['pr_auc']:.4f}" if "pr_auc" in m else f"rmse {m['rmse']:.0f}",
+                         f"{m['log_loss']:.4f}" if "log_loss" in m else "-",
                          f"{base['centralized'][main_metric]:.4f}" if base else "-",
                          f"{min(alone):.4f}-{max(alone):.4f}" if alone else "-",
                          f"{max(rec):.2f}" if rec else "-",
@@ -75,7 +76,7 @@ def main() -> None:
                 "final_metrics", "baselines", "privacy", "seconds", "wall_seconds",
                 "rounds_completed")}})
             print(rows[-1], flush=True)
-    print(table(["run (`securefl run` + flags)", "global test", "PR-AUC / RMSE",
+    print(table(["run (`securefl run` + flags)", "global test", "PR-AUC / RMSE", "log-loss",
                  "centralized", "each bank alone", "record eps (max bank)", "client eps",
                  "seconds"], rows))
     if args.only:

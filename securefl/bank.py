@@ -62,8 +62,8 @@ class LocalPlan:
     optimizer: str = "adam"
     #: record-level DP-SGD noise multiplier z; None: no record-level DP this round
     record_noise_multiplier: float | None = None
-    #: DP-SGD per-example gradient clip
-    record_clip: float = 1.0
+    #: DP-SGD per-example gradient clip (RunConfig's default; see README "Privacy defaults")
+    record_clip: float = 10.0
     #: "auto" (ghost where the model allows it, Opacus otherwise), "ghost" or "opacus"
     dp_backend: str = "auto"
     #: DP-SGD sampling and noise from the OS CSPRNG; False: a seeded generator (reproducible

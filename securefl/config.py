@@ -61,7 +61,7 @@ class RunConfig:
     noise_multiplier: float = 0.02  # client-level z: the sum carries noise std z * clip_norm
     record_epsilon: float | None = None  # per-bank DP-SGD target epsilon (default 8.0)
     record_noise_multiplier: float | None = None
-    record_clip: float = 1.0  # DP-SGD per-example gradient clip
+    record_clip: float = 10.0  # DP-SGD per-example gradient clip (1.0 biased the default model)
     dp_backend: str = "auto"  # DP-SGD: auto | ghost (exact, fast, MLPs) | opacus (PrivacyEngine)
     secure_mode: bool = False  # DP-SGD noise and sampling from the OS CSPRNG (not reproducible)
     delta: float = 1e-5
