@@ -223,7 +223,10 @@ def load_chunks(
     for i, (chunk, size) in enumerate(zip(chunks, sizes, strict=True)):
         if not isinstance(chunk, bytes | bytearray) or not 0 < len(chunk) <= limit:
             raise MalformedCiphertextError(f"chunk {i} is empty or larger than {limit} bytes")
-        check_vector_framing(bytes(chunk), size)  # one ciphertext, before SEAL allocates
+        try:  # one ciphertext of the expected size, before SEAL allocates anything
+            check_vector_framing(bytes(chunk), size)
+        except MalformedCiphertextError as exc:
+            raise MalformedCiphertextError(f"chunk {i}: {exc.message}") from exc
         try:
             vec = ts.ckks_vector_from(ctx.raw, bytes(chunk))
             cts = vec.ciphertext()
