@@ -550,6 +550,35 @@ def test_participants_the_server_chose_are_refused(
     assert res["rounds_completed"] == 0 and res["history"][0]["aborted"] == "SFL310"
 
 
+def test_omitting_a_banks_signed_size_to_swap_it_out_and_back_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Red-team finding H2: instead of declaring a bank silent, the server leaves its signed
+    BankInfo out of round 1's plan (so the public draw runs over the others) and would forward it
+    again later, choosing each round's participants and graph. The draw's bank set is fixed by
+    the session's first plan: the banks refuse the changed set."""
+    run = {"rounds": 2, "seed": 3, "banks": 4}
+    f = make_federation(tmp_path / "fed", run)
+
+    class Omitting(DeployServer):
+        def _next_round(self, rs: Any, r: int) -> Any:
+            if not hasattr(self, "_all"):
+                self._all = (list(rs.banks), list(rs.signed_infos))
+            banks, infos = self._all
+            top = max(banks, key=lambda b: rs.infos[b].n_train)  # weights n_i / max n unchanged
+            out = next(b for b in banks if b != top)
+            if r == 1:
+                rs.banks = [b for b in banks if b != out]
+                rs.signed_infos = [s for s in infos if s.member != out]
+            else:
+                rs.banks, rs.signed_infos = list(banks), list(infos)
+            return super()._next_round(rs, r)
+
+    res, refusals = _plan_refused(Omitting, f, tmp_path, caplog, 1)
+    assert len(refusals) == 3 and all("SFL307" in m and "fixed for the session" in m
+                                      for m in refusals)
+    assert res["history"][0]["round"] == 1 and res["history"][0]["aborted"] == "SFL310"
+
+
 def test_a_common_weight_vector_that_shrinks_the_other_banks_is_refused(
         fed: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Every bank gets the same signed weights, the victim 1 and the others a tiny but valid
@@ -664,23 +693,42 @@ def test_attempts_at_one_global_model_are_bounded(
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=40), max_size=12))
 def test_session_counters_are_accepted_once_and_in_order(counters: list[int]) -> None:
-    """A bank accepts a session counter only above every counter it accepted before, also after a
-    restart (a fresh SessionCounter reading the same state directory)."""
+    """A bank accepts a session counter only above every counter it accepted before and at most
+    MAX_COUNTER_STEP above it (red-team finding H1: a free choice of a larger counter lets the
+    server grind the session id), also after a restart (a fresh SessionCounter reading the same
+    state directory)."""
     import tempfile
 
-    from securefl.deploy.common import ServerFaultError, SessionCounter
+    from securefl.deploy.common import MAX_COUNTER_STEP, ServerFaultError, SessionCounter
 
     with tempfile.TemporaryDirectory() as d:
         highest = 0
         for c in counters:
             counter = SessionCounter(Path(d) / "state", "ab" * 32)  # a restarted node each time
-            if c > highest:
+            if highest < c <= highest + MAX_COUNTER_STEP:
                 counter.accept(c)
                 highest = c
-            else:
+            elif c <= highest:
                 with pytest.raises(ServerFaultError, match="not above"):
                     counter.accept(c)
+            else:
+                with pytest.raises(ServerFaultError, match="grind the session id"):
+                    counter.accept(c)
         assert SessionCounter(Path(d) / "state", "ab" * 32).next() == highest + 1
+
+
+def test_a_counter_jump_the_server_could_grind_is_refused(tmp_path: Path) -> None:
+    """Red-team finding H1: the server searched counters offline for a session id whose draw it
+    liked (14 tries for 5 banks) and jumped to it; a bank accepts only a small step."""
+    from securefl.deploy.common import MAX_COUNTER_STEP, ServerFaultError, SessionCounter
+
+    counter = SessionCounter(tmp_path / "state", "cd" * 32)
+    counter.accept(1)
+    with pytest.raises(ServerFaultError, match="grind"):
+        counter.accept(1_000_013)
+    with pytest.raises(ServerFaultError, match="grind"):
+        counter.accept(2**64 - 1)  # would lock the bank out of the manifest for good
+    counter.accept(1 + MAX_COUNTER_STEP)
 
 
 @settings(max_examples=100, deadline=None)
@@ -756,3 +804,48 @@ def test_a_bank_declared_silent_stays_silent_for_the_session(
     assert len(refusals) == 2 and all("SFL307" in m and "declared silent earlier" in m
                                       for m in refusals)
     assert [h.get("aborted") for h in res["history"]] == [None, "SFL310"]
+
+
+def test_a_model_moved_by_one_ulp_per_retry_does_not_reset_the_attempt_bound(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Red-team finding M3: the per-model attempt count was reset by sending M, M', M, M', ...
+    (M' = M moved by one ULP), so one input met unboundedly many graphs. A bank also counts the
+    rounds since its last unmask that took its masked input and never unmasked it."""
+    import numpy as np
+
+    from securefl.deploy.common import MAX_ATTEMPTS
+    from securefl.deploy.messages import MODEL_DOMAIN, GlobalModel
+    from securefl.protocol import wire
+
+    rounds = MAX_ATTEMPTS + 4
+    f = make_federation(tmp_path / "fed", {"rounds": rounds, "seed": 3})
+
+    class Alternating(DeployServer):
+        def _trip(self, ex: Any, round_: int, stage: str, payloads: Any) -> Any:
+            if round_ >= 1 and stage == "share":  # every training round aborts after the input
+                payloads = _tailored_model(self, round_, payloads)
+            return super()._trip(ex, round_, stage, payloads)
+
+        def _aborted_in_a_row(self) -> int:
+            return 0  # a server that ignores its own bound
+
+        def _model_message(self, rs: Any, r: int) -> Any:
+            if r == 0:
+                return None
+            w = rs.w.astype("<f8").copy()
+            if r % 2 == 0:
+                w[-1] = np.nextafter(w[-1], np.inf)
+            gm = GlobalModel(round=r, weights=w.tobytes(), moments_total=rs.moments_total,
+                             target_scale_log2=rs.target_scale_log2)
+            return self._sign(wire.encode(gm), MODEL_DOMAIN, r)
+
+    srv = Alternating(ServerSettings.load(f.server_file(tmp_path / "run")))
+    link = LocalLink(_banks(f), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"), \
+            pytest.raises(AggregationAbortedError, match="banks left"):
+        srv.run(link, link.names())  # every bank refuses: the run cannot go on
+    bound = [r.getMessage() for r in caplog.records if "never unmasked" in r.getMessage()]
+    # rounds 1..MAX_ATTEMPTS + 1 took masked inputs (the last may await a pipelined unmask); the
+    # next one is refused by all three banks
+    assert len(bound) == 3 and all("SFL307" in m and f"round {MAX_ATTEMPTS + 2}:" in m
+                                   for m in bound)

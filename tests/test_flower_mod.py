@@ -463,3 +463,27 @@ def test_example_app_on_real_flower_processes_verifies(tmp_path: Path) -> None:
     err = np.abs(_flat(final) - _flat(want))
     assert err.max() <= bound
     assert np.abs(_flat(final) - _flat(init)).max() > 10 * bound  # training moved the model
+
+
+def test_a_sparse_secagg_plus_graph_is_refused_on_the_flower_path(tmp_path: Path) -> None:
+    """Red-team finding M4: on this path the Flower strategy, not public randomness, picks the
+    participants, so a malicious server could grind a sparse SecAgg+ graph (its seed hashes the
+    participants). Banks and server accept only the complete graph (classic SecAgg) here."""
+    from securefl.errors import ConfigError
+    from securefl.federation import load_manifest, verify_manifest
+    from securefl.flower.common import FlowerPlan, check_plan
+    from securefl.protocol.secagg import Assumptions, derive
+
+    banks = [f"bank{i:02d}" for i in range(30)]
+    d = derive(30, Assumptions(dropout_fraction=0.1))
+    assert d.degree is not None and d.degree < 29  # a sparse graph the bounds accept
+    params = ProtocolParams(aggregation="secagg", threshold=d.threshold, neighbours=d.degree,
+                            dropout_fraction=0.1, noise_multiplier=0.0)
+    fed = verify_manifest(load_manifest(make_flower_federation(tmp_path, banks, params).manifest))
+    plan = FlowerPlan(session=bytes(16), counter=1, round=1, participants=banks,
+                      threshold=d.threshold, clip_norm=1.0, noise_multiplier=0.0,
+                      min_survivors=d.threshold, degree=d.degree, precision_bits=16, dim=4,
+                      weights={b: 1.0 for b in banks}, model_digest=bytes(32),
+                      config_digest=bytes(32))
+    with pytest.raises(ConfigError, match="classic SecAgg"):
+        check_plan(fed, plan, [])

@@ -100,12 +100,18 @@ class NodeMemo(msgspec.Struct, forbid_unknown_fields=True):
     rounds: dict[int, RoundMemo] = {}
     #: the banks the last plan declared silent (they stay silent for the session)
     excluded: list[str] = []
+    #: the banks whose signed BankInfo the session's first plan forwarded: the draw is over this
+    #: set for the whole session (a server that omits a bank's BankInfo to swap it out and back
+    #: in would choose the participants, and with them the graph)
+    eligible: list[str] = []
     #: the last round started in this session (each round runs once, in order)
     last_round: int = -1
     #: SHA-256 of the global weights this bank last trained from, and how many rounds in a row
     #: it trained from them (attempts at one input: at most MAX_ATTEMPTS)
     last_weights: bytes = b""
     attempts: int = 0
+    #: the last round this bank was asked to unmask (a round that released its sum)
+    last_unmasked: int = -1
 
 
 def load_bank_csv(path: str | Path, label: str) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -320,6 +326,11 @@ class BankNode(NodeHandler):
                          session_id=hello.session, round_=0, message=wire.encode(sb.info))
             sizes[sb.member] = sb.info.n_train
         eligible = [b for b in fed.clients if b in sizes]
+        if memo.eligible and eligible != memo.eligible:
+            raise ServerFaultError(
+                f"round {start.round}: the plan forwards the signed sizes of {eligible[:8]}, not "
+                f"{memo.eligible[:8]} as earlier in this session: the draw's bank set is fixed "
+                "for the session")
         if not set(start.excluded) <= set(eligible):
             raise ServerFaultError(f"round {start.round}: banks declared silent without a "
                                    "signed BankInfo")
@@ -349,6 +360,7 @@ class BankNode(NodeHandler):
         self._check_plan(fed, start, hello.session)
         self._check_draw(fed, memo, hello, start, banks)
         memo.excluded = list(start.excluded)
+        memo.eligible = [b for b in fed.clients if b in {sb.member for sb in banks}]
         if start.round <= memo.last_round or start.round > hello.plan.rounds:
             raise ServerFaultError(f"round {start.round}: this session's rounds run once each, "
                                    f"in order, up to the plan's {hello.plan.rounds} (last started "
@@ -436,6 +448,17 @@ class BankNode(NodeHandler):
             raise ServerFaultError(f"round {model.round}: attempt {memo.attempts} at the same "
                                    f"global model, beyond the bound of {MAX_ATTEMPTS} "
                                    "(spec section 12)")
+        # the same bound whatever the model: rounds since the last unmask in which this bank sent
+        # a masked input that was never unmasked (each one put an input under a fresh graph; a
+        # model moved by one ULP per retry would otherwise reset the count). The previous round
+        # may still await its pipelined unmask.
+        unfinished = [r for r, m in memo.rounds.items()
+                      if memo.last_unmasked < r < model.round - 1 and m.field_input is not None]
+        if len(unfinished) >= MAX_ATTEMPTS:
+            raise ServerFaultError(f"round {model.round}: rounds {unfinished[:5]} took this "
+                                   "bank's masked input and never unmasked; at most "
+                                   f"{MAX_ATTEMPTS} in a row before the previous round is the "
+                                   "bound (spec section 12.1)")
         start: RoundStart = wire.decode(rm.start, RoundStart)
         plan = hello.plan
         X, y = load_bank_csv(self.data_path, self.label)
@@ -533,6 +556,7 @@ class BankNode(NodeHandler):
         out = client.receive(msg)
         if isinstance(msg, UnmaskRequest):
             del memo.rounds[round_]  # the round is over for this bank: forget its secrets
+            memo.last_unmasked = max(memo.last_unmasked, round_)
         return [ProtocolItem(round=round_, data=encode_message(m)) for m in out]
 
 

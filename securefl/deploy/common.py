@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_ATTEMPTS",
+    "MAX_COUNTER_STEP",
     "SESSION_DOMAIN",
     "NodeHandler",
     "ServerFaultError",
@@ -123,6 +124,12 @@ def fedavg_weights(sizes: Mapping[str, int]) -> dict[str, float]:
     return {b: n / top for b, n in sizes.items()}
 
 
+#: how far above the highest counter a bank accepted the next session's counter may be: room for
+#: sessions that crashed before this bank saw them, and the most session ids a server can choose
+#: among for one session (spec section 12.1)
+MAX_COUNTER_STEP = 4
+
+
 class SessionCounter:
     """The highest session counter a party has used (server) or accepted (bank) for one
     manifest, in ``<state dir>/session-<manifest digest>.json``: read and replaced atomically
@@ -157,12 +164,19 @@ class SessionCounter:
         return self._update(lambda highest: highest + 1)
 
     def accept(self, counter: int) -> None:
-        """A bank: accept ``counter`` only if above every counter it accepted before."""
+        """A bank: accept ``counter`` only if above every counter it accepted before, and at most
+        :data:`MAX_COUNTER_STEP` above it: a server free to pick any larger counter could grind
+        the session id (and with it every participant draw and graph seed) offline."""
         def check(highest: int) -> int:
             if counter <= highest:
                 raise ServerFaultError(
                     f"session counter {counter} is not above {highest}, the highest this bank "
                     "accepted: the server replays or restarts a session")
+            if counter > highest + MAX_COUNTER_STEP:
+                raise ServerFaultError(
+                    f"session counter {counter} jumps more than {MAX_COUNTER_STEP} above "
+                    f"{highest}, the highest this bank accepted: a server choosing among many "
+                    "counters could grind the session id (spec section 12.1)")
             return counter
 
         self._update(check)

@@ -238,6 +238,14 @@ def check_plan(fed: Federation, plan: FlowerPlan, infos: Sequence[BankInfo]) -> 
     if plan.precision_bits != p.precision_bits or plan.degree != p.neighbours:
         raise ConfigError(f"round {plan.round}: precision or graph degree differ from the "
                           "manifest's")
+    from securefl.protocol.secagg import derive
+
+    if not derive(len(plan.participants), p.assumptions(), threshold=plan.threshold,
+                  degree=plan.degree).classic:
+        raise ConfigError(
+            f"round {plan.round}: the Flower path runs classic SecAgg (a complete graph) only: "
+            "the Flower strategy, not public randomness, picks the participants, so a server "
+            "could grind a sparse SecAgg+ graph (set the manifest's neighbours to n - 1)")
     w = fedavg_weights(infos)
     if set(plan.weights) != set(plan.participants) or \
             any(plan.weights[m] != w.get(m) for m in plan.participants):
