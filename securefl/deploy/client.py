@@ -294,7 +294,7 @@ class BankNode(NodeHandler):
         also returns Start's output (the advertise message, re-derived identically)."""
         start: RoundStart = wire.decode(rm.start, RoundStart)
         ids = bank_ids(fed)
-        spec = round_spec(start, ids, hashlib.sha256(hello_body).digest())
+        spec = round_spec(start, ids, hashlib.sha256(hello_body).digest(), fed.params)
         enc, threshold = encoding_for(start, spec)
         cfg = secagg_config(start, spec, enc, threshold, fed)
         cid = ids[self.member]
@@ -413,7 +413,7 @@ class BankNode(NodeHandler):
     def _encode(self, fed: Federation, hello: Hello, start: RoundStart,
                 x: NDArray[np.float64]) -> bytes:
         ids = bank_ids(fed)
-        spec = round_spec(start, ids)
+        spec = round_spec(start, ids, params=fed.params)
         if x.size != start.dim:
             raise ConfigError(f"round {start.round}: input of length {x.size}, plan says "
                               f"{start.dim}")
@@ -496,7 +496,7 @@ class BankNode(NodeHandler):
         from securefl.dp.dpsgd import DpSgdRun, dpsgd_schedule
 
         plan = hello.plan
-        spec = round_spec(start, bank_ids(fed))
+        spec = round_spec(start, bank_ids(fed), params=fed.params)
         steps, q = dpsgd_schedule(n_rows, plan.batch_size, plan.local_epochs)
         record = (DpSgdRun(steps, q, record_noise, plan.record_clip, "planned")
                   if record_noise is not None else None)

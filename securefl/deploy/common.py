@@ -19,7 +19,7 @@ from securefl.aggregation import NoisePlan, RoundSpec
 from securefl.crypto.random import SeededRandomSource, SimulationRandomness, SystemRandomSource
 from securefl.crypto.secret import Secret
 from securefl.errors import ConfigError, RemoteProtocolError, SecureFLError, SignatureError
-from securefl.federation import Federation
+from securefl.federation import Federation, ProtocolParams
 from securefl.protocol.quantize import Encoding
 from securefl.protocol.secagg import Federation as ProtocolFederation
 from securefl.protocol.secagg import SecAggConfig
@@ -44,6 +44,7 @@ __all__ = [
     "encode_input",
     "encoding_for",
     "fedavg_weights",
+    "noise_plan",
     "participant_count",
     "protocol_federation",
     "randomness",
@@ -192,11 +193,15 @@ def protocol_federation(fed: Federation, session: bytes) -> ProtocolFederation:
     return ProtocolFederation(session, {i: fed.verify_key(n) for n, i in bank_ids(fed).items()})
 
 
-def round_spec(start: RoundStart, ids: dict[str, int], context: bytes = bytes(32)) -> RoundSpec:
+def round_spec(start: RoundStart, ids: dict[str, int], context: bytes = bytes(32),
+               params: ProtocolParams | None = None) -> RoundSpec:
     """The round's public plan as both sides bind it into SecAgg's plan digest: participants,
     clip, threshold, noise, every participant's FedAvg weight (train rounds must carry exactly
     the participants' weights) and ``context``, the SHA-256 of the signed Hello (the training
-    plan)."""
+    plan). With the manifest's ``params`` the client-level noise plan is sized for its colluders
+    (each share (z C)^2 / h, h = T - c, or SecAgg+'s minimum isolatable honest set:
+    NoisePlan.honest_floor), as ``securefl run`` sizes it, so the honest shares of any completed
+    round carry z C even after the colluders subtract their own."""
     unknown = [p for p in start.participants if p not in ids]
     if unknown:
         raise SignatureError(f"round {start.round} names participants outside the manifest: "
@@ -204,8 +209,7 @@ def round_spec(start: RoundStart, ids: dict[str, int], context: bytes = bytes(32
     if start.task == "train" and set(start.weights) != set(start.participants):
         raise ConfigError(f"round {start.round}: the plan must give a FedAvg weight to exactly "
                           "its participants (the weights are signed into every bank's SecAgg plan)")
-    noise = (NoisePlan(start.noise_multiplier, start.min_survivors)
-             if start.noise_multiplier > 0 else None)
+    noise = noise_plan(start, params)
     order = sorted(start.participants, key=lambda p: ids[p])
     weights = tuple(start.weights[p] for p in order) if start.task == "train" else None
     # the weights and the training plan enter the SecAgg plan digest (a weight or plan tailored to
@@ -215,6 +219,23 @@ def round_spec(start: RoundStart, ids: dict[str, int], context: bytes = bytes(32
                      participants=tuple(ids[p] for p in order),
                      clip_norm=start.clip_norm, threshold=start.threshold, noise=noise,
                      weights=weights, context_digest=context)
+
+
+def noise_plan(start: RoundStart, params: ProtocolParams | None) -> NoisePlan | None:
+    """The round's client-level noise plan (see :func:`round_spec`); None without noise."""
+    if start.noise_multiplier <= 0:
+        return None
+    if params is None:
+        return NoisePlan(start.noise_multiplier, start.min_survivors)
+    isolatable = None
+    if params.aggregation == "secagg":
+        from securefl.secagg import SecAggAggregator
+
+        isolatable = SecAggAggregator(degree=start.degree, assumptions=params.assumptions()
+                                      ).isolatable_honest(len(start.participants),
+                                                          start.min_survivors)
+    return NoisePlan(start.noise_multiplier, start.min_survivors, colluders=params.colluders,
+                     isolatable_honest=isolatable)
 
 
 def encoding_for(start: RoundStart, spec: RoundSpec) -> tuple[Encoding, int]:

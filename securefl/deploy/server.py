@@ -413,7 +413,7 @@ class DeployServer:
         return start, self._sign(wire.encode(start), START_DOMAIN, round_)
 
     def _flight(self, start: RoundStart) -> _Flight:
-        spec = round_spec(start, self.ids, self._hello_digest)
+        spec = round_spec(start, self.ids, self._hello_digest, self.fed.params)
         enc, threshold = encoding_for(start, spec)
         machine = SecAggServer(secagg_config(start, spec, enc, threshold, self.fed),
                                protocol_federation(self.fed, self.session))
@@ -561,7 +561,7 @@ class DeployServer:
             self._finish(rs, self._secagg_done(prev))
 
     def _secagg_done(self, fl: _Flight) -> _Done:
-        from securefl.dp.fedavg import ddg_event
+        from securefl.dp.fedavg import client_round_event
 
         done = _Done(start=fl.start, names=fl.names, t0=fl.t0, drafts=fl.drafts,
                      clipped=fl.clipped, aggregation="secagg")
@@ -571,9 +571,9 @@ class DeployServer:
             done.error = err
             return done
         done.aggregate_digest = hashlib.sha256(done.total.tobytes()).hexdigest()
-        if fl.start.noise_multiplier > 0:
-            done.dp_event = ddg_event(fl.enc.noise_sigma2_int, len(done.survivors),
-                                      fl.enc.sensitivity_int, fl.start.dim)
+        if fl.spec.noise is not None:  # the honest shares, as securefl run records them
+            done.dp_event = client_round_event(fl.spec.noise, len(done.survivors),
+                                               encoding=fl.enc, dim=fl.start.dim)
         return done
 
     def _run_ckks(self, ex: StageExchange, rs: _Run, holder_reply: Any) -> None:
@@ -807,7 +807,8 @@ class DeployServer:
                 clip_norm=c.clip_norm, participants=len(done.start.participants),
                 survivors=len(done.survivors), neighbouring="add_remove",
                 sampling="all" if c.clients_per_round >= 1 else "fixed_size",
-                steps=1))
+                steps=1, colluders=fed.params.colluders,
+                noise_source="seeded_chacha20" if self.s.insecure_sim_streams else "os_csprng"))
         public_weight = [rs.weights.get(n, 0.0) for n in fed.clients]
         rs.w = server_update(rs.server_opt, rs.w, done.total, done.survivors, public_weight,
                              done.weight_total)

@@ -11,7 +11,6 @@ user's ClientApp (``call_next``).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
@@ -192,24 +191,9 @@ def round_start(plan: FlowerPlan) -> RoundStart:
 
 
 def round_spec_for(plan: FlowerPlan, fed: Federation, context: bytes = bytes(32)) -> RoundSpec:
-    """The round's RoundSpec as both sides derive it: securefl.deploy.common.round_spec, with the
-    client-level noise plan sized for the manifest's colluders (each share (z C)^2 / h, h = T - c,
-    or SecAgg+'s minimum isolatable honest set: NoisePlan.honest_floor), as ``securefl run``
-    sizes it (securefl.runtime), so the honest shares of any completed round carry z C even after
-    the colluders subtract their own."""
-    from securefl.aggregation import NoisePlan
-    from securefl.secagg import SecAggAggregator
-
-    spec = round_spec(round_start(plan), bank_ids(fed), context)
-    p = fed.params
-    if plan.noise_multiplier == 0:
-        return spec
-    n = len(plan.participants)
-    isolatable = SecAggAggregator(degree=plan.degree, assumptions=p.assumptions()
-                                  ).isolatable_honest(n, plan.min_survivors)
-    return dataclasses.replace(spec, noise=NoisePlan(plan.noise_multiplier, plan.min_survivors,
-                                                     colluders=p.colluders,
-                                                     isolatable_honest=isolatable))
+    """The round's RoundSpec as both sides derive it: securefl.deploy.common.round_spec, its
+    client-level noise plan sized for the manifest's colluders as ``securefl run`` sizes it."""
+    return round_spec(round_start(plan), bank_ids(fed), context, fed.params)
 
 
 def fedavg_weights(infos: Sequence[BankInfo]) -> dict[str, float]:
