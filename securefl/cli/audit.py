@@ -77,12 +77,9 @@ _MAX_KEY_FILE = 64 * 1024
 def _key_file(path: Path) -> tuple[Any, str]:
     """The Ed25519 public key in ``path`` (identity JSON, PEM or verifier key string) and a
     description of where it came from."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
     from securefl.audit.note import NoteVerifier
     from securefl.crypto.signing import VerifyKey
-    from securefl.errors import ConfigError
+    from securefl.errors import ConfigError, CryptoError
     from securefl.federation import _read_bounded, load_identity
 
     text = _read_bounded(path, _MAX_KEY_FILE, "public key").strip()
@@ -92,12 +89,9 @@ def _key_file(path: Path) -> tuple[Any, str]:
                                     f"role {ident.role})")
     if text.startswith(b"-----BEGIN PUBLIC KEY-----"):
         try:
-            pub = load_pem_public_key(text)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{path}: not a PEM public key") from exc
-        if not isinstance(pub, Ed25519PublicKey):
-            raise ConfigError(f"{path}: not an Ed25519 public key")
-        return VerifyKey(pub.public_bytes_raw()), f"--key {path} (PEM public key)"
+            return VerifyKey.from_pem(text), f"--key {path} (PEM public key)"
+        except CryptoError as exc:
+            raise ConfigError(f"{path}: {exc.message}") from exc
     try:
         return NoteVerifier.from_string(text.decode("utf-8")).key, f"--key {path}"
     except UnicodeDecodeError as exc:

@@ -47,6 +47,19 @@ class VerifyKey:
         except InvalidSignature as exc:
             raise SignatureError(f"invalid signature for key {self.fingerprint()}") from exc
 
+    @classmethod
+    def from_pem(cls, pem: bytes) -> VerifyKey:
+        """An Ed25519 public key from a PEM ``PUBLIC KEY`` block (CryptoError otherwise)."""
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            key = load_pem_public_key(pem)
+        except (ValueError, TypeError) as exc:
+            raise CryptoError("not a PEM public key") from exc
+        if not isinstance(key, Ed25519PublicKey):
+            raise CryptoError("not an Ed25519 public key")
+        return cls(key.public_bytes_raw())
+
     def fingerprint(self) -> str:
         """First 16 hex digits of sha256(public key): safe to log."""
         return hashlib.sha256(self.raw).hexdigest()[:16]
