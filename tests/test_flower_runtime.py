@@ -184,6 +184,24 @@ def test_client_refuses_envelope_for_another_member() -> None:
                               handler=lambda e, s: (b"", b""))
 
 
+def test_a_nodes_refusal_reaches_the_server_as_its_code_only() -> None:
+    """Red-team finding L6: Flower replies with the exception's text, and a message may quote the
+    bank's own data (a CSV cell); only the type and code leave the node."""
+    from securefl.errors import DataError
+
+    env = Envelope(federation=FED, session=SESSION, round=0, stage="s", sender="agg",
+                   receiver="bank-a", payload=b"")
+
+    def refuse(e: Envelope, s: bytes | None) -> tuple[bytes, bytes]:
+        raise DataError("cannot read the bank data: could not convert '4711.23 secret' to float")
+
+    with pytest.raises(DataError) as info:
+        handle_client_message(encode_envelope(env), None, member="bank-a", federation=FED,
+                              handler=refuse)
+    assert "SFL200" in str(info.value) and "4711" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
 def test_run_round_one_round_trip_per_stage() -> None:
     class Machine:
         def __init__(self) -> None:

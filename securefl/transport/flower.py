@@ -28,7 +28,7 @@ from typing import Annotated, Any, Protocol
 import msgspec
 from msgspec import Meta
 
-from securefl.errors import ConfigError, MessageError
+from securefl.errors import ConfigError, MessageError, SecureFLError
 from securefl.protocol import wire
 
 __all__ = [
@@ -259,11 +259,17 @@ def handle_client_message(data: bytes, state: bytes | None, *, member: str, fede
 
     Raises :class:`MessageError` when the envelope is malformed or addressed to another member or
     federation (the ClientApp then returns a Flower error reply; the server counts a dropout).
+    A refusal by ``handler`` leaves the node as the same error type carrying only its code:
+    Flower sends an exception's text to the server, and a message may quote the node's own data
+    (the node's log keeps the whole message).
     """
     env = decode_envelope(data)
     if env.receiver != member or env.federation != federation:
         raise MessageError("envelope addressed to another member or federation")
-    reply, new_state = handler(env, state)
+    try:
+        reply, new_state = handler(env, state)
+    except SecureFLError as err:
+        raise type(err)(f"refused ({err.code}); the reason is in the node's log") from None
     out = Envelope(federation=federation, session=env.session, round=env.round, stage=env.stage,
                    sender=member, receiver=env.sender, payload=reply)
     return encode_envelope(out), new_state
