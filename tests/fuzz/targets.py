@@ -156,6 +156,8 @@ def each(*decoders: Decoder) -> Decoder:
 class NoneAccepted(SecureFLError):
     """Every decoder of an :func:`each` target refused the input with a typed error."""
 
+    code = "SFL990"  # test-only; unique, as tests/test_cli.py requires of every error class
+
 
 # --- decoders -------------------------------------------------------------------------------------
 def _secagg() -> Target:
