@@ -117,18 +117,20 @@ def check_commitment_set(
     Returns the set's digest."""
     digest = verify_set_signature(cs, server_key)
     for e in cs.entries:
-        key = federation.get(e.client_id)
-        if key is None:
-            raise SignatureError(f"client {e.client_id} is not enrolled in the federation")
-        verify_bound(
-            key,
-            e.signature,
-            domain=DOMAIN_COMMITMENT,
-            session_id=cs.session_id,
-            round_=cs.round,
-            message=commitment_message(e.client_id, cs.num_values, e.commitment),
-        )
+        verify_commitment(federation, e.client_id, cs.session_id, cs.round, cs.num_values,
+                          e.commitment, e.signature)
     return digest
+
+
+def verify_commitment(federation: Mapping[int, VerifyKey], client_id: int, session_id: bytes,
+                      round_: int, num_values: int, commitment: bytes, signature: bytes) -> None:
+    """``signature`` is the enrolled client's signature of its commitment for this round
+    (SignatureError otherwise, also for a client outside the federation)."""
+    key = federation.get(client_id)
+    if key is None:
+        raise SignatureError(f"client {client_id} is not enrolled in the federation")
+    verify_bound(key, signature, domain=DOMAIN_COMMITMENT, session_id=session_id, round_=round_,
+                 message=commitment_message(client_id, num_values, commitment))
 
 
 def check_entries(

@@ -30,7 +30,6 @@ from securefl.errors import (
 from securefl.he.context import PublicContext
 from securefl.he.vectors import ciphertext_digest, load_chunks
 from securefl.protocol.ckks.canonical import (
-    commitment_message,
     commitment_set_digest,
     commitment_value,
     contribution_message,
@@ -38,9 +37,8 @@ from securefl.protocol.ckks.canonical import (
     release_message,
     verifier_ranking,
 )
-from securefl.protocol.ckks.checks import verify_cosignature
+from securefl.protocol.ckks.checks import verify_commitment, verify_cosignature
 from securefl.protocol.ckks.config import (
-    DOMAIN_COMMITMENT,
     DOMAIN_COMMITMENT_SET,
     DOMAIN_CONTRIBUTION,
     DOMAIN_RELEASE,
@@ -199,17 +197,8 @@ class CKKSServer:
             raise RemoteProtocolError(f"client {c.client_id} already committed")
         if c.num_values != self.num_values:
             raise RemoteProtocolError("commitment has the wrong number of values")
-        key = self.federation.get(c.client_id)
-        if key is None:
-            raise SignatureError(f"client {c.client_id} is not enrolled")
-        verify_bound(
-            key,
-            c.signature,
-            domain=DOMAIN_COMMITMENT,
-            session_id=c.session_id,
-            round_=c.round,
-            message=commitment_message(c.client_id, c.num_values, c.commitment),
-        )
+        verify_commitment(self.federation, c.client_id, c.session_id, c.round, c.num_values,
+                          c.commitment, c.signature)
         data.commitments[c.client_id] = c
 
     def close_commitments(self) -> CommitmentSet:
