@@ -177,7 +177,7 @@ class CKKSKeyHolder:
 
     @property
     def has_long_lived_key(self) -> bool:
-        """True when rounds without a round key use the long-lived key (deployment today)."""
+        """True when rounds without a round key use the long-lived key (`securefl keys ckks`)."""
         return self._ctx is not None
 
     @property
