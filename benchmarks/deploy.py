@@ -17,6 +17,8 @@ CKKS: commit incl. local training, reveal, verify, decrypt).
     python benchmarks/deploy.py --aggregation ckks --sizes 3   # + the key holder's SuperNode
                                                                # -> benchmarks/results/deploy-ckks.json
 
+    python benchmarks/deploy.py --round-keys-only   # the CKKS key holder node's per-round key cost
+
 With CKKS the three models differ only by CKKS's own encryption error (the seed fixes every other
 random draw): the table reports the largest weight difference instead of hash equality.
 """
@@ -127,12 +129,83 @@ def flower(f: Any, root: Path) -> dict[str, Any]:
             "model_sha256": RunStore.open(root / "run").model_sha256(ROUNDS)}
 
 
+def round_key_cost(root: Path, reps: int = 7) -> dict[str, Any]:
+    """The CKKS key holder node's added cost per round (medians over ``reps`` rounds): handling
+    the KeyRequest (hello check, SEAL key generation, export, sealing the node state, the usage
+    file's fsync), reloading the sealed round key for the decryption, and each bank's check of
+    the context (signature, parse); the context's bytes to each bank and the sealed state's."""
+    import numpy as np
+
+    from securefl.crypto.aead import open_sealed
+    from securefl.deploy.ckks import (
+        KeyHolderMemo,
+        KeyHolderNode,
+        bank_round_context,
+        contexts_in,
+        key_request,
+    )
+    from securefl.deploy.messages import (
+        HELLO_DOMAIN,
+        Hello,
+        ProtocolItem,
+        ServerPayload,
+        decode_client,
+    )
+    from securefl.deploy.server import DeployServer, ServerSettings
+    from securefl.protocol import wire
+    from securefl.transport.flower import Envelope
+
+    f = make_federation(root / "fed", {"rounds": reps, "seed": 0, "aggregation": "ckks"})
+    srv = DeployServer(ServerSettings.load(f.server_file(root / "run")))
+    fed, session = srv.fed, srv.session
+    hello = srv._sign(wire.encode(Hello(session=session, federation=fed.digest, plan=srv.plan(),
+                                        counter=srv.counter)), HELLO_DOMAIN, 0)
+    node = KeyHolderNode.from_node_config({**f.key_holder_config(sim_seed=None),
+                                           "usage-file": str(root / "usage.json")})
+    identity = node.identity(fed)
+    state: bytes | None = None
+    cols: dict[str, list[float]] = {"kh_cpu": [], "kh_wall": [], "reload": [], "bank": []}
+    ctx_bytes = state_bytes = 0
+    for r in range(reps):
+        env = Envelope(federation=fed.digest, session=session, round=r, stage="key",
+                       sender=fed.server, receiver=node.member,
+                       payload=wire.encode(ServerPayload(hello=hello,
+                                                         protocol=[key_request(session, r)])))
+        c, w = time.process_time(), time.perf_counter()
+        reply, state = node.handle(env, state)
+        cols["kh_cpu"].append(time.process_time() - c)
+        cols["kh_wall"].append(time.perf_counter() - w)
+        memo = wire.decode(open_sealed(node._state_key(), state, aad=node._state_context(env)),
+                           KeyHolderMemo)
+        c = time.process_time()
+        node.load_holder(fed, identity, session, memo)
+        cols["reload"].append(time.process_time() - c)
+        context = contexts_in(decode_client(reply))[r]
+        c = time.process_time()
+        bank_round_context(fed, ProtocolItem(round=r, data=context), session)
+        cols["bank"].append(time.process_time() - c)
+        ctx_bytes, state_bytes = len(context), len(state)
+    med = {k: float(np.median(v)) for k, v in cols.items()}
+    print(f"deployment round key (N=8192 [60, 60, 60], medians of {reps}): key holder node "
+          f"{1e3 * med['kh_cpu']:.1f} ms CPU ({1e3 * med['kh_wall']:.1f} ms wall incl. the usage "
+          f"file's fsync), reload of the sealed key at the decryption {1e3 * med['reload']:.1f} "
+          f"ms CPU, each bank {1e3 * med['bank']:.1f} ms CPU; {ctx_bytes / 1024:.1f} KiB to each "
+          f"bank per round; sealed key holder state {state_bytes / 1024:.1f} KiB", flush=True)
+    return {**med, "context_bytes": ctx_bytes, "state_bytes": state_bytes}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="3 SuperNodes only")
     ap.add_argument("--sizes", type=int, nargs="*", help="SuperNode counts (default 3 10)")
     ap.add_argument("--aggregation", choices=("secagg", "ckks"), default="secagg")
+    ap.add_argument("--round-keys-only", action="store_true",
+                    help="only the CKKS key holder node's per-round key cost (prints)")
     args = ap.parse_args()
+    if args.round_keys_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            round_key_cost(Path(tmp))
+        return
     global AGGREGATION
     AGGREGATION = args.aggregation
     import logging

@@ -220,3 +220,38 @@ def test_spec_diagram_is_generated_from_the_tables():
     for table in (CLIENT_TRANSITIONS, SERVER_TRANSITIONS, KEY_HOLDER_TRANSITIONS):
         for (state, event), tr in table.items():
             assert f"{state.name} --> {tr.next_state.name}: {event.__name__}" in spec
+
+
+def test_a_round_key_is_exported_for_sealed_storage_and_restored_only_where_it_belongs() -> None:
+    """A key holder node keeps a waiting round key in its sealed node state between messages
+    (securefl.deploy.ckks.KeyHolderNode): the export is a redacted Secret, the restore gives the
+    same round key back, and a restore over a keyed or released round, or of a context that is not
+    this secret key's for that round, is refused."""
+    from securefl.he.context import load_secret_context
+
+    sk = SigningKey.generate()
+
+    def holder() -> CKKSKeyHolder:
+        return CKKSKeyHolder(sk, None, {}, params=DEFAULT_PARAMS, min_clients=1, verifiers=1)
+
+    first = holder()
+    signed = first.round_context(SESSION, 1)
+    secret, same = first.export_round_key(SESSION, 1)
+    assert same == signed and "redacted" in repr(secret)
+    with pytest.raises(StateError):
+        first.export_round_key(SESSION, 2)  # no key waits there
+    again = holder()
+    again.restore_round_key(SESSION, 1, load_secret_context(secret, DEFAULT_PARAMS), signed)
+    assert again.state(SESSION, 1) is KeyHolderState.KEYED
+    assert again.round_context(SESSION, 1) == signed  # the same key, not a new one
+    with pytest.raises(StateError, match="already has a key"):
+        again.restore_round_key(SESSION, 1, load_secret_context(secret, DEFAULT_PARAMS), signed)
+    other = holder()
+    with pytest.raises(StateError, match="not this round key's"):  # signed for round 1, not 2
+        other.restore_round_key(SESSION, 2, load_secret_context(secret, DEFAULT_PARAMS), signed)
+    foreign = holder().round_context(SESSION, 1)  # another secret key's context for round 1
+    with pytest.raises(StateError, match="not this round key's"):
+        other.restore_round_key(SESSION, 1, load_secret_context(secret, DEFAULT_PARAMS), foreign)
+    other.restore_usage(0, {(SESSION, 3)})
+    with pytest.raises(StateError, match="already has a key or a release"):
+        other.restore_round_key(SESSION, 3, load_secret_context(secret, DEFAULT_PARAMS), signed)

@@ -47,7 +47,7 @@ def test_check_key_holder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert f"OK: {KEY_HOLDER} is the ckks-key-holder" in out
-    assert "0 of" in out and "0 rounds released" in out
+    assert "a fresh CKKS key per round" in out and "0 rounds released" in out
     # a bank's key is not the key holder's; a bank is not the key holder
     args = _parse([*base, "--key", str(f.keys[f.banks[0]])])
     with pytest.raises(SignatureError, match="not the key the manifest lists"):

@@ -205,6 +205,13 @@ def test_node_config_errors_are_typed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="dpsgd-steps"):
         FlowerBank.from_node_config({**good, "dpsgd-noise-multiplier": 1.0,
                                      "dpsgd-sample-rate": 0.1, "dpsgd-max-grad-norm": 1.0})
+    # a record-level cap needs a declared mechanism to charge; a cap must be a positive number
+    with pytest.raises(ConfigError, match="record-epsilon-cap needs"):
+        FlowerBank.from_node_config({**good, "record-epsilon-cap": 2.0})
+    with pytest.raises(ConfigError, match="client_epsilon_cap must be a positive number"):
+        FlowerBank.from_node_config({**good, "client-epsilon-cap": -1})
+    capped = FlowerBank.from_node_config({**good, "client-epsilon-cap": 3, "budget-dir": "b"})
+    assert capped.budget is not None and capped.budget.path.parent == Path("b")
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
@@ -487,3 +494,57 @@ def test_a_sparse_secagg_plus_graph_is_refused_on_the_flower_path(tmp_path: Path
                       config_digest=bytes(32))
     with pytest.raises(ConfigError, match="classic SecAgg"):
         check_plan(fed, plan, [])
+
+
+# --- the bank's own budget caps (red-team finding M5) -----------------------------------------------
+DECLARED = {"dpsgd-noise-multiplier": 1.1, "dpsgd-sample-rate": 0.01, "dpsgd-steps": 100,
+            "dpsgd-max-grad-norm": 1.0}
+
+
+def test_a_bank_refuses_the_round_that_would_pass_its_record_cap_before_it_advertises(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """bank-a declares its DP-SGD and caps its record-level epsilon so that exactly one round's
+    mechanism fits (counted here with the accountant on the events built by hand). Round 1: it
+    takes part. Round 2: it refuses the plan (BudgetExceededError) before making or advertising a
+    key, its fit never runs again, and the others' round releases their sum without it."""
+    from securefl.dp.accountants import epsilon_of_events
+    from securefl.dp.bank_budget import BUDGET_FILE
+    from securefl.dp.events import GaussianEvent, PoissonSampledEvent, SelfComposedEvent
+
+    one = SelfComposedEvent(PoissonSampledEvent(0.01, GaussianEvent(1.1)), 100)
+    eps1, eps2 = (epsilon_of_events([one] * k, 1e-5) for k in (1, 2))
+    assert eps1 < eps2
+    cap = (eps1 + eps2) / 2
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    budget_dir = tmp_path / "bank-a-budget"
+    calls: list[str] = []
+    extra = {"bank-a": {**DECLARED, "record-epsilon-cap": cap, "budget-dir": str(budget_dir)}}
+    _, run_dir, _ = _run(tmp_path, params, rounds=2, extra_config=extra, calls=calls)
+    r1, r2 = _records(run_dir)
+    assert r1["status"] == r2["status"] == "committed"
+    assert "bank-a" in r1["survivors"]
+    assert r2["survivors"] == ["bank-b", "bank-c"] and "bank-a" in r2["dropouts"]
+    assert calls.count("bank-a") == 1 and calls.count("bank-b") == 2
+    refusals = [r.getMessage() for r in caplog.records if "SFL501" in r.getMessage()]
+    assert len(refusals) == 1 and "bank-a refused round 2 stage advertise" in refusals[0]
+    assert "record epsilon" in refusals[0]
+    # its own ledger holds round 1 only: the refused round is not charged
+    lines = (budget_dir / BUDGET_FILE).read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == [1]
+
+
+def test_a_client_cap_refuses_a_plan_without_client_level_noise(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Without client-level noise a round's client-level epsilon is unbounded: a bank with a
+    client cap refuses it before its advertisement, the others go on."""
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    calls: list[str] = []
+    extra = {"bank-a": {"client-epsilon-cap": 8.0, "budget-dir": str(tmp_path / "b")}}
+    _, run_dir, _ = _run(tmp_path, params, extra_config=extra, calls=calls)
+    (rec,) = _records(run_dir)
+    assert rec["survivors"] == ["bank-b", "bank-c"] and "bank-a" not in calls
+    assert any("SFL501" in r.getMessage() and "unbounded" in r.getMessage()
+               for r in caplog.records)
+    assert not (tmp_path / "b" / "privacy-budget.jsonl").exists()

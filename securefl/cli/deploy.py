@@ -1,6 +1,6 @@
 """``securefl deploy``: write the Flower App a deployment runs, and check a bank's or the CKKS key
 holder's node setup before starting its SuperNode (manifest fully signed, identity key listed in
-the right role, data or CKKS secret key readable and private)."""
+the right role, the data readable, the key holder's usage file readable)."""
 
 from __future__ import annotations
 
@@ -41,19 +41,19 @@ def _check_key_holder(args: Any) -> int:
     from securefl.deploy.ckks import KeyHolderNode
 
     cfg = {"role": "ckks-key-holder", "member": args.member, "key": args.key,
-           "manifest": args.manifest, "ckks-keys": args.ckks_keys}
-    for opt, name in (("passphrase_file", "passphrase-file"), ("usage_file", "usage-file")):
+           "manifest": args.manifest}
+    for opt, name in (("passphrase_file", "passphrase-file"), ("usage_file", "usage-file"),
+                      ("ckks_keys", "ckks-keys")):
         if getattr(args, opt):
             cfg[name] = getattr(args, opt)
     node = KeyHolderNode.from_node_config(cfg)
     fed = node.federation()
     key = node.identity(fed)
-    holder = node.load_holder(fed, key, fed.params.threshold)
-    kid = holder.public_context_message().key_id.hex()
+    usage = node.read_usage()
     print(f"OK: {node.member} is the ckks-key-holder of {fed.federation_id!r} (manifest "
-          f"{fed.digest[:16]}), identity {key.verify_key.fingerprint()}, CKKS key {kid}, "
-          f"{holder.queries_used} of {holder.max_queries} decryptions used, "
-          f"{len(holder.decrypted)} rounds released (usage file {node.usage_path})")
+          f"{fed.digest[:16]}), identity {key.verify_key.fingerprint()}; a fresh CKKS key per "
+          f"round; {len(usage.decrypted)} rounds released, {len(usage.keyed)} sessions keyed "
+          f"(usage file {node.usage_path})")
     print("--node-config " + " ".join(f'{k}="{v}"' for k, v in cfg.items()))
     return 0
 
@@ -75,11 +75,12 @@ def register_deploy(sub: Any) -> None:
     n.add_argument("--passphrase-file")
     n.set_defaults(handler=_check_node)
     k = dsub.add_parser("check-key-holder",
-                        help="check the CKKS key holder's manifest role, identity and CKKS keys")
+                        help="check the CKKS key holder's manifest role, identity and usage file")
     k.add_argument("--member", required=True)
     k.add_argument("--key", required=True, help="its identity key (listed in the manifest)")
     k.add_argument("--manifest", required=True)
-    k.add_argument("--ckks-keys", required=True, help="the directory `securefl keys ckks` wrote")
-    k.add_argument("--usage-file", help="default: <ckks-keys>/keyholder-usage.json")
+    k.add_argument("--ckks-keys", help="directory of the usage file (keyholder-usage.json)")
+    k.add_argument("--usage-file", help="default: <ckks-keys>/keyholder-usage.json, or "
+                   "<key>.ckks-usage.json")
     k.add_argument("--passphrase-file")
     k.set_defaults(handler=_check_key_holder)

@@ -9,20 +9,34 @@ Parties (all listed in the signed federation manifest):
   ``role="ckks-key-holder"`` (:class:`KeyHolderNode`). It alone holds the secret key; the server and
   the banks only ever see the public context it signs with its manifest key.
 
+Keys: a fresh CKKS key per round (protocols/ckks/spec.md, "Keys"). The key holder makes round r's
+key when the server asks for it (:class:`KeyRequest`), keeps the secret key sealed in its node
+state until round r's one decryption and erases it there; the public context it signs for
+(session, r) travels to every participant with round r's plan, and a bank encrypts only under the
+context signed for the (session, round) of the plan it is answering, so a context replayed from
+another round or session is refused. A key that leaks opens one round, and a ciphertext replayed
+from an earlier round decrypts to noise. The key holder's usage file records, durably and before
+anything leaves the node, every round it keyed and every round it released: a restarted key holder
+never makes a second key for a round, nor releases a round twice (a round whose key was lost with
+the node state aborts; the next round gets a new key).
+
 Round trips of one aggregation round (``TRIPS_PER_ROUND``):
 
-  "commit":  signed RoundStart (+ the signed global model; + the key holder's signed public context
-             in the first round) -> each bank: Commitment (it trained, clipped, weighted, noised and
-             encrypted; the ciphertext stays on the bank until the set is closed)
+  "commit":  signed RoundStart + the key holder's public context signed for this round (+ the
+             signed global model) -> each bank: Commitment (it trained, clipped, weighted, noised
+             and encrypted; the ciphertext stays on the bank until the set is closed)
   "reveal":  the server-signed CommitmentSet -> Contribution (the ciphertext)
   "verify":  VerifyRequest to the first ``verifiers + verifier_skips`` contributors ranked by the
              closed set -> CoSignature
-  "decrypt": DecryptionRequest (the aggregate, never an individual ciphertext) to the key holder
-             -> DecryptionResult (flooded, rounded, signed)
+  "decrypt": DecryptionRequest (the aggregate, never an individual ciphertext) + the KeyRequest of
+             the next round to the key holder -> DecryptionResult (flooded, rounded, signed) + the
+             next round's signed public context
 
-The run's hello trip also goes to the key holder, which answers with its SignedPublicContext.
-A bank that does not answer a trip is a dropout at that stage (``contribution``, ``reveal`` or
-``verification``), as in ``securefl run --aggregation ckks``.
+The run's hello trip also goes to the key holder (it checks the plan against its policy). The
+first round's key, and the key of a round after one that released nothing, take one more trip
+("key") to the key holder alone. Every payload to the key holder carries the signed hello, so a
+restarted key holder node can go on. A bank that does not answer a trip is a dropout at that stage
+(``contribution``, ``reveal`` or ``verification``), as in ``securefl run --aggregation ckks``.
 """
 
 from __future__ import annotations
@@ -33,10 +47,11 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import numpy as np
+from msgspec import Meta
 
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey, VerifyKey, verify_bound
@@ -49,6 +64,7 @@ from securefl.deploy.messages import (
     ProtocolItem,
     RoundStart,
     ServerPayload,
+    Signed,
 )
 from securefl.errors import (
     AggregationAbortedError,
@@ -61,7 +77,6 @@ from securefl.errors import (
 )
 from securefl.federation import (
     Federation,
-    read_private_file,
 )
 from securefl.he.params import DEFAULT_PARAMS
 from securefl.protocol import wire
@@ -99,9 +114,17 @@ __all__ = [
     "STAGES",
     "TRIPS_PER_ROUND",
     "CKKSRoundResult",
+    "KeyHolderMemo",
     "KeyHolderNode",
+    "KeyRequest",
+    "KeyUsage",
+    "RoundKeyMemo",
     "bank_commit",
+    "bank_round_context",
     "bank_step",
+    "contexts_in",
+    "key_request",
+    "public_context",
     "run_ckks_round",
 ]
 
@@ -113,8 +136,8 @@ STAGES = {"commit": "contribution", "reveal": "reveal", "verify": "verification"
 #: the public context (N = 8192, three 60-bit primes: ~0.4 MB) and small messages
 _MAX_CONTEXT_BYTES = 32 * 1024 * 1024
 _MAX_SMALL_BYTES = 64 * 1024
-#: key holder usage file: format version
-_USAGE_VERSION = 1
+#: key holder usage file: format version (1: a long-lived key's; 2: round keys)
+_USAGE_VERSION = 2
 
 
 def _decode(data: bytes, typ: type[Any], max_bytes: int) -> Any:
@@ -149,20 +172,62 @@ def key_holder_key(fed: Federation) -> VerifyKey:
     return fed.verify_key(fed.key_holder)
 
 
-def public_context(fed: Federation, signed: bytes) -> PublicContext:
-    """The key holder's public context, checked against its manifest key and the parameters."""
+def public_context(fed: Federation, signed: bytes, session: bytes, round_: int) -> PublicContext:
+    """The key holder's public context of (session, round): signed by the manifest's key holder
+    for exactly that (session, round), with the agreed parameters and no secret key; a context of
+    another round or session (a replay) is refused (RemoteProtocolError)."""
     msg = _decode(signed, SignedPublicContext, _MAX_CONTEXT_BYTES)
-    return accept_public_context(msg, key_holder_key(fed), DEFAULT_PARAMS)
+    return accept_public_context(msg, key_holder_key(fed), DEFAULT_PARAMS, session_id=session,
+                                 round_=round_)
+
+
+class KeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
+                 tag="securefl.deploy.ckks.key_request", tag_field="type"):
+    """Server -> key holder: make the key of (``session``, ``round``) and publish its public
+    context (answered once per round; the same context again while the key waits)."""
+
+    session: Annotated[bytes, Meta(min_length=16, max_length=16)]
+    round: Annotated[int, Meta(ge=0)]
+
+
+_KEY_REQUEST_TAG = "securefl.deploy.ckks.key_request"
+_CONTEXT_TAG = "ckks.public_context"
+
+
+def key_request(session: bytes, round_: int) -> ProtocolItem:
+    """The item asking the key holder for round ``round_``'s key."""
+    return ProtocolItem(round=round_, data=wire.encode(KeyRequest(session=session, round=round_)))
+
+
+def contexts_in(reply: ClientPayload | None) -> dict[int, bytes]:
+    """The signed public contexts a key holder's reply carries, by round (each is checked by
+    :func:`public_context` where it is used)."""
+    if reply is None:
+        return {}
+    return {i.round: i.data for i in reply.protocol if _peek_type(i.data) == _CONTEXT_TAG}
 
 
 # --- bank ------------------------------------------------------------------------------------------
+def bank_round_context(fed: Federation, item: ProtocolItem, session: bytes) -> bytes | None:
+    """A bank's check of a CKKS item from the server: the key holder's public context signed for
+    (this session, the item's round) is returned (the bank keeps it for that round's plan); any
+    other CKKS message gives None. A context signed for another session or round is refused."""
+    if _peek_type(item.data) != _CONTEXT_TAG:
+        return None
+    public_context(fed, item.data, session, item.round)
+    return item.data
+
+
 def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: bytes,
                 start: RoundStart, values: NDArray[np.float64], sim_seed: int | None
                 ) -> tuple[bytes, ProtocolItem]:
     """Noise, check overflow, encrypt and commit this bank's clipped, weighted input. Returns the
     round state to keep on the node (it holds the unrevealed ciphertext) and the Commitment."""
     cid = fed.clients.index(member)
-    client = CKKSClient(cid, identity, public_context(fed, context), fed.verify_key(fed.server))
+    # encrypt only under the key signed for the (session, round) of this plan (a replayed context
+    # of an earlier round is refused here)
+    client = CKKSClient(cid, identity, public_context(fed, context, start.session, start.round),
+                        fed.verify_key(fed.server))
     com = client.commit(session_id=start.session, round_=start.round,
                         values=np.asarray(values, dtype=np.float64), clip_norm=start.clip_norm,
                         num_participants=len(start.participants),
@@ -180,7 +245,7 @@ def bank_step(*, fed: Federation, identity: SigningKey, member: str, context: by
     """Answer the server's CommitmentSet (reveal) or VerifyRequest (recompute and co-sign).
     Returns the new round state (None once the round is over for this bank) and the reply."""
     cid = fed.clients.index(member)
-    public = public_context(fed, context)
+    public = public_context(fed, context, start.session, start.round)
     server_key = fed.verify_key(fed.server)
     saved: ClientRoundState = _decode(state, ClientRoundState, MAX_PAYLOAD_BYTES)
     chunk_bytes, chunks = _chunk_limits(slots_of(start))
@@ -218,24 +283,52 @@ def _peek_type(data: bytes) -> str:
 
 
 # --- key holder ------------------------------------------------------------------------------------
+class RoundKeyMemo(msgspec.Struct, forbid_unknown_fields=True):
+    """A round key waiting for its aggregate: the serialized secret context and its signed public
+    context. Lives only in the key holder's sealed node state; its repr is redacted."""
+
+    secret: bytes
+    signed: bytes
+
+    def __repr__(self) -> str:
+        return "RoundKeyMemo(<redacted>)"
+
+
 class KeyHolderMemo(msgspec.Struct, forbid_unknown_fields=True):
-    """The key holder node's per-run state (its context.state): the verified hello."""
+    """The key holder node's per-run state (its context.state, sealed by NodeHandler): the
+    verified hello and the round key waiting for its decryption (at most one: making round r's
+    key erases every earlier round's, since each round runs once, in order)."""
 
     hello: bytes | None = None
+    keys: dict[int, RoundKeyMemo] = {}
+
+    def __repr__(self) -> str:
+        return f"KeyHolderMemo(rounds keyed={sorted(self.keys)}, <redacted>)"
+
+
+@dataclass
+class KeyUsage:
+    """The key holder's durable record (the usage file): every (session, round) it released and,
+    per session, the last round it made a key for."""
+
+    decrypted: set[tuple[bytes, int]] = field(default_factory=set)
+    keyed: dict[bytes, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class KeyHolderNode(NodeHandler):
     """The CKKS key holder's SuperNode (``--node-config``: ``role="ckks-key-holder"``, ``member``,
-    ``key`` (its manifest identity key), ``manifest``, ``ckks-keys`` (the directory written by
-    ``securefl keys ckks``), optional ``passphrase-file``, ``usage-file`` (default
-    ``<ckks-keys>/keyholder-usage.json``), ``verifiers`` (the co-signatures it requires, default 2)
-    and ``verifier-skips`` (default 2)).
+    ``key`` (its manifest identity key), ``manifest``, optional ``passphrase-file``,
+    ``usage-file`` (default ``<ckks-keys>/keyholder-usage.json``, or ``<key>.ckks-usage.json``
+    without ``ckks-keys``), ``verifiers`` (the co-signatures it requires, default 2) and
+    ``verifier-skips`` (default 2)).
 
-    It decrypts only aggregates that pass every check of
-    :meth:`securefl.protocol.ckks.CKKSKeyHolder.decrypt`, at most once per (session, round), and
-    records each release and the key's query budget in the usage file (written atomically BEFORE
-    the release leaves the node), so a restarted key holder never releases a round twice.
+    It makes a fresh CKKS key for every round (:class:`KeyRequest`), keeps the secret key sealed
+    in its node state, and erases it with that round's one release. It decrypts only aggregates
+    that pass every check of :meth:`securefl.protocol.ckks.CKKSKeyHolder.decrypt`, at most once
+    per (session, round), and records each key it makes and each release in the usage file
+    (written atomically BEFORE the context or the release leaves the node), so a restarted key
+    holder never makes a second key for a round nor releases a round twice.
     """
 
     role = "ckks-key-holder"
@@ -244,7 +337,7 @@ class KeyHolderNode(NodeHandler):
     member: str
     key_path: Path
     manifest_path: Path
-    ckks_dir: Path
+    ckks_dir: Path | None = None
     passphrase_file: Path | None = None
     usage_file: Path | None = None
     verifiers: int = 2
@@ -257,15 +350,15 @@ class KeyHolderNode(NodeHandler):
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> KeyHolderNode:
         try:
-            uf = cfg.get("usage-file")
-            node = cls(**cls.common_config(cfg), ckks_dir=Path(str(cfg["ckks-keys"])),
+            uf, kd = cfg.get("usage-file"), cfg.get("ckks-keys")
+            node = cls(**cls.common_config(cfg), ckks_dir=Path(str(kd)) if kd else None,
                        usage_file=Path(str(uf)) if uf else None,
                        verifiers=int(cfg.get("verifiers", 2)),
                        verifier_skips=int(cfg.get("verifier-skips", DEFAULT_VERIFIER_SKIPS)))
         except KeyError as exc:
             raise ConfigError(f"key holder node config lacks {exc.args[0]!r}",
                               hint="--node-config 'role=\"ckks-key-holder\" member=... key=... "
-                                   "manifest=... ckks-keys=DIR'") from exc
+                                   "manifest=...'") from exc
         except ValueError as exc:
             raise ConfigError(f"key holder node config: {exc}") from exc
         if node.verifiers < 1 or node.verifier_skips < 0:
@@ -275,47 +368,53 @@ class KeyHolderNode(NodeHandler):
 
     @property
     def usage_path(self) -> Path:
-        return self.usage_file or self.ckks_dir / "keyholder-usage.json"
+        if self.usage_file is not None:
+            return self.usage_file
+        if self.ckks_dir is not None:
+            return self.ckks_dir / "keyholder-usage.json"
+        return self.key_path.with_name(self.key_path.name + ".ckks-usage.json")
 
-    def load_holder(self, fed: Federation, identity: SigningKey, threshold: int) -> CKKSKeyHolder:
-        from securefl.ckks import KEY_FILES
+    def load_holder(self, fed: Federation, identity: SigningKey, session: bytes,
+                    memo: KeyHolderMemo) -> tuple[CKKSKeyHolder, KeyUsage]:
+        """The sans-IO key holder with this node's durable usage and the round key its sealed
+        state holds (a key of a round already released is dropped, never loaded)."""
         from securefl.he.context import load_secret_context
 
-        secret = read_private_file(self.ckks_dir / KEY_FILES["secret_context"], 2**30,
-                                   "CKKS secret context")
-        holder = CKKSKeyHolder(identity,
-                               load_secret_context(Secret(secret, label="ckks-secret-context"),
-                                                   DEFAULT_PARAMS),
-                               federation_keys(fed), min_clients=threshold,
-                               verifiers=self.verifiers, server_key=fed.verify_key(fed.server),
+        holder = CKKSKeyHolder(identity, None, federation_keys(fed), params=DEFAULT_PARAMS,
+                               min_clients=fed.params.threshold, verifiers=self.verifiers,
+                               server_key=fed.verify_key(fed.server),
                                verifier_skips=self.verifier_skips)
-        used, done = self._read_usage(holder)
-        holder.restore_usage(used, done)
-        return holder
+        usage = self.read_usage()
+        holder.restore_usage(0, usage.decrypted)
+        for r, key in list(memo.keys.items()):
+            if (session, r) in usage.decrypted:
+                del memo.keys[r]
+                continue
+            holder.restore_round_key(
+                session, r,
+                load_secret_context(Secret(key.secret, label="ckks-round-key"), DEFAULT_PARAMS),
+                _decode(key.signed, SignedPublicContext, _MAX_CONTEXT_BYTES))
+        return holder, usage
 
-    def _read_usage(self, holder: CKKSKeyHolder) -> tuple[int, set[tuple[bytes, int]]]:
-        """(queries used, released (session, round) slots) of this key; none when no file yet."""
+    def read_usage(self) -> KeyUsage:
+        """The usage file (version 1, a long-lived key's, contributes its released rounds)."""
         path = self.usage_path
-        kid = holder.public_context_message().key_id.hex()
         if not path.exists():
-            return 0, set()
+            return KeyUsage()
         try:
             raw = json.loads(path.read_text("utf-8"))
-            if raw["version"] != _USAGE_VERSION:
+            if raw["version"] not in (1, _USAGE_VERSION):
                 raise ConfigError(f"{path}: unknown usage file version {raw['version']!r}")
-            if raw["key_id"] != kid:
-                raise ConfigError(f"{path} records another key's usage ({raw['key_id']})",
-                                  hint="each CKKS key needs its own usage file")
             done = {(bytes.fromhex(s), int(r)) for s, r in raw["decrypted"]}
-            return int(raw["queries_used"]), done
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            keyed = {bytes.fromhex(s): int(r) for s, r in raw.get("keyed", {}).items()}
+            return KeyUsage(done, keyed)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"cannot read the key holder usage file {path}: {exc}") from exc
 
-    def _write_usage(self, holder: CKKSKeyHolder) -> None:
+    def _write_usage(self, usage: KeyUsage) -> None:
         body = {"version": _USAGE_VERSION,
-                "key_id": holder.public_context_message().key_id.hex(),
-                "queries_used": holder.queries_used,
-                "decrypted": sorted([s.hex(), r] for s, r in holder.decrypted)}
+                "decrypted": sorted([s.hex(), r] for s, r in usage.decrypted),
+                "keyed": {s.hex(): r for s, r in sorted(usage.keyed.items())}}
         atomic_write_bytes(self.usage_path, (json.dumps(body, indent=1) + "\n").encode(),
                            mode=0o600)
 
@@ -332,14 +431,18 @@ class KeyHolderNode(NodeHandler):
             if hello.federation != fed.digest or hello.session != env.session:
                 raise SignatureError("the hello names another federation or session")
             self._check_plan(hello)
-            memo = KeyHolderMemo(hello=msg.hello.body)
-            holder = self.load_holder(fed, identity, fed.params.threshold)
-            out.append(ProtocolItem(round=0, data=wire.encode(holder.public_context_message())))
+            memo.hello = msg.hello.body
         for item in msg.protocol:
             if memo.hello is None:
-                raise StateError("a decryption request before a verified hello")
+                raise StateError("a request before a verified hello")
             hello = wire.decode(memo.hello, Hello)
-            out.append(self._decrypt(fed, identity, hello, item))
+            kind = _peek_type(item.data)
+            if kind == _KEY_REQUEST_TAG:
+                out.append(self._round_key(fed, identity, hello, memo, item))
+            elif kind == "ckks.decrypt_request":
+                out.append(self._decrypt(fed, identity, hello, memo, item))
+            else:
+                raise RemoteProtocolError(f"unexpected message {kind!r} for the key holder")
         return wire.encode(ClientPayload(protocol=out)), wire.encode(memo)
 
     def _check_plan(self, hello: Hello) -> None:
@@ -352,19 +455,49 @@ class KeyHolderNode(NodeHandler):
                 f"{plan.ckks_verifier_skips} skips; this key holder requires at least "
                 f"{self.verifiers} verifiers and allows at most {self.verifier_skips} skips")
 
-    def _decrypt(self, fed: Federation, identity: SigningKey, hello: Hello, item: ProtocolItem
-                 ) -> ProtocolItem:
+    def _round_key(self, fed: Federation, identity: SigningKey, hello: Hello,
+                   memo: KeyHolderMemo, item: ProtocolItem) -> ProtocolItem:
+        """Make (once) the key of (session, round) and return its signed public context."""
+        req: KeyRequest = _decode(item.data, KeyRequest, _MAX_SMALL_BYTES)
+        r = req.round
+        if req.session != hello.session or r != item.round:
+            raise RemoteProtocolError("a key request for another session or round")
+        if r > hello.plan.rounds:
+            raise RemoteProtocolError(f"a key for round {r}; the plan has {hello.plan.rounds}")
+        holder, usage = self.load_holder(fed, identity, hello.session, memo)
+        if r not in memo.keys:
+            last = usage.keyed.get(hello.session, -1)
+            if r <= last:
+                raise StateError(
+                    f"round {r}'s key was asked for after this session's round {last} was keyed: "
+                    "a key is made once per round, in order (a round whose key a restart lost "
+                    "aborts; the next round gets a new key)")
+            usage.keyed[hello.session] = r
+            self._write_usage(usage)  # durable before the context leaves the node
+        signed = holder.round_context(hello.session, r)
+        if r not in memo.keys:
+            secret, _ = holder.export_round_key(hello.session, r)
+            # earlier rounds' keys are erased: a round runs once, in order
+            memo.keys = {r: RoundKeyMemo(secret=secret.expose(), signed=wire.encode(signed))}
+            log.info("%s made the key of round %d (key id %s)", self.member, r,
+                     signed.key_id.hex())
+        return ProtocolItem(round=r, data=wire.encode(signed))
+
+    def _decrypt(self, fed: Federation, identity: SigningKey, hello: Hello,
+                 memo: KeyHolderMemo, item: ProtocolItem) -> ProtocolItem:
         # the key holder does not know the model's size: the payload's own bound applies
         req: DecryptionRequest = _decode(item.data, DecryptionRequest, MAX_PAYLOAD_BYTES)
-        if req.manifest.session_id != hello.session or req.manifest.round != item.round:
+        r = req.manifest.round
+        if req.manifest.session_id != hello.session or r != item.round:
             raise RemoteProtocolError("a decryption request for another session or round")
-        # the manifest's threshold is the floor every member signed
-        holder = self.load_holder(fed, identity, fed.params.threshold)
-        res = holder.decrypt(req, randomness(self.sim_seed, hello.session, req.manifest.round,
-                                              -1, "ckks-flooding", sim_stream=hello.sim_stream))
-        self._write_usage(holder)  # durable before anything leaves the node
+        holder, usage = self.load_holder(fed, identity, hello.session, memo)
+        res = holder.decrypt(req, randomness(self.sim_seed, hello.session, r, -1,
+                                             "ckks-flooding", sim_stream=hello.sim_stream))
+        usage.decrypted.add((hello.session, r))
+        self._write_usage(usage)  # durable before anything leaves the node
+        memo.keys.pop(r, None)  # the round key is erased with its one release
         log.info("%s released round %d (%d contributions, flooding std %.3g)", self.member,
-                 req.manifest.round, len(req.manifest.entries), res.flood_std)
+                 r, len(req.manifest.entries), res.flood_std)
         return ProtocolItem(round=item.round, data=wire.encode(res))
 
 
@@ -385,6 +518,8 @@ class CKKSRoundResult:
     refused: dict[str, str] = field(default_factory=dict)
     #: training rounds: the released sum of the contributors' FedAvg weights (the weight slot)
     weight_total: float | None = None
+    #: the next round's signed public context, when the key holder sent it with the release
+    next_context: bytes | None = None
 
 
 def _items(reply: ClientPayload, round_: int, typ: type[Any], limit: int) -> list[Any]:
@@ -393,10 +528,13 @@ def _items(reply: ClientPayload, round_: int, typ: type[Any], limit: int) -> lis
 
 def run_ckks_round(*, trip: Trip, fed: Federation, server_key: SigningKey, public: PublicContext,
                    start: RoundStart, first: Mapping[str, ServerPayload], key_holder: str,
-                   verifiers: int, verifier_skips: int) -> CKKSRoundResult:
+                   verifiers: int, verifier_skips: int, hello: Signed,
+                   next_round: int | None = None) -> CKKSRoundResult:
     """One CKKS aggregation round over four trips; ``first`` holds each participant's payload of
-    the commit trip (the signed plan, the model, the public context). Raises
-    AggregationAbortedError (or the protocol's typed error) when nothing can be released."""
+    the commit trip (the signed plan, the model, the round's public context ``public``). The
+    decryption request also asks for ``next_round``'s key (with the signed ``hello``, which every
+    payload to the key holder carries). Raises AggregationAbortedError (or the protocol's typed
+    error) when nothing can be released."""
     ids = {name: i for i, name in enumerate(fed.clients)}
     names = {i: n for n, i in ids.items()}
     r = start.round
@@ -453,7 +591,8 @@ def run_ckks_round(*, trip: Trip, fed: Federation, server_key: SigningKey, publi
         raise AggregationAbortedError(f"{signed} of the {len(window)} drawn verifiers co-signed; "
                                       f"{verifiers} required")
     dreq = ProtocolItem(round=r, data=wire.encode(server.decryption_request()))
-    replies = trip(r, "decrypt", {key_holder: ServerPayload(protocol=[dreq])})
+    asks = [dreq] + ([key_request(start.session, next_round)] if next_round is not None else [])
+    replies = trip(r, "decrypt", {key_holder: ServerPayload(hello=hello, protocol=asks)})
     reply = replies.get(key_holder)
     results = (_items(reply, r, DecryptionResult, 8 * slots + 65536)
                if reply is not None else [])
@@ -470,5 +609,6 @@ def run_ckks_round(*, trip: Trip, fed: Federation, server_key: SigningKey, publi
         total=total, survivors=tuple(sorted(contributors)), dropouts=dropouts,
         input_digests={e.client_id: e.digest.hex() for e in manifest.entries},
         aggregate_digest=manifest.aggregate_digest.hex(), refused=refused,
-        weight_total=weight_total)
+        weight_total=weight_total,
+        next_context=contexts_in(reply).get(next_round) if next_round is not None else None)
 

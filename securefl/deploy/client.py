@@ -96,7 +96,8 @@ class RoundMemo(msgspec.Struct, forbid_unknown_fields=True):
 class NodeMemo(msgspec.Struct, forbid_unknown_fields=True):
     hello: bytes | None = None  # msgpack Hello, signature verified
     record_noise: float | None = None
-    ckks_context: bytes | None = None  # the key holder's SignedPublicContext, signature verified
+    #: the key holder's SignedPublicContext of the latest CKKS round, verified for that round
+    ckks_context: bytes | None = None
     rounds: dict[int, RoundMemo] = {}
     #: the banks the last plan declared silent (they stay silent for the session)
     excluded: list[str] = []
@@ -522,14 +523,18 @@ class BankNode(NodeHandler):
 
     def _ckks_protocol(self, fed: Federation, identity: SigningKey, memo: NodeMemo,
                        hello: Hello, item: ProtocolItem) -> list[ProtocolItem]:
-        """CKKS: the key holder's public context (kept once verified), a CommitmentSet (reveal)
-        or a VerifyRequest (recompute the sum and co-sign; the round is then over here)."""
-        from securefl.deploy.ckks import bank_step, public_context
+        """CKKS: the key holder's public context for this session and the item's round (kept
+        for that round's plan: a bank encrypts only under the context of the round it answers),
+        a CommitmentSet (reveal) or a VerifyRequest (recompute the sum and co-sign; the round is
+        then over here)."""
+        from securefl.deploy.ckks import bank_round_context, bank_step
 
-        if memo.ckks_context is None:
-            public_context(fed, item.data)  # SignatureError unless the manifest's key holder's
-            memo.ckks_context = item.data
+        context = bank_round_context(fed, item, hello.session)  # refuses another round's
+        if context is not None:
+            memo.ckks_context = context
             return []
+        if memo.ckks_context is None:
+            raise StateError("no public CKKS context from the key holder yet")
         rm = memo.rounds.get(item.round)
         if rm is None or rm.ckks is None:
             raise StateError(f"a CKKS message for round {item.round}, not committed here")

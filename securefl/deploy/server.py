@@ -104,9 +104,9 @@ TRIPS_PER_ROUND = 4
 
 def trips_for(rounds: int, aggregation: str = "secagg") -> int:
     """Flower round trips of a whole run: hello + 4 per round (incl. round 0), + the last unmask
-    for SecAgg (pipelined; securefl.deploy.ckks for CKKS's four)."""
+    for SecAgg (pipelined; securefl.deploy.ckks for CKKS's four, + the first round's key trip)."""
     if aggregation == "ckks":
-        return 1 + CKKS_TRIPS_PER_ROUND * (rounds + 1)
+        return 2 + CKKS_TRIPS_PER_ROUND * (rounds + 1)
     return 1 + TRIPS_PER_ROUND * (rounds + 1) + 1
 
 
@@ -578,18 +578,26 @@ class DeployServer:
 
     def _run_ckks(self, ex: StageExchange, rs: _Run, holder_reply: Any) -> None:
         """CKKS rounds (securefl.deploy.ckks): four trips each, no pipelining (a round's plan
-        needs the previous release)."""
-        from securefl.deploy.ckks import public_context, run_ckks_round
+        needs the previous release). Each round has its own key: its public context, signed by
+        the key holder for (session, round), comes with the previous round's release, or else
+        from a "key" trip to the key holder alone."""
+        from securefl.deploy.ckks import contexts_in, key_request, public_context, run_ckks_round
         from securefl.dp.fedavg import client_level_event
+        from securefl.errors import StateError
 
         c, fed = self.config, self.fed
         holder = fed.key_holder
-        items = list(holder_reply.protocol) if holder_reply is not None else []
-        if holder is None or len(items) != 1:
-            raise AggregationAbortedError("the CKKS key holder did not publish its public context")
-        public = public_context(fed, items[0].data)  # its manifest key signed it
-        context_item = ProtocolItem(round=0, data=items[0].data)
-        sent_context: set[str] = set()
+        if holder is None or holder_reply is None:
+            raise AggregationAbortedError("the CKKS key holder refused the hello: it did not "
+                                          "publish its public context")
+        # the signed hello again (Ed25519 is deterministic: the same bytes the hello trip sent),
+        # for every payload to the key holder, so a restarted key holder node can go on
+        hello = self._sign(wire.encode(Hello(session=self.session, federation=fed.digest,
+                                             plan=rs.plan, counter=self.counter,
+                                             sim_stream=self.sim_stream)), HELLO_DOMAIN, 0)
+        if hashlib.sha256(hello.body).digest() != self._hello_digest:
+            raise StateError("the hello for the key holder is not the run's hello")
+        contexts: dict[int, bytes] = {}
 
         def trip(round_: int, stage: str, payloads: Mapping[str, ServerPayload]
                  ) -> dict[str, Any]:
@@ -599,11 +607,19 @@ class DeployServer:
 
         for r in range(rs.first_round, c.rounds + 1):
             participants, start, signed = self._next_round(rs, r)
+            if r not in contexts:
+                replies = trip(r, "key", {holder: ServerPayload(
+                    hello=hello, protocol=[key_request(self.session, r)])})
+                contexts.update(contexts_in(replies.get(holder)))
+            context = contexts.pop(r, None)
+            if context is None:
+                raise AggregationAbortedError(f"the CKKS key holder did not publish its public "
+                                              f"context for round {r}")
+            public = public_context(fed, context, self.session, r)  # its manifest key, (s, r)
             model_msg = self._model_message(rs, r)
-            first = {n: ServerPayload(protocol=[] if n in sent_context else [context_item],
+            first = {n: ServerPayload(protocol=[ProtocolItem(round=r, data=context)],
                                       start=signed, model=model_msg, banks=rs.signed_infos)
                      for n in participants}
-            sent_context |= set(participants)
             names = {self.ids[p]: p for p in participants}
             done = _Done(start=start, names=names, t0=time.monotonic(), aggregation="ckks")
 
@@ -618,11 +634,14 @@ class DeployServer:
                 res = run_ckks_round(trip=collect, fed=fed, server_key=self.key, public=public,
                                      start=start, first=first, key_holder=holder,
                                      verifiers=rs.plan.ckks_verifiers,
-                                     verifier_skips=rs.plan.ckks_verifier_skips)
+                                     verifier_skips=rs.plan.ckks_verifier_skips, hello=hello,
+                                     next_round=r + 1 if r < c.rounds else None)
             except SecureFLError as err:
                 log.error("round %d aborted: %s %s", r, err.code, err.message)
                 done.error = err
             else:
+                if res.next_context is not None:
+                    contexts[r + 1] = res.next_context
                 self.refused.update(res.refused)
                 done.total, done.survivors, done.dropouts = res.total, res.survivors, res.dropouts
                 done.weight_total = res.weight_total

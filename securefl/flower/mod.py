@@ -11,6 +11,10 @@ identity key; ``passphrase-file`` if encrypted), ``manifest`` (the signed federa
 public training-set size: the FedAvg weight; fit must report the same), optional ``state-key``
 (default ``<key>.state-key``) and, for a bank whose own loop runs DP-SGD, the declared mechanism
 ``dpsgd-noise-multiplier``, ``dpsgd-sample-rate``, ``dpsgd-steps``, ``dpsgd-max-grad-norm``.
+The bank's own privacy caps across runs (securefl.dp.bank_budget, as a deployed bank's):
+``record-epsilon-cap`` (needs the declared DP-SGD mechanism: the record-level events it charges),
+``client-epsilon-cap``, ``budget-delta`` (default 1e-5), ``budget-dir`` (default: the key's
+directory).
 
 What this path guarantees, whatever the user's fit does:
 
@@ -20,6 +24,11 @@ What this path guarantees, whatever the user's fit does:
 - **noise share**: with the manifest's ``noise_multiplier`` > 0 the bank adds its discrete Gaussian
   share after quantization, sized so the honest survivors the plan guarantees carry the planned
   noise (securefl.secagg.encode_input, the deployment's own encoding);
+- **the bank's own caps**: with a cap configured, each signed plan is charged to the bank's
+  persistent budget (its declared DP-SGD, the client-level sum as the manifest's colluders see
+  it) before the bank advertises a key; a round that would take it past a cap, or a plan without
+  client-level noise under a client cap, is refused (BudgetExceededError) and nothing of that
+  round leaves the bank;
 - **secure aggregation**: securefl's actively secure SecAgg/SecAgg+ client machine
   (securefl.protocol.secagg; Bonawitz et al. CCS 2017 figure 4, Bell et al. CCS 2020): the server
   learns only the sum of the survivors' masked inputs; the plan (participants, thresholds, clip,
@@ -64,7 +73,14 @@ from securefl.deploy.common import (
     secagg_config,
     session_id,
 )
-from securefl.errors import ConfigError, RemoteProtocolError, SignatureError, StateError
+from securefl.dp.bank_budget import caps_from_node_config
+from securefl.errors import (
+    BudgetExceededError,
+    ConfigError,
+    RemoteProtocolError,
+    SignatureError,
+    StateError,
+)
 from securefl.flower.common import (
     ARRAY,
     INFO_DOMAIN,
@@ -91,6 +107,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from securefl.bank import DeclaredDpSgd
+    from securefl.dp.bank_budget import BankBudget
     from securefl.federation import Federation
     from securefl.transport.flower import Envelope
 
@@ -146,6 +163,9 @@ class FlowerBank(NodeHandler):
     sim_seed: int | None = None
     state_key_file: Path | None = None
     declared_dpsgd: DeclaredDpSgd | None = None
+    #: the bank's own persistent privacy caps (node config record-epsilon-cap /
+    #: client-epsilon-cap / budget-delta / budget-dir), charged before every round's advertisement
+    budget: BankBudget | None = None
     #: runs the user's fit for the current message (set per message by :func:`securefl_mod`);
     #: it calls its argument with the FitIns' global parameters and config before the user's code
     fit: Callable[[FitCheck], FitOutcome] | None = None
@@ -164,8 +184,14 @@ class FlowerBank(NodeHandler):
             n = int(cfg["num-examples"])
             if n < 1:
                 raise ConfigError("num-examples must be >= 1")
+            budget = caps_from_node_config(cfg, str(cfg["member"]), Path(str(cfg["key"])).parent)
+            if budget is not None and budget.caps.record_epsilon_cap is not None \
+                    and declared is None:
+                raise ConfigError("record-epsilon-cap needs the bank's declared DP-SGD mechanism "
+                                  "(dpsgd-noise-multiplier, ...): the user's fit runs outside "
+                                  "securefl, so only a declared mechanism can be charged")
             return cls(**cls.common_config(cfg), state_dir=Path(str(cfg["state-dir"])),
-                       num_examples=n, declared_dpsgd=declared)
+                       num_examples=n, declared_dpsgd=declared, budget=budget)
         except KeyError as exc:
             raise ConfigError(f"node config lacks {exc.args[0]!r}",
                               hint="--node-config 'member=... key=... manifest=... "
@@ -242,10 +268,33 @@ class FlowerBank(NodeHandler):
         if memo.attempts > MAX_ATTEMPTS:
             raise ServerFaultError(f"round {plan.round}: attempt {memo.attempts} at the same "
                                    f"global model, beyond the bound of {MAX_ATTEMPTS}")
+        self._charge_budget(fed, memo.session, plan)  # before anything of the round leaves
         seed = None if self.sim_seed is not None else SystemRandomSource().random_bytes(32)
         memo.current = _RoundMemo(plan=msg.plan.body, seed=seed)
         _, first = self._machine(fed, identity, memo.session, memo.current)
         return [encode_message(m) for m in first]
+
+    def _charge_budget(self, fed: Federation, session: bytes, plan: FlowerPlan) -> None:
+        """The bank's own caps (securefl.dp.bank_budget), whatever the server enforces: charge the
+        round's planned events (the declared DP-SGD, the client-level sum as the manifest's
+        colluders see it, with SecAgg's rounding) before the bank advertises a key;
+        BudgetExceededError refuses the round (the bank is a dropout at the advertisement)."""
+        if self.budget is None:
+            return
+        from securefl.dp.bank_budget import charge_round, planned_round_drafts
+
+        if plan.noise_multiplier <= 0 and self.budget.caps.client_epsilon_cap is not None:
+            raise BudgetExceededError(
+                f"bank {self.member!r} refuses round {plan.round}: the plan adds no client-level "
+                "noise, so its client-level epsilon is unbounded (client-epsilon-cap "
+                f"{self.budget.caps.client_epsilon_cap:g})")
+        start, spec = round_start(plan), round_spec_for(plan, fed)
+        drafts = planned_round_drafts(
+            bank=self.member, round_=plan.round, record=self.declared_dpsgd, noise=spec.noise,
+            n_participants=len(plan.participants), clip_norm=plan.clip_norm,
+            colluders=fed.params.colluders, dim=plan.dim,
+            encoding=encoding_for(start, spec)[0])
+        charge_round(self.budget, drafts, session=session, round_=plan.round)
 
     def _machine(self, fed: Federation, identity: SigningKey, session: bytes,
                  rm: _RoundMemo) -> tuple[SecAggClient, list[Any]]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey, VerifyKey, sign_bound
 from securefl.dp.noise import gaussian
 from securefl.errors import ConfigError, StateError
@@ -116,10 +117,11 @@ class CKKSKeyHolder:
     round), their public context signed for that round; the secret key decrypts that round's
     aggregate once and is then deleted, so a key that leaks (for instance to a bank that crafted a
     malformed ciphertext, spec.md "Trust assumption") opens that round only, and a ciphertext
-    replayed from an earlier round decrypts to noise under this round's key. The **long-lived
-    key** (``secret_context``, published by :meth:`public_context_message`): one key for every
-    round of every session, as the deployment's key holder node uses today. A round with a round
-    key is decrypted only with it.
+    replayed from an earlier round decrypts to noise under this round's key (``securefl run`` and
+    the deployment's key holder node, which keeps a waiting round key sealed in its node state:
+    :meth:`export_round_key`, :meth:`restore_round_key`). The **long-lived key**
+    (``secret_context``, published by :meth:`public_context_message`): one key for every round of
+    every session (``securefl keys ckks``). A round with a round key is decrypted only with it.
 
     Behaviour per (session, round): :data:`KEY_HOLDER_TRANSITIONS`.
     """
@@ -175,7 +177,7 @@ class CKKSKeyHolder:
 
     @property
     def has_long_lived_key(self) -> bool:
-        """True when rounds without a round key use the long-lived key (deployment today)."""
+        """True when rounds without a round key use the long-lived key (`securefl keys ckks`)."""
         return self._ctx is not None
 
     @property
@@ -242,6 +244,30 @@ class CKKSKeyHolder:
         out: SignedPublicContext = self._step((session_id, round_),
                                               RoundKeyRequest(session_id, round_))
         return out
+
+    def export_round_key(self, session_id: bytes, round_: int) -> tuple[Secret, SignedPublicContext]:
+        """The round key of (session, round) while it waits for its aggregate: the serialized
+        secret context (a :class:`Secret`, for sealed node storage only) and its signed public
+        context. The one greppable export of a round key (a node that stops between the key and
+        the decryption keeps it sealed; ``securefl.deploy.ckks.KeyHolderNode``)."""
+        key = self._slots.get((session_id, round_))
+        if not isinstance(key, RoundKey):
+            raise StateError("no round key waits for that round")
+        return key.secret.export_secret(), key.signed
+
+    def restore_round_key(self, session_id: bytes, round_: int, secret: SecretContext,
+                          signed: SignedPublicContext) -> None:
+        """Load a round key written by :meth:`export_round_key` (this key holder's own sealed
+        storage). Refused for a round that has a key or a release already, and unless ``signed``
+        is this key holder's context of exactly this secret key for (session, round)."""
+        slot = (session_id, round_)
+        if self.state(*slot) is not KeyHolderState.NEW:
+            raise StateError("that round already has a key or a release")
+        if (signed.session_id, signed.round) != slot or signed.context != secret.public_bytes():
+            raise StateError("the stored public context is not this round key's")
+        if secret.params != self.params:
+            raise StateError("the stored round key has other CKKS parameters")
+        self._slots[slot] = RoundKey(secret, signed)
 
     def _make_round_key(self, ev: RoundKeyRequest) -> SignedPublicContext:
         slot = (ev.session_id, ev.round)
