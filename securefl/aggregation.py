@@ -146,9 +146,11 @@ class RoundSpec:
             )
         if self.weights is not None and (
             len(self.weights) != len(self.participants)
-            or not all(0 < w <= 1 for w in self.weights)
+            or not all(0 <= w <= 1 for w in self.weights)
         ):
-            raise ConfigError("weights must give each participant a weight in (0, 1]")
+            # 0: a participant that contributes nothing (a deployment's drawn bank without a
+            # signed size stays in the graph as a dropout; protocols/secagg/spec.md 12.1)
+            raise ConfigError("weights must give each participant a weight in [0, 1]")
 
     def plan_digest(self) -> bytes:
         """SHA-256 of what every participant must agree on beyond the protocol's own parameters:

@@ -34,10 +34,12 @@ if TYPE_CHECKING:
     from securefl.protocol.secagg.bounds import Assumptions
 
 __all__ = [
+    "DEFAULT_MAX_SESSIONS",
     "MANIFEST_DOMAIN",
     "MANIFEST_VERSION",
     "MAX_MANIFEST_BYTES",
     "MAX_MEMBERS",
+    "MAX_SESSIONS_LIMIT",
     "Federation",
     "ManifestBody",
     "Member",
@@ -63,8 +65,16 @@ __all__ = [
 ]
 
 #: 2: the params state the federation's assumptions (colluders, dropouts, security parameter,
-#: field precision) from which SecAgg's thresholds follow; version 1 manifests are refused
-MANIFEST_VERSION = 2
+#: field precision) from which SecAgg's thresholds follow; 3: they also cap the deployment
+#: sessions (``max_sessions``) and may pin the data schema (``data_schema``). Earlier versions are
+#: refused with a reason
+MANIFEST_VERSION = 3
+#: default cap on a manifest's deployment sessions: with MAX_ATTEMPTS + 1 = 4 graphs per input
+#: per session, 256 * 4 * 2^-sigma = 2^-(sigma - 10) over the manifest's life (protocols/secagg/
+#: spec.md section 12.1)
+DEFAULT_MAX_SESSIONS = 256
+#: the largest session cap a manifest may state (each session is one more union-bound term)
+MAX_SESSIONS_LIMIT = 65536
 #: domain label of manifest signatures (separates them from every other securefl signature).
 MANIFEST_DOMAIN = "securefl/federation-manifest"
 MAX_MEMBERS = 1024
@@ -107,6 +117,12 @@ class ProtocolParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     security_bits: Annotated[int, Meta(ge=16, le=128)] = 40
     #: SecAgg field precision: an update is quantized in steps of clip_norm / 2^precision_bits
     precision_bits: Annotated[int, Meta(ge=1, le=30)] = 16
+    #: deployment sessions this manifest allows: every bank refuses a session counter above it,
+    #: which caps the session ids (hence the graphs) a server can choose among over the
+    #: manifest's life (protocols/secagg/spec.md section 12.1)
+    max_sessions: Annotated[int, Meta(ge=1, le=MAX_SESSIONS_LIMIT)] = DEFAULT_MAX_SESSIONS
+    #: SHA-256 (lowercase hex) of the federation's data schema; checked by banks when set
+    data_schema: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
 
     def assumptions(self) -> Assumptions:
         """The SecAgg assumptions these parameters state (protocol.secagg.bounds)."""
@@ -119,7 +135,7 @@ class ProtocolParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ManifestBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The signed part of a manifest."""
 
-    version: Literal[2]
+    version: Literal[3]
     federation_id: FederationId
     members: Annotated[list[Member], Meta(min_length=2, max_length=MAX_MEMBERS)]
     params: ProtocolParams
@@ -165,16 +181,27 @@ def decode_manifest(data: bytes) -> SignedManifest:
     try:
         manifest = msgspec.json.decode(data, type=SignedManifest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        if _declared_version(data) == 1:
+        old = _declared_version(data)
+        if old in _OLD_VERSIONS:
             raise ConfigError(
-                "this is a version 1 federation manifest; version 2 states the federation's "
-                "assumptions (colluders, dropout_fraction, security_bits, precision_bits) from "
-                "which SecAgg's thresholds follow",
-                hint="create a new manifest (`securefl federation init`) and have every member "
+                f"this is a version {old} federation manifest; version {MANIFEST_VERSION} "
+                f"{_OLD_VERSIONS[old]}",
+                hint="create a new manifest (`securefl federation create`) and have every member "
                      "sign it again") from exc
         raise MessageError(f"malformed federation manifest: {exc}") from exc
     check_body(manifest.body)
     return manifest
+
+
+#: what each refused manifest version lacks, named in the refusal
+_OLD_VERSIONS = {
+    1: "states the federation's assumptions (colluders, dropout_fraction, security_bits, "
+       "precision_bits) from which SecAgg's thresholds follow, and caps the deployment sessions "
+       "(max_sessions)",
+    2: "adds max_sessions (the cap on the deployment sessions every bank enforces, which bounds "
+       "the graphs a server can choose among over the manifest's life) and data_schema (the "
+       "SHA-256 of the data schema, checked by banks when set)",
+}
 
 
 class _VersionOnly(msgspec.Struct):

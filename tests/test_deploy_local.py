@@ -97,7 +97,9 @@ def test_bank_whose_identity_is_not_in_the_manifest_refuses_to_run(
     link = LocalLink(_banks(fed, **{bank: node}), srv.fed.digest)
     with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
         res = srv.run(link, link.names())  # the two others go on without it
-    assert all(bank not in h["participants"] for h in res["history"])
+    # it stays in the public draw (spec 12.1) as a SecAgg dropout: it contributes nothing
+    assert res["rounds_completed"] == 1
+    assert all(bank in h["participants"] and bank not in h["survivors"] for h in res["history"])
     assert any("SFL401" in r.getMessage() and bank in r.getMessage() for r in caplog.records)
 
 
@@ -117,7 +119,8 @@ def test_advertisement_signed_by_a_foreign_key_is_refused_by_the_server(
         res = srv.run(link, link.names())  # the two others go on without it
     # its first signed message, the BankInfo, is refused: it never takes part
     assert srv.refused[bank].startswith("SFL401") and "BankInfo" in srv.refused[bank]
-    assert all(bank not in h["participants"] for h in res["history"])
+    assert res["rounds_completed"] == 1  # drawn, but a dropout that contributes nothing
+    assert all(bank in h["participants"] and bank not in h["survivors"] for h in res["history"])
     assert any("SFL401" in r.getMessage() and bank in r.getMessage() for r in caplog.records)
 
 
@@ -555,7 +558,8 @@ def test_omitting_a_banks_signed_size_to_swap_it_out_and_back_is_refused(
     """Red-team finding H2: instead of declaring a bank silent, the server leaves its signed
     BankInfo out of round 1's plan (so the public draw runs over the others) and would forward it
     again later, choosing each round's participants and graph. The draw's bank set is fixed by
-    the session's first plan: the banks refuse the changed set."""
+    the session's first plan: the banks refuse the changed set. (Since the draw is over the
+    manifest's clients, the omission no longer changes the participants either.)"""
     run = {"rounds": 2, "seed": 3, "banks": 4}
     f = make_federation(tmp_path / "fed", run)
 
@@ -574,7 +578,8 @@ def test_omitting_a_banks_signed_size_to_swap_it_out_and_back_is_refused(
             return super()._next_round(rs, r)
 
     res, refusals = _plan_refused(Omitting, f, tmp_path, caplog, 1)
-    assert len(refusals) == 3 and all("SFL307" in m and "fixed for the session" in m
+    # all four refuse, the omitted bank too: it stays drawn (spec 12.1) and gets the plan
+    assert len(refusals) == 4 and all("SFL307" in m and "fixed for the session" in m
                                       for m in refusals)
     assert res["history"][0]["round"] == 1 and res["history"][0]["aborted"] == "SFL310"
 
@@ -691,12 +696,15 @@ def test_attempts_at_one_global_model_are_bounded(
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=40), max_size=12))
-def test_session_counters_are_accepted_once_and_in_order(counters: list[int]) -> None:
-    """A bank accepts a session counter only above every counter it accepted before and at most
-    MAX_COUNTER_STEP above it (red-team finding H1: a free choice of a larger counter lets the
-    server grind the session id), also after a restart (a fresh SessionCounter reading the same
-    state directory)."""
+@given(st.lists(st.integers(min_value=1, max_value=40), max_size=12),
+       st.integers(min_value=1, max_value=40))
+def test_session_counters_are_accepted_once_in_order_and_up_to_the_cap(
+        counters: list[int], cap: int) -> None:
+    """A bank accepts a session counter only if it is at most the manifest's max_sessions, above
+    every counter it accepted before and at most MAX_COUNTER_STEP above it (red-team finding H1:
+    a free choice of a larger counter lets the server grind the session id), also after a
+    restart (a fresh SessionCounter reading the same state directory); the server's next
+    counter stops at the cap."""
     import tempfile
 
     from securefl.deploy.common import MAX_COUNTER_STEP, ServerFaultError, SessionCounter
@@ -704,8 +712,12 @@ def test_session_counters_are_accepted_once_and_in_order(counters: list[int]) ->
     with tempfile.TemporaryDirectory() as d:
         highest = 0
         for c in counters:
-            counter = SessionCounter(Path(d) / "state", "ab" * 32)  # a restarted node each time
-            if highest < c <= highest + MAX_COUNTER_STEP:
+            counter = SessionCounter(Path(d) / "state", "ab" * 32, cap)  # a restarted node
+            if c > cap:
+                with pytest.raises(ServerFaultError, match=f"above the manifest's max_sessions "
+                                                           f"= {cap}"):
+                    counter.accept(c)
+            elif highest < c <= highest + MAX_COUNTER_STEP:
                 counter.accept(c)
                 highest = c
             elif c <= highest:
@@ -714,48 +726,52 @@ def test_session_counters_are_accepted_once_and_in_order(counters: list[int]) ->
             else:
                 with pytest.raises(ServerFaultError, match="grind the session id"):
                     counter.accept(c)
-        assert SessionCounter(Path(d) / "state", "ab" * 32).next() == highest + 1
+        server = SessionCounter(Path(d) / "state", "ab" * 32, cap)
+        if highest < cap:
+            assert server.next() == highest + 1
+        else:
+            with pytest.raises(ConfigError, match=f"max_sessions = {cap}"):
+                server.next()
 
 
 def test_a_counter_jump_the_server_could_grind_is_refused(tmp_path: Path) -> None:
     """Red-team finding H1: the server searched counters offline for a session id whose draw it
-    liked (14 tries for 5 banks) and jumped to it; a bank accepts only a small step."""
+    liked (14 tries for 5 banks) and jumped to it; a bank accepts only a small step (here with
+    a cap too large to matter)."""
     from securefl.deploy.common import MAX_COUNTER_STEP, ServerFaultError, SessionCounter
 
-    counter = SessionCounter(tmp_path / "state", "cd" * 32)
+    counter = SessionCounter(tmp_path / "state", "cd" * 32, 2**62)
     counter.accept(1)
     with pytest.raises(ServerFaultError, match="grind"):
         counter.accept(1_000_013)
     with pytest.raises(ServerFaultError, match="grind"):
-        counter.accept(2**64 - 1)  # would lock the bank out of the manifest for good
+        counter.accept(2**61)
     counter.accept(1 + MAX_COUNTER_STEP)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(min_value=2, max_value=12).flatmap(lambda n: st.tuples(
-    st.just(n), st.sets(st.integers(min_value=0, max_value=n - 1), max_size=n - 2),
-    st.integers(min_value=2, max_value=n), st.integers(min_value=0, max_value=2**20),
+    st.just(n), st.integers(min_value=2, max_value=n), st.integers(min_value=0, max_value=2**20),
     st.binary(min_size=16, max_size=16))))
 def test_the_participant_draw_is_the_specified_public_function(
-        case: tuple[int, set[int], int, int, bytes]) -> None:
+        case: tuple[int, int, int, bytes]) -> None:
     """round_participants is exactly the spec's algorithm (recomputed here with hashlib): the
-    first k of the non-excluded banks ranked by SHA-256(domain | session | round | name), in
+    first k of the manifest's clients ranked by SHA-256(domain | session | round | name), in
     manifest order."""
     import hashlib
 
     from securefl.deploy.common import round_participants
 
-    n, excluded_ids, k, round_, session = case
+    n, k, round_, session = case
     banks = [f"bank{i}" for i in range(n)]
-    excluded = [banks[i] for i in sorted(excluded_ids)]
     dom = b"securefl/deploy/participants/v1"
     ranked = sorted((hashlib.sha256(len(dom).to_bytes(2, "big") + dom + session
                                     + round_.to_bytes(8, "big") + b.encode()).digest(), b)
-                    for b in banks if b not in excluded)
+                    for b in banks)
     chosen = {b for _, b in ranked[:k]}
-    got = round_participants(session, round_, banks, excluded, k)
+    got = round_participants(session, round_, banks, k)
     assert got == [b for b in banks if b in chosen]
-    assert len(got) == min(k, n - len(excluded))
+    assert len(got) == k
 
 
 def test_a_round_runs_once_per_session(fed: Fed, tmp_path: Path) -> None:
@@ -781,29 +797,6 @@ def test_a_round_runs_once_per_session(fed: Fed, tmp_path: Path) -> None:
         msgspec.structs.replace(payload, start=signed)))
     with pytest.raises(ServerFaultError, match=f"up to the plan's {RUN['rounds']}"):
         rec.node.handle(env, last_state)
-
-
-def test_a_bank_declared_silent_stays_silent_for_the_session(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The server may declare banks silent (the draw then skips them); a bank it declared silent
-    cannot come back later in the session, so the server cannot swap banks in and out to choose
-    the graph: the banks that saw it excluded refuse the plan that brings it back."""
-    run = {"rounds": 2, "seed": 3}
-    f = make_federation(tmp_path / "fed", run)
-    back = f.banks[2]
-
-    class Swapping(DeployServer):
-        def _next_round(self, rs: Any, r: int) -> Any:
-            if r == 1:
-                rs.silent.add(back)  # declared silent in round 1 ...
-            if r == 2:
-                rs.silent.discard(back)  # ... and back in round 2
-            return super()._next_round(rs, r)
-
-    res, refusals = _plan_refused(Swapping, f, tmp_path, caplog, 2)
-    assert len(refusals) == 2 and all("SFL307" in m and "declared silent earlier" in m
-                                      for m in refusals)
-    assert [h.get("aborted") for h in res["history"]] == [None, "SFL310"]
 
 
 def test_a_model_moved_by_one_ulp_per_retry_does_not_reset_the_attempt_bound(
@@ -849,3 +842,254 @@ def test_a_model_moved_by_one_ulp_per_retry_does_not_reset_the_attempt_bound(
     # next one is refused by all three banks
     assert len(bound) == 3 and all("SFL307" in m and f"round {MAX_ATTEMPTS + 2}:" in m
                                    for m in bound)
+
+
+# -- issue 14: the server cannot shape the draw by removing banks; sessions are capped --------------
+def _graph_seed_hex(session: bytes, round_: int, ids: list[int]) -> str:
+    """Spec section 4.3's graph seed, recomputed with hashlib (independently of the code)."""
+    import hashlib
+
+    body = (b"securefl/secagg/v2/graph-seed\x00" + session + round_.to_bytes(8, "big")
+            + len(ids).to_bytes(4, "big") + b"".join(i.to_bytes(4, "big") for i in sorted(ids)))
+    return hashlib.sha256(body).hexdigest()
+
+
+class _Seen(DeployServer):
+    """Keeps every round's plan and the graph seed its SecAgg machine uses."""
+
+    def _flight(self, start: Any) -> Any:
+        fl = super()._flight(start)
+        seen = self.__dict__.setdefault("seen", {})
+        seen[start.round] = (start, fl.machine.config.graph_seed.hex())
+        return fl
+
+
+@pytest.fixture(scope="module")
+def fed4(tmp_path_factory: pytest.TempPathFactory) -> Fed:
+    return make_federation(tmp_path_factory.mktemp("fed4"), {"rounds": 1, "seed": 3, "banks": 4})
+
+
+@pytest.mark.parametrize("silenced", [1, 2])
+def test_banks_the_server_declares_silent_stay_in_the_draw_and_the_graph(
+        fed4: Fed, tmp_path: Path, silenced: int) -> None:
+    """Open item 1 of the last session: the server declared live banks silent to drop them from
+    the draw and so choose among the graphs of the participant sets left. Now the participants
+    and the graph seed are those of (manifest, session, round) whatever it declares: the silenced
+    banks are SecAgg dropouts, the threshold is that of all 4 drawn banks (T = 3), so one
+    silenced bank leaves a round that completes with 3 survivors and two make it abort (before,
+    the draw shrank to 2 banks with T = 2 and the round completed)."""
+    victims = fed4.banks[:silenced]
+
+    class Silencing(_Seen):
+        def _next_round(self, rs: Any, r: int) -> Any:
+            if r == 1:
+                rs.silent |= set(victims)  # live banks, declared silent
+            return super()._next_round(rs, r)
+
+    srv = Silencing(ServerSettings.load(fed4.server_file(tmp_path / "run")))
+    link = LocalLink(_banks(fed4), srv.fed.digest)
+    res = srv.run(link, link.names())
+    start, seed = srv.seen[1]  # type: ignore[attr-defined]
+    assert start.participants == fed4.banks  # q = 1: every manifest client is drawn
+    assert seed == _graph_seed_hex(srv.session, 1, list(range(4)))
+    assert start.threshold == 3
+    h = res["history"][-1]
+    if silenced == 1:
+        assert res["rounds_completed"] == 1
+        assert h["participants"] == fed4.banks and sorted(h["survivors"]) == fed4.banks[1:]
+    else:
+        assert res["rounds_completed"] == 0 and h["aborted"] == "SFL310"
+
+
+def test_a_plan_that_leaves_the_silenced_banks_out_of_the_draw_is_refused(
+        fed4: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The old behaviour, as a hostile server: round 1's signed plan lists only the banks it did
+    not silence (a smaller set, another graph). Every bank recomputes the draw over the
+    manifest's clients and refuses it."""
+
+    class Shrinking(DeployServer):
+        def _next_round(self, rs: Any, r: int) -> Any:
+            participants, start, signed = super()._next_round(rs, r)
+            if r == 0:
+                return participants, start, signed
+            rs.silent.add(rs.banks[0])
+            return _resigned(self, rs, start, rs.banks[1:], threshold=2, min_survivors=2)
+
+    res, refusals = _plan_refused(Shrinking, fed4, tmp_path, caplog, 1)
+    assert len(refusals) == 3 and all("SFL307" in m and "public draw" in m for m in refusals)
+    assert res["rounds_completed"] == 0 and res["history"][0]["aborted"] == "SFL310"
+
+
+def test_a_bank_whose_signed_size_the_server_withholds_stays_drawn_and_contributes_nothing(
+        fed4: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Open item 1, second form: the server does not forward one bank's BankInfo at the hello,
+    to run the draw over the others. The bank stays a participant of every round (same graph
+    seed as with its size), gets no FedAvg weight, refuses the plan that lacks its own size (it
+    does not contribute) and is a dropout; the other three complete both rounds."""
+    victim = fed4.banks[2]
+
+    class Withholding(_Seen):
+        def _bank_infos(self, replies: Any) -> Any:
+            infos = super()._bank_infos(replies)
+            return {b: i for b, i in infos.items() if b != victim}
+
+        def _live(self, rs: Any, participants: list[str]) -> list[str]:
+            return [p for p in participants if p not in rs.silent]  # sends the victim too
+
+    srv = Withholding(ServerSettings.load(fed4.server_file(tmp_path / "run")))
+    link = LocalLink(_banks(fed4), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())
+    assert res["rounds_completed"] == 1
+    for r in (0, 1):
+        start, seed = srv.seen[r]  # type: ignore[attr-defined]
+        assert start.participants == fed4.banks
+        assert seed == _graph_seed_hex(srv.session, r, list(range(4)))
+    assert sorted(srv.seen[1][0].weights) == sorted(set(fed4.banks) - {victim})  # type: ignore[attr-defined]
+    assert victim not in res["history"][-1]["survivors"]
+    own = [r.getMessage() for r in caplog.records if "refused the plan of round 0" in
+           r.getMessage()]
+    assert len(own) == 1 and victim in own[0] and "SFL307" in own[0] and "signed size" in own[0]
+
+
+def test_a_session_counter_beyond_max_sessions_is_refused_by_every_bank(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Open item 2: sessions per manifest are capped. With max_sessions = 2 and two sessions
+    used, the honest server refuses to open a third (ConfigError), and a server that signs
+    counter 3 anyway (a step of 1, which the old rules accepted) gets no bank to answer: each
+    names the bound."""
+    import json
+
+    from securefl.deploy.common import session_id
+    from securefl.federation import ProtocolParams
+
+    f = make_federation(tmp_path / "fed", RUN, params=ProtocolParams(
+        aggregation="secagg", threshold=2, clip_norm=1.0, noise_multiplier=0.02,
+        max_sessions=2))
+    for i in (1, 2):
+        srv = _server(f, tmp_path / f"run{i}")
+        assert srv.counter == i
+        _hello_only(srv, f)
+    with pytest.raises(ConfigError, match="max_sessions = 2"):
+        _server(f, tmp_path / "run3")
+
+    class Beyond(DeployServer):
+        def __init__(self, settings: ServerSettings) -> None:
+            super().__init__(settings)  # a fresh state directory: its own counter says 1
+            self.counter = 3
+            self.session = session_id(self.fed.digest, 3)
+
+    cfg = ServerSettings.load(f.server_file(tmp_path / "run4"))
+    srv = Beyond(ServerSettings(**{**vars(cfg), "state_dir": tmp_path / "fresh-state"}))
+    link = LocalLink(_banks(f), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"), \
+            pytest.raises(AggregationAbortedError, match="only 0 banks answered the hello"):
+        srv.run(link, link.names())
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 3 and all("SFL307" in m and "max_sessions = 2" in m
+                                      for m in refusals)
+    state = f.keys[f.banks[0]].with_name(f.keys[f.banks[0]].name + ".state")
+    assert json.loads((state / f"session-{srv.fed.digest}.json").read_text())["highest"] == 2
+
+
+_PROP_KEYS: dict[int, list[SigningKey]] = {}
+
+
+def _prop_federation(n: int) -> tuple[Any, list[SigningKey]]:
+    """A signed manifest of a server and ``n`` banks (keys kept per n, made once)."""
+    from securefl.federation import (
+        Member,
+        ProtocolParams,
+        create_manifest,
+        sign_manifest,
+        verify_manifest,
+    )
+
+    keys = _PROP_KEYS.setdefault(n, [SigningKey.generate() for _ in range(n + 1)])
+    names = ["srv", *(f"b{i}" for i in range(n))]
+    members = [Member(name=nm, role="server" if i == 0 else "client",
+                      public_key=k.verify_key.raw.hex())
+               for i, (nm, k) in enumerate(zip(names, keys, strict=True))]
+    m = create_manifest("prop", members, ProtocolParams(aggregation="secagg", threshold=2,
+                                                        noise_multiplier=0.02))
+    for nm, k in zip(names, keys, strict=True):
+        m = sign_manifest(m, nm, k)
+    return verify_manifest(m), keys
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=3, max_value=10).flatmap(lambda n: st.tuples(
+    st.just(n),
+    st.lists(st.sampled_from(["silent", "withheld", None]), min_size=n, max_size=n).filter(
+        lambda xs: sum(x is None for x in xs) >= 2),
+    st.sampled_from([1.0, 0.5, 0.3]), st.integers(min_value=0, max_value=100_000),
+    st.binary(min_size=16, max_size=16))))
+def test_silence_and_withheld_sizes_leave_the_draw_and_the_graph_unchanged(
+        case: tuple[int, list[str | None], float, int, bytes]) -> None:
+    """The property behind spec 12.1's proof: for any set of banks the honest server counts as
+    silent or holds no signed size for, its round plan has the participants, threshold and
+    SecAgg graph seed of the same (manifest, session, round) with no removal; the participants
+    are the spec's draw (recomputed with hashlib); every bank with a forwarded size accepts the
+    plan's draw and weights, and a bank whose size was withheld refuses to contribute."""
+    import hashlib
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from securefl.config import RunConfig
+    from securefl.crypto.signing import sign_bound
+    from securefl.deploy.client import NodeMemo
+    from securefl.deploy.common import ServerFaultError, bank_ids, fedavg_weights
+    from securefl.deploy.messages import BANK_INFO_DOMAIN, BankInfo, Hello, SignedBankInfo
+    from securefl.protocol import wire
+
+    n, removal, q, round_, session = case
+    fed, keys = _prop_federation(n)
+    banks = list(fed.clients)
+    sizes = {b: 10 + 7 * i for i, b in enumerate(banks)}
+    srv = DeployServer.__new__(DeployServer)
+    srv.fed, srv.config = fed, RunConfig(banks=n, clients_per_round=q, rounds=100_000)
+    srv.session, srv.sim_stream, srv.key, srv.ids = session, None, keys[0], bank_ids(fed)
+    srv.history, srv._hello_digest = [], bytes(32)
+
+    def plan(silent: set[str], withheld: set[str]) -> tuple[Any, str]:
+        sized = [b for b in banks if b not in withheld]
+        rs = SimpleNamespace(banks=sized, silent=silent, target_scale_log2=None, n_features=2,
+                             w=np.zeros(7), bound=1.0,
+                             weights=fedavg_weights({b: sizes[b] for b in sized}))
+        start = srv._next_round(rs, round_)[1]  # type: ignore[arg-type]
+        seed = srv._flight(start).machine.config.graph_seed.hex() if round_ > 0 else ""
+        return start, seed
+
+    silent = {b for b, x in zip(banks, removal, strict=True) if x == "silent"}
+    withheld = {b for b, x in zip(banks, removal, strict=True) if x == "withheld"}
+    start, seed = plan(silent, withheld)
+    base, base_seed = plan(set(), set())
+    dom = b"securefl/deploy/participants/v1"
+    k = n if q >= 1 or round_ == 0 else min(n, max(2, round(q * n)))
+    ranked = sorted(banks, key=lambda b: hashlib.sha256(
+        len(dom).to_bytes(2, "big") + dom + session + round_.to_bytes(8, "big")
+        + b.encode()).digest())
+    assert start.participants == base.participants == [b for b in banks if b in ranked[:k]]
+    assert seed == base_seed
+    if round_ > 0:
+        assert start.threshold == base.threshold
+        assert seed == _graph_seed_hex(session, round_, [srv.ids[p] for p in start.participants])
+    infos = []
+    for b in banks:
+        if b in withheld:
+            continue
+        info = BankInfo(n_train=sizes[b], n_features=2, moments_norm_log2=1,
+                        record_noise_multiplier=None)
+        infos.append(SignedBankInfo(member=b, info=info, signature=sign_bound(
+            keys[1 + banks.index(b)], domain=BANK_INFO_DOMAIN, session_id=session, round_=0,
+            message=wire.encode(info))))
+    hello = Hello(session=session, federation=fed.digest, plan=srv.plan(), counter=1)
+    for b in start.participants:
+        node = BankNode(member=b, key_path=Path("-"), manifest_path=Path("-"),
+                        data_path=Path("-"))
+        if b in withheld:
+            with pytest.raises(ServerFaultError, match="signed size"):
+                node._check_draw(fed, NodeMemo(), hello, start, infos)
+        else:
+            node._check_draw(fed, NodeMemo(), hello, start, infos)

@@ -83,7 +83,7 @@ def test_round_trip_through_file_bytes() -> None:
 
 def test_canonical_body_is_sorted_compact_json() -> None:
     # hand-written expected bytes: keys sorted at every level, no whitespace
-    body = ManifestBody(version=2, federation_id="f", members=[
+    body = ManifestBody(version=3, federation_id="f", members=[
         Member(name="s", role="server", public_key="00" * 32),
         Member(name="c", role="client", public_key="11" * 32)],
         params=ProtocolParams(aggregation="secagg", threshold=2, clip_norm=0.5,
@@ -93,19 +93,49 @@ def test_canonical_body_is_sorted_compact_json() -> None:
         '{"name":"s","public_key":"' + "00" * 32 + '","role":"server"},'
         '{"name":"c","public_key":"' + "11" * 32 + '","role":"client"}],'
         '"params":{"aggregation":"secagg","clip_norm":0.5,"colluders":0,'
-        '"dropout_fraction":null,"neighbours":null,"noise_multiplier":1.25,'
-        '"precision_bits":16,"security_bits":40,"threshold":2},"version":2}'
+        '"data_schema":null,"dropout_fraction":null,"max_sessions":256,"neighbours":null,'
+        '"noise_multiplier":1.25,"precision_bits":16,"security_bits":40,"threshold":2},'
+        '"version":3}'
     ).encode()
     assert canonical_body(body) == expected
 
 
-def test_version_1_manifest_is_refused_with_a_reason() -> None:
+@pytest.mark.parametrize(("version", "names"), [
+    (1, ["colluders", "security_bits", "max_sessions"]),
+    (2, ["max_sessions", "data_schema"]),
+])
+def test_an_older_manifest_is_refused_naming_what_the_current_version_adds(
+        version: int, names: list[str]) -> None:
     import json
 
-    v1 = json.dumps({"body": {"version": 1, "federation_id": "f", "members": [], "params": {
-        "aggregation": "secagg", "threshold": 2}}, "signatures": []}).encode()
-    with pytest.raises(ConfigError, match="version 1 federation manifest"):
-        decode_manifest(v1)
+    old = json.dumps({"body": {"version": version, "federation_id": "f", "members": [],
+                               "params": {"aggregation": "secagg", "threshold": 2,
+                                          "colluders": 0, "security_bits": 40}},
+                      "signatures": []}).encode()
+    with pytest.raises(ConfigError, match=f"version {version} federation manifest") as err:
+        decode_manifest(old)
+    assert all(n in err.value.message for n in names)
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"max_sessions": 0}, "max_sessions"),
+    ({"max_sessions": 65537}, "max_sessions"),
+    ({"data_schema": "AB" * 32}, "data_schema"),
+    ({"data_schema": "ab" * 31}, "data_schema"),
+])
+def test_session_cap_and_data_schema_are_validated(params: dict[str, object],
+                                                   match: str) -> None:
+    members = [Member(name="s", role="server", public_key="00" * 32)] + [
+        Member(name=f"b{i}", role="client", public_key=f"{i + 1:02x}" * 32) for i in range(3)]
+    body = {"version": 3, "federation_id": "f", "members": [msgspec.to_builtins(m)
+                                                            for m in members],
+            "params": {"aggregation": "secagg", "threshold": 2, **params}}
+    with pytest.raises(MessageError, match=match):
+        decode_manifest(msgspec.json.encode({"body": body, "signatures": []}))
+    ok = create_manifest("f", members, ProtocolParams(aggregation="secagg", threshold=2,
+                                                      max_sessions=65536,
+                                                      data_schema="ab" * 32))
+    assert ok.body.params.data_schema == "ab" * 32
 
 
 @pytest.mark.parametrize(("params", "match"), [
@@ -128,7 +158,7 @@ def test_signature_layout_verifies_independently_with_cryptography() -> None:
     body = json.dumps(msgspec.to_builtins(m.body), sort_keys=True, separators=(",", ":")).encode()
     d, sid = MANIFEST_DOMAIN.encode(), b"fed-1"
     message = (b"securefl-sig-v1\x00" + struct.pack(">H", len(d)) + d
-               + struct.pack(">H", len(sid)) + sid + struct.pack(">Q", 2) + body)
+               + struct.pack(">H", len(sid)) + sid + struct.pack(">Q", 3) + body)
     for s in m.signatures:
         pk = Ed25519PublicKey.from_public_bytes(KEYS[s.member].verify_key.raw)
         pk.verify(bytes.fromhex(s.signature), message)  # raises InvalidSignature if wrong

@@ -123,6 +123,26 @@ def test_create_rejects_mismatched_member_spec(keys: Path, tmp_path: Path) -> No
         _create(keys, tmp_path / "m2.json", "--threshold", "9")
 
 
+def test_create_sets_the_session_cap_and_the_data_schema(keys: Path, tmp_path: Path) -> None:
+    """``--max-sessions`` and ``--data-schema`` land in the signed params (version 3); without
+    them the cap is the documented default 256 and no schema is pinned; a malformed digest is
+    refused."""
+    import hashlib
+
+    digest = hashlib.sha256(b"schema").hexdigest()
+    assert _create(keys, tmp_path / "a.json", "--max-sessions", "8",
+                   "--data-schema", digest) == 0
+    body = load_manifest(tmp_path / "a.json").body
+    assert (body.version, body.params.max_sessions, body.params.data_schema) == (3, 8, digest)
+    assert _create(keys, tmp_path / "b.json") == 0
+    params = load_manifest(tmp_path / "b.json").body.params
+    assert (params.max_sessions, params.data_schema) == (256, None)
+    with pytest.raises(ConfigError, match="data_schema"):
+        _create(keys, tmp_path / "c.json", "--data-schema", "not-a-digest")
+    with pytest.raises(ConfigError, match="max_sessions"):
+        _create(keys, tmp_path / "d.json", "--max-sessions", "0")
+
+
 def test_help_does_not_import_heavy_modules() -> None:
     code = ("import sys, argparse\n"
             "from securefl.cli.keys import register_keys, register_federation\n"

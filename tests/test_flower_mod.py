@@ -256,6 +256,33 @@ def test_a_replayed_session_is_refused(tmp_path: Path) -> None:
     assert _records(second)[0]["status"] == "aborted"
 
 
+def test_a_session_beyond_the_manifests_max_sessions_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions per manifest are capped (manifest v3, spec section 12.1): with max_sessions = 1
+    the honest workflow refuses to open a second session, and a server that opens it anyway
+    (its own cap bypassed) is refused by every bank: the round aborts, the model is unchanged."""
+    from securefl.deploy.common import SessionCounter
+    from securefl.errors import ConfigError
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0, max_sessions=1)
+    fed = make_flower_federation(tmp_path / "fed", BANKS, params)
+    _, first, _ = _run(tmp_path, params, fed=fed, run_name="run1")
+    assert _records(first)[0]["status"] == "committed"
+    with pytest.raises(ConfigError, match="max_sessions = 1"):
+        _run(tmp_path, params, fed=fed, run_name="run2")
+
+    class Uncapped(SessionCounter):  # the server's side only; the banks keep the real one
+        def next(self) -> int:
+            self.max_sessions = 2**20
+            return super().next()
+
+    monkeypatch.setattr("securefl.flower.workflow.SessionCounter", Uncapped)
+    final, third, _ = _run(tmp_path, params, fed=fed, run_name="run3")
+    assert np.array_equal(_flat(final), _flat(_initial()))
+    assert _records(third)[0]["status"] == "aborted"
+
+
 def test_a_bank_with_a_key_not_in_the_manifest_drops_out(tmp_path: Path) -> None:
     """A node whose identity key is not its member's in the manifest refuses to run (typed
     SignatureError on the node); the others still release a sum of their own updates only."""

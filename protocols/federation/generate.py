@@ -9,6 +9,7 @@ independent verifier in tests/test_federation_vectors.py (hashlib + json + `cryp
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from securefl.federation import (
 from securefl.schema import json_schema, render
 
 HERE = Path(__file__).resolve().parent
+#: the vector's data_schema is the SHA-256 of these bytes (an example; issue 18 defines the schema)
+SCHEMA_EXAMPLE = b"example data schema"
 MEMBERS = (("agg", "server", 0x01), ("bank-a", "client", 0x02), ("bank-b", "client", 0x03),
            ("bank-c", "client", 0x04))
 
@@ -43,7 +46,8 @@ def vectors() -> dict[str, Any]:
                for n, r, _ in MEMBERS]
     m = create_manifest("example-federation", members,
                         ProtocolParams(aggregation="secagg", threshold=2, neighbours=2,
-                                       clip_norm=1.0, noise_multiplier=1.1))
+                                       clip_norm=1.0, noise_multiplier=1.1,
+                                       data_schema=hashlib.sha256(SCHEMA_EXAMPLE).hexdigest()))
     for n, _, _ in MEMBERS:
         m = sign_manifest(m, n, keys[n])
     return {

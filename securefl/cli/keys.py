@@ -92,6 +92,13 @@ def register_federation(sub: Any) -> None:
                      help="SecAgg+ graph guarantees fail with probability <= 2^-bits (default 40)")
     p_c.add_argument("--precision-bits", type=int, default=16,
                      help="SecAgg field precision: steps of clip / 2^bits (default 16)")
+    p_c.add_argument("--max-sessions", type=int, default=None,
+                     help="deployment sessions this manifest allows; every bank refuses a later "
+                          "session counter (default 256: the graph bounds then fail with "
+                          "probability <= 2^-(security_bits - 10) over the manifest's life)")
+    p_c.add_argument("--data-schema", default=None, metavar="SHA256",
+                     help="SHA-256 (hex) of the federation's data schema; checked by banks "
+                          "when set")
     p_c.add_argument("--clip-norm", type=float, default=1.0,
                      help="client-level L2 clip of each update (default 1.0)")
     p_c.add_argument("--noise-multiplier", type=float, default=1.0,
@@ -209,7 +216,9 @@ def cmd_federation_create(args: argparse.Namespace) -> int:
              "neighbours": args.neighbours, "clip_norm": args.clip_norm,
              "noise_multiplier": args.noise_multiplier, "colluders": args.colluders,
              "dropout_fraction": args.dropout_fraction, "security_bits": args.security_bits,
-             "precision_bits": args.precision_bits}, type=ProtocolParams)
+             "precision_bits": args.precision_bits, "data_schema": args.data_schema,
+             **({} if args.max_sessions is None else {"max_sessions": args.max_sessions})},
+            type=ProtocolParams)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid protocol parameter: {exc}") from exc
     manifest = create_manifest(args.federation_id, members, params)

@@ -36,10 +36,10 @@ from securefl.deploy.common import (
     ServerFaultError,
     SessionCounter,
     bank_ids,
+    draw_size,
     encode_input,
     encoding_for,
     fedavg_weights,
-    participant_count,
     protocol_federation,
     randomness,
     round0_input,
@@ -99,12 +99,10 @@ class NodeMemo(msgspec.Struct, forbid_unknown_fields=True):
     #: the key holder's SignedPublicContext of the latest CKKS round, verified for that round
     ckks_context: bytes | None = None
     rounds: dict[int, RoundMemo] = {}
-    #: the banks the last plan declared silent (they stay silent for the session)
-    excluded: list[str] = []
-    #: the banks whose signed BankInfo the session's first plan forwarded: the draw is over this
-    #: set for the whole session (a server that omits a bank's BankInfo to swap it out and back
-    #: in would choose the participants, and with them the graph)
-    eligible: list[str] = []
+    #: the banks whose signed BankInfo the session's first plan forwarded (their sizes fix the
+    #: FedAvg weights; the set is fixed for the session). The draw does not depend on it: it is
+    #: over the manifest's clients
+    sized: list[str] = []
     #: the last round started in this session (each round runs once, in order)
     last_round: int = -1
     #: SHA-256 of the global weights this bank last trained from, and how many rounds in a row
@@ -194,7 +192,8 @@ class BankNode(NodeHandler):
             if hello.session != session_id(fed.digest, hello.counter):
                 raise ServerFaultError("the session id is not derived from the manifest and the "
                                        f"session counter {hello.counter}")
-            SessionCounter(self.session_dir, fed.digest).accept(hello.counter)
+            SessionCounter(self.session_dir, fed.digest,
+                           fed.params.max_sessions).accept(hello.counter)
             memo = NodeMemo(hello=msg.hello.body)
             info, memo.record_noise = self._bank_info(hello)
             info_signature = sign_bound(identity, domain=BANK_INFO_DOMAIN,
@@ -313,10 +312,11 @@ class BankNode(NodeHandler):
     def _check_draw(self, fed: Federation, memo: NodeMemo, hello: Hello, start: RoundStart,
                     banks: list[SignedBankInfo]) -> None:
         """The plan against the public randomness and the banks' own signatures (spec section
-        12): every forwarded BankInfo signed by its bank's manifest key for this session; the
-        participants exactly the draw of (session, round) over those banks minus the ones
-        declared silent (a bank declared silent stays so for the session); every FedAvg weight
-        n_i / max n of the signed sizes.
+        12.1): every forwarded BankInfo signed by its bank's manifest key for this session, the
+        forwarded set fixed by the session's first plan and holding this bank's own; the
+        participants exactly the draw of (session, round) over the manifest's clients (whoever
+        the server reports silent or without a size: those stay drawn as SecAgg dropouts); a
+        FedAvg weight n_i / max n of the signed sizes for exactly the participants with one.
         ServerFaultError (SignatureError for a forged BankInfo) otherwise."""
         sizes: dict[str, int] = {}
         for sb in banks:
@@ -326,31 +326,28 @@ class BankNode(NodeHandler):
             verify_bound(fed.verify_key(sb.member), sb.signature, domain=BANK_INFO_DOMAIN,
                          session_id=hello.session, round_=0, message=wire.encode(sb.info))
             sizes[sb.member] = sb.info.n_train
-        eligible = [b for b in fed.clients if b in sizes]
-        if memo.eligible and eligible != memo.eligible:
+        sized = [b for b in fed.clients if b in sizes]
+        if memo.sized and sized != memo.sized:
             raise ServerFaultError(
-                f"round {start.round}: the plan forwards the signed sizes of {eligible[:8]}, not "
-                f"{memo.eligible[:8]} as earlier in this session: the draw's bank set is fixed "
-                "for the session")
-        if not set(start.excluded) <= set(eligible):
-            raise ServerFaultError(f"round {start.round}: banks declared silent without a "
-                                   "signed BankInfo")
-        back = sorted(set(memo.excluded) - set(start.excluded))
-        if back:
-            raise ServerFaultError(f"round {start.round}: {back[:5]} were declared silent "
-                                   "earlier in this session and are back in the draw")
+                f"round {start.round}: the plan forwards the signed sizes of {sized[:8]}, not "
+                f"{memo.sized[:8]} as earlier in this session: the sizes are fixed for the "
+                "session")
+        if self.member not in sizes:
+            raise ServerFaultError(f"round {start.round}: the plan does not forward this bank's "
+                                   "signed size; without it this bank contributes nothing")
         floor = max(2, fed.params.threshold)
         q = hello.plan.clients_per_round if start.task == "train" else 1.0
-        k = participant_count(len(eligible), len(eligible) - len(set(start.excluded)), q, floor)
-        want = round_participants(hello.session, start.round, eligible, start.excluded, k)
+        want = round_participants(hello.session, start.round, fed.clients,
+                                  draw_size(len(fed.clients), q, floor))
         if start.participants != want:
             raise ServerFaultError(
                 f"round {start.round}: participants {start.participants[:8]} are not the "
-                f"public draw {want[:8]} of (session, round)")
+                f"public draw {want[:8]} of (manifest, session, round)")
         if start.task == "train":
             w = fedavg_weights(sizes)
-            bad = [p for p in start.participants if start.weights.get(p) != w[p]]
-            if bad:
+            weighted = [p for p in start.participants if p in sizes]
+            bad = [p for p in start.participants if start.weights.get(p) != w.get(p)]
+            if bad or sorted(start.weights) != sorted(weighted):
                 raise ServerFaultError(
                     f"round {start.round}: the FedAvg weights of {bad[:5]} are not n_i / max n of "
                     "the sizes the banks signed")
@@ -360,8 +357,7 @@ class BankNode(NodeHandler):
                ) -> list[ProtocolItem]:
         self._check_plan(fed, start, hello.session)
         self._check_draw(fed, memo, hello, start, banks)
-        memo.excluded = list(start.excluded)
-        memo.eligible = [b for b in fed.clients if b in {sb.member for sb in banks}]
+        memo.sized = [b for b in fed.clients if b in {sb.member for sb in banks}]
         if start.round <= memo.last_round or start.round > hello.plan.rounds:
             raise ServerFaultError(f"round {start.round}: this session's rounds run once each, "
                                    f"in order, up to the plan's {hello.plan.rounds} (last started "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -41,11 +41,11 @@ __all__ = [
     "ServerFaultError",
     "SessionCounter",
     "bank_ids",
+    "draw_size",
     "encode_input",
     "encoding_for",
     "fedavg_weights",
     "noise_plan",
-    "participant_count",
     "protocol_federation",
     "randomness",
     "round0_input",
@@ -60,8 +60,9 @@ __all__ = [
 class ServerFaultError(RemoteProtocolError):
     """The server's signed plan breaks a rule every bank checks for itself (protocols/secagg/
     spec.md section 12): a session id not derived from the manifest and a fresh counter, a
-    counter already used, an attempt beyond the bound, participants not drawn from the public
-    randomness, FedAvg weights that are not the signed bank sizes'."""
+    counter already used or above the manifest's max_sessions, an attempt beyond the bound,
+    participants not drawn from the public randomness, FedAvg weights that are not the signed
+    bank sizes'."""
 
     code = "SFL307"
     default_hint = "the aggregation server deviated from the protocol; stop and investigate it"
@@ -94,28 +95,28 @@ def session_id(manifest_digest: str, counter: int) -> bytes:
     return hashlib.sha256(body).digest()[:16]
 
 
-def round_participants(session: bytes, round_: int, eligible: list[str], excluded: list[str],
-                       k: int) -> list[str]:
-    """The participants of (session, round), from public randomness only: the eligible banks
-    (those whose signed BankInfo the session carries) ordered by SHA-256(u16 len(domain) ||
-    domain || session || u64 round || UTF-8 name), the first ``k`` of them not in ``excluded``
-    (the banks the signed plan declares silent), returned in ``eligible``'s (manifest) order.
-    Every bank recomputes it. A retry of an aborted round is the next round, so each attempt
-    draws anew from the same public randomness."""
+def round_participants(session: bytes, round_: int, members: Sequence[str], k: int
+                       ) -> list[str]:
+    """The participants of (session, round), from public randomness only: the manifest's clients
+    ``members`` ordered by SHA-256(u16 len(domain) || domain || session || u64 round || UTF-8
+    name), the first ``k`` of them, returned in manifest order. Nothing the server says during
+    the session enters it: a bank the server declares silent, or whose signed BankInfo it does
+    not forward, stays drawn and is a SecAgg dropout (spec section 12.1). Every bank recomputes
+    it. A retry of an aborted round is the next round, so each attempt draws anew."""
     def rank(name: str) -> bytes:
         return hashlib.sha256(len(PARTICIPANTS_DOMAIN).to_bytes(2, "big") + PARTICIPANTS_DOMAIN
                               + session + _u64(round_) + name.encode("utf-8")).digest()
 
-    out = set([b for b in sorted(eligible, key=rank) if b not in excluded][:k])
-    return [b for b in eligible if b in out]
+    out = set(sorted(members, key=rank)[:k])
+    return [b for b in members if b in out]
 
 
-def participant_count(eligible: int, available: int, fraction: float, floor: int) -> int:
-    """How many banks a round takes: all available ones, or with client sampling (``fraction``
-    < 1) max(floor, round(fraction * eligible)) of them."""
+def draw_size(members: int, fraction: float, floor: int) -> int:
+    """How many of the manifest's ``members`` clients a round draws: all of them, or with client
+    sampling (``fraction`` < 1) max(floor, round(fraction * members)) of them."""
     if fraction >= 1:
-        return available
-    return min(available, max(floor, round(fraction * eligible)))
+        return members
+    return min(members, max(floor, round(fraction * members)))
 
 
 def fedavg_weights(sizes: Mapping[str, int]) -> dict[str, float]:
@@ -136,9 +137,11 @@ class SessionCounter:
     manifest, in ``<state dir>/session-<manifest digest>.json``: read and replaced atomically
     under an exclusive lock, so no counter is accepted twice, even by concurrent processes."""
 
-    def __init__(self, state_dir: Path, manifest_digest: str) -> None:
+    def __init__(self, state_dir: Path, manifest_digest: str, max_sessions: int) -> None:
         self.path = state_dir / f"session-{manifest_digest}.json"
         self.digest = manifest_digest
+        #: the signed manifest's cap on its sessions (ProtocolParams.max_sessions)
+        self.max_sessions = max_sessions
 
     def _update(self, check: Any) -> int:
         import fcntl
@@ -161,14 +164,29 @@ class SessionCounter:
             return new
 
     def next(self) -> int:
-        """The server: one more than the highest counter it used (persisted before use)."""
-        return self._update(lambda highest: highest + 1)
+        """The server: one more than the highest counter it used (persisted before use);
+        ConfigError once the manifest's sessions are used up (the banks would refuse it)."""
+        def check(highest: int) -> int:
+            if highest + 1 > self.max_sessions:
+                raise ConfigError(
+                    f"session {highest + 1} would exceed the manifest's max_sessions = "
+                    f"{self.max_sessions}: its sessions are used up",
+                    hint="the members sign a new manifest (`securefl federation create`)")
+            return highest + 1
+
+        return self._update(check)
 
     def accept(self, counter: int) -> None:
         """A bank: accept ``counter`` only if above every counter it accepted before, and at most
         :data:`MAX_COUNTER_STEP` above it: a server free to pick any larger counter could grind
         the session id (and with it every participant draw and graph seed) offline."""
         def check(highest: int) -> int:
+            if counter > self.max_sessions:
+                raise ServerFaultError(
+                    f"session counter {counter} is above the manifest's max_sessions = "
+                    f"{self.max_sessions}: the bound on the graphs a server can choose among "
+                    "(max_sessions * (MAX_ATTEMPTS + 1) * 2^-security_bits per input, spec "
+                    "section 12.1) allows no more sessions under this manifest")
             if counter <= highest:
                 raise ServerFaultError(
                     f"session counter {counter} is not above {highest}, the highest this bank "
@@ -196,8 +214,8 @@ def protocol_federation(fed: Federation, session: bytes) -> ProtocolFederation:
 def round_spec(start: RoundStart, ids: dict[str, int], context: bytes = bytes(32),
                params: ProtocolParams | None = None) -> RoundSpec:
     """The round's public plan as both sides bind it into SecAgg's plan digest: participants,
-    clip, threshold, noise, every participant's FedAvg weight (train rounds must carry exactly
-    the participants' weights) and ``context``, the SHA-256 of the signed Hello (the training
+    clip, threshold, noise, every participant's FedAvg weight (0 for a drawn bank without a
+    signed size, which contributes nothing) and ``context``, the SHA-256 of the signed Hello (the training
     plan). With the manifest's ``params`` the client-level noise plan is sized for its colluders
     (each share (z C)^2 / h, h = T - c, or SecAgg+'s minimum isolatable honest set:
     NoisePlan.honest_floor), as ``securefl run`` sizes it, so the honest shares of any completed
@@ -206,12 +224,16 @@ def round_spec(start: RoundStart, ids: dict[str, int], context: bytes = bytes(32
     if unknown:
         raise SignatureError(f"round {start.round} names participants outside the manifest: "
                              f"{unknown[:5]}")
-    if start.task == "train" and set(start.weights) != set(start.participants):
-        raise ConfigError(f"round {start.round}: the plan must give a FedAvg weight to exactly "
-                          "its participants (the weights are signed into every bank's SecAgg plan)")
+    if start.task == "train" and not set(start.weights) <= set(start.participants):
+        raise ConfigError(f"round {start.round}: the plan gives FedAvg weights to banks that are "
+                          "not its participants (the weights are signed into every bank's SecAgg "
+                          "plan)")
     noise = noise_plan(start, params)
     order = sorted(start.participants, key=lambda p: ids[p])
-    weights = tuple(start.weights[p] for p in order) if start.task == "train" else None
+    # a drawn bank without a signed size (the server did not forward its BankInfo) has weight 0:
+    # it contributes nothing (it refuses the round) and stays in the graph as a dropout
+    weights = (tuple(start.weights.get(p, 0.0) for p in order) if start.task == "train"
+               else None)
     # the weights and the training plan enter the SecAgg plan digest (a weight or plan tailored to
     # one bank is caught before unmasking); the global model is the consistency message's input
     # binding (it arrives after the keys)

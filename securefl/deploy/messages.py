@@ -73,8 +73,8 @@ class TrainPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: ckks: co-signatures the key holder requires, and how many ranked verifiers may be skipped
     ckks_verifiers: Annotated[int, Meta(ge=1)] = 2
     ckks_verifier_skips: Annotated[int, Meta(ge=0)] = 2
-    #: fraction of the banks each training round takes (1: all); the draw is public randomness
-    #: every bank recomputes (securefl.deploy.common.round_participants)
+    #: fraction of the manifest's clients each training round draws (1: all); the draw is public
+    #: randomness every bank recomputes (securefl.deploy.common.round_participants)
     clients_per_round: Annotated[float, Meta(gt=0, le=1)] = 1.0
 
 
@@ -120,7 +120,9 @@ class SignedBankInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class RoundStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The public plan of one aggregation round (DESIGN.md section 3 step 1). Bank ids in the
-    SecAgg machines are indices into the manifest's client list."""
+    SecAgg machines are indices into the manifest's client list. ``participants`` is the public
+    draw over the manifest's clients (securefl.deploy.common.round_participants), whoever the
+    server reports silent; ``weights`` covers the participants with a forwarded signed size."""
 
     session: Annotated[bytes, Meta(min_length=16, max_length=16)]
     round: Annotated[int, Meta(ge=0)]
@@ -133,15 +135,12 @@ class RoundStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     degree: int | None
     precision_bits: Annotated[int, Meta(ge=1, le=30)]
     dim: Annotated[int, Meta(ge=1)]
-    #: public FedAvg weight n_i / max n per participant (train rounds)
+    #: public FedAvg weight n_i / max n per participant with a signed size (train rounds)
     weights: dict[str, float] = {}
     #: the released sum of the banks' moment vectors (train rounds: every bank standardises with it)
     moments_total: list[float] = []
     #: regression: the round-0 vector carries the moments of target / 2^target_scale_log2
     target_scale_log2: Annotated[int, Meta(ge=0, le=1023)] | None = None
-    #: banks the server declares silent (not drawn); the participants are the public draw
-    #: over the other banks whose signed BankInfo the payload carries
-    excluded: list[str] = []
     #: INSECURE tests only: as Hello.sim_stream
     sim_stream: Annotated[bytes, Meta(min_length=16, max_length=16)] | None = None
 

@@ -43,9 +43,9 @@ from securefl.deploy.common import (
     MAX_ATTEMPTS,
     SessionCounter,
     bank_ids,
+    draw_size,
     encoding_for,
     fedavg_weights,
-    participant_count,
     protocol_federation,
     round_participants,
     round_spec,
@@ -245,7 +245,7 @@ class DeployServer:
         self.trips_per_round = CKKS_TRIPS_PER_ROUND if self.ckks else TRIPS_PER_ROUND
         self.ids = bank_ids(self.fed)
         self.counter = SessionCounter(self.s.state_dir or self.s.key.with_name(
-            self.s.key.name + ".state"), self.fed.digest).next()
+            self.s.key.name + ".state"), self.fed.digest, self.fed.params.max_sessions).next()
         # public randomness fixed before any key: the manifest and a counter no bank accepts
         # twice (protocols/secagg/spec.md section 12)
         self.session = session_id(self.fed.digest, self.counter)
@@ -387,18 +387,18 @@ class DeployServer:
 
     def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
                weights: dict[str, float], target_scale_log2: int | None = None,
-               excluded: list[str] | None = None) -> tuple[RoundStart, Signed]:
+               round0_threshold: int | None = None) -> tuple[RoundStart, Signed]:
         from securefl.protocol.secagg.bounds import default_threshold
 
         c = self.config
         k = len(participants)
-        if round_ == 0:
+        if round_ == 0:  # standardisation needs every bank that sent a signed size
+            t0 = round0_threshold or k
             start = RoundStart(session=self.session, round=0, task="moments",
-                               participants=participants, threshold=k, clip_norm=clip,
-                               noise_multiplier=0.0, min_survivors=k, degree=None,
+                               participants=participants, threshold=t0, clip_norm=clip,
+                               noise_multiplier=0.0, min_survivors=t0, degree=None,
                                precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim,
-                               target_scale_log2=target_scale_log2,
-                               excluded=excluded or [], sim_stream=self.sim_stream)
+                               target_scale_log2=target_scale_log2, sim_stream=self.sim_stream)
         else:
             threshold = min(c.threshold or default_threshold(k, self.fed.params.colluders), k)
             threshold = max(threshold, self.fed.params.threshold)  # k >= it (_next_round)
@@ -408,8 +408,9 @@ class DeployServer:
                                clip_norm=c.clip_norm, noise_multiplier=z,
                                min_survivors=threshold, degree=c.neighbours,
                                precision_bits=self.fed.params.precision_bits,
-                               dim=dim, weights={p: weights[p] for p in participants},
-                               excluded=excluded or [], sim_stream=self.sim_stream)
+                               dim=dim, weights={p: weights[p] for p in participants
+                                                 if p in weights},
+                               sim_stream=self.sim_stream)
         return start, self._sign(wire.encode(start), START_DOMAIN, round_)
 
     def _flight(self, start: RoundStart) -> _Flight:
@@ -525,7 +526,7 @@ class DeployServer:
             fl = self._flight(start)
             payloads = {n: ServerPayload(protocol=carry.get(n, []), start=signed,
                                          banks=rs.signed_infos)
-                        for n in participants}
+                        for n in self._live(rs, participants)}
             for n, items in carry.items():
                 if n not in payloads:
                     payloads[n] = ServerPayload(protocol=items)
@@ -617,9 +618,10 @@ class DeployServer:
                                               f"context for round {r}")
             public = public_context(fed, context, self.session, r)  # its manifest key, (s, r)
             model_msg = self._model_message(rs, r)
+            live = self._live(rs, participants)
             first = {n: ServerPayload(protocol=[ProtocolItem(round=r, data=context)],
                                       start=signed, model=model_msg, banks=rs.signed_infos)
-                     for n in participants}
+                     for n in live}
             names = {self.ids[p]: p for p in participants}
             done = _Done(start=start, names=names, t0=time.monotonic(), aggregation="ckks")
 
@@ -676,29 +678,36 @@ class DeployServer:
     def _next_round(self, rs: _Run, r: int) -> tuple[list[str], RoundStart, Signed]:
         """Round r's participants and its signed plan: round 0 sums the moment vectors, later
         rounds the model updates. The participants are the public draw every bank recomputes
-        (securefl.deploy.common.round_participants over the banks with a signed BankInfo, the
-        silent ones excluded): all of them, or with ``clients_per_round`` < 1
-        max(floor, round(q n)) of them."""
+        (securefl.deploy.common.round_participants over the manifest's clients): all of them, or
+        with ``clients_per_round`` < 1 max(floor, round(q n)) of them. Banks that went silent or
+        sent no signed size stay drawn; they get no payload and are SecAgg dropouts, so they
+        lower no threshold (spec section 12.1)."""
         retries = self._aborted_in_a_row()
         if r > 0 and retries >= MAX_ATTEMPTS:
             raise AggregationAbortedError(
                 f"round {r}: the last {retries} rounds aborted; the banks refuse more than "
                 f"{MAX_ATTEMPTS} attempts at one global model")
-        excluded = [b for b in rs.banks if b in rs.silent]
-        available = len(rs.banks) - len(excluded)
+        available = len([b for b in rs.banks if b not in rs.silent])
         floor = max(2, self.fed.params.threshold)
         if available < floor:
             raise AggregationAbortedError(
                 f"round {r}: {available} banks left, fewer than the manifest's threshold "
                 f"{floor}")
-        k = participant_count(len(rs.banks), available,
-                              self.config.clients_per_round if r > 0 else 1.0, floor)
-        participants = round_participants(self.session, r, rs.banks, excluded, k)
+        clients = self.fed.clients
+        k = draw_size(len(clients), self.config.clients_per_round if r > 0 else 1.0, floor)
+        participants = round_participants(self.session, r, clients, k)
         target_cols = 1 if rs.target_scale_log2 is not None else 0
         dim = 1 + 2 * (rs.n_features + target_cols) if r == 0 else int(rs.w.size)
         start, signed = self._start(r, participants, dim, clip=rs.bound, weights=rs.weights,
-                                    target_scale_log2=rs.target_scale_log2, excluded=excluded)
+                                    target_scale_log2=rs.target_scale_log2,
+                                    round0_threshold=len([p for p in participants
+                                                          if p in rs.weights]))
         return participants, start, signed
+
+    def _live(self, rs: _Run, participants: list[str]) -> list[str]:
+        """The drawn banks the server sends the round to: those with a signed size that have not
+        gone silent (the others are the round's dropouts)."""
+        return [p for p in participants if p in rs.weights and p not in rs.silent]
 
     def _model_message(self, rs: _Run, r: int) -> Signed | None:
         if r == 0:

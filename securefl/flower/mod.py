@@ -240,7 +240,8 @@ class FlowerBank(NodeHandler):
             if plan.session != session_id(fed.digest, plan.counter):
                 raise RemoteProtocolError("the session id is not derived from the manifest and "
                                           f"the session counter {plan.counter}")
-            SessionCounter(self.state_dir, fed.digest).accept(plan.counter)
+            SessionCounter(self.state_dir, fed.digest,
+                           fed.params.max_sessions).accept(plan.counter)
             memo.session, memo.counter, memo.last_round = plan.session, plan.counter, 0
         if plan.round <= memo.last_round:
             raise RemoteProtocolError(f"round {plan.round} after round {memo.last_round}: each "

@@ -261,7 +261,7 @@ class SecureFLWorkflow:
         if fed.params.aggregation != "secagg":
             raise ConfigError("the Flower workflow runs securefl's SecAgg; this manifest says "
                               f"{fed.params.aggregation!r}")
-        counter = SessionCounter(self.state_dir, fed.digest).next()
+        counter = SessionCounter(self.state_dir, fed.digest, fed.params.max_sessions).next()
         session = session_id(fed.digest, counter)
         banks = {n: nid for n, nid in nodes.items() if n in fed.clients}
         ex = StageExchange(link=_TrainLink(grid, "0"), federation=fed.digest, session=session,
