@@ -10,7 +10,8 @@ Epsilon is always recomputed from events ("rdp": Opacus RDP, "prv": Opacus PRV, 
 dp-accounting PLD); a ledger never stores it. torch and opacus are imported only when needed.
 
 A bank's own lifetime budget (:class:`BankBudget`, caps :class:`BudgetCaps`): before it takes part
-in a round, a bank calls ``charge_round(budget, planned_round_drafts(...), session=..., round_=...)``
+in a round, a bank calls ``charge_round(budget, planned_round_drafts(...), session=..., round_=...,
+record_noise=..., client_noise=...)`` (a round without the noise a cap meters is refused)
 and refuses the round on :class:`~securefl.errors.BudgetExceededError`.
 """
 

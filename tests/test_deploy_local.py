@@ -1093,3 +1093,28 @@ def test_silence_and_withheld_sizes_leave_the_draw_and_the_graph_unchanged(
                 node._check_draw(fed, NodeMemo(), hello, start, infos)
         else:
             node._check_draw(fed, NodeMemo(), hello, start, infos)
+
+
+@pytest.mark.parametrize(("cap", "dp"), [("record-epsilon-cap", True),
+                                         ("client-epsilon-cap", False)])
+def test_a_deployed_banks_own_cap_refuses_the_round_before_its_update_leaves(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, cap: str, dp: bool) -> None:
+    """Each bank's node config caps its epsilon (securefl.dp.bank_budget): a round that would pass
+    the cap (a record cap of 1e-3; or any client cap on a run without DP, whose client-level
+    epsilon is unbounded) is refused by every bank before its update leaves, so round 1 aborts and
+    nothing is charged."""
+    from securefl.dp.bank_budget import BankBudget, BudgetCaps
+
+    f = make_federation(tmp_path / "fed", {**RUN, "dp": dp})
+    banks = {i: BankNode.from_node_config({**f.node_config(b, sim_seed=RUN["seed"]),
+                                           cap: "0.001", "budget-dir": str(tmp_path / b)})
+             for i, b in enumerate(f.banks)}
+    srv = _server(f, tmp_path / "run")
+    link = LocalLink(banks, srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())
+    refused = [r.getMessage() for r in caplog.records if "SFL501" in r.getMessage()]
+    assert len(refused) == 3, refused
+    assert res["rounds_completed"] == 0
+    for b in f.banks:
+        assert BankBudget(tmp_path / b, b, BudgetCaps()).spent() == {"record": 0.0, "client": 0.0}

@@ -151,14 +151,16 @@ def test_spent_never_exceeds_the_cap(tmp_path_factory: pytest.TempPathFactory, c
                                                        client_epsilon_cap=cap))
     for r in range(rounds):
         with contextlib.suppress(BudgetExceededError):
-            charge_round(budget, _round(round_=r), session="aa", round_=r)
+            charge_round(budget, _round(round_=r), session="aa", round_=r,
+                         record_noise=True, client_noise=True)
     spent = BankBudget(directory, "alpha", BudgetCaps()).spent()
     assert spent["record"] <= cap and spent["client"] <= cap
 
 
 def test_node_config(tmp_path: Path) -> None:
     assert caps_from_node_config({}, "alpha", tmp_path) is None
-    assert charge_round(None, _round(), session="aa", round_=1) == {}
+    assert charge_round(None, _round(), session="aa", round_=1, record_noise=False,
+                        client_noise=False) == {}
     b = caps_from_node_config({"record-epsilon-cap": "8", "budget-dir": str(tmp_path / "b")},
                               "alpha", tmp_path)
     assert b is not None and b.caps.record_epsilon_cap == 8.0 and b.caps.client_epsilon_cap is None
@@ -203,3 +205,20 @@ def test_deployed_bank_refuses_a_round_past_its_own_cap_across_runs(tmp_path: Pa
     budget = BankBudget(budget_dir, capped, BudgetCaps())
     assert len(budget.charges()) == 1
     assert 7.5 < budget.spent()["record"] <= 8.0
+
+
+@pytest.mark.parametrize(("caps", "record_noise", "client_noise", "level"), [
+    (BudgetCaps(client_epsilon_cap=1.0), True, False, "client"),
+    (BudgetCaps(record_epsilon_cap=1.0), False, True, "record"),
+    (BudgetCaps(record_epsilon_cap=1.0, client_epsilon_cap=1.0), False, False, "record"),
+])
+def test_a_round_without_the_noise_a_cap_meters_is_refused(
+        tmp_path: Path, caps: BudgetCaps, record_noise: bool, client_noise: bool,
+        level: str) -> None:
+    """A round with no noise at a capped level has an unbounded epsilon there: refused before
+    anything is charged (the deployment's bank and the Flower mod both call charge_round)."""
+    budget = BankBudget(tmp_path, "alpha", caps)
+    with pytest.raises(BudgetExceededError, match=f"no {level}-level noise"):
+        charge_round(budget, [], session="aa", round_=1, record_noise=record_noise,
+                     client_noise=client_noise)
+    assert BankBudget(tmp_path, "alpha", BudgetCaps()).spent() == {"record": 0.0, "client": 0.0}

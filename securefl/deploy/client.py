@@ -487,9 +487,13 @@ class BankNode(NodeHandler):
         """The bank's own caps (securefl.dp.bank_budget), whatever the server enforces: charge
         this round's planned events (its DP-SGD, the client-level sum as the manifest's colluders
         see it) before its update leaves; BudgetExceededError refuses the round."""
-        if self.budget is None or not hello.plan.dp:
+        from securefl.dp.bank_budget import charge_round, planned_round_drafts
+
+        if self.budget is None:
             return
-        from securefl.dp.bank_budget import planned_round_drafts
+        if not hello.plan.dp:  # no noise at either level: a bank with a cap refuses the round
+            charge_round(self.budget, [], session=hello.session, round_=start.round,
+                         record_noise=False, client_noise=False)
         from securefl.dp.dpsgd import DpSgdRun, dpsgd_schedule
 
         plan = hello.plan
@@ -502,7 +506,9 @@ class BankNode(NodeHandler):
             n_participants=len(start.participants), clip_norm=start.clip_norm,
             colluders=fed.params.colluders, dim=start.dim,
             encoding=encoding_for(start, spec)[0] if plan.aggregation == "secagg" else None)
-        self.budget.charge(drafts, session=hello.session, round_=start.round)
+        charge_round(self.budget, drafts, session=hello.session, round_=start.round,
+                     record_noise=record is not None, client_noise=spec.noise is not None
+                     and spec.noise.noise_multiplier > 0)
 
     def _protocol(self, fed: Federation, identity: SigningKey, memo: NodeMemo, hello: Hello,
                   item: ProtocolItem) -> list[ProtocolItem]:

@@ -236,11 +236,19 @@ class BankBudget:
 
 
 def charge_round(budget: BankBudget | None, planned: Sequence[Draft], *, session: str | bytes,
-                 round_: int) -> dict[str, float]:
+                 round_: int, record_noise: bool, client_noise: bool) -> dict[str, float]:
     """The one call a bank makes before it takes part in a round: charge ``planned`` to its own
-    budget (BudgetExceededError if that would pass a cap). No budget configured: nothing to do."""
+    budget (BudgetExceededError if that would pass a cap). A round without the noise a cap
+    meters (``record_noise``: DP-SGD; ``client_noise``: the client-level share) has an unbounded
+    epsilon at that level, so a bank with that cap refuses it. No budget configured: nothing to do."""
     if budget is None:
         return {}
+    for level, cap, noised in (("record", budget.caps.record_epsilon_cap, record_noise),
+                               ("client", budget.caps.client_epsilon_cap, client_noise)):
+        if cap is not None and not noised:
+            raise BudgetExceededError(
+                f"bank {budget.bank!r} refuses round {round_}: the plan adds no {level}-level "
+                f"noise, so its {level}-level epsilon is unbounded ({level}-epsilon-cap {cap:g})")
     return budget.charge(planned, session=session, round_=round_)
 
 

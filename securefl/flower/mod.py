@@ -75,7 +75,6 @@ from securefl.deploy.common import (
 )
 from securefl.dp.bank_budget import caps_from_node_config
 from securefl.errors import (
-    BudgetExceededError,
     ConfigError,
     RemoteProtocolError,
     SignatureError,
@@ -284,18 +283,15 @@ class FlowerBank(NodeHandler):
             return
         from securefl.dp.bank_budget import charge_round, planned_round_drafts
 
-        if plan.noise_multiplier <= 0 and self.budget.caps.client_epsilon_cap is not None:
-            raise BudgetExceededError(
-                f"bank {self.member!r} refuses round {plan.round}: the plan adds no client-level "
-                "noise, so its client-level epsilon is unbounded (client-epsilon-cap "
-                f"{self.budget.caps.client_epsilon_cap:g})")
         start, spec = round_start(plan), round_spec_for(plan, fed)
         drafts = planned_round_drafts(
             bank=self.member, round_=plan.round, record=self.declared_dpsgd, noise=spec.noise,
             n_participants=len(plan.participants), clip_norm=plan.clip_norm,
             colluders=fed.params.colluders, dim=plan.dim,
             encoding=encoding_for(start, spec)[0])
-        charge_round(self.budget, drafts, session=session, round_=plan.round)
+        charge_round(self.budget, drafts, session=session, round_=plan.round,
+                     record_noise=self.declared_dpsgd is not None,
+                     client_noise=plan.noise_multiplier > 0)
 
     def _machine(self, fed: Federation, identity: SigningKey, session: bytes,
                  rm: _RoundMemo) -> tuple[SecAggClient, list[Any]]:
