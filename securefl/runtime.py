@@ -123,6 +123,10 @@ def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits:
                     colluders: int = 0, deadlines: Deadlines | None = None) -> Aggregator:
     """The aggregation mode called ``name`` (imports its module lazily); ``deadlines``: the
     in-process transport's per-stage deadlines (secagg; securefl.transport.policy)."""
+    if name != "secagg" and deadlines is not None and (
+            deadlines.stage_s is not None or deadlines.bank_wait_s is not None):
+        raise ConfigError(f"per-stage deadlines are enforced by secagg's in-process transport; "
+                          f"{name} takes only Deadlines.training_s")
     if name == "plain":
         from securefl.plain import PlainAggregator
 

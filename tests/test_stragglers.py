@@ -293,3 +293,14 @@ def test_train_too_many_stragglers_abort_the_round_safely(tmp_path: Path) -> Non
     assert rec["status"] == "aborted" and rec["error_code"] == "SFL310"
     store = RunStore.open(tmp_path / "run")
     assert store.model_sha256(1) == store.model_sha256(0)
+
+
+def test_stage_deadlines_are_refused_where_no_transport_enforces_them() -> None:
+    """plain and ckks run in process without a staged transport: a stage deadline there would be
+    silently ignored, so it is refused (the training deadline applies to every mode)."""
+    from securefl.runtime import make_aggregator
+
+    for name in ("plain", "ckks"):
+        with pytest.raises(ConfigError, match="training_s"):
+            make_aggregator(name, deadlines=Deadlines(stage_s=5.0))
+        assert make_aggregator(name, deadlines=Deadlines(training_s=5.0)).name == name

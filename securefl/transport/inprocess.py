@@ -45,7 +45,7 @@ from securefl.protocol.secagg import (
     Start,
 )
 from securefl.protocol.secagg.limits import round_byte_limits
-from securefl.transport.policy import ByteMeter, Deadlines
+from securefl.transport.policy import ByteMeter, Deadlines, deadline_abort
 
 __all__ = ["InProcessDriver", "RunStats", "Tamper"]
 
@@ -167,12 +167,11 @@ class InProcessDriver:
         try:
             outs = self._server_step(Deadline(), stage)
         except AggregationAbortedError as err:
-            late = {c: st for c, st in self.faults.items()
-                    if isinstance(self.refused.get(c), DeadlineError)}
-            if late and not isinstance(err, DeadlineError):
-                raise DeadlineError(f"{err.message}; client(s) {sorted(late)[:5]} missed a "
-                                    "deadline") from err
-            raise
+            out = deadline_abort(err, [c for c, e in self.refused.items()
+                                       if isinstance(e, DeadlineError)])
+            if out is err:
+                raise
+            raise out from err
         inbox: dict[int, list[Any]] = defaultdict(list)
         for out in outs:
             r = out.recipient

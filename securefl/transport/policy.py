@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from securefl.errors import ByteLimitError, ConfigError
+from securefl.errors import AggregationAbortedError, ByteLimitError, ConfigError, DeadlineError
 
-__all__ = ["ByteMeter", "Deadlines", "FakeClock"]
+__all__ = ["ByteMeter", "Deadlines", "FakeClock", "deadline_abort"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,15 @@ class Deadlines:
     def late(elapsed: float, limit: float | None) -> bool:
         """True when ``elapsed`` seconds overran ``limit`` (never without a limit)."""
         return limit is not None and elapsed > limit
+
+
+def deadline_abort(err: AggregationAbortedError, late: Collection[int]
+                   ) -> AggregationAbortedError:
+    """The error a round aborts with: ``err``, or a DeadlineError saying so when parties that
+    missed a deadline (``late``) were among the dropouts that brought it below its threshold."""
+    if not late or isinstance(err, DeadlineError):
+        return err
+    return DeadlineError(f"{err.message}; client(s) {sorted(late)[:5]} missed a deadline")
 
 
 class FakeClock:
