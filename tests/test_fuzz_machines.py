@@ -29,7 +29,13 @@ from fuzz import mutate
 from fuzz.machines import Input, feed_rest, new_round, transcript
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from securefl.errors import SecureFLError
 from securefl.protocol.messages import decode_message, encode_message
@@ -43,27 +49,46 @@ STATEFUL = settings(max_examples=max(10, EXAMPLES // 4), stateful_step_count=20,
                                                           HealthCheck.filter_too_much])
 
 
+def _live(machine: Any) -> bool:
+    return not machine.refused
+
+
 class _Replay(RuleBasedStateMachine):
-    """The rules every machine gets: its honest round's inputs (``inputs``) in order, and any of
-    them at the wrong time (early, late, again)."""
+    """The rules every machine gets: an honest prefix of its round's inputs (``inputs``) first,
+    so hostile inputs meet every state, then the next input in order, or any of them at the wrong
+    time (early, late, again). Once a SecAgg machine refused an input (``refused``), only the
+    probe rule runs: every further input must be refused too."""
 
     def __init__(self) -> None:
         super().__init__()
         self.inputs: tuple[Any, ...] = ()
         self.pos = 0  # the next honest input in order
+        self.refused = False
 
     def feed(self, item: Any, *, genuine: bool) -> Any:
         raise NotImplementedError
 
+    @initialize(k=st.integers(0, 63))
+    def honest_prefix(self, k: int) -> None:
+        for _ in range(k % (len(self.inputs) + 1)):
+            self.next_in_order()
+
+    @precondition(_live)
     @rule()
     def next_in_order(self) -> None:
         if self.pos < len(self.inputs):
             self.feed(self.inputs[self.pos], genuine=True)
             self.pos += 1
 
+    @precondition(_live)
     @rule(i=st.integers(0, 63))
     def out_of_order_or_duplicate(self, i: int) -> None:
         self.feed(self.inputs[i % len(self.inputs)], genuine=True)
+
+    @precondition(lambda self: self.refused)
+    @rule(i=st.integers(0, 63))
+    def after_a_refusal(self, i: int) -> None:
+        self.feed(self.inputs[i % len(self.inputs)], genuine=True)  # feed asserts it is refused
 
 
 class _SecAggMachine(_Replay):
@@ -74,7 +99,6 @@ class _SecAggMachine(_Replay):
         self.round = new_round()
         self.machine: Any = None
         self.accepted: list[bytes | None] = []  # every accepted input (None: a local event)
-        self.refused = False
         self.tainted = False  # a message that is not an honest one was accepted
 
     def feed(self, inp: Input, *, genuine: bool) -> list[Any] | None:
@@ -91,6 +115,7 @@ class _SecAggMachine(_Replay):
         self.accepted.append(inp.data)
         return out
 
+    @precondition(_live)
     @rule(data=st.data())
     def mutated(self, data: st.DataObject) -> None:
         msgs = [inp for inp in self.inputs if inp.data is not None]
@@ -103,6 +128,7 @@ class _SecAggMachine(_Replay):
             return  # the decoder refused it (typed): the machine never sees it
         self.feed(Input("mutated", raw), genuine=raw == seed.data)
 
+    @precondition(_live)
     @rule()
     def early_deadline(self) -> None:
         """The transport's deadline at any time (for a client, a local event it never expects)."""
@@ -132,16 +158,25 @@ class SecAggServerMachine(_SecAggMachine):
         super().__init__()
         self.machine = self.round.server
         self.inputs = transcript().server
+        self.released: Any = None
 
     @invariant()
     def releases_only_exact_sums(self) -> None:
+        """Nothing is released by a round that refused an input before it finished; a release
+        is the survivors' exact sum (untainted rounds), and a later refusal (a stray input after
+        DONE) neither takes it back nor changes it."""
         server = self.round.server
+        if self.released is not None:
+            assert server.result is self.released
+            return
         if self.refused:
             assert server.result is None
-        if server.result is not None and not self.tainted:
+        elif server.result is not None:
             assert server.state is ServerState.DONE
-            assert (server.result.field_sum
-                    == expected_sum(self.round, server.result.survivors)).all()
+            self.released = server.result
+            if not self.tainted:
+                assert (server.result.field_sum
+                        == expected_sum(self.round, server.result.survivors)).all()
 
     def check_end(self) -> None:
         self.releases_only_exact_sums()
@@ -153,6 +188,7 @@ class SecAggClientMachine(_SecAggMachine):
         super().__init__()
         self.machine = self.round.clients[0]
         self.inputs = transcript().client[0]
+        self.finished = False
 
     def feed(self, inp: Input, *, genuine: bool) -> list[Any] | None:
         out = super().feed(inp, genuine=genuine)
@@ -164,8 +200,11 @@ class SecAggClientMachine(_SecAggMachine):
 
     @invariant()
     def reveals_only_in_a_completed_honest_view(self) -> None:
+        """A client reveals shares only in the step that completes its round (DONE): never
+        from a refused input, never before."""
         client = self.round.clients[0]
-        if client.state is not ClientState.DONE:
+        self.finished |= client.state is ClientState.DONE
+        if not self.finished:
             assert client.revealed == {}
 
 
