@@ -262,7 +262,7 @@ def test_train_a_bank_slower_than_the_training_deadline_is_a_dropout(tmp_path: P
         torch.nn.Sequential(torch.nn.Linear(3, 1)), _lib_banks(clock, {"bank2"}),
         securefl.RunConfig(rounds=1, batch_size=16, out=str(tmp_path / "run"), threshold=3, dp=False,
                            aggregation="secagg"),
-        deadlines=Deadlines(training_s=60.0, clock=clock))
+        deadlines=securefl.Deadlines(training_s=60.0, clock=clock))
     assert result.rounds_completed == 1
     (rep,) = result.history
     assert rep.dropouts == {"bank2": "advertise"} and "bank2" not in rep.survivors
