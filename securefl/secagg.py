@@ -44,12 +44,10 @@ from securefl.protocol.secagg import (
 from securefl.transport.inprocess import InProcessDriver, Tamper
 
 if TYPE_CHECKING:
-    from securefl.transport.policy import Deadlines
-
-if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from securefl.crypto.random import RandomSource
+    from securefl.transport.policy import Deadlines
 
 __all__ = ["SecAggAggregator", "SecAggOutcome", "encode_input"]
 

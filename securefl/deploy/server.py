@@ -308,7 +308,8 @@ class DeployServer:
             log.error("%s sent a message as client %s: refused", name, getattr(msg, "sender", "?"))
             return
         if flight.meter is None:
-            flight.meter = ByteMeter(round_byte_limits(flight.machine.config).from_client,
+            flight.meter = ByteMeter(round_byte_limits(flight.machine.config,
+                                                         flight.machine.graph).from_client,
                                      "the server")
         try:
             flight.meter.take(name, len(item.data))

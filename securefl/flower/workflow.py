@@ -359,7 +359,7 @@ class SecureFLWorkflow:
                            timeout_s=self.timeout)
         names = {ids[n]: n for n in participants}
         # what the plan lets one bank send in this round (protocol.secagg.limits)
-        meter = ByteMeter(round_byte_limits(machine.config).from_client, "the server")
+        meter = ByteMeter(round_byte_limits(machine.config, machine.graph).from_client, "the server")
         payloads = {n: ServerMsg(stage="advertise", plan=signed, infos=s.infos)
                     for n in participants}
         fit_replies: dict[str, Any] = {}

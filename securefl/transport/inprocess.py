@@ -94,7 +94,7 @@ class InProcessDriver:
         self.faults: dict[int, str] = {}
         #: client id -> the typed error of its fault (DeadlineError, ByteLimitError)
         self.refused: dict[int, SecureFLError] = {}
-        limits = round_byte_limits(server.config) if byte_limits else None
+        limits = round_byte_limits(server.config, server.graph) if byte_limits else None
         self._from_client = ByteMeter(limits.from_client, "the server") if limits else None
         self._from_server = {c: ByteMeter(limits.from_server, f"client {c}")
                              for c in self.clients} if limits else {}
@@ -167,11 +167,11 @@ class InProcessDriver:
         try:
             outs = self._server_step(Deadline(), stage)
         except AggregationAbortedError as err:
-            out = deadline_abort(err, [c for c, e in self.refused.items()
-                                       if isinstance(e, DeadlineError)])
-            if out is err:
+            aborted = deadline_abort(err, [c for c, e in self.refused.items()
+                                           if isinstance(e, DeadlineError)])
+            if aborted is err:
                 raise
-            raise out from err
+            raise aborted from err
         inbox: dict[int, list[Any]] = defaultdict(list)
         for out in outs:
             r = out.recipient

@@ -13,6 +13,7 @@ beyond, before decoding it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from securefl.protocol import quantize
@@ -51,12 +52,15 @@ class RoundByteLimits:
     from_server: int
 
 
-def round_byte_limits(cfg: SecAggConfig) -> RoundByteLimits:
-    """The per-peer, per-round byte caps of the round ``cfg`` plans (see the module docstring)."""
+def round_byte_limits(cfg: SecAggConfig, graph: Mapping[int, frozenset[int]] | None = None
+                      ) -> RoundByteLimits:
+    """The per-peer, per-round byte caps of the round ``cfg`` plans (see the module docstring);
+    ``graph``: the round's graph when the caller has it (``SecAggServer.graph``), else drawn."""
     sid, r = cfg.session_id, cfg.round
     n = len(cfg.participants)
     top = max(cfg.participants)
-    graph = random_graph(cfg.participants, cfg.degree, cfg.graph_seed)
+    if graph is None:
+        graph = random_graph(cfg.participants, cfg.degree, cfg.graph_seed)
     k = max(len(v) for v in graph.values())  # the most neighbours any participant has
     key, sig, commit = b"\xff" * 32, b"\xff" * 64, b"\xff" * 32
     sealed = [SealedShare(top, b"\xff" * MAX_SEALED_BYTES)] * k
