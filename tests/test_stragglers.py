@@ -304,3 +304,39 @@ def test_stage_deadlines_are_refused_where_no_transport_enforces_them() -> None:
         with pytest.raises(ConfigError, match="training_s"):
             make_aggregator(name, deadlines=Deadlines(stage_s=5.0))
         assert make_aggregator(name, deadlines=Deadlines(training_s=5.0)).name == name
+
+
+class _Ticking:
+    """A fake clock that moves ``step`` seconds each time it is read: every wait is long."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_train_banks_give_up_on_a_server_that_does_not_answer(tmp_path: Path) -> None:
+    """securefl.train where every wait for the server overruns bank_wait_s (a clock that moves
+    10 s per reading, the banks wait 5 s): each bank gives up at the server's first message, the
+    round aborts with DeadlineError (SFL311 in the audit record), the model is unchanged and the
+    run directory verifies."""
+    import torch
+
+    import securefl
+    from securefl.audit.store import RunStore
+    from securefl.audit.verify import verify_run_dir
+
+    torch.manual_seed(0)
+    result = securefl.train(
+        torch.nn.Sequential(torch.nn.Linear(3, 1)), _lib_banks(FakeClock(), set()),
+        securefl.RunConfig(rounds=1, batch_size=16, out=str(tmp_path / "run"), threshold=3,
+                           dp=False, aggregation="secagg"),
+        deadlines=securefl.Deadlines(bank_wait_s=5.0, clock=_Ticking(10.0)))
+    assert result.rounds_completed == 0 and "missed a deadline" in str(result.history[0].aborted)
+    verify_run_dir(tmp_path / "run")
+    (rec,) = _records(tmp_path / "run")
+    assert rec["status"] == "aborted" and rec["error_code"] == "SFL311"
+    store = RunStore.open(tmp_path / "run")
+    assert store.model_sha256(1) == store.model_sha256(0)
