@@ -20,9 +20,11 @@ if TYPE_CHECKING:
     from securefl.config import RunConfig
     from securefl.runtime import RoundReport, RunResult, run, train
     from securefl.simulate import SecureSumResult, simulate_secure_sum
+    from securefl.transport.policy import Deadlines
 
 __all__ = [
     "Bank",
+    "Deadlines",
     "DeclaredDpSgd",
     "LocalPlan",
     "LocalUpdate",
@@ -50,6 +52,7 @@ _LAZY = {
     "RoundReport": "securefl.runtime",
     "simulate_secure_sum": "securefl.simulate",
     "SecureSumResult": "securefl.simulate",
+    "Deadlines": "securefl.transport.policy",
 }
 
 

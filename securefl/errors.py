@@ -19,9 +19,11 @@ __all__ = [
     "AuditError",
     "AuditFormatError",
     "BudgetExceededError",
+    "ByteLimitError",
     "ConfigError",
     "CryptoError",
     "DataError",
+    "DeadlineError",
     "Fault",
     "IntegrityError",
     "LedgerError",
@@ -111,6 +113,14 @@ class MessageError(RemoteProtocolError):
     default_hint = "the message was rejected before use; check peer versions"
 
 
+class ByteLimitError(MessageError):
+    """A peer sent more bytes in one round than the round's plan allows it (a per-round, per-peer
+    cap derived from the dimension and the mode); the excess is refused before it is decoded."""
+
+    code = "SFL308"
+    default_hint = "the peer was refused for this round (a dropout); check its version and plan"
+
+
 class StateError(LocalProtocolError):
     """A message or call is not allowed in the current protocol state."""
 
@@ -123,6 +133,14 @@ class AggregationAbortedError(ProtocolError):
     code = "SFL310"
     fault = Fault.REMOTE
     default_hint = "lower the threshold only if the privacy trade-off allows it, or retry the round"
+
+
+class DeadlineError(AggregationAbortedError):
+    """A stage's deadline passed: the server did not answer a bank in time (the bank gave up), or
+    too few banks answered in time; the round aborts and nothing is released."""
+
+    code = "SFL311"
+    default_hint = "a party was too slow or unreachable; retry the round or raise the deadline"
 
 
 # --- cryptography and integrity ------------------------------------------------------------------

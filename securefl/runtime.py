@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from securefl.crypto.random import RandomSource
+    from securefl.transport.policy import Deadlines
 
 __all__ = [
     "RoundReport",
@@ -119,8 +120,13 @@ class RunResult:
 
 
 def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits: int = 16,
-                    colluders: int = 0) -> Aggregator:
-    """The aggregation mode called ``name`` (imports its module lazily)."""
+                    colluders: int = 0, deadlines: Deadlines | None = None) -> Aggregator:
+    """The aggregation mode called ``name`` (imports its module lazily); ``deadlines``: the
+    in-process transport's per-stage deadlines (secagg; securefl.transport.policy)."""
+    if name != "secagg" and deadlines is not None and (
+            deadlines.stage_s is not None or deadlines.bank_wait_s is not None):
+        raise ConfigError(f"per-stage deadlines are enforced by secagg's in-process transport; "
+                          f"{name} takes only Deadlines.training_s")
     if name == "plain":
         from securefl.plain import PlainAggregator
 
@@ -130,7 +136,8 @@ def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits:
         from securefl.secagg import SecAggAggregator
 
         return SecAggAggregator(degree=neighbours, precision_bits=precision_bits,
-                                assumptions=Assumptions(colluders=colluders))
+                                assumptions=Assumptions(colluders=colluders),
+                                deadlines=deadlines)
     if name == "ckks":
         from securefl.ckks import CKKSAggregator
 
@@ -263,8 +270,12 @@ class Engine:
     :func:`train` (your own model and banks)."""
 
     def __init__(self, config: RunConfig, *, resume: Path | None = None,
-                 custom: _Setup | None = None) -> None:
+                 custom: _Setup | None = None, deadlines: Deadlines | None = None) -> None:
         self.config = config
+        #: per-stage deadlines (securefl.transport.policy): stragglers become dropouts
+        self.deadlines = deadlines
+        #: bank -> the round whose local training overran ``deadlines.training_s``
+        self.late_training: dict[int, int] = {}
         self.resume = resume
         self._custom = custom
         extra = custom.identity if custom is not None else b""
@@ -581,7 +592,7 @@ class Engine:
         t_start = _now()
         torch.manual_seed(c.seed)
         aggregator = make_aggregator(c.aggregation, neighbours=c.neighbours,
-                                     colluders=c.colluders)
+                                     colluders=c.colluders, deadlines=self.deadlines)
         on = phase or _no_phase
         setup = self._custom if self._custom is not None else self._builtin_setup(aggregator, on)
         banks, model = setup.banks, setup.model
@@ -638,6 +649,8 @@ class Engine:
             inputs, drafts, clipped = self._local_updates(
                 round_, participants, banks, model, weights, record_noise, public_weight,
                 phase=on)
+            dropouts.update({b: aggregator.stages[0] for b, r in self.late_training.items()
+                             if r == round_ and b not in dropouts})
             noise = self._noise_plan(len(participants), threshold)
             spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
                              clip_norm=c.clip_norm, threshold=threshold, noise=noise,
@@ -773,9 +786,13 @@ class Engine:
                   + (", DP-SGD)" if cid in record_noise else ")"))
             seed = int.from_bytes(self.random.source(round_, cid, "train").random_bytes(8),
                                   "big") >> 1
+            t0 = self.deadlines.clock() if self.deadlines is not None else 0.0
             update = bank.update(model, weights,
                                  self._local_plan(round_, cid, record_noise, public_weight),
                                  seed=seed)
+            if self.deadlines is not None and self.deadlines.training_s is not None \
+                    and self.deadlines.clock() - t0 > self.deadlines.training_s:
+                self.late_training[cid] = round_  # a straggler: a dropout at the first stage
             inputs[cid] = update.vector
             drafts += update.drafts
             clipped += int(update.clipped)
@@ -798,11 +815,13 @@ def run(
     progress: ProgressCallback | None = None,
     resume: str | Path | None = None,
     phase: PhaseCallback | None = None,
+    deadlines: Deadlines | None = None,
 ) -> RunResult:
     """Run a federated training as configured; see :class:`RunResult`. ``progress`` receives each
-    round's :class:`RoundReport`, ``phase`` what the run is about to do (:data:`PHASES`)."""
-    return Engine(config, resume=Path(resume) if resume is not None else None).run(
-        progress=progress, phase=phase)
+    round's :class:`RoundReport`, ``phase`` what the run is about to do (:data:`PHASES`),
+    ``deadlines`` the per-stage deadlines (securefl.transport.policy.Deadlines)."""
+    return Engine(config, resume=Path(resume) if resume is not None else None,
+                  deadlines=deadlines).run(progress=progress, phase=phase)
 
 
 def train(
@@ -815,6 +834,7 @@ def train(
     progress: ProgressCallback | None = None,
     resume: str | Path | None = None,
     phase: PhaseCallback | None = None,
+    deadlines: Deadlines | None = None,
 ) -> RunResult:
     """Federated training of your own torch ``model`` over your own ``banks``
     (:class:`securefl.bank.Bank`), through the same round engine as ``securefl run``: DP-SGD,
@@ -826,6 +846,11 @@ def train(
     ``test = (X, y)`` with securefl's metrics for the banks' task; with neither, rounds carry no
     metrics. The banks live in this process (an in-process simulation of the federation); a
     deployment runs the same :meth:`Bank.update` at each bank (docs/architecture.md).
+
+    ``deadlines`` (securefl.transport.policy.Deadlines): a bank whose local training, or whose
+    reply in a protocol stage, overruns its deadline is a dropout (the protocol's dropout
+    handling; a round that loses too many aborts with an aborted audit record); a bank that waits
+    too long for the server gives up the round. None: every party is waited for.
     """
     from securefl.bank import Bank
     from securefl.fl.params import model_tensors, to_bytes
@@ -857,7 +882,7 @@ def train(
                          "parameters": int(sum(p.numel() for p in model.parameters()))}},
         identity=identity)
     return Engine(cfg, resume=Path(resume) if resume is not None else None,
-                  custom=setup).run(progress=progress, phase=phase)
+                  custom=setup, deadlines=deadlines).run(progress=progress, phase=phase)
 
 
 def _scorer(task: str, test: tuple[Any, Any] | None,

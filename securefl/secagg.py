@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from securefl.crypto.random import RandomSource
+    from securefl.transport.policy import Deadlines
 
 __all__ = ["SecAggAggregator", "SecAggOutcome", "encode_input"]
 
@@ -115,6 +116,7 @@ class SecAggAggregator(Aggregator):
         tamper: Tamper | None = None,
         identities: Mapping[int, SigningKey] | None = None,
         assumptions: Assumptions | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         if not 1 <= precision_bits <= 30:
             raise ConfigError("precision_bits must be in [1, 30]")
@@ -129,6 +131,8 @@ class SecAggAggregator(Aggregator):
         self.identities = dict(identities) if identities is not None else None
         #: the federation's stated assumptions (colluders, dropouts): thresholds follow from them
         self.assumptions = assumptions if assumptions is not None else Assumptions()
+        #: per-stage deadlines of the in-process transport (securefl.transport.policy); None: none
+        self.deadlines = deadlines
 
     def noise_variance_int(self, spec: RoundSpec, gamma: float) -> float:
         """Per-client integer noise variance (z C / gamma)^2 / h, h the honest floor of the noise
@@ -225,7 +229,8 @@ class SecAggAggregator(Aggregator):
                 cfg, federation, c, identities[c], field_input, random(c, "keys")
             )
         server = SecAggServer(cfg, federation)
-        driver = InProcessDriver(server, clients, dropouts=dropouts, tamper=self.tamper)
+        driver = InProcessDriver(server, clients, dropouts=dropouts, tamper=self.tamper,
+                                 deadlines=self.deadlines)
         result = driver.run()
         survivors = result.survivors
         if (

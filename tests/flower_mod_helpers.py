@@ -90,16 +90,23 @@ def known_client_fn(bank_index: dict[str, int], n_examples: dict[str, int],
 class FakeGrid:
     """A Flower ``Grid`` without processes: ``send_and_receive`` runs each message through the
     destination node's ClientApp (mods included) with that node's persistent Context; a node in
-    ``silent`` (node id -> first stage it ignores) stops answering from that securefl stage on."""
+    ``silent`` (node id -> first stage it ignores) stops answering from that securefl stage on; a
+    node in ``late`` (node id -> stage) answers that stage after the deadline: its reply is held
+    back and handed over with the next ``send_and_receive`` (what a straggler's reply looks like
+    to the server). ``timeouts`` records the timeout of every call."""
 
     def __init__(self, apps: dict[int, Any], configs: dict[int, dict[str, Any]],
                  names: dict[int, str], silent: dict[int, str] | None = None,
                  tamper: Callable[[int, Any], None] | None = None,
-                 tamper_reply: Callable[[int, Any], Any] | None = None) -> None:
+                 tamper_reply: Callable[[int, Any], Any] | None = None,
+                 late: dict[int, str] | None = None) -> None:
         from flwr.app import Context, RecordDict
 
         self.apps = apps
         self.silent = silent or {}
+        self.late = late or {}
+        self.held: list[Any] = []
+        self.timeouts: list[float | None] = []
         #: (node id, message) -> None, may change the message: a hostile server's hand
         self.tamper = tamper
         #: (node id, reply) -> reply: a bank's hand on what it sends
@@ -132,7 +139,8 @@ class FakeGrid:
                          ) -> Iterable[Any]:
         from flwr.app import Error, Message
 
-        out = []
+        out, self.held = self.held, []
+        self.timeouts.append(timeout)
         for msg in messages:
             self.sent.append(msg)
             nid = msg.metadata.dst_node_id
@@ -142,6 +150,9 @@ class FakeGrid:
                 self.tamper(nid, msg)
             try:
                 reply = self.apps[nid](msg, self.contexts[nid])
+                if nid in self.late and stage_index(msg) == STAGES.index(self.late[nid]):
+                    self.held.append(reply)  # after the deadline: the next call sees it
+                    continue
                 out.append(self.tamper_reply(nid, reply) if self.tamper_reply else reply)
             except Exception as exc:  # a failing ClientApp: Flower replies with an error
                 out.append(Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"),

@@ -1118,3 +1118,34 @@ def test_a_deployed_banks_own_cap_refuses_the_round_before_its_update_leaves(
     assert res["rounds_completed"] == 0
     for b in f.banks:
         assert BankBudget(tmp_path / b, b, BudgetCaps()).spent() == {"record": 0.0, "client": 0.0}
+
+
+def test_a_bank_over_its_round_byte_limit_is_refused(fed: Fed, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A bank that sends its round-1 masked input three times (each copy valid, under the
+    per-message limit) goes over the bytes the round's plan allows one bank
+    (protocol.secagg.limits): the server refuses it (ByteLimitError, SFL308) before its machine
+    sees a copy; the run directory verifies."""
+    from securefl.audit.verify import verify_run_dir
+    from securefl.protocol.messages import MaskedInput, decode_message
+
+    bank = fed.banks[1]
+
+    class Flooder(BankNode):
+        def _step(self, *args: Any, **kwargs: Any) -> Any:
+            out = super()._step(*args, **kwargs)
+            if any(i.round >= 1 and isinstance(decode_message(i.data), MaskedInput) for i in out):
+                return out * 3
+            return out
+
+    node = Flooder(**vars(BankNode.from_node_config(fed.node_config(bank, RUN["seed"]))))
+    srv = _server(fed, tmp_path / "run")
+    link = LocalLink(_banks(fed, **{bank: node}), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())
+    assert srv.refused[bank].startswith("SFL308")
+    assert any("SFL308" in r.getMessage() and "limit of" in r.getMessage()
+               for r in caplog.records)
+    verify_run_dir(tmp_path / "run")
+    # its first copy is in the masked sum and it signs nothing more: the round aborts, typed
+    assert res["history"] == [{"round": 1, "aborted": "SFL310", "metrics": {}}]

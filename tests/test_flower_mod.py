@@ -40,7 +40,8 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
          fed: FlowerFed | None = None, workflow_cls: Any = None, run_name: str = "run",
          silent: dict[str, str] | None = None, tamper: Any = None,
          calls: list[str] | None = None, tamper_reply: Any = None,
-         banks: list[str] = BANKS) -> tuple[list[np.ndarray], Path, FakeGrid]:
+         banks: list[str] = BANKS, late: dict[str, str] | None = None,
+         timeout: float | None = None) -> tuple[list[np.ndarray], Path, FakeGrid]:
     from flwr.app import Context, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -61,6 +62,7 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
                for b in banks}
     grid = FakeGrid(apps, configs, {nid: b for b, nid in nids.items()},
                     silent={nids[b]: st for b, st in (silent or {}).items()},
+                    late={nids[b]: st for b, st in (late or {}).items()},
                     tamper=(lambda nid, msg: tamper(names[nid], msg)) if tamper else None,
                     tamper_reply=((lambda nid, reply: tamper_reply(names[nid], reply))
                                   if tamper_reply else None))
@@ -74,7 +76,7 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
     run_dir = tmp_path / run_name
     workflow = DefaultWorkflow(fit_workflow=(workflow_cls or SecureFLWorkflow)(
         manifest=fed.manifest, server_key=fed.keys["agg"], run_dir=run_dir,
-        state_dir=tmp_path / "server-state"))
+        state_dir=tmp_path / "server-state", timeout=timeout))
     context = LegacyContext(Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                                     run_config={}),
                             config=ServerConfig(num_rounds=rounds), strategy=strategy)
@@ -342,6 +344,47 @@ def test_a_bank_that_drops_mid_round(tmp_path: Path, stage: str) -> None:
 
 
 
+@pytest.mark.parametrize("stage", ["advertise", "masked"])
+def test_a_bank_that_answers_after_the_deadline_is_a_dropout(tmp_path: Path, stage: str) -> None:
+    """bank-c's reply of ``stage`` comes after the stage's timeout (the fake Grid hands it over
+    with the next round trip, as a straggler's reply would arrive): the workflow discards it (it
+    answers a closed stage), bank-c is a dropout at that stage, and the round releases bank-a's
+    and bank-b's sum (threshold 2 kept); every round trip carried the workflow's timeout."""
+    from flwr.server.strategy.aggregate import aggregate
+
+    from securefl.audit.verify import verify_run_dir
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    final, run_dir, grid = _run(tmp_path, params, late={"bank-c": stage}, timeout=30.0)
+    verify_run_dir(run_dir)
+    (rec,) = _records(run_dir)
+    assert rec["survivors"] == BANKS[:2] and rec["dropouts"] == {"bank-c": stage}
+    assert grid.timeouts and set(grid.timeouts) == {30.0}
+    init = _initial()
+    want = aggregate([([p + d for p, d in zip(init, known_delta(i, SHAPES), strict=True)],
+                       N_EXAMPLES[b]) for i, b in enumerate(BANKS[:2])])
+    top = max(N_EXAMPLES.values())
+    bound = 2 * (CLIP / 2**16) / ((N_EXAMPLES["bank-a"] + N_EXAMPLES["bank-b"]) / top) + 1e-6
+    assert np.abs(_flat(final) - _flat(want)).max() <= bound
+
+
+def test_more_stragglers_than_tolerated_abort_the_flower_round(tmp_path: Path) -> None:
+    """Two of three banks answer the advertise stage after the deadline, threshold 2: the round
+    aborts (typed code in the audit record), nothing is released, the model stays, and the run
+    directory verifies."""
+    from securefl.audit.verify import verify_run_dir
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    final, run_dir, _ = _run(tmp_path, params, late={"bank-a": "advertise",
+                                                     "bank-c": "advertise"}, timeout=30.0)
+    verify_run_dir(run_dir)
+    (rec,) = _records(run_dir)
+    assert rec["status"] == "aborted" and rec["error_code"] == "SFL310"
+    assert np.array_equal(_flat(final), _flat(_initial()))
+
+
 def test_a_model_tailored_to_one_bank_is_refused_by_it(tmp_path: Path) -> None:
     """A server that sends bank-c another global model than the signed plan names (in the masked
     stage's FitIns) gets no masked input from it: bank-c refuses before its fit even runs (a
@@ -399,6 +442,43 @@ def test_a_forged_key_advertisement_drops_that_bank_only(tmp_path: Path) -> None
     (rec,) = _records(run_dir)
     assert rec["status"] == "committed"
     assert rec["survivors"] == ["bank-a", "bank-b"] and rec["dropouts"] == {"bank-c": "advertise"}
+
+def test_a_bank_over_its_round_byte_limit_drops_that_bank_only(tmp_path: Path) -> None:
+    """bank-c sends its masked input three times in one reply (each copy valid and under the
+    per-message limit): over the per-round limit the plan allows one bank
+    (protocol.secagg.limits), so the server refuses the whole reply before the machine sees it
+    (ByteLimitError, logged): bank-c is a dropout at the masked stage and the others' sum is
+    released."""
+    import msgspec
+    from flwr.app import Array, ArrayRecord
+
+    from securefl.audit.verify import verify_run_dir
+    from securefl.flower.common import ARRAY, RECORD, decode_client
+    from securefl.protocol import wire
+    from securefl.protocol.messages import MaskedInput, decode_message
+    from securefl.transport.flower import Envelope
+
+    def triple(name: str, reply: Any) -> Any:
+        if name != "bank-c" or RECORD not in reply.content.array_records:
+            return reply
+        env = wire.decode(reply.content.array_records[RECORD][ARRAY].numpy().tobytes(), Envelope)
+        body = decode_client(env.payload)
+        if not any(isinstance(decode_message(p), MaskedInput) for p in body.protocol):
+            return reply
+        body = msgspec.structs.replace(body, protocol=list(body.protocol) * 3)
+        data = wire.encode(msgspec.structs.replace(env, payload=wire.encode(body)))
+        reply.content.array_records[RECORD] = ArrayRecord(
+            {ARRAY: Array(np.frombuffer(data, dtype=np.uint8))})
+        return reply
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    _, run_dir, _ = _run(tmp_path, params, tamper_reply=triple)
+    verify_run_dir(run_dir)
+    (rec,) = _records(run_dir)
+    assert rec["status"] == "committed"
+    assert rec["survivors"] == ["bank-a", "bank-b"] and rec["dropouts"] == {"bank-c": "masked"}
+
 
 # --- the example app on a real SuperLink and SuperNodes (TLS, node auth) -------------------------
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flower_app"

@@ -72,6 +72,7 @@ from securefl.deploy.messages import (
 from securefl.dp.ledger import Ledger
 from securefl.errors import (
     AggregationAbortedError,
+    ByteLimitError,
     ConfigError,
     MessageError,
     SecureFLError,
@@ -87,7 +88,9 @@ from securefl.protocol.secagg import (
     advertise_message,
     plan_digest,
 )
+from securefl.protocol.secagg.limits import round_byte_limits
 from securefl.transport.flower import Link, StageExchange
+from securefl.transport.policy import ByteMeter
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -174,6 +177,8 @@ class _Flight:
     drafts: list[Any] = field(default_factory=list)
     clipped: int = 0
     aborted: SecureFLError | None = None
+    #: bytes each bank sent this round, against the plan's per-round cap (protocol.secagg.limits)
+    meter: ByteMeter | None = None
 
 
 @dataclass
@@ -301,6 +306,16 @@ class DeployServer:
         if getattr(msg, "sender", None) != self.ids[name]:
             self.refused[name] = "sender id is not the bank's own"
             log.error("%s sent a message as client %s: refused", name, getattr(msg, "sender", "?"))
+            return
+        if flight.meter is None:
+            flight.meter = ByteMeter(round_byte_limits(flight.machine.config,
+                                                         flight.machine.graph).from_client,
+                                     "the server")
+        try:
+            flight.meter.take(name, len(item.data))
+        except ByteLimitError as err:
+            self.refused[name] = f"{err.code}: over the round's byte limit"
+            log.error("%s refused: %s %s", name, err.code, err.message)
             return
         if isinstance(msg, AdvertiseKeys):
             try:

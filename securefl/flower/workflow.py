@@ -53,6 +53,7 @@ from securefl.deploy.common import (
 from securefl.deploy.messages import Signed
 from securefl.errors import (
     AggregationAbortedError,
+    ByteLimitError,
     ConfigError,
     MessageError,
     SecureFLError,
@@ -87,7 +88,9 @@ from securefl.protocol.secagg import (
     advertise_message,
     plan_digest,
 )
+from securefl.protocol.secagg.limits import round_byte_limits
 from securefl.transport.flower import GridLink, StageExchange
+from securefl.transport.policy import ByteMeter
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -355,6 +358,8 @@ class SecureFLWorkflow:
                            server=s.fed.server, nodes={n: nodes[n] for n in participants},
                            timeout_s=self.timeout)
         names = {ids[n]: n for n in participants}
+        # what the plan lets one bank send in this round (protocol.secagg.limits)
+        meter = ByteMeter(round_byte_limits(machine.config, machine.graph).from_client, "the server")
         payloads = {n: ServerMsg(stage="advertise", plan=signed, infos=s.infos)
                     for n in participants}
         fit_replies: dict[str, Any] = {}
@@ -368,7 +373,7 @@ class SecureFLWorkflow:
             for name, why in res.dropped.items():
                 log.warning("round %d stage %s: %s dropped (%s)", r, stage, name, why)
             for name, data in res.replies.items():
-                reply = self._feed(machine, ids[name], name, stage, data)
+                reply = self._feed(machine, ids[name], name, stage, data, meter)
                 if reply is not None and stage == "masked":
                     fit_replies[name] = link.replies[nodes[name]]
                     drafts += [d for d in reply.drafts
@@ -397,11 +402,12 @@ class SecureFLWorkflow:
 
     @staticmethod
     def _feed(machine: SecAggServer, cid: int, name: str, stage: str,
-              data: bytes) -> ClientMsg | None:
+              data: bytes, meter: ByteMeter) -> ClientMsg | None:
         """One bank's reply into the machine. A reply that is malformed, of another stage, not the
-        bank's own (sender id) or a key advertisement its manifest key did not sign is refused
-        (logged; the bank is a dropout), so one bank cannot abort the round with a forged
-        advertisement; any other protocol error in the machine aborts the round (raised)."""
+        bank's own (sender id), over the bank's per-round byte limit (``meter``) or a key
+        advertisement its manifest key did not sign is refused (logged; the bank is a dropout),
+        so one bank cannot abort the round with a forged advertisement; any other protocol error
+        in the machine aborts the round (raised)."""
         try:
             reply = decode_client(data)
             msgs = [decode_message(p) for p in reply.protocol]
@@ -410,6 +416,11 @@ class SecureFLWorkflow:
             return None
         if reply.stage != stage or any(getattr(m, "sender", None) != cid for m in msgs):
             log.error("%s: a reply of another stage or sender: refused", name)
+            return None
+        try:
+            meter.take(name, sum(len(p) for p in reply.protocol))
+        except ByteLimitError as err:
+            log.error("%s refused: %s %s", name, err.code, err.message)
             return None
         cfg = machine.config
         for m in msgs:

@@ -368,7 +368,9 @@ def all_targets() -> list[Target]:
         _secagg, _ckks, _deploy_inner, _envelope, _manifest, _identity, _ledger, _leaf, _commit,
         _note, _run_dir, _config, _safetensors, _share_plaintext,
     ]
-    return [*_deploy(), *_flower(), *(m() for m in makers)]
+    from fuzz.machines import machine_targets
+
+    return [*_deploy(), *_flower(), *(m() for m in makers), *machine_targets()]
 
 
 def message_targets() -> list[Target]:

@@ -170,6 +170,14 @@ class SecAggClient:
         """Feed one event or server message; returns the messages to send to the server."""
         return _dispatch(CLIENT_TRANSITIONS, self, msg, (Start, Deadline), f"client {self.id}")
 
+    def give_up(self) -> None:
+        """The bank's own deadline passed before the server's next message arrived (or the
+        server sent it more than the round allows): the round is over for this client. Like a
+        refused message it moves to FAILED, which accepts nothing more, so no share leaves this
+        client after it gave up, whatever the server sends later. A finished round stays DONE."""
+        if self.state is not ClientState.DONE:
+            self.state = self.failed_state
+
     # stage 0 ------------------------------------------------------------------------------------
     def _on_start(self, _: Start) -> list[Any]:
         cfg = self.config

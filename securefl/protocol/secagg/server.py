@@ -142,6 +142,11 @@ class SecAggServer:
         self._unmask: dict[int, UnmaskShares] = {}
         self.result: ServerResult | None = None
 
+    @property
+    def graph(self) -> Mapping[int, frozenset[int]]:
+        """The round's public graph: each participant's neighbours."""
+        return self._graph
+
     def receive(self, msg: Any) -> list[Outgoing]:
         """Feed one client message (or a local Deadline); returns addressed outgoing messages."""
         return _dispatch(SERVER_TRANSITIONS, self, msg, (Start, Deadline), "the server")
