@@ -420,3 +420,50 @@ def test_loan_book_runs_end_to_end_and_beats_each_bank_alone(tmp_path: Path) -> 
     assert all(e.event.noise_multiplier == 4.0 for e in stats)  # type: ignore[union-attr]
     facts = json.loads((tmp_path / "run" / "federation.json").read_text())
     assert facts["members"]["data_schema"]["drafted_in_memory"] is True
+
+
+# --- a deployed bank: its raw table, the pinned schema ----------------------------------------------
+def _bank_files(tmp_path: Path) -> tuple[Path, Path, DataSchema]:
+    data = loan_book(tmp_path / "bank.csv", n=200)
+    cells, _ = read_cells(data)
+    schema = draft_schema(cells, label="bad", exclude=("region",))
+    path = tmp_path / "schema.toml"
+    path.write_text(dumps_toml(schema))
+    return data, path, schema
+
+
+def test_a_deployed_bank_encodes_its_raw_table_with_the_pinned_schema(tmp_path: Path) -> None:
+    from securefl.deploy.client import load_bank_rows
+
+    data, path, schema = _bank_files(tmp_path)
+    X, y, imps = load_bank_rows(data, "bad", path, schema_digest(schema))
+    assert X.shape == (200, len(input_names(schema))) and y.shape == (200,)
+    assert {i.feature for i in imps} == {f.name for f in schema.features
+                                         if f.missing == "impute"} >= {"emp_length"}
+    other = schema_digest(DataSchema(**{**{f: getattr(schema, f) for f in
+                                           DataSchema.__struct_fields__},
+                                        "min_category_count": 11}))
+    with pytest.raises(SchemaPinError, match="manifest pins"):
+        load_bank_rows(data, "bad", path, other)
+    with pytest.raises(SchemaPinError, match="has none"):
+        load_bank_rows(data, "bad", None, schema_digest(schema))
+
+
+def test_the_deployed_banks_fill_and_standardise_like_the_simulation(tmp_path: Path) -> None:
+    """The deployment's round-0 arithmetic (split_standardisation, round0_fills over the released
+    sum) gives the bank the same rows as FederatedData.prepared, for the same sum."""
+    from securefl.data import build_federated_data
+    from securefl.data.schema import apply_fills
+    from securefl.deploy.common import round0_fills, split_standardisation
+
+    data, _, schema = _bank_files(tmp_path)
+    fed = build_federated_data(data=data, split_by="region", schema=schema)
+    total = fed.summed_moments()
+    sim = fed.prepared(total)
+    stdz, target = split_standardisation(total, None, fed.imputations)
+    fills = round0_fills(total, None, fed.imputations)
+    assert target is None
+    for raw, done in zip(fed.banks, sim.banks, strict=True):
+        deployed = stdz.transform(apply_fills(raw.X_train, fed.imputations, fills)
+                                  .astype(np.float32))  # as the deployed bank does
+        np.testing.assert_array_equal(deployed, done.X_train)

@@ -295,12 +295,7 @@ class _SchemaEncoder:
         from securefl.data.table import _codes, _parse_strings
 
         cells, self.source = read_cells(data)
-        if schema.label not in cells:
-            from securefl.errors import SchemaViolationError
-
-            raise SchemaViolationError(f"the table lacks the label column {schema.label!r}",
-                                       columns={schema.label: []})
-        y, keep = label_values(cells[schema.label], schema)
+        y, keep = label_values(cells, schema)
         n = len(cells[schema.label])
         if keep.size < n:
             log.warning("%s: %d of %d rows have no label and are left out (no other row is "

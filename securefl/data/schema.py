@@ -671,20 +671,21 @@ class TableCheck:
 def check_table(cells: Mapping[str, Sequence[str | None]], schema: DataSchema) -> TableCheck:
     """Encode the whole table as one bank would and report what it loses (no training). A table
     that violates the schema raises :class:`SchemaViolationError`."""
-    if schema.label not in cells:
-        raise SchemaViolationError(f"the table lacks the label column {schema.label!r}",
-                                   columns={schema.label: []})
-    y, keep = label_values(cells[schema.label], schema)
+    y, keep = label_values(cells, schema)
     enc = encode(cells, schema, keep)
     declared = {schema.label, *schema.ignore, *(f.name for f in schema.features)}
     return TableCheck(rows=len(y), label_missing=len(cells[schema.label]) - len(y), encoded=enc,
                       undeclared=tuple(c for c in cells if c not in declared))
 
 
-def label_values(cells: Sequence[str | None], schema: DataSchema,
+def label_values(table: Mapping[str, Sequence[str | None]], schema: DataSchema,
                  ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     """(label values, the rows that have one): classes coded 0/1 by ``label_classes``; a row
     without a label cannot be trained on or scored and is left out (and counted by the caller)."""
+    if schema.label not in table:
+        raise SchemaViolationError(f"the table lacks the label column {schema.label!r}",
+                                   columns={schema.label: []})
+    cells = table[schema.label]
     keep = np.array([i for i, c in enumerate(cells) if not _is_missing(c)], dtype=np.int64)
     vals = [str(cells[int(i)]).strip() for i in keep]
     if schema.task == "classification":
