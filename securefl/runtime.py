@@ -277,6 +277,7 @@ class Engine:
         self._account: Any = None  # securefl.dp.budget.RunningAccount, made on first use
         self._stats_drafts: list[Any] = []  # the round-0 release's ledger drafts (noised moments)
         self._schema_drafted = False
+        self._stats_z = 0.0  # the round-0 release's noise multiplier (0: none)
 
     # -- setup ------------------------------------------------------------------------------------
     def _load_data(self) -> Any:
@@ -334,7 +335,7 @@ class Engine:
         from securefl.dp.ledger import Draft
         from securefl.dp.noise import gaussian
 
-        z = self._stats_noise(fed)
+        z = self._stats_z = self._stats_noise(fed)
         if z > 0:
             if fed.bounds is None:
                 raise ConfigError("this table has no public input ranges for noised statistics",
@@ -453,8 +454,10 @@ class Engine:
     # -- privacy ------------------------------------------------------------------------------------
     def _record_noise(self, fed: Any) -> dict[int, float]:
         """Per-bank DP-SGD noise multiplier: given, or calibrated (RDP) so that every step the bank
-        will run in the whole run stays within ``record_epsilon`` at ``delta``."""
+        will run in the whole run, with the round-0 statistics it releases, stays within
+        ``record_epsilon`` at ``delta``."""
         from securefl.dp.accountants import calibrate_noise
+        from securefl.dp.events import GaussianEvent
 
         c = self.config
         if not c.dp:
@@ -465,9 +468,12 @@ class Engine:
         out: dict[int, float] = {}
         from securefl.dp.dpsgd import dpsgd_schedule
 
+        # the round-0 statistics are the same bank's records: the target covers both
+        spent = [GaussianEvent(noise_multiplier=self._stats_z)] if self._stats_z > 0 else []
         for i, bank in enumerate(fed.banks):
             steps, q = dpsgd_schedule(bank.n_train, c.batch_size, c.local_epochs)
-            out[i] = calibrate_noise(target, c.delta, c.rounds, q, "rdp", steps_per_round=steps)
+            out[i] = calibrate_noise(target, c.delta, c.rounds, q, "rdp", steps_per_round=steps,
+                                     spent=spent)
         return out
 
     def _client_drafts(self, round_: int, n_participants: int, threshold: int,
