@@ -509,3 +509,16 @@ def test_dpsgd_calibration_sets_aside_the_round0_statistics(rounds: int, q: floa
     z = calibrate_noise(8.0, 1e-5, rounds, q, "rdp", steps_per_round=steps, spent=spent)
     assert eps(z) <= 8.0 < eps(z * (1 - 2e-3))
     assert z > calibrate_noise(8.0, 1e-5, rounds, q, "rdp", steps_per_round=steps)
+
+
+def test_a_parquet_table_reads_as_the_same_cells_as_its_csv(tmp_path: Path) -> None:
+    import pyarrow as pa  # the test extra installs it; securefl imports it lazily
+    import pyarrow.parquet as pq
+
+    table = pa.table({"home": ["RENT", None, "OWN"], "n": [36, None, 60],
+                      "rate": [13.5, 7.0, None], "flag": [True, False, None]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    cells, source = read_cells(tmp_path / "t.parquet")
+    assert cells == {"home": ["RENT", None, "OWN"], "n": ["36", None, "60"],
+                     "rate": ["13.5", "7", None], "flag": ["true", "false", None]}
+    assert source.startswith(f"{tmp_path / 't.parquet'} sha256:")
