@@ -20,6 +20,9 @@ PARTITIONS = ("natural", "iid", "dirichlet")
 TASKS = ("auto", "classification", "regression")
 #: per-bank record-level (DP-SGD) epsilon over the whole run when DP is on and none is given
 DEFAULT_RECORD_EPSILON = 8.0
+#: record-level noise multiplier of the round-0 statistics (standardisation, imputation) of a
+#: --data table when DP is on and none is given
+DEFAULT_STATS_NOISE = 4.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class RunConfig:
     label: str | None = None  # label column (embedded data: "default")
     task: str = "auto"  # classification | regression | auto (inferred from the label)
     split_by: str | None = None  # column for the natural split (embedded: EDUCATION)
+    schema: str | None = None  # data schema file for --data (None: drafted in memory, and said so)
     banks: int = 3
     partition: str = "natural"  # natural | iid | dirichlet
     alpha: float = 0.5  # Dirichlet concentration (smaller = more label skew)
@@ -65,6 +69,9 @@ class RunConfig:
     dp_backend: str = "auto"  # DP-SGD: auto | ghost (exact, fast, MLPs) | opacus (PrivacyEngine)
     secure_mode: bool = False  # DP-SGD noise and sampling from the OS CSPRNG (not reproducible)
     delta: float = 1e-5
+    #: record-level noise multiplier of the round-0 release (the moments that standardise and
+    #: impute); None: 4.0 for a --data table with DP on, off for the embedded table
+    stats_noise_multiplier: float | None = None
     target_epsilon: float | None = None  # budget (client level); refuse/stop when exceeded
     # run
     seed: int = 0
@@ -125,6 +132,9 @@ def _validate(c: RunConfig) -> None:
     _need(0 <= c.noise_multiplier < math.inf, "noise_multiplier", "must be >= 0")
     _need(c.record_epsilon is None or 0 < c.record_epsilon < math.inf, "record_epsilon",
           "must be a positive number")
+    _need(c.stats_noise_multiplier is None or 0 <= c.stats_noise_multiplier < math.inf,
+          "stats_noise_multiplier", "must be a number >= 0 (0: no noise)")
+    _need(c.schema is None or c.data is not None, "schema", "a data schema needs --data FILE")
     _need(c.record_noise_multiplier is None or 0 < c.record_noise_multiplier < math.inf,
           "record_noise_multiplier", "must be a positive number")
     _need(0 < c.record_clip < math.inf, "record_clip", "must be a positive number")
@@ -210,5 +220,5 @@ def resolve(config_file: str | Path | None, overrides: dict[str, Any]) -> RunCon
     return from_mapping(values, source=str(config_file) if config_file else "arguments")
 
 
-__all__ = ["AGGREGATIONS", "DEFAULT_RECORD_EPSILON", "FIELD_TYPES", "RunConfig", "from_mapping",
-           "load_toml", "resolve"]
+__all__ = ["AGGREGATIONS", "DEFAULT_RECORD_EPSILON", "DEFAULT_STATS_NOISE", "FIELD_TYPES",
+           "RunConfig", "from_mapping", "load_toml", "resolve"]

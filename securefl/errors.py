@@ -33,6 +33,8 @@ __all__ = [
     "PrivacyError",
     "ProtocolError",
     "RemoteProtocolError",
+    "SchemaPinError",
+    "SchemaViolationError",
     "SecureFLError",
     "SignatureError",
     "StateError",
@@ -79,6 +81,27 @@ class DataError(SecureFLError):
 
     code = "SFL200"
     default_hint = "check the data file, the --label column and the number of banks"
+
+
+class SchemaViolationError(DataError):
+    """A bank's table does not fit the data schema. ``columns`` maps each offending column to what
+    is wrong with it (up to 5 quoted values each); the message names them too."""
+
+    code = "SFL201"
+    default_hint = ("run `securefl data check FILE --schema SCHEMA` for the full report; fix the "
+                    "table, or agree a new schema with the federation")
+
+    def __init__(self, message: str, *, columns: dict[str, list[str]],
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.columns = columns
+
+
+class SchemaPinError(DataError):
+    """The data schema's digest is not the one the federation manifest pins."""
+
+    code = "SFL202"
+    default_hint = "use the schema file the federation agreed on (its digest is in the manifest)"
 
 
 # --- protocol ------------------------------------------------------------------------------------

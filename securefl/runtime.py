@@ -18,7 +18,7 @@ import numpy as np
 
 from securefl import __version__
 from securefl.aggregation import Aggregator, NoisePlan, RandomFactory, RoundSpec
-from securefl.config import DEFAULT_RECORD_EPSILON, RunConfig
+from securefl.config import DEFAULT_RECORD_EPSILON, DEFAULT_STATS_NOISE, RunConfig
 from securefl.crypto.random import SimulationRandomness
 from securefl.errors import BudgetExceededError, ConfigError, DataError
 from securefl.protocol.secagg.bounds import default_threshold
@@ -160,6 +160,9 @@ class _Randomness(SimulationRandomness):
 
 #: options that change what is reported, not what the federation computes
 REPORTING_ONLY = ("out", "baselines")
+#: options added later, left out of the session id at their default so that earlier runs keep
+#: their session ids (and the simulation's random streams)
+_NEW_OFF = ("schema", "stats_noise_multiplier")
 
 
 def stream_id_for(config: RunConfig, extra: bytes = b"") -> bytes:
@@ -174,7 +177,8 @@ def session_id_for(config: RunConfig, extra: bytes = b"") -> bytes:
     """The 16-byte session id of a run: a hash of its configuration, reporting-only options aside
     (so ``securefl run`` and ``securefl run --baselines`` train the same federated model), and of
     ``extra`` (a library run's model and banks, :func:`train`)."""
-    body = json.dumps({k: v for k, v in config.to_dict().items() if k not in REPORTING_ONLY},
+    body = json.dumps({k: v for k, v in config.to_dict().items()
+                       if k not in REPORTING_ONLY and not (k in _NEW_OFF and v is None)},
                       sort_keys=True)
     return hashlib.sha256(b"securefl-session-v1" + body.encode() + extra).digest()[:16]
 
@@ -282,6 +286,9 @@ class Engine:
         self.session_id = session_id_for(config, extra)
         self.random = _Randomness(config.seed, stream_id_for(config, extra))
         self._account: Any = None  # securefl.dp.budget.RunningAccount, made on first use
+        self._stats_drafts: list[Any] = []  # the round-0 release's ledger drafts (noised moments)
+        self._schema_drafted = False
+        self._stats_z = 0.0  # the round-0 release's noise multiplier (0: none)
 
     # -- setup ------------------------------------------------------------------------------------
     def _load_data(self) -> Any:
@@ -293,14 +300,76 @@ class Engine:
             split_by=c.split_by, banks=c.banks, partition=c.partition,  # type: ignore[arg-type]
             alpha=c.alpha,
             test_fraction=c.test_fraction, local_test_fraction=c.local_test_fraction, seed=c.seed,
+            schema=self._data_schema(),
         )
 
-    def _standardize(self, fed: Any, aggregator: Aggregator) -> tuple[Any, str]:
-        """Federated standardisation: the banks' moment vectors are summed by the aggregator, so
-        only federation-wide per-feature means and variances are revealed (docs/data.md)."""
-        from securefl.data import Standardizer
+    def _data_schema(self) -> Any:
+        """The data schema of a --data table: --schema's file, or one drafted in memory from the
+        whole table (said in a warning and recorded in the run directory's facts)."""
+        import logging
 
-        moments = {i: np.asarray(b.moments(), dtype=np.float64) for i, b in enumerate(fed.banks)}
+        from securefl.data.schema import draft_schema, load_schema, read_cells
+
+        c = self.config
+        if c.data is None:
+            return None
+        if c.schema is not None:
+            return load_schema(c.schema)
+        if c.label is None:
+            raise DataError("a data file needs --label COLUMN", hint="name the label column")
+        cells, _ = read_cells(c.data)
+        schema = draft_schema(cells, label=c.label, task=None if c.task == "auto" else c.task,
+                              source=c.data, exclude=(c.split_by,) if c.split_by else ())
+        self._schema_drafted = True
+        logging.getLogger(__name__).warning(
+            "no --schema: drafted a data schema in memory from the whole table (%d features); "
+            "review one with `securefl data schema %s --label %s --out schema.toml` and pass "
+            "--schema schema.toml", len(schema.features), c.data, c.label)
+        return schema
+
+    def _stats_noise(self, fed: Any) -> float:
+        """The round-0 release's record-level noise multiplier (0: none)."""
+        c = self.config
+        if c.stats_noise_multiplier is not None:
+            return c.stats_noise_multiplier if c.dp else 0.0
+        return DEFAULT_STATS_NOISE if c.dp and fed.schema_digest is not None else 0.0
+
+    def _standardize(self, fed: Any, aggregator: Aggregator) -> tuple[Any, str]:
+        """Federated standardisation and imputation: the banks' moment vectors are summed by the
+        aggregator, so only federation-wide per-feature counts, means and variances are revealed
+        (docs/data.md). With DP on each bank adds its share of Gaussian noise to its vector (of
+        its rows scaled into public ranges), sized so the honest shares alone carry std
+        z * sensitivity, and the release is recorded in the ledger (round 0, record level)."""
+        from securefl.crypto.random import SystemRandomSource
+        from securefl.data.standardize import moments_sensitivity, scaled_moments, unscale_moments
+        from securefl.dp.events import GaussianEvent
+        from securefl.dp.ledger import Draft
+        from securefl.dp.noise import gaussian
+
+        z = self._stats_z = self._stats_noise(fed)
+        if z > 0:
+            if fed.bounds is None:
+                raise ConfigError("this table has no public input ranges for noised statistics",
+                                  hint="use a data schema (--schema), or --stats-noise-multiplier 0")
+            sens = moments_sensitivity(fed.groups)
+            honest = len(fed.banks) - self.config.colluders
+            share = z * sens / np.sqrt(honest)
+            moments = {}
+            for i, b in enumerate(fed.banks):
+                src = (SystemRandomSource() if self.config.secure_mode
+                       else self.random.source(0, i, "stats-noise"))
+                m = scaled_moments(b.X_train, fed.bounds)
+                moments[i] = m + gaussian(m.size, share, src)
+            source = "os_csprng" if self.config.secure_mode else "seeded_chacha20"
+            self._stats_drafts = [
+                Draft(round=0, level="record", party=f"bank:{b.name}",
+                      event=GaussianEvent(noise_multiplier=z), clip_norm=sens, participants=1,
+                      survivors=1, neighbouring="add_remove", sampling="all", steps=1,
+                      noise_source=source)  # type: ignore[arg-type]
+                for b in fed.banks]
+        else:
+            moments = {i: np.asarray(b.moments(), dtype=np.float64)
+                       for i, b in enumerate(fed.banks)}
         if aggregator.name == "secagg":
             # sums of squares span many orders of magnitude: quantize finely (the field still
             # holds the sum of n inputs in 32 bits)
@@ -314,8 +383,8 @@ class Engine:
                          participants=tuple(moments), clip_norm=bound,
                          threshold=len(moments), noise=None)
         outcome = aggregator.aggregate(spec, moments, random=self.random.factory(0))
-        return (fed.standardized(Standardizer.from_summed_moments(outcome.total)),
-                outcome.digests.get("aggregate", ""))
+        total = unscale_moments(outcome.total, fed.bounds) if z > 0 else outcome.total
+        return fed.prepared(total), outcome.digests.get("aggregate", "")
 
     def _train_spec(self, task: str) -> Any:
         from securefl.fl.train import LocalTrainSpec
@@ -396,8 +465,10 @@ class Engine:
     # -- privacy ------------------------------------------------------------------------------------
     def _record_noise(self, fed: Any) -> dict[int, float]:
         """Per-bank DP-SGD noise multiplier: given, or calibrated (RDP) so that every step the bank
-        will run in the whole run stays within ``record_epsilon`` at ``delta``."""
+        will run in the whole run, with the round-0 statistics it releases, stays within
+        ``record_epsilon`` at ``delta``."""
         from securefl.dp.accountants import calibrate_noise
+        from securefl.dp.events import GaussianEvent
 
         c = self.config
         if not c.dp:
@@ -408,9 +479,12 @@ class Engine:
         out: dict[int, float] = {}
         from securefl.dp.dpsgd import dpsgd_schedule
 
+        # the round-0 statistics are the same bank's records: the target covers both
+        spent = [GaussianEvent(noise_multiplier=self._stats_z)] if self._stats_z > 0 else []
         for i, bank in enumerate(fed.banks):
             steps, q = dpsgd_schedule(bank.n_train, c.batch_size, c.local_epochs)
-            out[i] = calibrate_noise(target, c.delta, c.rounds, q, "rdp", steps_per_round=steps)
+            out[i] = calibrate_noise(target, c.delta, c.rounds, q, "rdp", steps_per_round=steps,
+                                     spent=spent)
         return out
 
     def _client_drafts(self, round_: int, n_participants: int, threshold: int,
@@ -574,7 +648,11 @@ class Engine:
             banks=banks, model=build_model(c.model, fed.X_test.shape[1], c.hidden),
             evaluate=lambda model: self._evaluate(model, fed), task=fed.task,
             facts={"data_source": fed.source, "n_features": int(fed.X_test.shape[1]),
-                   "standardisation": {"mode": c.aggregation, "aggregate_sha256": stats_digest}},
+                   "standardisation": {"mode": c.aggregation, "aggregate_sha256": stats_digest,
+                                       "noise_multiplier": self._stats_noise(fed)},
+                   **({"data_schema": {"sha256": fed.schema_digest,
+                                       "drafted_in_memory": self._schema_drafted}}
+                      if fed.schema_digest else {})},
             baselines=lambda: self._baselines(fed, train_spec))
 
     # -- the run ------------------------------------------------------------------------------------
@@ -651,6 +729,8 @@ class Engine:
                 phase=on)
             dropouts.update({b: aggregator.stages[0] for b, r in self.late_training.items()
                              if r == round_ and b not in dropouts})
+            if round_ == 1:  # the round-0 release is committed with the first round
+                drafts = [*self._stats_drafts, *drafts]
             noise = self._noise_plan(len(participants), threshold)
             spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
                              clip_norm=c.clip_norm, threshold=threshold, noise=noise,

@@ -1149,3 +1149,50 @@ def test_a_bank_over_its_round_byte_limit_is_refused(fed: Fed, tmp_path: Path,
     verify_run_dir(tmp_path / "run")
     # its first copy is in the masked sum and it signs nothing more: the round aborts, typed
     assert res["history"] == [{"round": 1, "aborted": "SFL310", "metrics": {}}]
+
+
+def test_a_deployment_with_a_data_schema_pinned_in_the_manifest(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture
+                                                                 ) -> None:
+    """The manifest (version 3) pins the data schema's digest: banks that encode their table with
+    that schema run the round; a bank without the schema, or with another one, refuses
+    (SchemaPinError, SFL202) and is a dropout (the two others still meet the threshold)."""
+    from securefl.config import RunConfig
+    from securefl.data.schema import DataSchema, draft_schema, dumps_toml, read_cells, schema_digest
+    from securefl.federation import ProtocolParams
+
+    probe = make_federation(tmp_path / "probe", RUN)
+    cells, _ = read_cells(probe.data[probe.banks[0]])
+    schema = draft_schema(cells, label="default")
+    path = tmp_path / "schema.toml"
+    path.write_text(dumps_toml(schema))
+    other = tmp_path / "other.toml"
+    other.write_text(dumps_toml(DataSchema(**{**{k: getattr(schema, k) for k in
+                                                  DataSchema.__struct_fields__},
+                                               "min_category_count": schema.min_category_count
+                                               + 1})))
+    f = make_federation(tmp_path / "fed", RUN,
+                        params=ProtocolParams(aggregation="secagg", threshold=2,
+                                              clip_norm=RunConfig().clip_norm,
+                                              noise_multiplier=RunConfig().noise_multiplier,
+                                              data_schema=schema_digest(schema)))
+
+    def banks(schemas: dict[str, Path | None]) -> dict[int, BankNode]:
+        return {i: BankNode.from_node_config({**f.node_config(b, sim_seed=RUN["seed"]),
+                                              **({"schema": str(schemas[b])} if schemas[b]
+                                                 else {})})
+                for i, b in enumerate(f.banks)}
+
+    srv = _server(f, tmp_path / "run")
+    link = LocalLink(banks(dict.fromkeys(f.banks, path)), srv.fed.digest)
+    assert srv.run(link, link.names())["rounds_completed"] == 1
+    for bad in (None, other):
+        srv = _server(f, tmp_path / f"run-{bad is None}")
+        link = LocalLink(banks({**dict.fromkeys(f.banks, path), f.banks[0]: bad}), srv.fed.digest)
+        with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+            caplog.clear()
+            res = srv.run(link, link.names())
+        assert f.banks[0] in res["history"][-1]["dropouts"]
+        assert f.banks[0] not in res["history"][-1]["survivors"]
+        assert any("SFL202" in r.getMessage() and f.banks[0] in r.getMessage()
+                   for r in caplog.records)

@@ -1,4 +1,4 @@
-"""Subcommands beyond ``run``: keys, federation, audit, privacy, deploy (lazy imports)."""
+"""Subcommands beyond ``run``: keys, federation, audit, privacy, deploy, data (lazy imports)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 def register(sub: Any) -> None:
     """Add the keys / federation / audit / privacy subcommands to ``sub``."""
     from securefl.cli.audit import register_audit, register_privacy
+    from securefl.cli.data import register_data
     from securefl.cli.deploy import register_deploy
     from securefl.cli.keys import register_federation, register_keys
 
@@ -16,3 +17,4 @@ def register(sub: Any) -> None:
     register_audit(sub)
     register_privacy(sub)
     register_deploy(sub)
+    register_data(sub)

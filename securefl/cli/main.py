@@ -23,6 +23,11 @@ RUN_HELP: dict[str, str] = {
     "label": "label column of --data (embedded data: default)",
     "task": "classification | regression | auto (inferred from the label)",
     "split_by": "column whose values define the banks (natural split)",
+    "schema": "data schema of --data (TOML/JSON, `securefl data schema`); without it one is "
+              "drafted in memory from the whole table, and the run says so",
+    "stats_noise_multiplier": "record-level noise multiplier of the round-0 statistics "
+                              "(standardisation, imputation); default 4 for --data with DP on, "
+                              "0 (off) for the embedded table",
     "banks": "number of simulated banks",
     "partition": "natural | iid | dirichlet",
     "alpha": "Dirichlet concentration for --partition dirichlet (smaller = more skew)",

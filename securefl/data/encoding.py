@@ -27,6 +27,8 @@ __all__ = [
     "CREDIT_CATEGORIES",
     "Task",
     "binary_labels",
+    "credit_bounds",
+    "credit_groups",
     "encode_credit",
     "encode_features",
     "infer_task",
@@ -85,6 +87,26 @@ def encode_credit(table: RawTable, columns: tuple[str, ...]) -> tuple[NDArray[np
             blocks.append(x[:, None].astype(np.float64))
             names.append(col)
     return np.hstack(blocks), tuple(names)
+
+
+#: public ranges of the embedded table's numeric inputs (the DP sensitivity of the released
+#: moments): ages 18..100; log amounts of at most 10^7 NT$ (log1p(1e7) = 16.1)
+_CREDIT_RANGE = {"AGE": (18.0, 100.0), "log1p(LIMIT_BAL)": (0.0, 17.0)}
+_CREDIT_LOG_RANGE = (-17.0, 17.0)
+
+
+def credit_bounds(names: tuple[str, ...]) -> NDArray[np.float64]:
+    """The public range [low, high] of each embedded-table input (one-hot inputs: [0, 1])."""
+    out = [(0.0, 1.0) if "=" in n else _CREDIT_RANGE.get(n, _CREDIT_LOG_RANGE) for n in names]
+    return np.asarray(out, dtype=np.float64).reshape(-1, 2)
+
+
+def credit_groups(names: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """Inputs of which a row has at most one non-zero: each one-hot block, each other input."""
+    groups: dict[str, list[int]] = {}
+    for j, n in enumerate(names):
+        groups.setdefault(n.split("=", 1)[0] if "=" in n else f"#{j}", []).append(j)
+    return tuple(tuple(g) for g in groups.values())
 
 
 def encode_features(table: RawTable, *, embedded: bool) -> tuple[NDArray[np.float64],

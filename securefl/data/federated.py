@@ -20,6 +20,8 @@ import numpy as np
 from securefl.data.encoding import (
     Task,
     binary_labels,
+    credit_bounds,
+    credit_groups,
     encode_features,
     infer_task,
 )
@@ -37,6 +39,8 @@ from securefl.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
+
+    from securefl.data.schema import DataSchema, Imputation
 
 __all__ = [
     "EMBEDDED_RULES",
@@ -103,6 +107,14 @@ class FederatedData:
     target_scaler: TargetScaler | None = None
     label_classes: tuple[str, ...] | None = None
     partition: str = ""
+    #: missing cells to fill from the released sums (a schema with missing = "impute")
+    imputations: tuple[Imputation, ...] = ()
+    #: each input's public range (rows [low, high]), and the groups of inputs of which a row has at
+    #: most one non-zero (a one-hot block, or a single input): the DP sensitivity of the moments
+    bounds: NDArray[np.float64] | None = None
+    groups: tuple[tuple[int, ...], ...] = ()
+    #: the data schema's digest (None: no schema, e.g. the embedded table)
+    schema_digest: str | None = None
 
     @property
     def n_features(self) -> int:
@@ -120,6 +132,23 @@ class FederatedData:
                                           X_test=standardizer.transform(b.X_test))
                       for b in self.banks)
         return dataclasses.replace(self, banks=banks, X_test=standardizer.transform(self.X_test))
+
+    def prepared(self, total: NDArray[np.float64]) -> FederatedData:
+        """A copy with missing cells filled from the released moment sum ``total`` (the
+        federation's mean or mode, docs/data.md) and every feature matrix standardised."""
+        if not self.imputations:
+            return self.standardized(Standardizer.from_summed_moments(total))
+        from securefl.data.schema import apply_fills, impute_from_moments
+
+        filled, fills = impute_from_moments(total, self.imputations)
+
+        def fill(X: NDArray[np.float32]) -> NDArray[np.float32]:
+            return apply_fills(X, self.imputations, fills).astype(np.float32)
+
+        banks = tuple(dataclasses.replace(b, X_train=fill(b.X_train), X_test=fill(b.X_test))
+                      for b in self.banks)
+        done = dataclasses.replace(self, banks=banks, X_test=fill(self.X_test), imputations=())
+        return done.standardized(Standardizer.from_summed_moments(filled))
 
 
 def _check_args(banks: int, partition: str, alpha: float, test_fraction: float,
@@ -155,17 +184,29 @@ def build_federated_data(*, data: str | Path | None = None, label: str | None = 
                          task: str | None = None, split_by: str | None = None, banks: int = 3,
                          partition: Partition = "natural", alpha: float = 0.5,
                          test_fraction: float = 0.2, local_test_fraction: float = 0.1,
-                         seed: int = 0) -> FederatedData:
+                         seed: int = 0, schema: DataSchema | None = None) -> FederatedData:
     """Load, encode and split a dataset into ``banks`` banks plus a global test split.
 
     ``data`` None means the embedded credit table (label ``default``; ``LIMIT_BAL`` is the
     regression example, modelled as standardised log1p). Order: global stratified test split
     (``test_fraction``), the rest partitioned into banks (``partition``), then each bank's local
     stratified test split (``local_test_fraction``). Deterministic for a given ``seed``.
+
+    With a data ``schema`` (securefl.data.schema) a file is encoded by it: categorical strings,
+    numeric strings, missing values imputed later (:meth:`FederatedData.prepared`), rare
+    categories folded into "other" at each bank, never a dropped row (but one without a label).
     """
     _check_args(banks, partition, alpha, test_fraction, local_test_fraction)
     embedded = data is None
-    if embedded:
+    encoder: _SchemaEncoder | None = None
+    if schema is not None:
+        if data is None:
+            raise DataError("a data schema is for a data file", hint="pass --data FILE")
+        if label is not None and label != schema.label:
+            raise DataError(f"--label {label!r} is not the schema's label {schema.label!r}")
+        encoder = _SchemaEncoder(data, schema, split_by)
+        table, source, task = encoder.table, encoder.source, schema.task
+    elif embedded:
         table = load_embedded(label=label or "default")
         source = table.source
     else:
@@ -189,7 +230,8 @@ def build_federated_data(*, data: str | Path | None = None, label: str | None = 
     else:
         y = y_raw.copy()
         strata = quantile_strata(y, TARGET_BINS)
-    X, names = encode_features(table, embedded=embedded)
+    if encoder is None:
+        X, names = encode_features(table, embedded=embedded)
 
     rng = np.random.default_rng(seed)
     rest, test = stratified_split(strata, test_fraction, rng)
@@ -218,6 +260,11 @@ def build_federated_data(*, data: str | Path | None = None, label: str | None = 
                          "--alpha")
         tr, te = stratified_split(strata[rows], local_test_fraction, rng)
         splits.append((rows[tr], rows[te]))
+    extra: dict[str, object] = {}
+    if encoder is not None:
+        X, names, extra = encoder.encode([np.concatenate(s) for s in splits], test, bank_names)
+    elif embedded:
+        extra = {"bounds": credit_bounds(names), "groups": credit_groups(names)}
 
     scaler: TargetScaler | None = None
     if kind == "regression":
@@ -235,4 +282,65 @@ def build_federated_data(*, data: str | Path | None = None, label: str | None = 
                       for n, (tr, te) in zip(bank_names, splits, strict=True))
     return FederatedData(banks=bank_data, X_test=X32[test], y_test=y32[test], feature_names=names,
                          task=kind, label=table.label, source=source, target_scaler=scaler,
-                         label_classes=label_classes, partition=desc)
+                         label_classes=label_classes, partition=desc,
+                         **extra)  # type: ignore[arg-type]
+
+
+class _SchemaEncoder:
+    """A data file read as text cells and encoded by a data schema, one holder (bank, or the
+    global test split) at a time, so that rare categories fold per bank."""
+
+    def __init__(self, data: str | Path, schema: DataSchema, split_by: str | None) -> None:
+        from securefl.data.schema import label_values, read_cells
+        from securefl.data.table import _codes, _parse_strings
+
+        cells, self.source = read_cells(data)
+        y, keep = label_values(cells, schema)
+        n = len(cells[schema.label])
+        if keep.size < n:
+            log.warning("%s: %d of %d rows have no label and are left out (no other row is "
+                        "dropped: missing features are imputed)", data, n - keep.size, n)
+        self.cells = {k: [v[int(i)] for i in keep] for k, v in cells.items()}
+        self.schema = schema
+        columns: dict[str, NDArray[np.float64]] = {schema.label: y}
+        categories: dict[str, tuple[str, ...]] = {}
+        if split_by is not None:
+            if split_by not in self.cells:
+                raise DataError(f"split column {split_by!r} not found in {data}",
+                                hint=f"pass --split-by with one of: {', '.join(self.cells)}")
+            col = self.cells[split_by]
+            parsed = _parse_strings(col)
+            if parsed is None:
+                parsed, categories[split_by] = _codes(col)
+            if np.isnan(parsed).any():
+                raise DataError(f"split column {split_by!r} has missing values",
+                                hint="every row needs a bank: fill the split column")
+            columns[split_by] = parsed
+        self.table = RawTable(columns=tuple(columns), label=schema.label, source=self.source,
+                              values=np.column_stack(list(columns.values())),
+                              label_classes=tuple(schema.label_classes or ()) or None,
+                              categories=categories)
+
+    def encode(self, bank_rows: list[NDArray[np.int64]], test: NDArray[np.int64],
+               bank_names: tuple[str, ...]) -> tuple[NDArray[np.float64], tuple[str, ...],
+                                                     dict[str, object]]:
+        from securefl.data.schema import encode, schema_digest
+
+        X: NDArray[np.float64] | None = None
+        out = None
+        for name, rows in [*zip(bank_names, bank_rows, strict=True), ("global test", test)]:
+            out = encode(self.cells, self.schema, rows)
+            if X is None:
+                X = np.zeros((self.table.n_rows, out.X.shape[1]))
+            X[rows] = out.X
+            for what, table in (("rare categories folded into 'other'", out.folded),
+                                ("categories outside the vocabulary -> 'other'", out.unknown)):
+                for col, counts in table.items():
+                    log.info("%s: %s: %s: %d values", name, col, what, len(counts))
+            for col, k in out.missing.items():
+                log.info("%s: %s: %d missing cells imputed", name, col, k)
+        if X is None or out is None:  # pragma: no cover - there is always a test split
+            raise DataError("nothing to encode")
+        return X, out.names, {"imputations": out.imputations, "bounds": out.bounds,
+                              "groups": out.groups,
+                              "schema_digest": schema_digest(self.schema)}

@@ -20,7 +20,8 @@ from securefl.errors import DataError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-__all__ = ["Standardizer", "TargetScaler", "moments", "target_values"]
+__all__ = ["Standardizer", "TargetScaler", "moments", "moments_sensitivity", "scaled_moments",
+           "target_values", "unscale_moments"]
 
 #: a column whose variance is at most count * this * mean^2 counts as constant: the rounding error
 #: of sumsq/count - mean^2 over ``count`` float64 additions stays below it.
@@ -33,6 +34,42 @@ def moments(X: NDArray[np.floating]) -> NDArray[np.float64]:
         raise DataError(f"moments need a 2-D matrix, got shape {X.shape}")
     x = np.asarray(X, dtype=np.float64)
     return np.concatenate(([float(x.shape[0])], x.sum(axis=0), np.square(x).sum(axis=0)))
+
+
+def _centre_scale(ranges: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """A 0/1 input keeps its values (so a one-hot block has one non-zero per row); any other input
+    is mapped from its public range [low, high] onto [-1, 1]."""
+    r = np.asarray(ranges, dtype=np.float64)
+    binary = (r[:, 0] == 0.0) & (r[:, 1] == 1.0)
+    centre = np.where(binary, 0.0, (r[:, 0] + r[:, 1]) / 2)
+    scale = np.where(binary, 1.0, np.maximum((r[:, 1] - r[:, 0]) / 2, 1e-12))
+    return centre, scale
+
+
+def scaled_moments(X: NDArray[np.floating], ranges: NDArray[np.float64]) -> NDArray[np.float64]:
+    """:func:`moments` of u = clip((x - centre) / scale, -1, 1) with the public centre and scale of
+    each input's ``ranges`` (rows [low, high]): what a bank adds to a DP-noised round-0 sum. One
+    row adds at most :func:`moments_sensitivity` to it in L2 norm."""
+    centre, scale = _centre_scale(ranges)
+    u = np.clip((np.asarray(X, dtype=np.float64) - centre) / scale, -1.0, 1.0)
+    return moments(u)
+
+
+def unscale_moments(total: NDArray[np.float64], ranges: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The moments of x from the summed moments of u = (x - c) / s: sum x = s sum u + c N and
+    sum x^2 = s^2 sum u^2 + 2 c s sum u + c^2 N."""
+    centre, scale = _centre_scale(ranges)
+    v = np.asarray(total, dtype=np.float64)
+    d = (v.size - 1) // 2
+    n, su, qu = v[0], v[1:1 + d], v[1 + d:]
+    return np.concatenate(([n], scale * su + centre * n,
+                           scale ** 2 * qu + 2 * centre * scale * su + centre ** 2 * n))
+
+
+def moments_sensitivity(groups: tuple[tuple[int, ...], ...]) -> float:
+    """L2 bound of one row's :func:`scaled_moments` vector: 1 (the count) plus, per group of inputs
+    with at most one non-zero per row (|u| <= 1), u^2 + u^4 <= 2: sqrt(1 + 2 * groups)."""
+    return float(np.sqrt(1.0 + 2.0 * len(groups)))
 
 
 def _mean_std(total: NDArray[np.float64]) -> tuple[float, NDArray[np.float64], NDArray[np.float64]]:

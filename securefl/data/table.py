@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -175,7 +175,14 @@ def _parse_strings(strings: list[str | None]) -> NDArray[np.float64] | None:
     return out
 
 
-def _read_csv(path: Path) -> dict[str, NDArray[np.float64] | list[str | None]]:
+def _no_duplicates(names: list[str], path: Path) -> None:
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"duplicate column names in {path}: {', '.join(dup)}")
+
+
+def read_csv_cells(path: Path) -> dict[str, list[str | None]]:
+    """Every column of a CSV file as its text cells (header names stripped)."""
     opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:
@@ -193,15 +200,23 @@ def _read_csv(path: Path) -> dict[str, NDArray[np.float64] | list[str | None]]:
         if len(r) != len(header):
             raise DataError(f"{path}: row {lineno} has {len(r)} fields, the header has "
                             f"{len(header)}", hint="fix the CSV (quoting, separators)")
+    _no_duplicates(header, path)
+    return {name: [r[j] for r in rows] for j, name in enumerate(header)}
+
+
+def _parsed(cells: dict[str, list[str | None]]) -> dict[str, NDArray[np.float64] | list[str | None]]:
     out: dict[str, NDArray[np.float64] | list[str | None]] = {}
-    for j, name in enumerate(header):
-        cells: list[str | None] = [r[j] for r in rows]
-        parsed = _parse_strings(cells)
-        out[name] = parsed if parsed is not None else cells
+    for name, col in cells.items():
+        parsed = _parse_strings(col)
+        out[name] = parsed if parsed is not None else col
     return out
 
 
-def _read_parquet(path: Path) -> dict[str, NDArray[np.float64] | list[str | None]]:
+def _read_csv(path: Path) -> dict[str, NDArray[np.float64] | list[str | None]]:
+    return _parsed(read_csv_cells(path))
+
+
+def _parquet_table(path: Path) -> Any:
     try:
         import pyarrow as pa  # lazy: optional dependency
         import pyarrow.parquet as pq
@@ -210,9 +225,33 @@ def _read_parquet(path: Path) -> dict[str, NDArray[np.float64] | list[str | None
                         hint="pip install 'securefl[parquet]' (or pip install pyarrow), "
                              "or convert the file to CSV") from None
     try:
-        table = pq.read_table(path)
+        return pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"cannot read {path} as Parquet: {exc}") from None
+
+
+def _cell_text(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def read_parquet_cells(path: Path) -> dict[str, list[str | None]]:
+    """Every column of a Parquet file as text cells (integral floats without ".0")."""
+    table = _parquet_table(path)
+    names = list(table.column_names)
+    _no_duplicates(names, path)
+    return {name: [_cell_text(v) for v in table.column(name).to_pylist()] for name in names}
+
+
+def _read_parquet(path: Path) -> dict[str, NDArray[np.float64] | list[str | None]]:
+    table = _parquet_table(path)
+    import pyarrow as pa  # importable: _parquet_table checked it
+
     out: dict[str, NDArray[np.float64] | list[str | None]] = {}
     for name in table.column_names:
         col = table.column(name)
@@ -240,12 +279,25 @@ def _codes(cells: list[str | None]) -> tuple[NDArray[np.float64], tuple[str, ...
     return codes, classes
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def data_format(p: Path) -> Literal["csv", "parquet"]:
+    """The format of a user's data file by its name; DataError if it is missing or unknown."""
+    if not p.is_file():
+        raise DataError(f"data file not found: {p}", hint="check the --data path")
+    name = p.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise DataError(f"unknown data format: {p.name}",
+                    hint="use a .csv, .csv.gz, .parquet or .pq file")
 
 
 def load_table(path: str | Path, *, label: str, split_by: str | None = None) -> RawTable:
@@ -258,21 +310,10 @@ def load_table(path: str | Path, *, label: str, split_by: str | None = None) -> 
     :data:`MAX_DROP_FRACTION` of the rows dropped raises :class:`DataError`.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file not found: {p}", hint="check the --data path")
-    name = p.name.lower()
-    if name.endswith((".csv", ".csv.gz")):
-        raw = _read_csv(p)
-    elif name.endswith((".parquet", ".pq")):
-        raw = _read_parquet(p)
-    else:
-        raise DataError(f"unknown data format: {p.name}",
-                        hint="use a .csv, .csv.gz, .parquet or .pq file")
-    source = f"{p} sha256:{_file_sha256(p)}"
+    raw = _read_csv(p) if data_format(p) == "csv" else _read_parquet(p)
+    source = f"{p} sha256:{file_sha256(p)}"
     names = list(raw)
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise DataError(f"duplicate column names in {p}: {', '.join(dup)}")
+    _no_duplicates(names, p)
     if label not in raw:
         raise DataError(f"label column {label!r} not found in {p}",
                         hint=f"pass --label with one of: {', '.join(names)}")

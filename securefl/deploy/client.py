@@ -42,6 +42,7 @@ from securefl.deploy.common import (
     fedavg_weights,
     protocol_federation,
     randomness,
+    round0_fills,
     round0_input,
     round_participants,
     round_spec,
@@ -64,7 +65,14 @@ from securefl.deploy.messages import (
     SignedBankInfo,
 )
 from securefl.dp.bank_budget import caps_from_node_config
-from securefl.errors import ConfigError, DataError, SecureFLError, SignatureError, StateError
+from securefl.errors import (
+    ConfigError,
+    DataError,
+    SchemaPinError,
+    SecureFLError,
+    SignatureError,
+    StateError,
+)
 from securefl.federation import Federation
 from securefl.protocol import wire
 from securefl.protocol.messages import UnmaskRequest, decode_message, encode_message
@@ -76,7 +84,7 @@ if TYPE_CHECKING:
     from securefl.dp.ledger import Draft
     from securefl.transport.flower import Envelope
 
-__all__ = ["BankNode", "NodeMemo", "RoundMemo", "load_bank_csv"]
+__all__ = ["BankNode", "NodeMemo", "RoundMemo", "load_bank_csv", "load_bank_rows"]
 
 log = logging.getLogger("securefl.deploy")
 
@@ -131,6 +139,39 @@ def load_bank_csv(path: str | Path, label: str) -> tuple[NDArray[np.float32], ND
     return X, data[:, j].astype(np.float32)
 
 
+def pinned_schema(fed: Federation) -> str | None:
+    """The data schema digest the signed manifest pins (``ProtocolParams.data_schema``, manifest
+    version 3; None: none pinned)."""
+    return fed.params.data_schema
+
+
+def load_bank_rows(path: str | Path, label: str, schema_path: Path | None, pinned: str | None,
+                   ) -> tuple[NDArray[np.float32], NDArray[np.float32], tuple[Any, ...]]:
+    """A bank's own rows, its label and the imputations its schema asks for.
+
+    With ``schema_path`` the raw table (strings, numeric strings, missing values) is encoded by
+    that data schema, which must be the one the manifest pins (``pinned``: its digest;
+    :class:`~securefl.errors.SchemaPinError` otherwise); rare categories fold at this bank. A
+    manifest that pins a schema with no ``schema`` in the node config is refused too. Without
+    either, the table is already numeric (:func:`load_bank_csv`)."""
+    if schema_path is None:
+        if pinned is not None:
+            raise SchemaPinError(
+                f"the federation manifest pins the data schema {pinned[:16]}... and this node "
+                "has none", hint="add schema=PATH (the agreed schema file) to the node config")
+        X, y = load_bank_csv(path, label)
+        return X, y, ()
+    from securefl.data.schema import encode, label_values, load_pinned_schema, read_cells
+
+    schema = load_pinned_schema(schema_path, pinned)
+    if schema.label != label:
+        raise ConfigError(f"the node's label {label!r} is not the schema's {schema.label!r}")
+    cells, _ = read_cells(path)
+    labels, keep = label_values(cells, schema)
+    enc = encode(cells, schema, keep)
+    return enc.X.astype(np.float32), labels.astype(np.float32), enc.imputations
+
+
 @dataclass(frozen=True)
 class BankNode(NodeHandler):
     """One bank's node configuration (``--node-config`` of its SuperNode)."""
@@ -152,6 +193,8 @@ class BankNode(NodeHandler):
     #: the bank's own persistent privacy caps (securefl.dp.bank_budget.BankBudget; node config
     #: record-epsilon-cap / client-epsilon-cap / budget-dir), checked before every round
     budget: Any = None
+    #: the data schema its raw table is encoded with (node config ``schema``; docs/data.md)
+    schema_path: Path | None = None
 
     @property
     def session_dir(self) -> Path:
@@ -162,9 +205,11 @@ class BankNode(NodeHandler):
     def from_node_config(cls, cfg: Mapping[str, Any]) -> BankNode:
         try:
             sd = cfg.get("state-dir")
+            sp = cfg.get("schema")
             return cls(**cls.common_config(cfg), data_path=Path(str(cfg["data-path"])),
                        label=str(cfg.get("label", "default")),
                        state_dir=Path(str(sd)) if sd else None,
+                       schema_path=Path(str(sp)) if sp else None,
                        budget=caps_from_node_config(cfg, str(cfg["member"]),
                                                     Path(str(cfg["key"])).parent))
         except KeyError as exc:
@@ -195,7 +240,7 @@ class BankNode(NodeHandler):
             SessionCounter(self.session_dir, fed.digest,
                            fed.params.max_sessions).accept(hello.counter)
             memo = NodeMemo(hello=msg.hello.body)
-            info, memo.record_noise = self._bank_info(hello)
+            info, memo.record_noise = self._bank_info(fed, hello)
             info_signature = sign_bound(identity, domain=BANK_INFO_DOMAIN,
                                         session_id=hello.session, round_=0,
                                         message=wire.encode(info))
@@ -239,8 +284,12 @@ class BankNode(NodeHandler):
         out: Hello = wire.decode(memo.hello, Hello)
         return out
 
-    def _bank_info(self, hello: Hello) -> tuple[BankInfo, float | None]:
-        X, y = load_bank_csv(self.data_path, self.label)
+    def _rows(self, fed: Federation) -> tuple[NDArray[np.float32], NDArray[np.float32],
+                                              tuple[Any, ...]]:
+        return load_bank_rows(self.data_path, self.label, self.schema_path, pinned_schema(fed))
+
+    def _bank_info(self, fed: Federation, hello: Hello) -> tuple[BankInfo, float | None]:
+        X, y, _ = self._rows(fed)
         plan = hello.plan
         target_log2 = None
         if plan.task == "regression":
@@ -371,19 +420,19 @@ class BankNode(NodeHandler):
                 del memo.rounds[old]  # an earlier round this bank did not verify: over
             if start.task == "moments":
                 return self._submit(fed, identity, memo, hello, start.round,
-                                    self._round0_input(hello, start))
+                                    self._round0_input(fed, hello, start))
             return []  # the commitment follows the global model in the same payload
         if start.task == "moments":
-            rm.field_input = self._encode(fed, hello, start, self._round0_input(hello, start))
+            rm.field_input = self._encode(fed, hello, start, self._round0_input(fed, hello, start))
         _, first = self._machine(fed, identity, hello, rm, _hello_body(memo))
         return [ProtocolItem(round=start.round, data=encode_message(m)) for m in first]
 
-    def _round0_input(self, hello: Hello, start: RoundStart) -> NDArray[np.float64]:
+    def _round0_input(self, fed: Federation, hello: Hello, start: RoundStart) -> NDArray[np.float64]:
         """The moments this bank adds to round 0 (features; regression: also the scaled target,
         at the scale the signed plan names)."""
         if (hello.plan.task == "regression") != (start.target_scale_log2 is not None):
             raise ConfigError("round 0 must carry a target scale exactly for regression")
-        X, y = load_bank_csv(self.data_path, self.label)
+        X, y, _ = self._rows(fed)
         return round0_input(X, y, start.target_scale_log2)
 
     def _submit(self, fed: Federation, identity: SigningKey, memo: NodeMemo, hello: Hello,
@@ -458,10 +507,16 @@ class BankNode(NodeHandler):
                                    "bound (spec section 12.1)")
         start: RoundStart = wire.decode(rm.start, RoundStart)
         plan = hello.plan
-        X, y = load_bank_csv(self.data_path, self.label)
+        X, y, imputations = self._rows(fed)
         self._charge_budget(fed, hello, start, X.shape[0], memo.record_noise)
         stdz, target = split_standardisation(np.asarray(model.moments_total),
-                                             model.target_scale_log2)
+                                             model.target_scale_log2, imputations)
+        if imputations:
+            from securefl.data.schema import apply_fills
+
+            fills = round0_fills(np.asarray(model.moments_total), model.target_scale_log2,
+                                 imputations)
+            X = apply_fills(X, imputations, fills).astype(np.float32)
         if (plan.task == "regression") != (target is not None):
             raise ConfigError("the global model must carry a target scale exactly for regression")
         X = stdz.transform(X)

@@ -48,6 +48,7 @@ __all__ = [
     "noise_plan",
     "protocol_federation",
     "randomness",
+    "round0_fills",
     "round0_input",
     "round_participants",
     "round_spec",
@@ -304,22 +305,44 @@ def round0_input(X: NDArray[np.floating], y: NDArray[np.floating] | None,
     return moments(cols)
 
 
-def split_standardisation(total: NDArray[np.float64], target_scale_log2: int | None
-                          ) -> tuple[Any, Any]:
+def split_standardisation(total: NDArray[np.float64], target_scale_log2: int | None,
+                          imputations: Sequence[Any] = ()) -> tuple[Any, Any]:
     """The released round-0 sum -> (feature Standardizer, target TargetScaler or None): the
-    inverse of :func:`round0_input` (layout [n, sums, sums of squares])."""
+    inverse of :func:`round0_input` (layout [n, sums, sums of squares]). With a data schema's
+    ``imputations`` the feature Standardizer is that of the imputed rows (fill them with
+    :func:`round0_fills`)."""
+    from securefl.data.schema import impute_from_moments
     from securefl.data.standardize import Standardizer, TargetScaler
 
+    features, target = _split_round0(total, target_scale_log2)
+    if imputations:
+        features, _ = impute_from_moments(features, imputations)
+    return (Standardizer.from_summed_moments(features),
+            None if target is None else TargetScaler.from_summed_moments(target))
+
+
+def round0_fills(total: NDArray[np.float64], target_scale_log2: int | None,
+                 imputations: Sequence[Any]) -> dict[int, float]:
+    """The fill value of each imputed input, from the released round-0 sum (the federation's
+    mean or mode; securefl.data.schema.impute_from_moments)."""
+    from securefl.data.schema import impute_from_moments
+
+    features, _ = _split_round0(total, target_scale_log2)
+    return impute_from_moments(features, imputations)[1]
+
+
+def _split_round0(total: NDArray[np.float64], target_scale_log2: int | None
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
     total = np.asarray(total, dtype=np.float64)
     if target_scale_log2 is None:
-        return Standardizer.from_summed_moments(total), None
+        return total, None
     d = (total.size - 1) // 2 - 1  # features; the last column is the scaled target
     if total.size != 1 + 2 * (d + 1) or d < 1:
         raise ConfigError(f"a round-0 sum of length {total.size} carries no target column")
     s = 2.0 ** target_scale_log2
     features = np.concatenate([total[:1], total[1:1 + d], total[2 + d:2 + 2 * d]])
     target = np.array([total[0], total[1 + d] * s, total[2 + 2 * d] * s * s])
-    return Standardizer.from_summed_moments(features), TargetScaler.from_summed_moments(target)
+    return features, target
 
 
 def randomness(sim_seed: int | None, session: bytes, round_: int, party: int, purpose: str,

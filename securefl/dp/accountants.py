@@ -614,8 +614,12 @@ class _NoiseSearch:
     Q_MIN, Q_MAX = 1e-12, 1.0 - 1e-9
 
     def __init__(self, orders: tuple[float, ...], q: float, count: int, delta: float,
-                 target: float, exact: Callable[[float], float]) -> None:
+                 target: float, exact: Callable[[float], float],
+                 offset: Sequence[float] | None = None) -> None:
         self.cache = _curve_cache(orders)
+        #: per order, the RDP of events already spent (added to every value; >= 0, so the lower
+        #: bounds stay lower bounds)
+        self.offset = list(offset) if offset is not None else [0.0] * len(orders)
         self.q, self.count, self.target, self.exact = q, count, target, exact
         o = np.atleast_1d(list(orders))  # as get_privacy_spent builds its vectors
         self.shift: list[float] = ((np.log(delta) + np.log(o)) / (o - 1)).tolist()
@@ -626,7 +630,7 @@ class _NoiseSearch:
         self.known: list[tuple[float, dict[int, float]]] = []
 
     def _settled_above(self, i: int, lower_bound: float) -> bool:
-        e = (lower_bound - self.shift[i]) + self.gain[i]
+        e = (lower_bound + self.offset[i] - self.shift[i]) + self.gain[i]
         return e > self.target and e - self.target > _CERTIFY_MARGIN * max(1.0, abs(e))
 
     def exceeds(self, z: float) -> bool:
@@ -647,21 +651,22 @@ class _NoiseSearch:
                 return self.exact(z) > self.target
             here[i] = r
             lb = max(lb, r)
-            below = below or (r - self.shift[i]) + self.gain[i] <= self.target
+            below = below or (r + self.offset[i] - self.shift[i]) + self.gain[i] <= self.target
         self.known.append((z, here))
         return not below
 
 
 def calibrate_noise(target_epsilon: float, delta: float, rounds: int, sampling_rate: float = 1.0,
                     accountant: str = "rdp", *, steps_per_round: int = 1,
-                    rel_tol: float = 1e-3) -> float:
+                    rel_tol: float = 1e-3, spent: Sequence[Event] = ()) -> float:
     """Smallest noise multiplier (within ``rel_tol``) whose ``rounds * steps_per_round``
     Poisson(``sampling_rate``)-sampled Gaussian steps stay within ``target_epsilon`` at ``delta``.
 
     Bracketed search (doubling from 1, then bisection); the returned value always satisfies the
     target (it is the upper end). With ``"rdp"`` each step of the search evaluates only the orders
     it needs over cached curves (:class:`_NoiseSearch`) and takes the same decision as the whole
-    curve, so the result is the same as evaluating every order at every step.
+    curve, so the result is the same as evaluating every order at every step. ``spent``: events
+    the same party also runs (e.g. the round-0 statistics), composed in before the target.
     """
     if not math.isfinite(target_epsilon) or target_epsilon <= 0:
         raise PrivacyError(f"target_epsilon must be finite and > 0, got {target_epsilon!r}")
@@ -670,16 +675,20 @@ def calibrate_noise(target_epsilon: float, delta: float, rounds: int, sampling_r
     acc = get_accountant(accountant)
 
     def eps(z: float) -> float:
-        return acc.epsilon([SelfComposedEvent(_per_round(z, sampling_rate, steps_per_round),
-                                              rounds)], delta)
+        return acc.epsilon([*spent, SelfComposedEvent(_per_round(z, sampling_rate,
+                                                                 steps_per_round), rounds)], delta)
 
-    if isinstance(acc, RdpAccountant):
+    if isinstance(acc, RdpAccountant) and all(isinstance(e, GaussianEvent) for e in spent):
         _check_delta(delta)
         flat = _flat([SelfComposedEvent(_per_round(1.0, sampling_rate, steps_per_round), rounds)])
         if len(flat.gauss) == 1 and not flat.ddg:
+            offset = [math.fsum(_unit_rdp(e, a) for e in spent) for a in acc.orders]
             search = _NoiseSearch(acc.orders, flat.gauss[0].q, flat.gauss[0].count, delta,
-                                  target_epsilon, eps)
-            return _bisect_noise(search.exceeds, target_epsilon, rel_tol)
+                                  target_epsilon, eps, offset)
+            z = _bisect_noise(search.exceeds, target_epsilon, rel_tol)
+            while spent and eps(z) > target_epsilon:  # rounding of the sum at the boundary
+                z *= 1.0 + rel_tol
+            return z
     return _bisect_noise(lambda z: eps(z) > target_epsilon, target_epsilon, rel_tol)
 
 
