@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from securefl import __version__
-from securefl.aggregation import Aggregator, NoisePlan, RandomFactory, RoundSpec
+from securefl.aggregators import Aggregator, RandomFactory, make_aggregator
 from securefl.config import DEFAULT_RECORD_EPSILON, RunConfig
 from securefl.crypto.random import SimulationRandomness
 from securefl.errors import BudgetExceededError, ConfigError, DataError
+from securefl.protocol.plan import NoisePlan, RoundSpec
 from securefl.protocol.secagg.bounds import default_threshold
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RoundReport",
     "RunResult",
-    "make_aggregator",
     "run",
     "sample_participants",
     "seal_round",
@@ -116,26 +116,6 @@ class RunResult:
             "stopped_early": self.stopped_early,
             "history": [r.to_dict() for r in self.history],
         }
-
-
-def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits: int = 16,
-                    colluders: int = 0) -> Aggregator:
-    """The aggregation mode called ``name`` (imports its module lazily)."""
-    if name == "plain":
-        from securefl.plain import PlainAggregator
-
-        return PlainAggregator()
-    if name == "secagg":
-        from securefl.protocol.secagg import Assumptions
-        from securefl.secagg import SecAggAggregator
-
-        return SecAggAggregator(degree=neighbours, precision_bits=precision_bits,
-                                assumptions=Assumptions(colluders=colluders))
-    if name == "ckks":
-        from securefl.ckks import CKKSAggregator
-
-        return CKKSAggregator()
-    raise ConfigError(f"unknown aggregation {name!r}")
 
 
 class _Randomness(SimulationRandomness):
@@ -429,7 +409,7 @@ class Engine:
             return []
         encoding = None
         if c.aggregation == "secagg":
-            from securefl.secagg import SecAggAggregator
+            from securefl.aggregators.secagg import SecAggAggregator
 
             agg = cast(SecAggAggregator, make_aggregator("secagg", neighbours=c.neighbours,
                                                           colluders=c.colluders))

@@ -155,10 +155,10 @@ def test_key_holder_with_a_key_outside_the_manifest_is_refused(
 
 
 def test_a_public_context_not_signed_by_the_manifests_key_holder_is_refused(fed: Fed) -> None:
-    from securefl.ckks import KEY_FILES
     from securefl.crypto.secret import Secret
     from securefl.he.context import load_secret_context
     from securefl.he.params import DEFAULT_PARAMS
+    from securefl.keyholder import KEY_FILES
     from securefl.protocol import wire
     from securefl.protocol.ckks import CKKSKeyHolder
 
@@ -175,7 +175,7 @@ def test_a_public_context_not_signed_by_the_manifests_key_holder_is_refused(fed:
 
 
 def test_key_holder_node_config_errors(fed: Fed, tmp_path: Path) -> None:
-    from securefl.ckks import KEY_FILES
+    from securefl.keyholder import KEY_FILES
 
     with pytest.raises(ConfigError, match="lacks 'ckks-keys'"):
         KeyHolderNode.from_node_config({k: v for k, v in fed.key_holder_config().items()

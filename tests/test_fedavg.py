@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securefl.aggregation import RoundSpec
+from securefl.aggregators.plain import PlainAggregator
 from securefl.crypto.random import SystemRandomSource
 from securefl.fl.server_opt import ServerOptimizer
-from securefl.plain import PlainAggregator
+from securefl.protocol.plan import RoundSpec
 from securefl.runtime import weighted_mean_update
 
 

@@ -278,8 +278,8 @@ class KeyHolderNode(NodeHandler):
         return self.usage_file or self.ckks_dir / "keyholder-usage.json"
 
     def load_holder(self, fed: Federation, identity: SigningKey, threshold: int) -> CKKSKeyHolder:
-        from securefl.ckks import KEY_FILES
         from securefl.he.context import load_secret_context
+        from securefl.keyholder import KEY_FILES
 
         secret = read_private_file(self.ckks_dir / KEY_FILES["secret_context"], 2**30,
                                    "CKKS secret context")

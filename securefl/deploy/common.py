@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from securefl.aggregation import NoisePlan, RoundSpec
 from securefl.crypto.random import SeededRandomSource, SimulationRandomness, SystemRandomSource
 from securefl.crypto.secret import Secret
 from securefl.errors import ConfigError, RemoteProtocolError, SecureFLError, SignatureError
 from securefl.federation import Federation, ProtocolParams
+from securefl.protocol.plan import NoisePlan, RoundSpec
 from securefl.protocol.quantize import Encoding
 from securefl.protocol.secagg import Federation as ProtocolFederation
 from securefl.protocol.secagg import SecAggConfig
@@ -229,7 +229,7 @@ def noise_plan(start: RoundStart, params: ProtocolParams | None) -> NoisePlan | 
         return NoisePlan(start.noise_multiplier, start.min_survivors)
     isolatable = None
     if params.aggregation == "secagg":
-        from securefl.secagg import SecAggAggregator
+        from securefl.protocol.secagg import SecAggEncoder as SecAggAggregator
 
         isolatable = SecAggAggregator(degree=start.degree, assumptions=params.assumptions()
                                       ).isolatable_honest(len(start.participants),
@@ -241,7 +241,7 @@ def noise_plan(start: RoundStart, params: ProtocolParams | None) -> NoisePlan | 
 def encoding_for(start: RoundStart, spec: RoundSpec) -> tuple[Encoding, int]:
     """The SecAgg encoding of this round and the protocol threshold (both sides compute them
     from the signed public plan; securefl.secagg.SecAggAggregator is the single definition)."""
-    from securefl.secagg import SecAggAggregator
+    from securefl.protocol.secagg import SecAggEncoder as SecAggAggregator
 
     agg = SecAggAggregator(degree=start.degree, precision_bits=start.precision_bits)
     return agg.encoding_for(spec, start.dim), agg.min_survivors(spec)
@@ -262,7 +262,7 @@ def encode_input(x: NDArray[np.float64], spec: RoundSpec, enc: Encoding,
                  rounding: RandomSource, noise: RandomSource) -> NDArray[np.uint32]:
     """This bank's field input, encoded exactly as :func:`securefl.secagg.encode_input` does it
     for each client of the in-process aggregator (protocols/secagg)."""
-    from securefl.secagg import encode_input as encode
+    from securefl.protocol.secagg import encode_input as encode
 
     return encode(x, clip_norm=spec.clip_norm, encoding=enc, rounding=rounding, noise=noise,
                   who="this bank")

@@ -92,7 +92,7 @@ from securefl.transport.flower import Link, StageExchange
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from securefl.aggregation import RoundSpec
+    from securefl.protocol.plan import RoundSpec
     from securefl.protocol.quantize import Encoding
 
 __all__ = ["TRIPS_PER_ROUND", "DeployServer", "ServerSettings", "trips_for"]

@@ -92,10 +92,10 @@ from securefl.transport.flower import GridLink, StageExchange
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from securefl.aggregation import NoisePlan
     from securefl.audit.store import RunStore
     from securefl.dp.ledger import Draft, Ledger
     from securefl.federation import Federation
+    from securefl.protocol.plan import NoisePlan
     from securefl.protocol.quantize import Encoding
 
 __all__ = ["RoundOutcome", "SecureFLWorkflow"]
