@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"he", "dp"},
     {"protocol"},
     {"transport", "federation"},
-    {"aggregators", "keyholder", "audit", "bank"},
+    {"aggregators", "keyholder", "audit", "bank", "committer"},
     {"runtime", "simulate", "privacy"},
     {"deploy"},
     {"flower"},

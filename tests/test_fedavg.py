@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from securefl.aggregators.plain import PlainAggregator
+from securefl.committer import weighted_mean_update
 from securefl.crypto.random import SystemRandomSource
 from securefl.fl.server_opt import ServerOptimizer
 from securefl.protocol.plan import RoundSpec
-from securefl.runtime import weighted_mean_update
 
 
 @settings(max_examples=40, deadline=None)

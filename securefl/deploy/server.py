@@ -754,8 +754,8 @@ class DeployServer:
         """Close one round: round 0 standardises and creates the run store; a training round
         updates the model and commits the round (or its abort) to the audit log and ledger."""
         from securefl.audit.store import RunStore
+        from securefl.committer import seal_round, server_update
         from securefl.fl.params import model_tensors, set_flat, to_bytes
-        from securefl.runtime import seal_round, server_update
 
         c, fed = self.config, self.fed
         r = done.start.round
