@@ -236,10 +236,10 @@ class Engine:
 
         moments = {i: np.asarray(b.moments(), dtype=np.float64) for i, b in enumerate(fed.banks)}
         if aggregator.name == "secagg":
-            # sums of squares span many orders of magnitude: quantize finely (the field still
-            # holds the sum of n inputs in 32 bits)
-            aggregator = make_aggregator(
-                "secagg", precision_bits=29 - max(1, int(np.ceil(np.log2(len(moments))))))
+            from securefl.protocol.secagg import moments_precision_bits
+
+            aggregator = make_aggregator("secagg",
+                                         precision_bits=moments_precision_bits(len(moments)))
         # a public bound on the moment vectors' norm: each bank reveals only the power of two
         # above its own norm (documented leak of < 7 bits of scale)
         bound = float(2.0 ** max(int(np.ceil(np.log2(max(float(np.linalg.norm(m)), 1.0)))) + 1
@@ -255,8 +255,7 @@ class Engine:
         from securefl.fl.train import LocalTrainSpec
 
         c = self.config
-        loss = c.loss if c.loss != "auto" else ("bce" if task == "classification" else "mse")
-        return LocalTrainSpec(task=task, loss=loss, epochs=c.local_epochs,
+        return LocalTrainSpec(task=task, loss=c.loss_for(task), epochs=c.local_epochs,
                               batch_size=c.batch_size, lr=c.lr, optimizer=c.optimizer,
                               prox_mu=c.prox_mu if c.server_optimizer == "fedprox" else 0.0)
 

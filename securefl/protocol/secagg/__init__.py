@@ -62,6 +62,7 @@ from securefl.protocol.secagg.encoding import (
     check_release,
     decode_sum,
     encode_input,
+    moments_precision_bits,
 )
 from securefl.protocol.secagg.machine import Deadline, Outgoing, Start
 from securefl.protocol.secagg.machine import Handler as Handler
@@ -95,6 +96,7 @@ __all__ = [
     "decode_sum",
     "derive",
     "encode_input",
+    "moments_precision_bits",
     "plan_digest",
     "roster_digest",
     "self_mask_commitment",

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from securefl.protocol.plan import RoundSpec
     from securefl.protocol.quantize import Encoding
 
-__all__ = ["SecAggEncoder", "check_release", "decode_sum", "encode_input"]
+__all__ = ["SecAggEncoder", "check_release", "decode_sum", "encode_input", "moments_precision_bits"]
 
 
 class SecAggEncoder:
@@ -154,3 +154,10 @@ def decode_sum(field_sum: NDArray[np.uint32], encoding: Encoding) -> NDArray[np.
     out: NDArray[np.float64] = quantize.from_field(field_sum, encoding.bits).astype(np.float64) \
         * encoding.gamma
     return out
+
+
+def moments_precision_bits(n: int) -> int:
+    """Round 0's precision (federated standardisation: the banks' moment vectors summed): sums of
+    squares span many orders of magnitude, so quantize as finely as a field of 32 bits still holds
+    the sum of ``n`` inputs, 29 - max(1, ceil(log2 n)) bits."""
+    return 29 - max(1, math.ceil(math.log2(n)))
