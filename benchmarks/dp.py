@@ -134,9 +134,9 @@ def bench_collusion(dim: int = 20_000, z: float = 1.0) -> list[dict[str, Any]]:
     bank 0 colluding, threshold T = 3, an honest bank dropped before its input (the worst
     admissible round), zero updates so the sum is the noise alone. Shares sized for T - c (the
     rule) against shares sized for T (the rule before issue 16), as a fraction of (z C)^2."""
-    from securefl.aggregation import NoisePlan, RoundSpec
+    from securefl.aggregators import make_aggregator
     from securefl.crypto.random import SimulationRandomness
-    from securefl.runtime import make_aggregator
+    from securefl.protocol.plan import NoisePlan, RoundSpec
 
     rows: list[dict[str, Any]] = []
     for mode in ("plain", "secagg"):

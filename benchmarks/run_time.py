@@ -54,7 +54,8 @@ from _common import table, write_json  # noqa: E402
 PRELOAD = (
     "securefl.cli.main", "securefl.cli.run", "numpy", "torch", "securefl.runtime",
     "securefl.data", "securefl.fl.train", "securefl.fl.models", "securefl.fl.params",
-    "securefl.fl.metrics", "securefl.fl.server_opt", "securefl.plain", "securefl.secagg",
+    "securefl.fl.metrics", "securefl.fl.server_opt", "securefl.aggregators.plain",
+    "securefl.aggregators.secagg",
     "securefl.dp.dpsgd", "securefl.dp.fedavg", "securefl.dp.budget", "securefl.dp.report",
     "securefl.dp.ledger", "securefl.audit.store", "securefl.audit.log", "securefl.crypto.signing",
 )

@@ -12,7 +12,7 @@ dropped clients' pairwise masks).
 Client encode rows (after the grid; ``--encode-only`` runs just these): one client's whole path
 from a float update to its masked message at k = 14 (the SecAgg+ degree for n = 100), d = 1e6
 (quick: 1e5): clip (securefl.dp.fedavg.clip_l2), stochastic rounding into Z_2^b
-(securefl.secagg.encode_input, the one path simulation and deployment share) and masking (the
+(securefl.protocol.secagg.encode_input, the one path simulation and deployment share) and masking (the
 client's stage-2 CPU in an n = k + 1 round: k pairwise masks + its self mask, the same work as a
 SecAgg+ client with k neighbours), against the PRG floor (k + 1) x one mask measured in the same
 run. The exact discrete Gaussian noise (securefl.dp.discrete) for that client, at the variance a
@@ -46,8 +46,8 @@ from securefl.protocol.secagg import (
     SecAggConfig,
     SecAggServer,
     ServerResult,
+    encode_input,
 )
-from securefl.secagg import encode_input
 from securefl.transport.inprocess import InProcessDriver
 
 try:

@@ -89,6 +89,13 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         return from_mapping({**self.to_dict(), **changes}, source="override")
 
+    def loss_for(self, task: str) -> str:
+        """The local training loss: ``loss``, or with "auto" bce for classification, mse for
+        regression (every driver and a deployment's training plan resolve it here)."""
+        if self.loss != "auto":
+            return self.loss
+        return "bce" if task == "classification" else "mse"
+
 
 def _need(cond: bool, key: str, msg: str) -> None:
     if not cond:

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from securefl import __version__
-from securefl.aggregation import Aggregator, NoisePlan, RandomFactory, RoundSpec
+from securefl.aggregators import Aggregator, RandomFactory, make_aggregator
 from securefl.config import DEFAULT_RECORD_EPSILON, DEFAULT_STATS_NOISE, RunConfig
 from securefl.crypto.random import SimulationRandomness
 from securefl.errors import BudgetExceededError, ConfigError, DataError
+from securefl.protocol.plan import NoisePlan, RoundSpec
 from securefl.protocol.secagg.bounds import default_threshold
 
 if TYPE_CHECKING:
@@ -32,15 +33,11 @@ if TYPE_CHECKING:
 __all__ = [
     "RoundReport",
     "RunResult",
-    "make_aggregator",
     "run",
     "sample_participants",
-    "seal_round",
-    "server_update",
     "session_id_for",
     "stream_id_for",
     "train",
-    "weighted_mean_update",
 ]
 
 ProgressCallback = Callable[["RoundReport"], None]
@@ -119,32 +116,6 @@ class RunResult:
         }
 
 
-def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits: int = 16,
-                    colluders: int = 0, deadlines: Deadlines | None = None) -> Aggregator:
-    """The aggregation mode called ``name`` (imports its module lazily); ``deadlines``: the
-    in-process transport's per-stage deadlines (secagg; securefl.transport.policy)."""
-    if name != "secagg" and deadlines is not None and (
-            deadlines.stage_s is not None or deadlines.bank_wait_s is not None):
-        raise ConfigError(f"per-stage deadlines are enforced by secagg's in-process transport; "
-                          f"{name} takes only Deadlines.training_s")
-    if name == "plain":
-        from securefl.plain import PlainAggregator
-
-        return PlainAggregator()
-    if name == "secagg":
-        from securefl.protocol.secagg import Assumptions
-        from securefl.secagg import SecAggAggregator
-
-        return SecAggAggregator(degree=neighbours, precision_bits=precision_bits,
-                                assumptions=Assumptions(colluders=colluders),
-                                deadlines=deadlines)
-    if name == "ckks":
-        from securefl.ckks import CKKSAggregator
-
-        return CKKSAggregator()
-    raise ConfigError(f"unknown aggregation {name!r}")
-
-
 class _Randomness(SimulationRandomness):
     """The simulation's streams (see :class:`securefl.crypto.random.SimulationRandomness`), plus the
     per-round factory the aggregators take. A deployment uses the OS CSPRNG (DESIGN.md section 8)."""
@@ -192,38 +163,6 @@ def sample_participants(seed: int, round_: int, n_banks: int, fraction: float,
     rng = np.random.default_rng([seed, round_, 1])
     return tuple(sorted(int(i) for i in rng.choice(n_banks, size=min(k, n_banks),
                                                    replace=False)))
-
-
-def weighted_mean_update(total: NDArray[np.float64], survivors: tuple[int, ...],
-                         public_weight: list[float], weight_total: float | None = None
-                         ) -> NDArray[np.float64]:
-    """FedAvg: each survivor sent w_i * update_i (w_i = n_i / max n, public); the weighted mean is
-    the released sum divided by the survivors' total weight: ``weight_total`` when the aggregation
-    released it beside the sum (ckks), else the survivors' public weights summed."""
-    if weight_total is not None:
-        return total / weight_total
-    return total / sum(public_weight[s] for s in survivors)
-
-
-def server_update(server_opt: Any, weights: NDArray[np.float64], total: NDArray[np.float64],
-                  survivors: tuple[int, ...], public_weight: list[float],
-                  weight_total: float | None = None) -> NDArray[np.float64]:
-    """The new global weights: the server optimizer applied to the FedAvg mean of the released sum,
-    rounded to float32 because that is what the checkpoint holds, so a resumed run, a deployment
-    and a simulation all continue bit for bit from the same state."""
-    new = server_opt.step(weights, weighted_mean_update(total, survivors, public_weight,
-                                                        weight_total))
-    out: NDArray[np.float64] = np.asarray(new, dtype=np.float32).astype(np.float64)
-    return out
-
-
-def seal_round(ledger: Any, drafts: list[Any]) -> list[bytes]:
-    """Chain one round's ledger drafts and return their canonical lines for the round's commit. If
-    the commit then fails the run stops, so memory never outlives the disk."""
-    from securefl.dp.ledger import canonical_bytes
-
-    entries = ledger.record(drafts)
-    return [canonical_bytes(e) for e in entries]
 
 
 def _discard_unfinished_create(run_dir: Path) -> bool:
@@ -371,10 +310,10 @@ class Engine:
             moments = {i: np.asarray(b.moments(), dtype=np.float64)
                        for i, b in enumerate(fed.banks)}
         if aggregator.name == "secagg":
-            # sums of squares span many orders of magnitude: quantize finely (the field still
-            # holds the sum of n inputs in 32 bits)
-            aggregator = make_aggregator(
-                "secagg", precision_bits=29 - max(1, int(np.ceil(np.log2(len(moments))))))
+            from securefl.protocol.secagg import moments_precision_bits
+
+            aggregator = make_aggregator("secagg",
+                                         precision_bits=moments_precision_bits(len(moments)))
         # a public bound on the moment vectors' norm: each bank reveals only the power of two
         # above its own norm (documented leak of < 7 bits of scale)
         bound = float(2.0 ** max(int(np.ceil(np.log2(max(float(np.linalg.norm(m)), 1.0)))) + 1
@@ -390,8 +329,7 @@ class Engine:
         from securefl.fl.train import LocalTrainSpec
 
         c = self.config
-        loss = c.loss if c.loss != "auto" else ("bce" if task == "classification" else "mse")
-        return LocalTrainSpec(task=task, loss=loss, epochs=c.local_epochs,
+        return LocalTrainSpec(task=task, loss=c.loss_for(task), epochs=c.local_epochs,
                               batch_size=c.batch_size, lr=c.lr, optimizer=c.optimizer,
                               prox_mu=c.prox_mu if c.server_optimizer == "fedprox" else 0.0)
 
@@ -487,19 +425,26 @@ class Engine:
                                      spent=spent)
         return out
 
+    def _client_events(self) -> Any:
+        """How this run's client-level events enter the ledger (securefl.committer.ClientEvents):
+        the seeded simulation's streams, no amplification claimed for client sampling."""
+        from securefl.committer import ClientEvents
+
+        c = self.config
+        return ClientEvents(clip_norm=c.clip_norm,
+                            sampling="all" if c.clients_per_round >= 1 else "fixed_size",
+                            noise_source="seeded_chacha20")
+
     def _client_drafts(self, round_: int, n_participants: int, threshold: int,
                        outcome: Any, dim: int) -> list[Any]:
         """The client-level mechanism this round actually released (survivors, not the plan),
-        as the server and the assumed colluders see it (dp.fedavg.client_round_event)."""
-        from securefl.dp.fedavg import client_round_event
-
+        as the server and the assumed colluders see it (ClientEvents.released)."""
         plan = self._noise_plan(n_participants, threshold)
         if plan is None:
             return []
-        survivors = len(outcome.survivors)
-        event = client_round_event(plan, survivors, encoding=getattr(outcome, "encoding", None),
-                                   dim=dim)
-        return [self._client_draft(round_, n_participants, survivors, event, plan)]
+        return [self._client_events().released(
+            round_, n_participants, plan, len(outcome.survivors),
+            encoding=getattr(outcome, "encoding", None), dim=dim)]
 
     def _planned_client_drafts(self, round_: int, n_participants: int, threshold: int,
                                dim: int) -> list[Any]:
@@ -514,7 +459,7 @@ class Engine:
             return []
         encoding = None
         if c.aggregation == "secagg":
-            from securefl.secagg import SecAggAggregator
+            from securefl.aggregators.secagg import SecAggAggregator
 
             agg = cast(SecAggAggregator, make_aggregator("secagg", neighbours=c.neighbours,
                                                           colluders=c.colluders))
@@ -522,8 +467,8 @@ class Engine:
                 session_id=self.session_id, round=round_, participants=tuple(range(n_participants)),
                 clip_norm=c.clip_norm, threshold=threshold, noise=plan), dim)
         events = planned_client_events(plan, n_participants, encoding=encoding, dim=dim)
-        return [self._client_draft(round_, n_participants, plan.min_survivors, ev, plan)
-                for ev in events]
+        return [self._client_events().draft(round_, n_participants, plan.min_survivors, ev,
+                                            plan.colluders) for ev in events]
 
     def _noise_plan(self, n_participants: int, threshold: int) -> NoisePlan | None:
         """The round's client-level noise plan: each share sized so that the smallest honest set
@@ -539,17 +484,6 @@ class Engine:
                                          ).isolatable_honest(n_participants, threshold)
         return NoisePlan(c.noise_multiplier, threshold, colluders=c.colluders,
                          isolatable_honest=isolatable)
-
-    def _client_draft(self, round_: int, n_participants: int, survivors: int, event: Any,
-                      plan: NoisePlan) -> Any:
-        from securefl.dp.ledger import Draft
-
-        c = self.config
-        return Draft(round=round_, level="client", party="federation", event=event,
-                     clip_norm=c.clip_norm, participants=n_participants, survivors=survivors,
-                     neighbouring="add_remove",
-                     sampling="all" if c.clients_per_round >= 1 else "fixed_size", steps=1,
-                     colluders=plan.colluders, noise_source="seeded_chacha20")
 
     def _check_secagg_plan(self, n_banks: int) -> None:
         """Refuse, before anything runs, a threshold or degree below the SecAgg bounds for the
@@ -662,8 +596,9 @@ class Engine:
         the run is about to do (see :data:`PHASES`)."""
         import torch
 
+        from securefl.committer import Release, RoundCommitter, TorchServerModel
         from securefl.errors import AggregationAbortedError
-        from securefl.fl.params import from_bytes, get_flat, model_tensors, set_flat, to_bytes
+        from securefl.fl.params import model_tensors, to_bytes
         from securefl.fl.server_opt import ServerOptimizer
 
         c = self.config
@@ -694,12 +629,10 @@ class Engine:
         store, ledger = self._open_store(to_bytes(model_tensors(model)), facts)
         start = store.last_round + 1
         keepers = self._checkpoint_keepers(store, len(banks))
-        tensors = from_bytes(store.model_bytes(store.last_round))
-        server_opt.load_state({k: v.astype(np.float64) for k, v in tensors.items()
-                               if k.startswith("server_opt.")})
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()
-                               if not k.startswith("server_opt.")})
-        weights = get_flat(model)
+        server = TorchServerModel(model, server_opt)
+        server.restore(store.model_bytes(store.last_round))
+        committer = RoundCommitter(store, ledger, server, session_id=self.session_id,
+                                   aggregation=c.aggregation, events=self._client_events())
         history = self._history_from(store) if start > 1 else []
         stopped: str | None = None
 
@@ -714,7 +647,7 @@ class Engine:
                 on(round_, "accounting", "budget check")
 
                 planned = self._planned_client_drafts(round_, len(participants), threshold,
-                                                      len(weights))
+                                                      len(server.weights))
                 checks = would_exceed(ledger, planned, c.target_epsilon, c.delta)
                 over = [f"{p}/{lv}: {ch.epsilon:.4g}" for (p, lv), ch in checks.items()
                         if ch.exceeds]
@@ -724,6 +657,7 @@ class Engine:
                     break
             dropouts = self._simulated_dropouts(round_, participants,
                                                 aggregator.stages)
+            weights = server.weights
             inputs, drafts, clipped = self._local_updates(
                 round_, participants, banks, model, weights, record_noise, public_weight,
                 phase=on)
@@ -737,9 +671,7 @@ class Engine:
                              weights=tuple(public_weight[i] for i in participants),
                              model_digest=hashlib.sha256(
                                  np.ascontiguousarray(weights).tobytes()).digest())
-            record: dict[str, Any] = {
-                "session_id": self.session_id.hex(), "aggregation": c.aggregation,
-                "participants": [names[i] for i in participants]}
+            who = [names[i] for i in participants]
             on(round_, "protecting + aggregating",
                f"{aggregator.name}, {len(participants)} banks")
             try:
@@ -747,51 +679,40 @@ class Engine:
                                                random=self.random.factory(round_))
             except AggregationAbortedError as err:
                 # nothing was released: the model stays, the round is recorded as aborted
-                alive = [names[i] for i in participants if i not in dropouts]
-                record.update(survivors=alive, status="aborted", error_code=err.code,
-                              dropouts={names[i]: st for i, st in dropouts.items()})
+                server.reset()
                 metrics = history[-1].metrics if history else setup.evaluate(model)
-                set_flat(model, weights)
                 on(round_, "committing", "aborted round: audit record, ledger")
-                store.commit_round(round_=round_, record_fields=record,
-                                   model=to_bytes({**model_tensors(model), **server_opt.state()}),
-                                   ledger_lines=seal_round(ledger, drafts), metrics=metrics)
-                self._send_checkpoint(store, keepers, participants)
-                on(round_, "accounting", "epsilon spent so far")
-                history.append(RoundReport(round_, tuple(record["participants"]), tuple(alive),
-                                           record["dropouts"], metrics, clipped, _now() - t0,
-                                           self._running_epsilon(ledger), aborted=err.message))
-                if progress is not None:
-                    progress(history[-1])
-                continue
-            drafts += self._client_drafts(round_, len(participants), threshold, outcome,
-                                          len(weights))
-            weights = server_update(server_opt, weights, outcome.total, outcome.survivors,
-                                    public_weight, outcome.weight_total)
-            set_flat(model, weights)
-            on(round_, "evaluating", "global test split")
-            metrics = setup.evaluate(model)
-            record.update(
-                survivors=[names[i] for i in outcome.survivors],
-                # a client that vanished after its masked input was in (consistency or unmask
-                # stage) is still in the sum: it is a survivor, not a dropout, for the record
-                dropouts={names[i]: st for i, st in outcome.dropouts.items()
-                          if i not in outcome.survivors},
-                input_digests={names[int(k.split("/", 1)[1])]: v
-                               for k, v in outcome.digests.items() if k.startswith("input/")},
-                aggregate_digest=outcome.digests.get("aggregate"))
-            on(round_, "committing", "model, audit record, ledger, signed checkpoint")
-            store.commit_round(round_=round_, record_fields=record,
-                               model=to_bytes({**model_tensors(model), **server_opt.state()}),
-                               ledger_lines=seal_round(ledger, drafts), metrics=metrics)
+                done = committer.abort(
+                    round_, who, err, alive=[names[i] for i in participants if i not in dropouts],
+                    dropouts={names[i]: st for i, st in dropouts.items()}, drafts=drafts,
+                    metrics=metrics)
+            else:
+                release = Release(
+                    total=outcome.total, survivors=tuple(names[i] for i in outcome.survivors),
+                    survivor_weights=tuple(public_weight[i] for i in outcome.survivors),
+                    dropouts={names[i]: st for i, st in outcome.dropouts.items()},
+                    aggregate_digest=outcome.digests.get("aggregate"),
+                    input_digests={names[int(k.split("/", 1)[1])]: v
+                                   for k, v in outcome.digests.items() if k.startswith("input/")},
+                    weight_total=outcome.weight_total,
+                    encoding=getattr(outcome, "encoding", None))
+
+                def evaluate(round_: int = round_) -> dict[str, float]:
+                    on(round_, "evaluating", "global test split")
+                    metrics = setup.evaluate(model)
+                    on(round_, "committing", "model, audit record, ledger, signed checkpoint")
+                    return metrics
+
+                done = committer.commit(round_, who, release, drafts=drafts, noise=noise,
+                                        dim=len(weights), evaluate=evaluate)
             self._send_checkpoint(store, keepers, participants)
-            if c.dp:
+            if c.dp or done.error is not None:
                 on(round_, "accounting", "epsilon spent so far")
             report = RoundReport(
-                round=round_, participants=tuple(record["participants"]),
-                survivors=tuple(record["survivors"]), dropouts=record["dropouts"],
-                metrics=metrics, update_norms_clipped=clipped, seconds=_now() - t0,
-                epsilon=self._running_epsilon(ledger))
+                round=round_, participants=done.participants, survivors=done.survivors,
+                dropouts=done.dropouts, metrics=done.metrics, update_norms_clipped=clipped,
+                seconds=_now() - t0, epsilon=self._running_epsilon(ledger),
+                aborted=done.error.message if done.error is not None else None)
             history.append(report)
             if progress is not None:
                 progress(report)

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from securefl.aggregation import AggregateOutcome, RandomFactory, RoundSpec
+from securefl.aggregators import MODES, RandomFactory, make_aggregator
 from securefl.crypto.random import RandomSource, SeededRandomSource, SystemRandomSource
 from securefl.crypto.secret import Secret
 from securefl.errors import ConfigError
+from securefl.protocol.plan import RoundSpec
 
 __all__ = ["SecureSumResult", "simulate_secure_sum"]
 
@@ -73,23 +74,10 @@ def simulate_secure_sum(
         clip_norm=clip_norm,
         threshold=threshold if threshold is not None else n // 2 + 1,
     )
-    outcome: AggregateOutcome
-    if mode == "secagg":
-        from securefl.secagg import SecAggAggregator
-
-        outcome = SecAggAggregator(degree=neighbours).aggregate(
-            spec, arrays, random=random, dropouts=dropouts
-        )
-    elif mode == "plain":
-        from securefl.plain import PlainAggregator
-
-        outcome = PlainAggregator().aggregate(spec, arrays, random=random, dropouts=dropouts)
-    elif mode == "ckks":
-        from securefl.ckks import CKKSAggregator
-
-        outcome = CKKSAggregator().aggregate(spec, arrays, random=random, dropouts=dropouts)
-    else:
+    if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; use 'secagg', 'ckks' or 'plain'")
+    outcome = make_aggregator(mode, neighbours=neighbours).aggregate(
+        spec, arrays, random=random, dropouts=dropouts)
     return SecureSumResult(
         total=outcome.total,
         survivors=outcome.survivors,

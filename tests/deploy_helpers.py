@@ -104,7 +104,7 @@ def make_federation(root: Path, run: dict[str, Any], *, signers: list[str] | Non
                 for n in banks]
     ckks_dir = None
     if ckks:
-        from securefl.ckks import create_key_holder_keys
+        from securefl.keyholder import create_key_holder_keys
 
         members.append(Member(name=KEY_HOLDER, role="ckks-key-holder",
                               public_key=keys[KEY_HOLDER].verify_key.raw.hex()))

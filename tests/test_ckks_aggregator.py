@@ -10,20 +10,16 @@ import struct
 import numpy as np
 import pytest
 
-from securefl.aggregation import NoisePlan, RoundSpec
-from securefl.ckks import (
-    CKKSAggregator,
-    create_key_holder_keys,
-    load_key_holder,
-    load_signed_public_context,
-)
+from securefl.aggregators.ckks import CKKSAggregator
 from securefl.crypto.random import SeededRandomSource
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import VerifyKey
 from securefl.errors import AggregationAbortedError, ConfigError
 from securefl.he.flooding import release_error_bound
 from securefl.he.params import DEFAULT_PARAMS
+from securefl.keyholder import create_key_holder_keys, load_key_holder, load_signed_public_context
 from securefl.protocol.ckks import accept_public_context
+from securefl.protocol.plan import NoisePlan, RoundSpec
 
 
 def _factory(seed: bytes = b"\x03" * 32):

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from securefl.aggregation import RoundSpec
-from securefl.ckks import CKKSAggregator
+from securefl.aggregators.ckks import CKKSAggregator
 from securefl.crypto.random import SeededRandomSource
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey
@@ -27,6 +26,7 @@ from securefl.protocol.ckks import (
     accept_public_context,
 )
 from securefl.protocol.ckks_messages import ContributionEntry, DecryptionRequest
+from securefl.protocol.plan import RoundSpec
 
 D = 64
 ROUNDS = itertools.count()

@@ -11,14 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securefl.aggregation import NoisePlan, RoundSpec
+from securefl.aggregators import make_aggregator
 from securefl.config import RunConfig
 from securefl.dp.accountants import epsilon_of_events
 from securefl.dp.budget import planned_client_events, would_exceed
 from securefl.dp.events import DistributedDiscreteGaussianEvent, GaussianEvent
 from securefl.dp.ledger import Ledger
 from securefl.errors import AggregationAbortedError, BudgetExceededError
-from securefl.runtime import Engine, default_threshold, make_aggregator, run
+from securefl.protocol.plan import NoisePlan, RoundSpec
+from securefl.runtime import Engine, default_threshold, run
 
 
 def test_issue_target_is_refused_before_any_round(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securefl.aggregation import NoisePlan, RoundSpec
+from securefl.aggregators import make_aggregator
 from securefl.config import RunConfig
 from securefl.crypto.random import SimulationRandomness
 from securefl.dp.accountants import epsilon_of_events
@@ -22,8 +22,9 @@ from securefl.dp.events import DistributedDiscreteGaussianEvent, GaussianEvent
 from securefl.dp.fedavg import client_round_event
 from securefl.dp.noise import gaussian
 from securefl.errors import ConfigError
+from securefl.protocol.plan import NoisePlan, RoundSpec
 from securefl.protocol.secagg import Assumptions, derive
-from securefl.runtime import Engine, default_threshold, make_aggregator
+from securefl.runtime import Engine, default_threshold
 
 DIM = 20_000
 N, C = 4, 1  # four banks, bank 0 colludes with the server

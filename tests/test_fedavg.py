@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securefl.aggregation import RoundSpec
+from securefl.aggregators.plain import PlainAggregator
+from securefl.committer import weighted_mean_update
 from securefl.crypto.random import SystemRandomSource
 from securefl.fl.server_opt import ServerOptimizer
-from securefl.plain import PlainAggregator
-from securefl.runtime import weighted_mean_update
+from securefl.protocol.plan import RoundSpec
 
 
 @settings(max_examples=40, deadline=None)

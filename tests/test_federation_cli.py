@@ -157,8 +157,8 @@ def test_help_does_not_import_heavy_modules() -> None:
 
 
 def test_keys_ckks_creates_private_files_0600(tmp_path: Path) -> None:
-    from securefl.ckks import load_signed_public_context
     from securefl.cli.main import main as cli_main
+    from securefl.keyholder import load_signed_public_context
 
     out = tmp_path / "holder"
     assert cli_main(["keys", "ckks", "--out", str(out), "--json"]) == 0

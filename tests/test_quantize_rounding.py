@@ -263,7 +263,7 @@ def test_round_to_field_checks_the_bound_after_rounding() -> None:
 
 def test_encode_input_is_round_then_noise_then_field() -> None:
     from securefl.dp.discrete import discrete_gaussian
-    from securefl.secagg import encode_input
+    from securefl.protocol.secagg import encode_input
 
     enc = qz.choose_encoding(20, 3000, 1.0, 2.0**-12, noise_sigma2=50.0)
     x = _rng("in").uniform(3000) - 0.5

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from securefl.aggregation import NoisePlan, RoundSpec
+from securefl.aggregators.secagg import SecAggAggregator
 from securefl.crypto.random import RandomSource, SeededRandomSource
 from securefl.crypto.secret import Secret
 from securefl.errors import AggregationAbortedError, LocalProtocolError, OverflowRiskError
-from securefl.secagg import SecAggAggregator
+from securefl.protocol.plan import NoisePlan, RoundSpec
 
 MASTER = Secret(b"aggregator-test".ljust(32, b"\x00"))
 

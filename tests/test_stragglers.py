@@ -298,7 +298,7 @@ def test_train_too_many_stragglers_abort_the_round_safely(tmp_path: Path) -> Non
 def test_stage_deadlines_are_refused_where_no_transport_enforces_them() -> None:
     """plain and ckks run in process without a staged transport: a stage deadline there would be
     silently ignored, so it is refused (the training deadline applies to every mode)."""
-    from securefl.runtime import make_aggregator
+    from securefl.aggregators import make_aggregator
 
     for name in ("plain", "ckks"):
         with pytest.raises(ConfigError, match="training_s"):

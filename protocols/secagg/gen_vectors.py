@@ -48,7 +48,7 @@ OUT = Path(__file__).parent / "vectors"
 #: the input binding signed with the survivor set (SecAggClient.input_binding: a deployment's
 #: global-model digest); bytes 0xC0..0xDF
 INPUT_BINDING = bytes(range(0xC0, 0xE0))
-#: the application's plan digest (RoundSpec.plan_digest in securefl/aggregation.py: model digest,
+#: the application's plan digest (RoundSpec.plan_digest in securefl/protocol/plan.py: model digest,
 #: clip, threshold, noise, FedAvg weights); any fixed non-zero 32 bytes serve for the vectors
 APPLICATION_PLAN = bytes(range(0xA0, 0xC0))
 SESSION = bytes.fromhex("00112233445566778899aabbccddeeff")

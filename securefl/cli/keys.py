@@ -50,7 +50,7 @@ def register_keys(sub: Any) -> None:
 
 def cmd_keys_ckks(args: argparse.Namespace) -> int:
     """``securefl keys ckks``: the key holder keeps the secret context; it publishes the rest."""
-    from securefl.ckks import create_key_holder_keys
+    from securefl.keyholder import create_key_holder_keys
 
     passphrase = None
     if args.passphrase_file:

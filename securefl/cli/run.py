@@ -146,7 +146,7 @@ def format_result(result: RunResult) -> str:
              + (", DP on" if d["dp"] else ", NO DP (comparison only)"),
              f"run directory: {d['run_dir']}"]
     if d["aggregation"] == "ckks":
-        from securefl.ckks import TRUST_ASSUMPTION
+        from securefl.aggregators.ckks import TRUST_ASSUMPTION
 
         lines.append(f"trust: {TRUST_ASSUMPTION}")
     if d["stopped_early"]:

@@ -1,7 +1,7 @@
 """Pieces both deployment sides share: the federation manifest as the PKI, bank ids, the per-round
 :class:`RoundSpec` and the SecAgg encoding, and the simulation's randomness derivation.
 The encoding and the simulation's randomness are the ones the in-process driver uses
-(:func:`securefl.secagg.encode_input`, :class:`securefl.crypto.random.SimulationRandomness`), so a
+(:func:`securefl.protocol.secagg.encode_input`, :class:`securefl.crypto.random.SimulationRandomness`), so a
 deployment and ``securefl run`` with the same seed compute the same model.
 """
 
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from securefl.aggregation import NoisePlan, RoundSpec
 from securefl.crypto.random import SeededRandomSource, SimulationRandomness, SystemRandomSource
 from securefl.crypto.secret import Secret
 from securefl.errors import ConfigError, RemoteProtocolError, SecureFLError, SignatureError
 from securefl.federation import Federation, ProtocolParams
+from securefl.protocol.plan import NoisePlan, RoundSpec
 from securefl.protocol.quantize import Encoding
 from securefl.protocol.secagg import Federation as ProtocolFederation
 from securefl.protocol.secagg import SecAggConfig
@@ -252,7 +252,7 @@ def noise_plan(start: RoundStart, params: ProtocolParams | None) -> NoisePlan | 
         return NoisePlan(start.noise_multiplier, start.min_survivors)
     isolatable = None
     if params.aggregation == "secagg":
-        from securefl.secagg import SecAggAggregator
+        from securefl.protocol.secagg import SecAggEncoder as SecAggAggregator
 
         isolatable = SecAggAggregator(degree=start.degree, assumptions=params.assumptions()
                                       ).isolatable_honest(len(start.participants),
@@ -263,8 +263,8 @@ def noise_plan(start: RoundStart, params: ProtocolParams | None) -> NoisePlan | 
 
 def encoding_for(start: RoundStart, spec: RoundSpec) -> tuple[Encoding, int]:
     """The SecAgg encoding of this round and the protocol threshold (both sides compute them
-    from the signed public plan; securefl.secagg.SecAggAggregator is the single definition)."""
-    from securefl.secagg import SecAggAggregator
+    from the signed public plan; securefl.protocol.secagg.SecAggEncoder is the single definition)."""
+    from securefl.protocol.secagg import SecAggEncoder as SecAggAggregator
 
     agg = SecAggAggregator(degree=start.degree, precision_bits=start.precision_bits)
     return agg.encoding_for(spec, start.dim), agg.min_survivors(spec)
@@ -283,9 +283,9 @@ def secagg_config(start: RoundStart, spec: RoundSpec, enc: Encoding, threshold: 
 
 def encode_input(x: NDArray[np.float64], spec: RoundSpec, enc: Encoding,
                  rounding: RandomSource, noise: RandomSource) -> NDArray[np.uint32]:
-    """This bank's field input, encoded exactly as :func:`securefl.secagg.encode_input` does it
+    """This bank's field input, encoded exactly as :func:`securefl.protocol.secagg.encode_input` does it
     for each client of the in-process aggregator (protocols/secagg)."""
-    from securefl.secagg import encode_input as encode
+    from securefl.protocol.secagg import encode_input as encode
 
     return encode(x, clip_norm=spec.clip_norm, encoding=enc, rounding=rounding, noise=noise,
                   who="this bank")

@@ -95,7 +95,7 @@ from securefl.transport.policy import ByteMeter
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from securefl.aggregation import RoundSpec
+    from securefl.protocol.plan import RoundSpec
     from securefl.protocol.quantize import Encoding
 
 __all__ = ["TRIPS_PER_ROUND", "DeployServer", "ServerSettings", "trips_for"]
@@ -438,7 +438,7 @@ class DeployServer:
 
     def _sum(self, fl: _Flight) -> tuple[NDArray[np.float64], tuple[int, ...], dict[int, str]]:
         """The released sum (input units), the survivors and who dropped where; raises
-        AggregationAbortedError when the round cannot release (securefl.secagg's rule)."""
+        AggregationAbortedError when the round cannot release (securefl.protocol.secagg.check_release)."""
         if fl.aborted is not None:
             raise fl.aborted
         res = fl.machine.result
@@ -797,8 +797,8 @@ class DeployServer:
         """Close one round: round 0 standardises and creates the run store; a training round
         updates the model and commits the round (or its abort) to the audit log and ledger."""
         from securefl.audit.store import RunStore
+        from securefl.committer import seal_round, server_update
         from securefl.fl.params import model_tensors, set_flat, to_bytes
-        from securefl.runtime import seal_round, server_update
 
         c, fed = self.config, self.fed
         r = done.start.round

@@ -41,7 +41,7 @@ from securefl.dp.ledger import GENESIS_HASH, MAX_ENTRY_BYTES, MAX_LEDGER_BYTES, 
 from securefl.errors import BudgetExceededError, ConfigError, LedgerError, PrivacyError
 
 if TYPE_CHECKING:
-    from securefl.aggregation import NoisePlan
+    from securefl.protocol.plan import NoisePlan
     from securefl.protocol.quantize import Encoding
 
 __all__ = [

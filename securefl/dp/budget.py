@@ -25,7 +25,7 @@ from securefl.dp.ledger import Draft, Ledger, LedgerEntry
 from securefl.errors import BudgetExceededError, PrivacyError
 
 if TYPE_CHECKING:
-    from securefl.aggregation import NoisePlan
+    from securefl.protocol.plan import NoisePlan
     from securefl.protocol.quantize import Encoding
 
 __all__ = ["BudgetCheck", "RunningAccount", "check_plan", "planned_client_events", "spent_epsilon",

@@ -2,7 +2,7 @@
 
 Each client clips its update to L2 norm C and adds a noise *share*; the shares of any ``h`` honest
 clients carry the planned noise std z * C, so each share has variance (z C)^2 / h. ``h`` is the
-smallest set of honest inputs whose sum can be revealed (:class:`securefl.aggregation.NoisePlan`:
+smallest set of honest inputs whose sum can be revealed (:class:`securefl.protocol.plan.NoisePlan`:
 the survivor floor t minus the assumed colluders c, who can subtract their own shares, or SecAgg+'s
 minimum isolatable honest set). When s >= t clients survive, the honest part of the released sum
 carries variance (s - c) (z C)^2 / h, i.e. an effective noise multiplier z * sqrt((s - c) / h); the
@@ -27,8 +27,8 @@ from securefl.errors import PrivacyError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from securefl.aggregation import NoisePlan
     from securefl.dp.events import Event
+    from securefl.protocol.plan import NoisePlan
     from securefl.protocol.quantize import Encoding
 
 __all__ = [

@@ -28,8 +28,8 @@ from securefl.protocol import wire
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from securefl.aggregation import RoundSpec
     from securefl.federation import Federation
+    from securefl.protocol.plan import RoundSpec
 
 __all__ = [
     "ARRAY",

@@ -23,7 +23,7 @@ What this path guarantees, whatever the user's fit does:
   multiplied by the public FedAvg weight n_i / max n;
 - **noise share**: with the manifest's ``noise_multiplier`` > 0 the bank adds its discrete Gaussian
   share after quantization, sized so the honest survivors the plan guarantees carry the planned
-  noise (securefl.secagg.encode_input, the deployment's own encoding);
+  noise (securefl.protocol.secagg.encode_input, the protocol's own encoding);
 - **the bank's own caps**: with a cap configured, each signed plan is charged to the bank's
   persistent budget (its declared DP-SGD, the client-level sum as the manifest's colluders see
   it) before the bank advertises a key; a round that would take it past a cap, or a plan without
@@ -332,7 +332,7 @@ class FlowerBank(NodeHandler):
 
     def _fit_and_encode(self, fed: Federation, memo: _Memo, rm: _RoundMemo) -> ClientMsg:
         """The user's fit, then the update (fit - global), the client-level clip, the FedAvg
-        weight and the encoding with this bank's noise share (securefl.secagg.encode_input)."""
+        weight and the encoding with this bank's noise share (securefl.protocol.secagg.encode_input)."""
         from securefl.bank import clip_update
 
         if self.fit is None or rm.field_input is not None:

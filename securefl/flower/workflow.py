@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from securefl.committer import ClientEvents, Release, RoundCommitter
 from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
 from securefl.deploy.common import (
     SessionCounter,
@@ -79,13 +80,15 @@ from securefl.flower.common import (
     round_start,
     unflatten,
 )
-from securefl.protocol import quantize, wire
+from securefl.protocol import wire
 from securefl.protocol.messages import AdvertiseKeys, decode_message, encode_message
 from securefl.protocol.secagg import (
     ADVERTISE_DOMAIN,
     Deadline,
     SecAggServer,
     advertise_message,
+    check_release,
+    decode_sum,
     plan_digest,
 )
 from securefl.protocol.secagg.limits import round_byte_limits
@@ -95,11 +98,10 @@ from securefl.transport.policy import ByteMeter
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from securefl.aggregation import NoisePlan
     from securefl.audit.store import RunStore
     from securefl.dp.ledger import Draft, Ledger
     from securefl.federation import Federation
-    from securefl.protocol.quantize import Encoding
+    from securefl.protocol.plan import NoisePlan
 
 __all__ = ["RoundOutcome", "SecureFLWorkflow"]
 
@@ -108,17 +110,38 @@ log = logging.getLogger("securefl.flower")
 
 @dataclass
 class RoundOutcome:
-    """One released round: the FedAvg mean update and who is in it."""
+    """One released round: the typed outcome the committer takes, and what the strategy needs."""
 
     participants: list[str]
-    mean_update: NDArray[np.float64]
-    total: NDArray[np.float64]
-    survivors: list[str]
-    dropouts: dict[str, str]
+    release: Release
+    #: the round's client-level noise plan (None without noise)
+    noise: NoisePlan | None
+    dim: int
+    #: the banks' declared record-level DP-SGD drafts, of the survivors
     drafts: list[Draft]
     clipped: int
     #: the survivors' masked-stage replies (the user's FitRes without its parameters), by member
     fit_replies: dict[str, Any]
+
+
+class _StrategyModel:
+    """The Flower path's global model (a securefl.committer.ServerModel): the strategy's
+    parameters. A round's FedAvg mean update, added to the global model, is handed to the
+    strategy's ``aggregate_fit`` as every survivor's FitRes parameters (as Flower's SecAgg+
+    workflow does; ``aggregate``), and what it returns is the new global model."""
+
+    def __init__(self) -> None:
+        self.arrays: list[NDArray[Any]] = []
+        self.aggregate: Callable[[list[NDArray[Any]]], list[NDArray[Any]]] | None = None
+
+    def step(self, mean_update: NDArray[np.float64]) -> None:
+        new = unflatten(flatten(self.arrays) + mean_update, self.arrays)
+        self.arrays = self.aggregate(new) if self.aggregate is not None else new
+
+    def checkpoint(self) -> bytes:
+        from securefl.fl.params import to_bytes
+
+        return to_bytes(_named(self.arrays))
 
 
 @dataclass
@@ -128,9 +151,19 @@ class _Session:
     counter: int
     session: bytes
     infos: list[BankInfo]
-    store: RunStore
-    ledger: Ledger
+    committer: RoundCommitter
+    model: _StrategyModel
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: the current round's declared drafts so far (recorded even if the round then aborts)
+    drafts: list[Draft] = field(default_factory=list)
+
+    @property
+    def store(self) -> RunStore:
+        return self.committer.store
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.committer.ledger
 
 
 class _TrainLink:
@@ -218,29 +251,41 @@ class SecureFLWorkflow:
         if refused:
             log.error("round %d: nodes %s are not named after a manifest client: left out", r,
                       refused[:5])
+        s.model.arrays, s.model.aggregate, s.drafts = global_arrays, None, []
         try:
             out = self.run_round(grid, s, r, {n: nodes[n] for n in chosen},
                                  {n: ins for n, (_, ins) in chosen.items()}, global_arrays)
         except SecureFLError as err:
             log.error("round %d aborted: %s %s", r, err.code, err.message)
-            self._commit(s, r, list(chosen), global_arrays, None, err)
+            self._check_round(s, r)
+            # nothing released, the model unchanged: no one "survived" into a sum, no one dropped
+            done = s.committer.abort(r, list(chosen), err, alive=list(chosen), drafts=s.drafts)
+            s.history.append({"round": r, "metrics": done.metrics, "aborted": err.code})
             self._finish_if_last(s, r, context)
             return
-        new = unflatten(flatten(global_arrays) + out.mean_update, global_arrays)
-        params = ndarrays_to_parameters(new)
-        results = []
-        for name in out.survivors:
-            res = compat.recorddict_to_fitres(out.fit_replies[name].content, keep_input=True)
-            results.append((chosen[name][0], FitRes(status=Status(Code.OK, ""), parameters=params,
-                                                    num_examples=res.num_examples,
-                                                    metrics=res.metrics)))
-        aggregated, metrics = context.strategy.aggregate_fit(r, results, [])
-        if aggregated is not None:
-            new = parameters_to_ndarrays(aggregated)
-            context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-                aggregated, True)
+
+        def aggregate(new: list[NDArray[Any]]) -> list[NDArray[Any]]:
+            """The strategy's aggregate_fit over the survivors, each reporting the new model."""
+            params = ndarrays_to_parameters(new)
+            results = []
+            for name in out.release.survivors:
+                res = compat.recorddict_to_fitres(out.fit_replies[name].content, keep_input=True)
+                results.append((chosen[name][0], FitRes(
+                    status=Status(Code.OK, ""), parameters=params,
+                    num_examples=res.num_examples, metrics=res.metrics)))
+            aggregated, metrics = context.strategy.aggregate_fit(r, results, [])
+            if aggregated is None:
+                return new
+            context.state.array_records[MAIN_PARAMS_RECORD] = \
+                compat.parameters_to_arrayrecord(aggregated, True)
             context.history.add_metrics_distributed_fit(server_round=r, metrics=metrics)
-        self._commit(s, r, out.participants, new, out, None)
+            return parameters_to_ndarrays(aggregated)
+
+        s.model.aggregate = aggregate
+        self._check_round(s, r)
+        done = s.committer.commit(r, out.participants, out.release, drafts=out.drafts,
+                                  noise=out.noise, dim=out.dim)
+        s.history.append({"round": r, "metrics": done.metrics})
         self._finish_if_last(s, r, context)
 
     # -- the session ----------------------------------------------------------------------------------
@@ -295,8 +340,14 @@ class SecureFLWorkflow:
                                   for i in infos],
                         "manifest_sha256": fed.digest,
                         "data_source": "each bank's own Flower ClientApp"})
+        model = _StrategyModel()
+        # the shares come from each bank's OS CSPRNG; no sampling amplification claimed (the
+        # strategy, not a public draw, picks the participants)
+        committer = RoundCommitter(store, Ledger(), model, session_id=session,
+                                   aggregation="secagg",
+                                   events=ClientEvents(clip_norm=fed.params.clip_norm))
         self._s = _Session(fed=fed, key=key, counter=counter, session=session, infos=infos,
-                           store=store, ledger=Ledger())
+                           committer=committer, model=model)
         return self._s
 
     # -- one round ------------------------------------------------------------------------------------
@@ -363,7 +414,7 @@ class SecureFLWorkflow:
         payloads = {n: ServerMsg(stage="advertise", plan=signed, infos=s.infos)
                     for n in participants}
         fit_replies: dict[str, Any] = {}
-        drafts: list[Draft] = []
+        s.drafts = drafts = []
         clipped = 0
         for stage in STAGES:
             if stage == "masked":
@@ -386,18 +437,16 @@ class SecureFLWorkflow:
         if result is None:
             raise AggregationAbortedError(f"round {r} ended without a result")
         survivors = [names[i] for i in result.survivors]
-        if plan.noise_multiplier > 0 and len(survivors) < plan.min_survivors:
-            raise AggregationAbortedError(
-                f"{len(survivors)} survivors carry less than the planned noise")
-        total = _decode(result.field_sum, enc)
-        weight = sum(plan.weights[n] for n in survivors)
-        if spec.noise is not None:
-            drafts.append(self._client_event(plan, spec.noise, enc, len(survivors)))
-        return RoundOutcome(participants=participants, mean_update=total / weight, total=total,
-                            survivors=survivors,
-                            dropouts={names[i]: st for i, st in result.dropped_at.items()},
-                            drafts=[d for d in drafts if d.party == "federation"
-                                    or d.party[len("bank:"):] in survivors],
+        check_release(spec, len(survivors))
+        total = decode_sum(result.field_sum, enc)
+        release = Release(total=total, survivors=tuple(survivors),
+                          survivor_weights=tuple(plan.weights[n] for n in survivors),
+                          dropouts={names[i]: st for i, st in result.dropped_at.items()},
+                          aggregate_digest=hashlib.sha256(total.tobytes()).hexdigest(),
+                          encoding=enc)
+        return RoundOutcome(participants=participants, release=release, noise=spec.noise,
+                            dim=plan.dim,
+                            drafts=[d for d in drafts if d.party[len("bank:"):] in survivors],
                             clipped=clipped, fit_replies=fit_replies)
 
     @staticmethod
@@ -439,50 +488,13 @@ class SecureFLWorkflow:
             machine.receive(m)
         return reply
 
-    @staticmethod
-    def _client_event(plan: FlowerPlan, noise: NoisePlan, enc: Encoding, survivors: int
-                      ) -> Draft:
-        """The client-level DP event of the release as the server and the assumed colluders see
-        it (securefl.dp.fedavg.client_round_event: the honest discrete Gaussian shares, as
-        ``securefl run`` records it); no sampling amplification claimed (the strategy, not a
-        public draw, picked the participants); the shares come from each bank's OS CSPRNG."""
-        from securefl.dp.fedavg import client_round_event
-        from securefl.dp.ledger import Draft
-
-        return Draft(round=plan.round, level="client", party="federation",
-                     event=client_round_event(noise, survivors, encoding=enc, dim=plan.dim),
-                     clip_norm=plan.clip_norm, participants=len(plan.participants),
-                     survivors=survivors, neighbouring="add_remove", sampling="all", steps=1,
-                     colluders=noise.colluders, noise_source="os_csprng")
-
     # -- audit --------------------------------------------------------------------------------------
-    def _commit(self, s: _Session, r: int, participants: list[str], model: list[NDArray[Any]],
-                out: RoundOutcome | None, error: SecureFLError | None) -> None:
-        """Round ``r`` (released or aborted) into the audit log and the ledger, atomically."""
-        from securefl.fl.params import to_bytes
-        from securefl.runtime import seal_round
-
+    @staticmethod
+    def _check_round(s: _Session, r: int) -> None:
+        """Round ``r`` must follow the last committed round (the audit log has no gaps)."""
         if s.store.last_round + 1 != r:
             raise ConfigError(f"Flower round {r} after committed round {s.store.last_round}: the "
                               "workflow must see every round of the run")
-        record: dict[str, Any] = {"session_id": s.session.hex(), "aggregation": "secagg",
-                                  "participants": participants}
-        if out is None:
-            # nothing released, the model unchanged: no one "survived" into a sum, no one dropped
-            record.update(survivors=participants, status="aborted",
-                          error_code=error.code if error is not None else "SFL310")
-            drafts: list[Draft] = []
-        else:
-            record.update(survivors=out.survivors, dropouts={
-                n: st for n, st in out.dropouts.items() if n not in out.survivors},
-                aggregate_digest=hashlib.sha256(out.total.tobytes()).hexdigest())
-            drafts = out.drafts
-        s.store.commit_round(round_=r, record_fields=record, model=to_bytes(_named(model)),
-                             ledger_lines=seal_round(s.ledger, drafts), metrics={})
-        entry: dict[str, Any] = {"round": r, "metrics": {}}
-        if out is None and error is not None:
-            entry["aborted"] = error.code
-        s.history.append(entry)
 
     def _finish_if_last(self, s: _Session, r: int, context: Any) -> None:
         """After the run's last round: result.json, signed and bound to the log."""
@@ -504,13 +516,6 @@ class SecureFLWorkflow:
 def _next(stage: str) -> str:
     i = STAGES.index(stage)
     return STAGES[i + 1] if i + 1 < len(STAGES) else "done"
-
-
-def _decode(field_sum: NDArray[np.uint32], enc: Encoding) -> NDArray[np.float64]:
-    """The released field sum in input units (securefl.protocol.quantize.from_field, times gamma)."""
-    out: NDArray[np.float64] = quantize.from_field(field_sum, enc.bits).astype(np.float64) \
-        * enc.gamma
-    return out
 
 
 def _named(arrays: list[NDArray[Any]]) -> dict[str, Any]:

@@ -17,6 +17,8 @@ malicious server could forge or replay are signed (keys, survivor set) or AEAD-s
 
 Layout:
 
+- :mod:`securefl.protocol.secagg.bounds`     thresholds and graph degree from the stated assumptions
+- :mod:`securefl.protocol.secagg.encoding`   quantisation, noise-share size, field input, decoding
 - :mod:`securefl.protocol.secagg.config`     domain strings, sizes, stage names, Federation, SecAggConfig
 - :mod:`securefl.protocol.secagg.canonical`  the canonical byte strings that are signed, hashed, sealed
 - :mod:`securefl.protocol.secagg.machine`    local events, Outgoing, Transition and the dispatcher
@@ -55,6 +57,13 @@ from securefl.protocol.secagg.config import ROSTER_DOMAIN as ROSTER_DOMAIN
 from securefl.protocol.secagg.config import SEED_SIZE as SEED_SIZE
 from securefl.protocol.secagg.config import SHARE_PURPOSE as SHARE_PURPOSE
 from securefl.protocol.secagg.config import STAGES as STAGES
+from securefl.protocol.secagg.encoding import (
+    SecAggEncoder,
+    check_release,
+    decode_sum,
+    encode_input,
+    moments_precision_bits,
+)
 from securefl.protocol.secagg.machine import Deadline, Outgoing, Start
 from securefl.protocol.secagg.machine import Handler as Handler
 from securefl.protocol.secagg.machine import S as S
@@ -76,13 +85,18 @@ __all__ = [
     "Outgoing",
     "SecAggClient",
     "SecAggConfig",
+    "SecAggEncoder",
     "SecAggServer",
     "ServerState",
     "Start",
     "ViewMismatchError",
     "advertise_message",
+    "check_release",
     "consistency_message",
+    "decode_sum",
     "derive",
+    "encode_input",
+    "moments_precision_bits",
     "plan_digest",
     "roster_digest",
     "self_mask_commitment",

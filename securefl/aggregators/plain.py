@@ -1,4 +1,5 @@
-"""``plain`` aggregation: the server sees every update in the clear. INSECURE, for comparison only."""
+"""The in-process ``plain`` driver: the server sees every update in the clear. INSECURE, for
+comparison only."""
 
 from __future__ import annotations
 
@@ -8,18 +9,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from securefl.aggregation import (
-    AggregateOutcome,
-    Aggregator,
-    RandomFactory,
-    RoundSpec,
-    check_inputs,
-)
+from securefl.aggregators.base import AggregateOutcome, Aggregator, RandomFactory, check_inputs
 from securefl.dp.noise import gaussian
 from securefl.errors import AggregationAbortedError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
+
+    from securefl.protocol.plan import RoundSpec
 
 __all__ = ["PlainAggregator"]
 

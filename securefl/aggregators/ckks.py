@@ -1,8 +1,8 @@
-"""``ckks`` aggregation: homomorphic sum under a separate key holder's CKKS key (TenSEAL).
+"""The in-process ``ckks`` driver: homomorphic sum under a separate key holder's CKKS key (TenSEAL).
 
 :class:`CKKSAggregator` runs a whole round in process through the sans-IO roles of
 securefl.protocol.ckks, encoding and decoding every message with size limits as a transport would.
-:func:`create_key_holder_keys` / :func:`load_key_holder` back ``securefl keys ckks --out DIR``.
+A key holder's key files (``securefl keys ckks --out DIR``) are :mod:`securefl.keyholder`'s.
 
 Dropout stages: ``"contribution"`` (the client never commits: it is simply not in the sum),
 ``"reveal"`` (it committed but never reveals its ciphertext: it is in the closed commitment set but
@@ -23,26 +23,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from securefl.aggregation import (
+from securefl.aggregators.base import (
     AggregateOutcome,
     Aggregator,
     RandomFactory,
-    RoundSpec,
     check_inputs,
     participant_identities,
 )
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey, VerifyKey
 from securefl.errors import AggregationAbortedError, ConfigError
-from securefl.he.context import generate_context, load_secret_context
 from securefl.he.flooding import DEFAULT_MAX_QUERIES, DEFAULT_STATISTICAL_SECURITY
 from securefl.he.params import DEFAULT_PARAMS, CKKSParams
 from securefl.protocol import wire
@@ -68,20 +63,13 @@ from securefl.protocol.ckks_messages import (
     max_commitment_set_bytes,
     max_message_bytes,
 )
-from securefl.storage import atomic_write_bytes
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-__all__ = [
-    "KEY_FILES",
-    "TRUST_ASSUMPTION",
-    "CKKSAggregator",
-    "KeyHolderKeys",
-    "create_key_holder_keys",
-    "load_key_holder",
-    "load_signed_public_context",
-]
+    from securefl.protocol.plan import RoundSpec
+
+__all__ = ["TRUST_ASSUMPTION", "CKKSAggregator"]
 
 T = TypeVar("T")
 
@@ -94,90 +82,11 @@ TRUST_ASSUMPTION = (
     "per round; use secagg if a bank may deviate"
 )
 
-#: file names written by `securefl keys ckks --out DIR`
-KEY_FILES = {
-    "signing_key": "keyholder-ed25519.pem",  # 0600
-    "secret_context": "ckks-secret-context.bin",  # 0600
-    "public_context": "ckks-public-context.msgpack",  # 0644, SignedPublicContext
-    "verify_key": "keyholder-ed25519.pub",  # 0644, raw 32 bytes hex
-}
-
-
 def _wire(msg: Any, typ: type[T], max_bytes: int) -> tuple[T, int]:
     """Encode then decode (size-checked) as a transport would; return (message, bytes on the
     wire)."""
     data = wire.encode(msg)
     return wire.decode(data, typ, max_bytes=max_bytes), len(data)
-
-
-@dataclass(frozen=True)
-class KeyHolderKeys:
-    """Paths of a key holder's key files."""
-
-    signing_key: Path
-    secret_context: Path
-    public_context: Path
-    verify_key: Path
-
-
-def create_key_holder_keys(
-    out_dir: str | os.PathLike[str],
-    params: CKKSParams = DEFAULT_PARAMS,
-    passphrase: bytes | None = None,
-) -> KeyHolderKeys:
-    """Create a key holder's Ed25519 key and CKKS keys in ``out_dir``; export the signed public
-    context.
-
-    Secret files are written atomically with mode 0o600 and never logged.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sk = SigningKey.generate()
-    secret = generate_context(params)
-    holder = CKKSKeyHolder(sk, secret, {}, min_clients=1, verifiers=1)
-    paths = KeyHolderKeys(
-        *(
-            out / KEY_FILES[k]
-            for k in ("signing_key", "secret_context", "public_context", "verify_key")
-        )
-    )
-    atomic_write_bytes(paths.signing_key, sk.to_pem(passphrase).expose(), mode=0o600)
-    atomic_write_bytes(paths.secret_context, secret.export_secret().expose(), mode=0o600)
-    atomic_write_bytes(paths.public_context, wire.encode(holder.public_context_message()))
-    atomic_write_bytes(paths.verify_key, (sk.verify_key.raw.hex() + "\n").encode())
-    return paths
-
-
-def load_key_holder(
-    key_dir: str | os.PathLike[str],
-    federation: Mapping[int, VerifyKey],
-    *,
-    params: CKKSParams = DEFAULT_PARAMS,
-    min_clients: int,
-    verifiers: int = 2,
-    passphrase: bytes | None = None,
-    server_key: VerifyKey | None = None,
-) -> CKKSKeyHolder:
-    """Load a key holder from files written by :func:`create_key_holder_keys`; ``server_key`` is
-    the aggregation server's enrolled identity (needed before anything is decrypted)."""
-    d = Path(key_dir)
-    sk = SigningKey.from_pem((d / KEY_FILES["signing_key"]).read_bytes(), passphrase)
-    secret = load_secret_context(
-        Secret((d / KEY_FILES["secret_context"]).read_bytes(), label="ckks-secret-context"), params
-    )
-    return CKKSKeyHolder(
-        sk,
-        secret,
-        federation,
-        min_clients=min_clients,
-        verifiers=verifiers,
-        server_key=server_key,
-    )
-
-
-def load_signed_public_context(path: str | os.PathLike[str]) -> SignedPublicContext:
-    """Read the exported SignedPublicContext (verify it with accept_public_context)."""
-    return wire.decode(Path(path).read_bytes(), SignedPublicContext, max_bytes=32 * 1024 * 1024)
 
 
 class CKKSAggregator(Aggregator):
