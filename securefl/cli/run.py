@@ -137,6 +137,14 @@ def _privacy_lines(privacy: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _metrics_text(metrics: dict[str, float]) -> str:
+    """The headline metrics on one line (the reliability curve's bins are in --json, result.json
+    and the report)."""
+    from securefl.fl.metrics import headline_metrics
+
+    return ", ".join(f"{k} {v:.4f}" for k, v in headline_metrics(metrics).items())
+
+
 def format_result(result: RunResult) -> str:
     d = result.to_dict()
     how = "inferred from the label" if result.config.get("task") == "auto" else "as configured"
@@ -151,10 +159,9 @@ def format_result(result: RunResult) -> str:
         lines.append(f"trust: {TRUST_ASSUMPTION}")
     if d["stopped_early"]:
         lines.append(f"stopped early: {d['stopped_early']}")
-    lines.append("global test: " + ", ".join(f"{k} {v:.4f}" for k, v in
-                                             d["final_metrics"].items()))
+    lines.append("global test: " + _metrics_text(d["final_metrics"]))
     for name, metrics in d["baselines"].items():
-        lines.append(f"baseline {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        lines.append(f"baseline {name}: " + _metrics_text(metrics))
     lines += _privacy_lines(d["privacy"])
     lines.append(f"model sha256: {d['model_sha256']}  ({d['seconds']:.1f} s)")
     return "\n".join(lines)
