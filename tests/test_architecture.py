@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"protocol"},
     {"transport", "federation", "aggregation"},
     {"plain", "secagg", "ckks", "audit", "bank"},
-    {"runtime", "simulate", "privacy"},
+    {"runtime", "simulate", "privacy", "report"},
     {"deploy"},
     {"flower"},
     {"cli"},

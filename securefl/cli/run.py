@@ -33,13 +33,27 @@ def run_command(args: argparse.Namespace) -> int:
         result = _run_with_progress(config, label, resume=args.resume)
     else:
         result = run(config, resume=args.resume)
+    report = _write_report(result.run_dir) if args.report else None
     if args.json:
         from securefl.cli.main import print_json
 
         print_json(result.to_dict())
     else:
         print(format_result(result))
+        if report is not None:
+            print(f"report: {report}  (securefl report RUN_DIR renders it again)")
     return 0
+
+
+def _write_report(run_dir: Any) -> Any:
+    """The compliance report of the finished run (it verifies the directory first; a run directory
+    that fails verification right after the run is a bug, so it is raised, not hidden)."""
+    from securefl.report import write_report
+
+    path, facts = write_report(run_dir)
+    if facts.error is not None:
+        raise facts.error
+    return path
 
 
 def _resume_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
