@@ -34,6 +34,7 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:to
 th{background:#eee}td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{display:block;max-width:100%;height:auto;margin:.6em 0;background:#fff}
 .note{color:#555;font-size:.88em}.warn{color:#b71c1c}
+summary{cursor:pointer;color:#1565c0;margin:.3em 0}
 pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow-x:auto;font-size:.8em}
 """
 
@@ -51,7 +52,9 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
-    out = ["<table><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr>"]
+    out = ["<table>"]
+    if any(head):
+        out += ["<tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr>"]
     for row in rows:
         out.append("<tr>")
         out += [f'<td class="num">{_e(c)}</td>' if i >= numeric_from else f"<td>{_e(c)}</td>"
@@ -133,8 +136,9 @@ def _verified(facts: RunFacts) -> str:
             '<p class="note">Read from the signed round records (the run directory holds no '
             "evaluation data, so these numbers are the server's measurement on its global test "
             "split, signed into the log; they cannot be recomputed here).</p>",
-            _quality_table(facts),
             _img(plots.quality_plot(facts), "model quality per round"),
+            "<details><summary>every round's metrics</summary>", _quality_table(facts),
+            "</details>",
             _baselines(facts),
             "<h3>Calibration of the predicted default probabilities</h3>",
             _img(plots.reliability_plot(facts), "reliability curve"),
