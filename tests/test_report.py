@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from audit_helpers import resign_result
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from securefl.audit.note import NoteVerifier
 from securefl.audit.verify import verify_run_dir
@@ -98,6 +100,25 @@ def test_a_tampered_directory_gets_the_banner_and_no_numbers(copy: Path) -> None
     for name in ("roc_auc", "pr_auc", "log_loss", "brier", "ece"):
         assert f"{rec['metrics'][name]:.4f}" not in html
     assert "epsilon spent" not in html
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rel=st.sampled_from(["ledger.jsonl", "audit/log.jsonl", "audit/checkpoints", "metrics.jsonl",
+                            "result.json", "config.json", "federation.json", "COMMIT"]),
+       where=st.floats(0.0, 1.0, exclude_max=True), flip=st.integers(1, 255))
+def test_any_changed_byte_gives_a_failed_report_without_numbers(
+        run_dir: Path, tmp_path: Path, rel: str, where: float, flip: int) -> None:
+    """Property: one byte changed anywhere in a signed or hashed file, and the report shows the
+    failure banner, no plot and none of the run's numbers."""
+    d = tmp_path / f"flip-{rel.replace('/', '_')}-{where}-{flip}"
+    shutil.copytree(run_dir, d)
+    data = bytearray((d / rel).read_bytes())
+    data[int(where * len(data))] ^= flip
+    (d / rel).write_bytes(bytes(data))
+    html, facts = build_report(d)
+    assert not facts.ok
+    assert 'data-status="failed"' in html and "<img" not in html and "epsilon spent" not in html
+    shutil.rmtree(d)
 
 
 def test_a_result_json_rewritten_and_resigned_is_a_failed_report(copy: Path) -> None:

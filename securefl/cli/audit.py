@@ -71,6 +71,11 @@ def _report(args: argparse.Namespace) -> int:
     from securefl.errors import exit_code_for
     from securefl.report import write_report
 
+    if not args.run_dir.is_dir():
+        from securefl.errors import AuditError
+
+        raise AuditError(f"{args.run_dir} is not a run directory", hint="give the directory "
+                         "`securefl run --out` or a deployment's server wrote")
     pubkey, source = _pinned(args)
     path, facts = write_report(args.run_dir, args.out, pubkey=pubkey, key_source=source)
     if args.json:

@@ -206,9 +206,10 @@ def _threat_model(facts: RunFacts) -> str:
     cfg = facts.config
     agg, c = cfg.get("aggregation"), cfg.get("colluders", 0)
     if agg == "secagg":
-        what = (f"The aggregation server is treated as malicious; with secure aggregation "
-                f"(SecAgg/SecAgg+ masking) it learns only the sum of the surviving banks' updates, "
-                f"unless it colludes with more than {c} bank(s).")
+        who = "any bank" if not c else f"more than {c} bank(s)"
+        what = ("The aggregation server is treated as malicious; with secure aggregation "
+                "(SecAgg/SecAgg+ masking) it learns only the sum of the surviving banks' updates, "
+                f"unless it colludes with {who} (the federation assumes c = {c} colluders).")
     elif agg == "ckks":
         from securefl.ckks import TRUST_ASSUMPTION
 
@@ -319,7 +320,9 @@ def _assumptions(facts: RunFacts) -> str:
     rows = [["colluding banks (c)", str(c),
              "secure aggregation hides each update only if at most c banks collude with the "
              "server; the client-level noise is sized so the honest banks' shares alone carry it"],
-            ["dropouts tolerated", f"simulated dropout probability {cfg.get('dropout', 0)}",
+            ["dropouts tolerated", "as they happened (a deployment; the manifest states the "
+             "fraction)" if "deployment" in cfg else
+             f"simulated dropout probability {cfg.get('dropout', 0)}",
              "a round needs its threshold of survivors; a round below it aborts and releases "
              "nothing (recorded above)"],
             ["key holder", "CKKS key holder, assumed not to collude with the server"
