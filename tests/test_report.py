@@ -77,6 +77,23 @@ def test_model_numbers_are_the_signed_records_and_epsilons_the_ledgers(run_dir: 
     assert facts.epsilon[0].federation_client == first["federation"]["client"]["epsilon"] < fed
 
 
+def test_a_regression_run_without_dp_says_so(tmp_path: Path) -> None:
+    from securefl.config import RunConfig
+    from securefl.runtime import run
+
+    d = tmp_path / "reg"
+    run(RunConfig(rounds=1, model="logreg", aggregation="plain", dp=False, label="LIMIT_BAL",
+                  out=str(d)))
+    html, facts = build_report(d)
+    assert facts.ok and facts.privacy == {} and facts.reliability == []
+    assert re.findall(r'<img alt="([^"]+)"', html) == ["model quality per round",
+                                                       "participation per round"]
+    assert "released its models without differential privacy" in html
+    assert "INSECURE comparison mode" in html
+    r2 = _records(d)[0]["metrics"]["r2"]
+    assert f">{r2:.4f}<" in html
+
+
 def test_the_page_is_self_contained(run_dir: Path) -> None:
     html, _ = build_report(run_dir)
     assert "<script" not in html.lower() and "<link" not in html.lower()

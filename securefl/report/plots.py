@@ -56,28 +56,41 @@ def _svg(fig: Any) -> str:
     return buf.getvalue()
 
 
+#: (left panel, right panel) of the quality plot per task: (metric, label) pairs
+_QUALITY = {"classification": ((("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")),
+                               (("log_loss", "log-loss"), ("brier", "Brier score"))),
+            "regression": ((("r2", "R^2"),), (("rmse", "RMSE"), ("mae", "MAE")))}
+
+
 @_styled
 def quality_plot(facts: RunFacts) -> str | None:
-    """ROC-AUC and PR-AUC (left), log-loss and Brier (right) per committed round, with the
-    baselines' final values as dashed lines when the run has them."""
-    rounds = [r for r in facts.committed if "roc_auc" in r.metrics]
+    """Per committed round: ROC-AUC and PR-AUC (left), log-loss and Brier (right) for a
+    classification run, R^2 (left), RMSE and MAE (right) for a regression run; the baselines' final
+    values of the left panel's first metric as dashed lines when the run has them."""
+    task = "classification" if any("roc_auc" in r.metrics for r in facts.committed) else "regression"
+    (left_keys, right_keys) = _QUALITY[task]
+    main = left_keys[0][0]
+    rounds = [r for r in facts.committed if main in r.metrics]
     if not rounds:
         return None
     fig, (left, right) = _figure(2)
     x = [r.round for r in rounds]
-    for key, label in (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")):
-        left.plot(x, [r.metrics[key] for r in rounds], marker="o", label=f"federated {label}")
+    for key, label in left_keys:
+        if all(key in r.metrics for r in rounds):
+            left.plot(x, [r.metrics[key] for r in rounds], marker="o", label=f"federated {label}")
     for name, m in sorted(facts.baselines.items()):
-        if "roc_auc" in m:
-            style = "--" if name == "centralized" else ":"
-            left.axhline(m["roc_auc"], linestyle=style, linewidth=1, color="grey" if
-                         name != "centralized" else "black", label=f"{name} ROC-AUC")
-    left.set(xlabel="round", ylabel="global test split", title="ranking quality")
+        if main in m:
+            left.axhline(m[main], linestyle="--" if name == "centralized" else ":", linewidth=1,
+                         color="black" if name == "centralized" else "grey",
+                         label=f"{name} {left_keys[0][1]}")
+    left.set(xlabel="round", ylabel="global test split", title="ranking quality"
+             if task == "classification" else "fit")
     left.legend(fontsize=6, loc="lower right")
-    for key, label in (("log_loss", "log-loss"), ("brier", "Brier score")):
+    for key, label in right_keys:
         if all(key in r.metrics for r in rounds):
             right.plot(x, [r.metrics[key] for r in rounds], marker="o", label=label)
-    right.set(xlabel="round", title="probability quality (lower is better)")
+    right.set(xlabel="round", title="probability quality (lower is better)"
+              if task == "classification" else "error (lower is better)")
     right.legend(fontsize=7)
     return _svg(fig)
 
