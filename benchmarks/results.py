@@ -67,6 +67,8 @@ def main() -> None:
             rows.append([name, f"{main_metric} {m[main_metric]:.4f}",
                          f"{m['pr_auc']:.4f}" if "pr_auc" in m else f"rmse {m['rmse']:.0f}",
                          f"{m['log_loss']:.4f}" if "log_loss" in m else "-",
+                         f"{m['brier']:.4f}" if "brier" in m else "-",
+                         f"{m['ece']:.4f}" if "ece" in m else "-",
                          f"{base['centralized'][main_metric]:.4f}" if base else "-",
                          f"{min(alone):.4f}-{max(alone):.4f}" if alone else "-",
                          f"{max(rec):.2f}" if rec else "-",
@@ -77,7 +79,7 @@ def main() -> None:
                 "rounds_completed")}})
             print(rows[-1], flush=True)
     print(table(["run (`securefl run` + flags)", "global test", "PR-AUC / RMSE", "log-loss",
-                 "centralized", "each bank alone", "record eps (max bank)", "client eps",
+                 "Brier", "ECE", "centralized", "each bank alone", "record eps (max bank)", "client eps",
                  "seconds"], rows))
     if args.only:
         previous = json.loads((Path(__file__).parent / "results" / "results.json").read_text())

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"protocol"},
     {"transport", "federation"},
     {"aggregators", "keyholder", "audit", "bank", "committer"},
-    {"runtime", "simulate", "privacy"},
+    {"runtime", "simulate", "privacy", "report"},
     {"deploy"},
     {"flower"},
     {"cli"},

@@ -137,6 +137,29 @@ def test_running_epsilon_and_round_metrics_in_the_history_are_checked(sim_copy: 
         verify_run_dir(sim_copy)
 
 
+@pytest.mark.parametrize("metric", ["brier", "ece", "reliability/bin/observed"])
+def test_calibration_claims_changed_and_resigned_are_refused(sim_copy: Path, metric: str) -> None:
+    """Issue 18 item 3: the Brier score, the ECE and every reliability bin are claims like ROC-AUC."""
+    final = _result(sim_copy)["final_metrics"]
+    if metric.startswith("reliability/"):
+        metric = sorted(k for k in final if k.startswith("reliability/") and k.endswith("/observed"))[0]
+    assert metric in final
+
+    def lie(res: dict[str, Any]) -> None:
+        res["final_metrics"][metric] = final[metric] * 0.5 + 0.01
+
+    resign_result(sim_copy, _key(sim_copy), lie)
+    with pytest.raises(AuditError, match=rf"claim final_metrics: {metric} ="):
+        verify_run_dir(sim_copy)
+
+
+def test_baselines_are_reported_as_not_checkable(tmp_path: Path) -> None:
+    d = tmp_path / "run"
+    make_run(d, 2)
+    resign_result(d, server_key(), lambda res: res.update(baselines={"centralized": {"auc": 0.9}}))
+    assert "baselines" in verify_run_dir(d).claims_unchecked
+
+
 def test_a_float_formatted_differently_is_accepted(sim_copy: Path) -> None:
     """Tolerance only for float formatting: 15 significant digits pass, 1e-6 does not (above)."""
     def reformat(res: dict[str, Any]) -> None:

@@ -51,6 +51,8 @@ def test_matches_simulation_with_a_dropout_and_verifies(fed: Fed, tmp_path: Path
     assert rec.dropouts == {fed.banks[2]: "masked"}
     assert sorted(rec.survivors) == sorted(fed.banks[:2])
     verify_run_dir(tmp_path / "run")
+    report = (tmp_path / "run" / "report.html").read_text()  # written by the server (issue 20)
+    assert 'data-status="verified' in report and 'alt="participation per round"' in report
 
     class Replay(Engine):  # the simulation, told who dropped where
         def _simulated_dropouts(self, round_: int, participants: tuple[int, ...],

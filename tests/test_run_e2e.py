@@ -92,10 +92,18 @@ def test_cli_json_and_no_dp_label(tmp_path: Path) -> None:
     payload = json.loads(out.stdout)
     assert payload["dp"] is False and payload["insecure"] is True
     assert payload["rounds_completed"] == 2 and payload["privacy"] == {}
+    final = payload["final_metrics"]  # calibration beside ranking (issue 18 item 3)
+    assert {"roc_auc", "pr_auc", "log_loss", "brier", "ece"} <= set(final)
+    assert sum(v for k, v in final.items() if k.startswith("reliability/") and k.endswith("/n")) > 0
+    assert (tmp_path / "j" / "report.html").is_file()  # written by default (issue 20)
     human = subprocess.run(
         [sys.executable, "-m", "securefl", "run", "--rounds", "1", "--model", "logreg", "--no-dp",
-         "--out", str(tmp_path / "h")], capture_output=True, text=True, check=True, timeout=600)
+         "--out", str(tmp_path / "h"), "--no-report"], capture_output=True, text=True, check=True,
+        timeout=600)
     assert "NO differential privacy" in human.stdout
+    assert "brier" in human.stdout and "ece" in human.stdout
+    assert "reliability/" not in human.stdout  # the bins are in --json, result.json, the report
+    assert not (tmp_path / "h" / "report.html").exists()
 
 
 @pytest.mark.slow

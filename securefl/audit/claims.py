@@ -15,6 +15,12 @@ result.json that disagrees (protocols/audit/spec.md, "Claims"):
   config.json's ``delta`` with the claimed accountant. Numbers are compared with a relative
   tolerance of 1e-9 (float formatting and summation order only); everything else exactly.
 
+The calibration metrics (``brier``, ``ece``) and the reliability curve's bins
+(``reliability/BB/...``, :mod:`securefl.fl.metrics`) are metrics like the others, so they are checked
+the same way, bit for bit. ``baselines`` (the centralized and bank-alone models' test metrics) cannot
+be re-derived: the log records no baseline and the run directory holds no data; they are returned as
+not checkable (signed by the log key with result.json, nothing more).
+
 A claim that is absent is not made, so it is not checked; the names of the claims checked and of
 those present but not checkable are returned for the report.
 """
@@ -202,6 +208,8 @@ def check_result_claims(result: Any, records: Sequence[LeafRecord], ledger_lines
         out.checked.append("model_sha256")
     if "history" in result:
         _history(result, records, ledger_lines, config, out)
+    if result.get("baselines"):
+        out.unchecked.append("baselines")  # nothing in the log or ledger to re-derive them from
     privacy = result.get("privacy")
     if privacy:  # {} when DP is off: no claim
         _privacy(privacy, ledger_lines, config)

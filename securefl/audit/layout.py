@@ -26,6 +26,9 @@ CHECKPOINTS = "audit/checkpoints"
 METRICS = "metrics.jsonl"
 COMMIT = "COMMIT"
 RESULT = "result.json"
+#: the compliance report (securefl.report): derived from the directory, not evidence, never read
+#: by verification; allowed beside the files verification checks
+REPORT = "report.html"
 MODELS_DIR = "models"
 #: append-only files whose committed sizes COMMIT records, in the order commit_round appends them.
 APPEND_ONLY = (LEDGER, LOG, CHECKPOINTS, METRICS)

@@ -290,8 +290,8 @@ def verify_run_dir(run_dir: Path, *, pubkey: VerifyKey | None = None,
         claims = check_result_claims(result, records, ledger, config)
         checked.append(L.RESULT)
 
-    # ---- nothing else
-    expected = {L.COMMIT, L.FEDERATION, L.CONFIG, *L.APPEND_ONLY,
+    # ---- nothing else (but the derived report, which is not evidence and not read)
+    expected = {L.COMMIT, L.FEDERATION, L.CONFIG, L.REPORT, *L.APPEND_ONLY,
                 *(L.model_name(i) for i in range(len(records)))}
     if fed["server_key_file"] is not None:
         expected.add(L.SERVER_KEY)

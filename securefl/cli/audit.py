@@ -18,14 +18,7 @@ def register_audit(sub: Any) -> None:
         description="Without a pinned server key (--key, --manifest or --pubkey) the key is taken "
         "from the run directory itself, which proves only internal consistency.")
     v.add_argument("run_dir", type=Path)
-    pin = v.add_mutually_exclusive_group()
-    pin.add_argument("--key", type=Path, metavar="FILE",
-                     help="pin the server's public key: its identity file (NAME.pub.json from "
-                          "`securefl keys init`), a PEM public key or a verifier key string")
-    pin.add_argument("--manifest", type=Path, metavar="FILE",
-                     help="pin the server key listed in a federation manifest signed by every "
-                          "member (the deployment's manifest.json)")
-    pin.add_argument("--pubkey", help="pin the server's verifier key string or a file holding it")
+    _add_pin_args(v)
     v.add_argument("--json", action="store_true")
     v.set_defaults(handler=_verify)
 
@@ -46,6 +39,61 @@ def register_audit(sub: Any) -> None:
     pv.add_argument("--pubkey", required=True, help="the server's verifier key string or file")
     pv.add_argument("--json", action="store_true")
     pv.set_defaults(handler=_check_proof)
+
+
+def _add_pin_args(p: argparse.ArgumentParser) -> None:
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument("--key", type=Path, metavar="FILE",
+                     help="pin the server's public key: its identity file (NAME.pub.json from "
+                          "`securefl keys init`), a PEM public key or a verifier key string")
+    pin.add_argument("--manifest", type=Path, metavar="FILE",
+                     help="pin the server key listed in a federation manifest signed by every "
+                          "member (the deployment's manifest.json)")
+    pin.add_argument("--pubkey", help="pin the server's verifier key string or a file holding it")
+
+
+def register_report(sub: Any) -> None:
+    r = sub.add_parser(
+        "report", help="render a run's compliance report: one self-contained HTML file",
+        description="Verifies the run directory first: every model number is read from the "
+        "signed round records, every epsilon recomputed from the ledger. A directory that fails "
+        "verification gets a report that says so at the top and shows none of its numbers (and "
+        "the command exits with the verification error's code).")
+    r.add_argument("run_dir", type=Path)
+    r.add_argument("--out", type=Path, metavar="FILE",
+                   help="where to write the report (default RUN_DIR/report.html)")
+    _add_pin_args(r)
+    r.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    r.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from securefl.errors import exit_code_for
+    from securefl.report import write_report
+
+    if not args.run_dir.is_dir():
+        from securefl.errors import AuditError
+
+        raise AuditError(f"{args.run_dir} is not a run directory", hint="give the directory "
+                         "`securefl run --out` or a deployment's server wrote")
+    pubkey, source = _pinned(args)
+    path, facts = write_report(args.run_dir, args.out, pubkey=pubkey, key_source=source)
+    if args.json:
+        print(json.dumps({"ok": facts.ok, "report": str(path), "error": facts.error.to_dict()
+                          if facts.error is not None else None}, indent=2, sort_keys=True))
+    elif facts.verified is not None:
+        v = facts.verified
+        print(f"report: {path} (verified against key {v.key_fingerprint}, "
+              + ("pinned)" if v.key_pinned else "NOT pinned: internal consistency only)"))
+    if facts.error is not None:
+        err = facts.error
+        import sys
+
+        print(f"securefl: error {err.code}: {err.message}", file=sys.stderr)
+        print(f"  report: {path} says VERIFICATION FAILED and shows none of the run's numbers",
+              file=sys.stderr)
+        return exit_code_for(err)
+    return 0
 
 
 def register_privacy(sub: Any) -> None:

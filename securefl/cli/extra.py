@@ -1,4 +1,5 @@
-"""Subcommands beyond ``run``: keys, federation, audit, privacy, deploy, data (lazy imports)."""
+"""Subcommands beyond ``run``: keys, federation, audit, privacy, report, deploy, data (lazy
+imports)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 def register(sub: Any) -> None:
     """Add the keys / federation / audit / privacy subcommands to ``sub``."""
-    from securefl.cli.audit import register_audit, register_privacy
+    from securefl.cli.audit import register_audit, register_privacy, register_report
     from securefl.cli.data import register_data
     from securefl.cli.deploy import register_deploy
     from securefl.cli.keys import register_federation, register_keys
@@ -16,5 +17,6 @@ def register(sub: Any) -> None:
     register_federation(sub)
     register_audit(sub)
     register_privacy(sub)
+    register_report(sub)
     register_deploy(sub)
     register_data(sub)

@@ -92,6 +92,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="DP-SGD noise and sampling from the OS CSPRNG (runs are then not "
                    "reproducible; Opacus' own secure mode needs torchcsprng)")
     p.add_argument("--resume", metavar="RUN_DIR", help="resume an interrupted run")
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write the compliance report RUN_DIR/report.html at the end "
+                   "(render it later with `securefl report RUN_DIR`)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 

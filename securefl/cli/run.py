@@ -33,13 +33,27 @@ def run_command(args: argparse.Namespace) -> int:
         result = _run_with_progress(config, label, resume=args.resume)
     else:
         result = run(config, resume=args.resume)
+    report = _write_report(result.run_dir) if args.report else None
     if args.json:
         from securefl.cli.main import print_json
 
         print_json(result.to_dict())
     else:
         print(format_result(result))
+        if report is not None:
+            print(f"report: {report}  (securefl report RUN_DIR renders it again)")
     return 0
+
+
+def _write_report(run_dir: Any) -> Any:
+    """The compliance report of the finished run (it verifies the directory first; a run directory
+    that fails verification right after the run is a bug, so it is raised, not hidden)."""
+    from securefl.report import write_report
+
+    path, facts = write_report(run_dir)
+    if facts.error is not None:
+        raise facts.error
+    return path
 
 
 def _resume_config(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
@@ -137,6 +151,14 @@ def _privacy_lines(privacy: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _metrics_text(metrics: dict[str, float]) -> str:
+    """The headline metrics on one line (the reliability curve's bins are in --json, result.json
+    and the report)."""
+    from securefl.fl.metrics import headline_metrics
+
+    return ", ".join(f"{k} {v:.4f}" for k, v in headline_metrics(metrics).items())
+
+
 def format_result(result: RunResult) -> str:
     d = result.to_dict()
     how = "inferred from the label" if result.config.get("task") == "auto" else "as configured"
@@ -151,10 +173,9 @@ def format_result(result: RunResult) -> str:
         lines.append(f"trust: {TRUST_ASSUMPTION}")
     if d["stopped_early"]:
         lines.append(f"stopped early: {d['stopped_early']}")
-    lines.append("global test: " + ", ".join(f"{k} {v:.4f}" for k, v in
-                                             d["final_metrics"].items()))
+    lines.append("global test: " + _metrics_text(d["final_metrics"]))
     for name, metrics in d["baselines"].items():
-        lines.append(f"baseline {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        lines.append(f"baseline {name}: " + _metrics_text(metrics))
     lines += _privacy_lines(d["privacy"])
     lines.append(f"model sha256: {d['model_sha256']}  ({d['seconds']:.1f} s)")
     return "\n".join(lines)

@@ -524,6 +524,9 @@ class DeployServer:
             "seconds": round(time.monotonic() - t_run, 3),
         }
         store.finish(result)
+        from securefl.report import write_report  # the compliance report (issue 20)
+
+        write_report(store.run_dir)
         return result
 
     # -- the rounds, per aggregation mode -------------------------------------------------------------
