@@ -211,7 +211,7 @@ def _threat_model(facts: RunFacts) -> str:
                 "(SecAgg/SecAgg+ masking) it learns only the sum of the surviving banks' updates, "
                 f"unless it colludes with {who} (the federation assumes c = {c} colluders).")
     elif agg == "ckks":
-        from securefl.ckks import TRUST_ASSUMPTION
+        from securefl.aggregators.ckks import TRUST_ASSUMPTION
 
         what = (f"Updates are encrypted under CKKS; the key holder decrypts only the aggregate. "
                 f"Trust: {TRUST_ASSUMPTION}.")
