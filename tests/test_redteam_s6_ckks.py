@@ -168,8 +168,9 @@ def test_key_holder_usage_updates_are_not_lost_by_concurrent_sessions(
     """Two sessions served at once by the key holder (two Flower runs: a SuperNode may run their
     ClientApp processes concurrently; or a second key holder process on the same usage file). The
     usage file is read-modify-written without a lock: run B reads it while run A is between its
-    read and its write, so one run's record is lost (here: session A's "keyed" high-water mark),
-    and a restarted key holder would key session A's round again. Secure: every update survives
+    read and its write, so one run's record is lost (here: session B's "keyed" high-water mark,
+    overwritten by A's stale copy; a lost "decrypted" entry is lost the same way), and a restarted
+    key holder would key that session's round again. Secure: every update survives
     (an exclusive lock around read-check-write, as BankBudget does)."""
     import json
 
