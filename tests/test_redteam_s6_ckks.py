@@ -286,3 +286,64 @@ def test_round_key_memo_is_redacted_in_every_repr_rich_included() -> None:
     memo = KeyHolderMemo(hello=None, keys={3: RoundKeyMemo(secret=marker, signed=b"pub")})
     for text in (repr(memo), str(memo), pretty_repr(memo), pretty_repr(memo.keys[3])):
         assert "ROUND-KEY-SECRET" not in text, text
+
+
+# --- regressions beside the findings (fix of rt16) -------------------------------------------------
+@pytest.mark.parametrize(("kind", "opt_in", "passes"), [
+    ("evaluate", {}, False),
+    ("evaluate", {"allow-plain-evaluate": "false"}, False),
+    ("evaluate", {"allow-plain-evaluate": True}, True),
+    ("evaluate", {"allow-plain-query": "true"}, False),
+    ("query", {}, False),
+    ("query", {"allow-plain-query": "true"}, True),
+    ("train", {"allow-plain-evaluate": True, "allow-plain-query": True}, False),
+])
+def test_flower_plain_messages_reach_the_users_app_only_by_the_nodes_opt_in(
+        kind: str, opt_in: dict[str, Any], passes: bool) -> None:
+    """Finding 1's rule for every plain message type: TRAIN never; EVALUATE (metrics on the bank's
+    own data) and QUERY only with the node config's allow-plain-evaluate / allow-plain-query."""
+    from flwr.app import Context, Message, RecordDict
+
+    from securefl.errors import RemoteProtocolError
+    from securefl.flower import securefl_mod
+    from tests.flower_mod_helpers import server_identity
+
+    calls: list[str] = []
+
+    def call_next(msg: Any, ctxt: Any) -> Any:
+        calls.append(msg.metadata.message_type)
+        return Message(RecordDict(), reply_to=msg)
+
+    ctxt = Context(run_id=1, node_id=7, node_config={"member": "bank-a", **opt_in},
+                   state=RecordDict(), run_config={})
+    with server_identity():
+        msg = Message(RecordDict(), dst_node_id=7, message_type=kind)
+    if passes:
+        securefl_mod(msg, ctxt, call_next)
+        assert calls == [kind]
+    else:
+        with pytest.raises(RemoteProtocolError):
+            securefl_mod(msg, ctxt, call_next)
+        assert calls == []
+
+
+def test_key_holder_refuses_a_usage_file_rolled_back_behind_its_node_state(
+        ckfed: Any, tmp_path: Path) -> None:
+    """Finding 4, the rollback variant: the usage file is replaced by an older copy (round 0
+    keyed) after round 1 was keyed; the sealed node state marks round 1, so the key holder
+    refuses to go on (StateError) rather than key round 0 again. The usage file exists from the
+    first use on."""
+    from securefl.errors import StateError
+
+    usage = tmp_path / "usage.json"
+    kh = _kh(ckfed, usage)
+    session = bytes(range(1, 17))
+    _, state = kh.handle(_key_env(ckfed, session, 0), None)
+    assert usage.exists()
+    old = usage.read_bytes()
+    _, state = kh.handle(_key_env(ckfed, session, 1), state)
+    usage.write_bytes(old)
+    with pytest.raises(StateError, match="behind this node's state"):
+        kh.handle(_key_env(ckfed, session, 0), state)
+    with pytest.raises(StateError, match="behind this node's state"):
+        kh.handle(_key_env(ckfed, session, 2), state)
