@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["append_line", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "create_exclusive", "fsync_dir"]
+           "create_exclusive", "exclusive_lock", "fsync_dir"]
 
 
 def fsync_dir(directory: Path) -> None:

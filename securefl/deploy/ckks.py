@@ -18,7 +18,10 @@ another round or session is refused. A key that leaks opens one round, and a cip
 from an earlier round decrypts to noise. The key holder's usage file records, durably and before
 anything leaves the node, every round it keyed and every round it released: a restarted key holder
 never makes a second key for a round, nor releases a round twice (a round whose key was lost with
-the node state aborts; the next round gets a new key).
+the node state aborts; the next round gets a new key). The file is read-checked-written under an
+exclusive lock, and checked against the per-session marks the sealed node state keeps: missing
+while the state shows history, or behind those marks, it is refused (StateError). A rollback of
+the file together with the node state is the residual (spec.md, "Keys").
 
 Round trips of one aggregation round (``TRIPS_PER_ROUND``):
 

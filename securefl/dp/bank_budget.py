@@ -20,6 +20,13 @@ bank checks and appends under an exclusive lock, fsyncs, and only then takes par
 over-count a round it never joined but never under-count one it did; a torn last line (a crash
 mid-append, before the bank went on) is dropped when the file is next opened. Epsilon is recomputed
 from the charged events (never stored), with the RDP accountant by default.
+
+A deployed bank (and one behind ``securefl_mod``) also marks the ledger's length and head hash in its
+state directory, next to its session counter (``anchor_dir``, :data:`ANCHOR_FILE`), after every
+charge: a ledger later missing, cut back to a prefix (every prefix of a hash chain from genesis
+verifies) or replaced is refused (LedgerError) instead of reading as less spent. Losing the state
+directory together with the ledger is not detected; only a monotonic counter outside the bank's
+files would be.
 """
 
 from __future__ import annotations
