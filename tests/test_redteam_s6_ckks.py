@@ -297,6 +297,7 @@ def test_round_key_memo_is_redacted_in_every_repr_rich_included() -> None:
     ("query", {}, False),
     ("query", {"allow-plain-query": "true"}, True),
     ("train", {"allow-plain-evaluate": True, "allow-plain-query": True}, False),
+    ("get_parameters", {"allow-plain-evaluate": True, "allow-plain-query": True}, False),
 ])
 def test_flower_plain_messages_reach_the_users_app_only_by_the_nodes_opt_in(
         kind: str, opt_in: dict[str, Any], passes: bool) -> None:

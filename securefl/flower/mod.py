@@ -396,7 +396,9 @@ def _check_plain_message(message_type: str, cfg: Mapping[str, Any]) -> None:
         raise RemoteProtocolError(
             f"a plain Flower {message_type!r} message outside securefl: under securefl_mod a "
             "TRAIN message runs only securefl's protocol, so nothing of the bank's fit leaves "
-            "it unprotected")
+            "it unprotected, and no other message type reaches the app (a legacy "
+            "get_parameters / get_properties message neither: give the strategy its "
+            "initial_parameters)")
     value = cfg.get(key, False)
     if value is True or str(value).strip().lower() == "true":
         return
