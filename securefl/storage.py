@@ -7,14 +7,17 @@ is atomic within a file system).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = ["append_line", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "create_exclusive", "fsync_dir"]
+           "create_exclusive", "exclusive_lock", "fsync_dir"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -91,3 +94,30 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path`` (created 0600; its directory too): a
+    read-check-write under it is one step even when several processes (a deployment's ClientApps,
+    two runs on one node) act on the same file at once. Re-entrant within one thread (a nested
+    call on the same path does not lock again, where a second flock would wait for itself)."""
+    path = os.path.abspath(lock_path)
+    held: set[str] = _held.__dict__.setdefault("paths", set())
+    if path in held:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(path)
+        try:
+            yield
+        finally:
+            held.discard(path)
+    finally:
+        os.close(fd)

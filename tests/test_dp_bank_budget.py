@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from securefl.dp.accountants import epsilon_of_events
 from securefl.dp.bank_budget import (
+    ANCHOR_FILE,
     BUDGET_FILE,
     BankBudget,
     BudgetCaps,
@@ -127,6 +128,52 @@ def _charge_many(directory: str, start: int) -> None:
         budget.charge(_round(round_=r), session="aa", round_=r)
 
 
+@pytest.mark.parametrize("loss", ["deleted", "truncated", "replaced"])
+def test_a_lost_or_rolled_back_ledger_is_refused_against_the_state_mark(
+        tmp_path: Path, loss: str) -> None:
+    """rt16 finding 3: a missing ledger read as "nothing spent", and any prefix of the hash chain
+    verifies. With the mark of its length and head in the bank's state directory, a ledger that
+    was deleted, cut back to an earlier prefix, or swapped for another chain of the same length
+    is refused (LedgerError) instead of lifting the lifetime caps."""
+    state = tmp_path / "state"
+    budget = BankBudget(tmp_path / "b", "alpha", BudgetCaps(record_epsilon_cap=100.0),
+                        anchor_dir=state)
+    budget.charge(_round(), session="aa", round_=1)
+    budget.charge(_round(round_=2), session="aa", round_=2)
+    first = budget.path.read_bytes().split(b"\n")[0] + b"\n"
+    if loss == "deleted":
+        budget.path.unlink()
+    elif loss == "truncated":
+        budget.path.write_bytes(first)
+    else:  # two charges again, but not the ones the mark names
+        other = BankBudget(tmp_path / "other", "alpha", BudgetCaps())
+        other.charge(_round(round_=7), session="bb", round_=7)
+        other.charge(_round(round_=8), session="bb", round_=8)
+        budget.path.write_bytes(other.path.read_bytes())
+    with pytest.raises(LedgerError, match="missing, reset or rolled back"):
+        budget.charge(_round(round_=3), session="aa", round_=3)
+    with pytest.raises(LedgerError):
+        budget.spent()
+    # without a mark (a library user's own budget) a fresh ledger is fine, and a longer ledger
+    # than the mark (a crash after the append, before the mark) is too
+    assert BankBudget(tmp_path / "c", "alpha", BudgetCaps()).spent() == {"record": 0.0,
+                                                                         "client": 0.0}
+
+
+def test_the_mark_follows_every_charge(tmp_path: Path) -> None:
+    budget = BankBudget(tmp_path / "b", "alpha", BudgetCaps(), anchor_dir=tmp_path / "s")
+    for r in range(3):
+        budget.charge(_round(round_=r), session="aa", round_=r)
+    import hashlib
+    import json
+
+    mark = json.loads((tmp_path / "s" / ANCHOR_FILE).read_text())
+    lines = budget.path.read_bytes().splitlines()
+    assert mark["length"] == 3 == len(lines)
+    assert mark["head"] == hashlib.sha256(lines[-1]).hexdigest()
+    assert len(budget.charges()) == 3
+
+
 def test_concurrent_processes_keep_one_chain(tmp_path: Path) -> None:
     """A deployment runs each message in a fresh process: charges from several at once stay one
     valid chain with none lost."""
@@ -165,8 +212,11 @@ def test_node_config(tmp_path: Path) -> None:
                               "alpha", tmp_path)
     assert b is not None and b.caps.record_epsilon_cap == 8.0 and b.caps.client_epsilon_cap is None
     assert b.path == tmp_path / "b" / BUDGET_FILE
+    assert b.anchor == tmp_path / ANCHOR_FILE  # the mark: in the state directory passed
     with pytest.raises(ConfigError):
         caps_from_node_config({"client-epsilon-cap": "lots"}, "alpha", tmp_path)
+    with pytest.raises(ConfigError, match="needs budget-dir"):  # never a place nobody chose
+        caps_from_node_config({"client-epsilon-cap": "1"}, "alpha", tmp_path)
     with pytest.raises(ConfigError):
         BudgetCaps(record_epsilon_cap=-1.0)
 

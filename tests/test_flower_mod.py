@@ -209,11 +209,15 @@ def test_node_config_errors_are_typed(tmp_path: Path) -> None:
                                      "dpsgd-sample-rate": 0.1, "dpsgd-max-grad-norm": 1.0})
     # a record-level cap needs a declared mechanism to charge; a cap must be a positive number
     with pytest.raises(ConfigError, match="record-epsilon-cap needs"):
-        FlowerBank.from_node_config({**good, "record-epsilon-cap": 2.0})
+        FlowerBank.from_node_config({**good, "record-epsilon-cap": 2.0, "budget-dir": "b"})
     with pytest.raises(ConfigError, match="client_epsilon_cap must be a positive number"):
         FlowerBank.from_node_config({**good, "client-epsilon-cap": -1})
     capped = FlowerBank.from_node_config({**good, "client-epsilon-cap": 3, "budget-dir": "b"})
     assert capped.budget is not None and capped.budget.path.parent == Path("b")
+    # the lifetime ledger lives where the operator chose (rt16 finding 3), its mark in state-dir
+    assert capped.budget.anchor is not None and capped.budget.anchor.parent == Path(good["state-dir"])
+    with pytest.raises(ConfigError, match="needs budget-dir"):
+        FlowerBank.from_node_config({**good, "client-epsilon-cap": 3})
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:

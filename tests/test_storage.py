@@ -70,3 +70,33 @@ def test_create_exclusive_creates_once_and_never_overwrites(tmp_path):
     assert create_exclusive(target, b"second") is False
     assert target.read_bytes() == b"first"
     assert sorted(p.name for p in target.parent.iterdir()) == ["k.bin"]  # no temp file left
+
+
+def test_exclusive_lock_excludes_other_holders_and_reenters_in_one_thread(tmp_path: Path) -> None:
+    """One lock helper for every read-check-write (the bank budget, the session counter, the key
+    holder's usage file): another holder (another thread here, another process in a deployment)
+    waits; a nested use in the same thread does not wait for itself."""
+    import threading
+
+    from securefl.storage import exclusive_lock
+
+    lock = tmp_path / "sub" / "x.lock"
+    order: list[str] = []
+    inside = threading.Event()
+
+    def other() -> None:
+        inside.wait()
+        with exclusive_lock(lock):
+            order.append("other")
+
+    t = threading.Thread(target=other)
+    t.start()
+    with exclusive_lock(lock):
+        inside.set()
+        with exclusive_lock(lock):  # re-entered: no deadlock
+            order.append("nested")
+        t.join(timeout=0.5)  # the other thread cannot get in while this one holds the lock
+        order.append("outer")
+    t.join()
+    assert order == ["nested", "outer", "other"]
+    assert (lock.stat().st_mode & 0o777) == 0o600

@@ -49,7 +49,7 @@ def _check_key_holder(args: Any) -> int:
     node = KeyHolderNode.from_node_config(cfg)
     fed = node.federation()
     key = node.identity(fed)
-    usage = node.read_usage()
+    usage = node.ensure_usage()  # created at enrolment: later, a missing file is a lost one
     print(f"OK: {node.member} is the ckks-key-holder of {fed.federation_id!r} (manifest "
           f"{fed.digest[:16]}), identity {key.verify_key.fingerprint()}; a fresh CKKS key per "
           f"round; {len(usage.decrypted)} rounds released, {len(usage.keyed)} sessions keyed "

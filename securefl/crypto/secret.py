@@ -1,11 +1,12 @@
-"""A container for secret bytes whose ``repr``/``str`` never show the value (cf. Tink's export token)."""
+"""A container for secret bytes whose ``repr``/``str`` never show the value (cf. Tink's export token),
+and a base for msgspec Structs holding secrets whose every representation redacts them."""
 
 from __future__ import annotations
 
 import hmac
-from typing import NoReturn
+from typing import Any, ClassVar, NoReturn
 
-__all__ = ["Secret"]
+__all__ = ["RedactedStruct", "Secret"]
 
 
 class Secret:
@@ -41,3 +42,38 @@ class Secret:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("Secret cannot be pickled")
+
+
+class _Redacted:
+    """Shown in place of a secret field (its repr is the bare word, also under rich)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+
+_REDACTED = _Redacted()
+
+
+class RedactedStruct:
+    """Mixin for the msgspec Structs that hold secrets in a node's sealed state (their bytes must
+    stay encodable by msgspec, so they are not held as :class:`Secret`); put it first,
+    ``class M(RedactedStruct, msgspec.Struct, ...)``. The fields named in ``__redacted__`` show as
+    ``<redacted>`` in ``repr``, ``str`` and rich's ``__rich_repr__`` (msgspec's own
+    ``__rich_repr__`` yields every field, so overriding ``__repr__`` alone left rich
+    pretty-printing, rich tracebacks with locals and rich log handlers showing them)."""
+
+    __slots__ = ()
+    __redacted__: ClassVar[frozenset[str]] = frozenset()
+    __struct_fields__: ClassVar[tuple[str, ...]]
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [(name, _REDACTED if name in self.__redacted__ else getattr(self, name))
+                for name in self.__struct_fields__]
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
+        return f"{type(self).__name__}({body})"
+
+    __str__ = __repr__

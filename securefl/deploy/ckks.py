@@ -18,7 +18,10 @@ another round or session is refused. A key that leaks opens one round, and a cip
 from an earlier round decrypts to noise. The key holder's usage file records, durably and before
 anything leaves the node, every round it keyed and every round it released: a restarted key holder
 never makes a second key for a round, nor releases a round twice (a round whose key was lost with
-the node state aborts; the next round gets a new key).
+the node state aborts; the next round gets a new key). The file is read-checked-written under an
+exclusive lock, and checked against the per-session marks the sealed node state keeps: missing
+while the state shows history, or behind those marks, it is refused (StateError). A rollback of
+the file together with the node state is the residual (spec.md, "Keys").
 
 Round trips of one aggregation round (``TRIPS_PER_ROUND``):
 
@@ -45,6 +48,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -53,7 +57,7 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
-from securefl.crypto.secret import Secret
+from securefl.crypto.secret import RedactedStruct, Secret
 from securefl.crypto.signing import SigningKey, VerifyKey, verify_bound
 from securefl.deploy.common import NodeHandler, randomness
 from securefl.deploy.messages import (
@@ -102,7 +106,7 @@ from securefl.protocol.ckks_messages import (
     max_commitment_set_bytes,
     max_message_bytes,
 )
-from securefl.storage import atomic_write_bytes
+from securefl.storage import atomic_write_bytes, exclusive_lock
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -283,27 +287,33 @@ def _peek_type(data: bytes) -> str:
 
 
 # --- key holder ------------------------------------------------------------------------------------
-class RoundKeyMemo(msgspec.Struct, forbid_unknown_fields=True):
+class RoundKeyMemo(RedactedStruct, msgspec.Struct, forbid_unknown_fields=True):
     """A round key waiting for its aggregate: the serialized secret context and its signed public
-    context. Lives only in the key holder's sealed node state; its repr is redacted."""
+    context. Lives only in the key holder's sealed node state; ``secret`` is redacted in every
+    representation (RedactedStruct)."""
+
+    __redacted__ = frozenset({"secret"})
 
     secret: bytes
     signed: bytes
 
-    def __repr__(self) -> str:
-        return "RoundKeyMemo(<redacted>)"
-
 
 class KeyHolderMemo(msgspec.Struct, forbid_unknown_fields=True):
-    """The key holder node's per-run state (its context.state, sealed by NodeHandler): the
-    verified hello and the round key waiting for its decryption (at most one: making round r's
+    """The key holder node's per-run state (its context.state, sealed by NodeHandler; the round key
+    it holds is redacted in every representation by RoundKeyMemo): the verified hello and the
+    round key waiting for its decryption (at most one: making round r's
     key erases every earlier round's, since each round runs once, in order)."""
 
     hello: bytes | None = None
     keys: dict[int, RoundKeyMemo] = {}
+    #: per session (hex): the last round this node keyed, and the last round it released; the
+    #: usage file must never be behind these marks (a deleted or rolled-back file is refused)
+    keyed: dict[str, int] = {}
+    released: dict[str, int] = {}
 
-    def __repr__(self) -> str:
-        return f"KeyHolderMemo(rounds keyed={sorted(self.keys)}, <redacted>)"
+    def history(self) -> bool:
+        """Whether this node state shows a key made or a round released."""
+        return bool(self.keys or self.keyed or self.released)
 
 
 @dataclass
@@ -384,7 +394,7 @@ class KeyHolderNode(NodeHandler):
                                min_clients=fed.params.threshold, verifiers=self.verifiers,
                                server_key=fed.verify_key(fed.server),
                                verifier_skips=self.verifier_skips)
-        usage = self.read_usage()
+        usage = self._fresh_usage(memo, session)
         holder.restore_usage(0, usage.decrypted)
         for r, key in list(memo.keys.items()):
             if (session, r) in usage.decrypted:
@@ -411,7 +421,52 @@ class KeyHolderNode(NodeHandler):
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"cannot read the key holder usage file {path}: {exc}") from exc
 
+    def ensure_usage(self) -> KeyUsage:
+        """The usage file, created (empty) if missing: at enrolment (``securefl deploy
+        check-key-holder``) or first use, so that later a missing file means a lost one."""
+        with self._usage_lock():
+            if not self.usage_path.exists():
+                self._write_usage(KeyUsage())
+            return self.read_usage()
+
+    def _usage_lock(self) -> AbstractContextManager[None]:
+        """Exclusive lock around every read-check-write of the usage file (two runs served at
+        once, or two key holder processes on one file, never lose an update)."""
+        return exclusive_lock(self.usage_path.with_name(self.usage_path.name + ".lock"))
+
+    def _fresh_usage(self, memo: KeyHolderMemo, session: bytes) -> KeyUsage:
+        """The usage file, checked against this node's sealed state: a file missing while the
+        state shows history, or behind the state's marks of this session, was deleted or rolled
+        back, and would let a second key be made (or a round be released twice): StateError.
+        (A rollback together with the node state, e.g. a new run replaying an old session, is
+        not caught here: only a monotonic counter outside the node would; spec "Keys".)"""
+        if not self.usage_path.exists():
+            if memo.history():
+                raise StateError(
+                    f"the key holder usage file {self.usage_path} is missing but this node's "
+                    "state shows rounds keyed or released: refusing to go on without the record "
+                    "that no round is keyed twice",
+                    hint="restore the usage file from its backup; never delete it")
+            return self.ensure_usage()
+        usage = self.read_usage()
+        sid = session.hex()
+        if usage.keyed.get(session, -1) < memo.keyed.get(sid, -1) or (
+                sid in memo.released and (session, memo.released[sid]) not in usage.decrypted):
+            raise StateError(
+                f"the key holder usage file {self.usage_path} is behind this node's state "
+                f"(round {memo.keyed.get(sid, -1)} keyed, round {memo.released.get(sid, -1)} "
+                "released in this session): it was rolled back",
+                hint="restore the newest usage file; never roll it back")
+        return usage
+
     def _write_usage(self, usage: KeyUsage) -> None:
+        """Write ``usage`` joined with the file's current content (released rounds: union; last
+        round keyed per session: maximum), so no update is lost; call under the usage lock."""
+        if self.usage_path.exists():
+            now = self.read_usage()
+            usage.decrypted |= now.decrypted
+            for sess, r in now.keyed.items():
+                usage.keyed[sess] = max(r, usage.keyed.get(sess, -1))
         body = {"version": _USAGE_VERSION,
                 "decrypted": sorted([s.hex(), r] for s, r in usage.decrypted),
                 "keyed": {s.hex(): r for s, r in sorted(usage.keyed.items())}}
@@ -464,16 +519,18 @@ class KeyHolderNode(NodeHandler):
             raise RemoteProtocolError("a key request for another session or round")
         if r > hello.plan.rounds:
             raise RemoteProtocolError(f"a key for round {r}; the plan has {hello.plan.rounds}")
-        holder, usage = self.load_holder(fed, identity, hello.session, memo)
-        if r not in memo.keys:
-            last = usage.keyed.get(hello.session, -1)
-            if r <= last:
-                raise StateError(
-                    f"round {r}'s key was asked for after this session's round {last} was keyed: "
-                    "a key is made once per round, in order (a round whose key a restart lost "
-                    "aborts; the next round gets a new key)")
-            usage.keyed[hello.session] = r
-            self._write_usage(usage)  # durable before the context leaves the node
+        with self._usage_lock():  # read-check-write as one step
+            holder, usage = self.load_holder(fed, identity, hello.session, memo)
+            if r not in memo.keys:
+                last = usage.keyed.get(hello.session, -1)
+                if r <= last:
+                    raise StateError(
+                        f"round {r}'s key was asked for after this session's round {last} was "
+                        "keyed: a key is made once per round, in order (a round whose key a "
+                        "restart lost aborts; the next round gets a new key)")
+                usage.keyed[hello.session] = r
+                self._write_usage(usage)  # durable before the context leaves the node
+                memo.keyed[hello.session.hex()] = r
         signed = holder.round_context(hello.session, r)
         if r not in memo.keys:
             secret, _ = holder.export_round_key(hello.session, r)
@@ -490,11 +547,13 @@ class KeyHolderNode(NodeHandler):
         r = req.manifest.round
         if req.manifest.session_id != hello.session or r != item.round:
             raise RemoteProtocolError("a decryption request for another session or round")
-        holder, usage = self.load_holder(fed, identity, hello.session, memo)
-        res = holder.decrypt(req, randomness(self.sim_seed, hello.session, r, -1,
-                                             "ckks-flooding", sim_stream=hello.sim_stream))
-        usage.decrypted.add((hello.session, r))
-        self._write_usage(usage)  # durable before anything leaves the node
+        with self._usage_lock():  # read-check-write as one step
+            holder, usage = self.load_holder(fed, identity, hello.session, memo)
+            res = holder.decrypt(req, randomness(self.sim_seed, hello.session, r, -1,
+                                                 "ckks-flooding", sim_stream=hello.sim_stream))
+            usage.decrypted.add((hello.session, r))
+            self._write_usage(usage)  # durable before anything leaves the node
+        memo.released[hello.session.hex()] = r
         memo.keys.pop(r, None)  # the round key is erased with its one release
         log.info("%s released round %d (%d contributions, flooding std %.3g)", self.member,
                  r, len(req.manifest.entries), res.flood_std)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ import msgspec
 import numpy as np
 
 from securefl.crypto.random import SystemRandomSource
+from securefl.crypto.secret import RedactedStruct
 from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
 from securefl.deploy.common import (
     MAX_ATTEMPTS,
@@ -89,8 +90,11 @@ __all__ = ["BankNode", "NodeMemo", "RoundMemo", "load_bank_csv", "load_bank_rows
 log = logging.getLogger("securefl.deploy")
 
 
-class RoundMemo(msgspec.Struct, forbid_unknown_fields=True):
-    """One round in flight on this node (secret: stays in the node's context.state)."""
+class RoundMemo(RedactedStruct, msgspec.Struct, forbid_unknown_fields=True):
+    """One round in flight on this node (secret: stays in the node's context.state; the secret
+    fields are redacted in every representation)."""
+
+    __redacted__ = frozenset({"seed", "field_input", "ckks"})
 
     start: bytes  # msgpack RoundStart, signature already verified
     seed: bytes | None  # key-machine seed (None with the INSECURE simulation seed)
@@ -206,12 +210,13 @@ class BankNode(NodeHandler):
         try:
             sd = cfg.get("state-dir")
             sp = cfg.get("schema")
-            return cls(**cls.common_config(cfg), data_path=Path(str(cfg["data-path"])),
+            node = cls(**cls.common_config(cfg), data_path=Path(str(cfg["data-path"])),
                        label=str(cfg.get("label", "default")),
                        state_dir=Path(str(sd)) if sd else None,
-                       schema_path=Path(str(sp)) if sp else None,
-                       budget=caps_from_node_config(cfg, str(cfg["member"]),
-                                                    Path(str(cfg["key"])).parent))
+                       schema_path=Path(str(sp)) if sp else None)
+            # the budget ledger's mark lives next to the session counter
+            return replace(node, budget=caps_from_node_config(cfg, node.member,
+                                                              node.session_dir))
         except KeyError as exc:
             raise ConfigError(f"node config lacks {exc.args[0]!r}",
                               hint="--node-config 'member=... key=... manifest=... "

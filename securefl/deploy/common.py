@@ -145,14 +145,12 @@ class SessionCounter:
         self.max_sessions = max_sessions
 
     def _update(self, check: Any) -> int:
-        import fcntl
         import json
 
-        from securefl.storage import atomic_write_json
+        from securefl.storage import atomic_write_json, exclusive_lock
 
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.path.with_suffix(".lock"), "a+") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with exclusive_lock(self.path.with_suffix(".lock")):
             highest = 0
             if self.path.exists():
                 try:

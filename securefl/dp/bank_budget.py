@@ -20,16 +20,23 @@ bank checks and appends under an exclusive lock, fsyncs, and only then takes par
 over-count a round it never joined but never under-count one it did; a torn last line (a crash
 mid-append, before the bank went on) is dropped when the file is next opened. Epsilon is recomputed
 from the charged events (never stored), with the RDP accountant by default.
+
+A deployed bank (and one behind ``securefl_mod``) also marks the ledger's length and head hash in its
+state directory, next to its session counter (``anchor_dir``, :data:`ANCHOR_FILE`), after every
+charge: a ledger later missing, cut back to a prefix (every prefix of a hash chain from genesis
+verifies) or replaced is refused (LedgerError) instead of reading as less spent. Losing the state
+directory together with the ledger is not detected; only a monotonic counter outside the bank's
+files would be.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
+import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -39,12 +46,14 @@ import msgspec
 from securefl.dp.accountants import epsilon_of_events, to_add_remove
 from securefl.dp.ledger import GENESIS_HASH, MAX_ENTRY_BYTES, MAX_LEDGER_BYTES, Draft, Level
 from securefl.errors import BudgetExceededError, ConfigError, LedgerError, PrivacyError
+from securefl.storage import atomic_write_json, exclusive_lock
 
 if TYPE_CHECKING:
     from securefl.protocol.plan import NoisePlan
     from securefl.protocol.quantize import Encoding
 
 __all__ = [
+    "ANCHOR_FILE",
     "BUDGET_FILE",
     "BankBudget",
     "BudgetCaps",
@@ -56,6 +65,9 @@ __all__ = [
 
 #: the bank's budget ledger, inside the directory it names
 BUDGET_FILE = "privacy-budget.jsonl"
+#: the mark of the ledger's length and head hash, in the bank's state directory (next to its
+#: session counter)
+ANCHOR_FILE = "privacy-budget-anchor.json"
 BUDGET_VERSION = 1
 _LEVELS: tuple[Level, ...] = ("record", "client")
 
@@ -118,10 +130,14 @@ class BankBudget:
     >>> budget.charge(planned_drafts, session=session_hex, round_=3)             # doctest: +SKIP
     """
 
-    def __init__(self, directory: str | os.PathLike[str], bank: str, caps: BudgetCaps) -> None:
+    def __init__(self, directory: str | os.PathLike[str], bank: str, caps: BudgetCaps, *,
+                 anchor_dir: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(directory) / BUDGET_FILE
         self.bank = bank
         self.caps = caps
+        #: where the mark of the ledger's length and head lives (the bank's state directory,
+        #: next to its session counter); None: no mark (a library user's own budget)
+        self.anchor = Path(anchor_dir) / ANCHOR_FILE if anchor_dir is not None else None
 
     def __repr__(self) -> str:
         return f"BankBudget({str(self.path)!r}, {self.bank!r}, {self.caps!r})"
@@ -158,10 +174,16 @@ class BankBudget:
                     else GENESIS_HASH)
             new = BudgetCharge(seq=len(charges), session=sid, round=round_, drafts=drafts,
                                prev_hash=head)
+            line = _ENCODER.encode(new)
             with open(self.path, "ab") as fh:
-                fh.write(_ENCODER.encode(new) + b"\n")
+                fh.write(line + b"\n")
                 fh.flush()
                 os.fsync(fh.fileno())
+            if self.anchor is not None:  # after the append: the mark is never ahead of the file
+                atomic_write_json(self.anchor, {"budget_file": str(self.path),
+                                                "length": len(charges) + 1,
+                                                "head": hashlib.sha256(line).hexdigest()},
+                                  mode=0o600)
             return after
 
     # -- internals ----------------------------------------------------------------------------------
@@ -194,17 +216,10 @@ class BankBudget:
         federation's noised sum is what client-level DP protects this bank's participation in)."""
         return d.level == "client" or d.party == f"bank:{self.bank}"
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> AbstractContextManager[None]:
         """An exclusive lock on ``<file>.lock``: check-and-append is one step even when several
         processes of the same bank (a deployment's ClientApps) act at once."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return exclusive_lock(self.path.with_name(self.path.name + ".lock"))
 
     def _read(self) -> list[BudgetCharge]:
         """Verified charges; a torn last line (crash mid-append) is cut off the file."""
@@ -215,7 +230,7 @@ class BankBudget:
                     raise LedgerError(f"{self.path}: {size} bytes exceeds {MAX_LEDGER_BYTES}")
                 data = fh.read(size)
         except FileNotFoundError:
-            return []
+            data = b""
         if data and not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
             with open(self.path, "r+b") as fh:
@@ -225,6 +240,7 @@ class BankBudget:
             data = data[:cut]
         out: list[BudgetCharge] = []
         head = GENESIS_HASH
+        heads: list[str] = []
         for i, line in enumerate(data.split(b"\n")[:-1] if data else []):
             charge = _decode(line, i + 1, self.path)
             if charge.seq != i or charge.prev_hash != head:
@@ -232,7 +248,34 @@ class BankBudget:
                                   f"{charge.seq}, expected {i}): tampered, missing or reordered")
             out.append(charge)
             head = hashlib.sha256(line).hexdigest()
+            heads.append(head)
+        self._check_anchor(heads)
         return out
+
+    def _check_anchor(self, heads: list[str]) -> None:
+        """The ledger must reach the mark the bank last wrote in its state directory: a ledger
+        that is missing, reset or cut back to an earlier prefix (each of which verifies on its own,
+        the chain starting at genesis) would read as less spent and lift the lifetime caps."""
+        if self.anchor is None:
+            return
+        try:
+            raw = json.loads(self.anchor.read_text("utf-8"))
+        except FileNotFoundError:
+            return  # no charge was made under this state directory yet
+        except (OSError, ValueError) as exc:
+            raise LedgerError(f"unreadable budget mark {self.anchor}: {exc}") from exc
+        try:
+            length, mark = int(raw["length"]), str(raw["head"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LedgerError(f"malformed budget mark {self.anchor}: {exc}") from exc
+        if length > len(heads) or (length > 0 and heads[length - 1] != mark):
+            raise LedgerError(
+                f"bank {self.bank!r}: its budget ledger {self.path} holds {len(heads)} charges "
+                f"but the bank's state ({self.anchor}) marks {length} with another head: the "
+                "ledger is missing, reset or rolled back, and charging against it would lift "
+                "the bank's lifetime caps",
+                hint="restore the budget ledger from its backup; never delete or truncate it "
+                     "(docs/deployment.md 4b)")
 
 
 def charge_round(budget: BankBudget | None, planned: Sequence[Draft], *, session: str | bytes,
@@ -252,11 +295,13 @@ def charge_round(budget: BankBudget | None, planned: Sequence[Draft], *, session
     return budget.charge(planned, session=session, round_=round_)
 
 
-def caps_from_node_config(cfg: Mapping[str, Any], bank: str, default_dir: Path
+def caps_from_node_config(cfg: Mapping[str, Any], bank: str, state_dir: Path
                           ) -> BankBudget | None:
     """A deployed bank's budget from its ``--node-config``: ``record-epsilon-cap``,
     ``client-epsilon-cap`` (either enables it), ``budget-delta`` (default 1e-5) and ``budget-dir``
-    (default ``default_dir``, the directory of the bank's key). None without a cap."""
+    (required with a cap: the lifetime ledger lives where the operator chose and backs up). The
+    ledger's length and head are marked in ``state_dir`` (the bank's session-counter directory),
+    so a ledger lost or rolled back later is refused (LedgerError). None without a cap."""
     rec, cli = cfg.get("record-epsilon-cap"), cfg.get("client-epsilon-cap")
     if rec in (None, "") and cli in (None, ""):
         return None
@@ -266,7 +311,12 @@ def caps_from_node_config(cfg: Mapping[str, Any], bank: str, default_dir: Path
                           delta=float(cfg.get("budget-delta", 1e-5)))
     except ValueError as exc:
         raise ConfigError(f"node config: budget caps must be numbers ({exc})") from exc
-    return BankBudget(Path(str(cfg.get("budget-dir") or default_dir)), bank, caps)
+    if cfg.get("budget-dir") in (None, ""):
+        raise ConfigError("node config: a budget cap needs budget-dir, the directory of the "
+                          "bank's lifetime privacy ledger",
+                          hint="choose a durable, backed-up directory: a lost ledger is refused, "
+                               "it cannot be rebuilt")
+    return BankBudget(Path(str(cfg["budget-dir"])), bank, caps, anchor_dir=state_dir)
 
 
 def planned_round_drafts(*, bank: str, round_: int, record: Any = None,

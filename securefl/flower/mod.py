@@ -2,8 +2,11 @@
 
 Shaped like Flower's own ``secaggplus_mod``: the mod answers securefl's TRAIN messages (those
 carrying the :data:`~securefl.flower.common.RECORD` array record) itself and calls the user's
-ClientApp (``call_next``, the NumPyClient's ``fit``) once per round, at the masked-input stage. Any
-other message goes straight to the user's app.
+ClientApp (``call_next``, the NumPyClient's ``fit``) once per round, at the masked-input stage. A
+TRAIN message without that record is refused (the user's fit would send its raw parameters back
+unprotected); a plain EVALUATE or QUERY message reaches the user's app only when the node config
+opts in with ``allow-plain-evaluate`` / ``allow-plain-query`` = true (default: refused; evaluate
+returns metrics on the bank's own data, unprotected).
 
 Node config (``--node-config``): ``member`` (this bank's name in the manifest), ``key`` (its Ed25519
 identity key; ``passphrase-file`` if encrypted), ``manifest`` (the signed federation manifest),
@@ -13,8 +16,9 @@ public training-set size: the FedAvg weight; fit must report the same), optional
 ``dpsgd-noise-multiplier``, ``dpsgd-sample-rate``, ``dpsgd-steps``, ``dpsgd-max-grad-norm``.
 The bank's own privacy caps across runs (securefl.dp.bank_budget, as a deployed bank's):
 ``record-epsilon-cap`` (needs the declared DP-SGD mechanism: the record-level events it charges),
-``client-epsilon-cap``, ``budget-delta`` (default 1e-5), ``budget-dir`` (default: the key's
-directory).
+``client-epsilon-cap``, ``budget-delta`` (default 1e-5), ``budget-dir`` (required with a cap; the
+ledger's length and head are marked in ``state-dir``, and a ledger lost or rolled back behind that
+mark is refused).
 
 What this path guarantees, whatever the user's fit does:
 
@@ -59,6 +63,7 @@ import msgspec
 import numpy as np
 
 from securefl.crypto.random import SystemRandomSource
+from securefl.crypto.secret import RedactedStruct
 from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
 from securefl.deploy.common import (
     MAX_ATTEMPTS,
@@ -129,7 +134,9 @@ class FitOutcome:
 FitCheck = Callable[[list["NDArray[Any]"], Mapping[str, Any]], None]
 
 
-class _RoundMemo(msgspec.Struct, forbid_unknown_fields=True):
+class _RoundMemo(RedactedStruct, msgspec.Struct, forbid_unknown_fields=True):
+    __redacted__ = frozenset({"seed", "field_input"})  # every representation (RedactedStruct)
+
     plan: bytes  # msgpack FlowerPlan, signature verified
     seed: bytes | None  # key-machine seed (None only with the INSECURE simulation seed)
     field_input: bytes | None = None  # uint32 little-endian, once fit ran
@@ -183,7 +190,7 @@ class FlowerBank(NodeHandler):
             n = int(cfg["num-examples"])
             if n < 1:
                 raise ConfigError("num-examples must be >= 1")
-            budget = caps_from_node_config(cfg, str(cfg["member"]), Path(str(cfg["key"])).parent)
+            budget = caps_from_node_config(cfg, str(cfg["member"]), Path(str(cfg["state-dir"])))
             if budget is not None and budget.caps.record_epsilon_cap is not None \
                     and declared is None:
                 raise ConfigError("record-epsilon-cap needs the bank's declared DP-SGD mechanism "
@@ -373,9 +380,41 @@ class FlowerBank(NodeHandler):
         return ClientMsg(stage="masked", drafts=drafts, clipped=clipped)
 
 
+#: node-config keys opting a bank into plain (unprotected) Flower messages of each type
+PLAIN_MESSAGE_KEYS = {"evaluate": "allow-plain-evaluate", "query": "allow-plain-query"}
+
+
+def _check_plain_message(message_type: str, cfg: Mapping[str, Any]) -> None:
+    """A message without securefl's record reaches the user's app only when it cannot carry the
+    bank's update and the bank opted in: a plain TRAIN message would run the user's fit and send
+    its raw parameters back unclipped, unnoised and unmasked, so it is always refused; a plain
+    EVALUATE (metrics on the bank's own data, unprotected) or QUERY message passes only with
+    ``allow-plain-evaluate`` / ``allow-plain-query`` = true in the node config."""
+    kind = str(message_type).split(".", 1)[0]
+    key = PLAIN_MESSAGE_KEYS.get(kind)
+    if key is None:
+        raise RemoteProtocolError(
+            f"a plain Flower {message_type!r} message outside securefl: under securefl_mod a "
+            "TRAIN message runs only securefl's protocol, so nothing of the bank's fit leaves "
+            "it unprotected, and no other message type reaches the app (a legacy "
+            "get_parameters / get_properties message neither: give the strategy its "
+            "initial_parameters)")
+    value = cfg.get(key, False)
+    if value is True or str(value).strip().lower() == "true":
+        return
+    if value not in (False, None, "") and str(value).strip().lower() != "false":
+        raise ConfigError(f"node config {key} must be true or false, got {value!r}")
+    raise RemoteProtocolError(
+        f"a plain Flower {message_type!r} message: this bank answers it only with "
+        f"{key}=true in its node config (its answer leaves the bank unprotected)")
+
+
 def securefl_mod(msg: Any, ctxt: Any, call_next: Callable[[Any, Any], Any]) -> Any:
     """Flower mod: run securefl's SecAgg client for securefl TRAIN messages, call the user's app
-    (``call_next``) at the masked-input stage; pass every other message through unchanged.
+    (``call_next``) at the masked-input stage. A TRAIN message without securefl's record is
+    refused (RemoteProtocolError: the user's fit never runs for it); a plain EVALUATE or QUERY
+    message reaches the user's app only if the node config opts in (``allow-plain-evaluate``,
+    ``allow-plain-query``), otherwise it is refused too.
 
     A refusal (bad signature, a plan weaker than the manifest, a view mismatch) is logged with its
     code and raised, so Flower returns an error reply and the server counts a dropout."""
@@ -386,8 +425,12 @@ def securefl_mod(msg: Any, ctxt: Any, call_next: Callable[[Any, Any], Any]) -> A
 
     from securefl.transport.flower import handle_client_message
 
-    if msg.metadata.message_type != MessageType.TRAIN or RECORD not in msg.content.array_records:
+    if RECORD not in msg.content.array_records:
+        _check_plain_message(msg.metadata.message_type, ctxt.node_config)
         return call_next(msg, ctxt)
+    if msg.metadata.message_type != MessageType.TRAIN:
+        raise RemoteProtocolError(f"a securefl record in a {msg.metadata.message_type!r} "
+                                  "message: securefl runs only in TRAIN messages")
     node = FlowerBank.from_node_config(ctxt.node_config)
     digest = node.federation().digest
     data = msg.content.array_records[RECORD][ARRAY].numpy().tobytes()

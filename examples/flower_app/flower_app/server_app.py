@@ -21,7 +21,9 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(0)
     initial = ndarrays_to_parameters(get_weights(FraudNet(int(cfg["n-features"]))))
     epochs = int(cfg["local-epochs"])
-    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=1.0,
+    # no plain evaluate round: securefl_mod refuses it unless a bank sets allow-plain-evaluate=true
+    # (its metrics on the bank's own data would leave unprotected; docs/flower.md)
+    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0,
                       min_available_clients=int(cfg["min-clients"]),
                       initial_parameters=initial,
                       on_fit_config_fn=lambda _: {"local-epochs": epochs})

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
+from securefl.crypto.secret import RedactedStruct
 from securefl.crypto.signing import SigningKey, VerifyKey, sign_bound
 from securefl.dp.noise import gaussian
 from securefl.errors import LocalProtocolError, OverflowRiskError, RemoteProtocolError, StateError
@@ -98,10 +99,13 @@ _STATE_OF: dict[type, ClientState] = {
 }
 
 
-class ClientRoundState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class ClientRoundState(RedactedStruct, msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A client's state for one (session, round), for a process that must stop between the commit
     and the reveal (a Flower ClientApp runs each message in a fresh process). Local only: it stays
-    on the client's node. ``chunks`` is None once revealed."""
+    on the client's node. ``chunks`` (the unrevealed ciphertext) is None once revealed, and
+    redacted in every representation."""
+
+    __redacted__ = frozenset({"chunks"})
 
     session_id: bytes
     round: int
