@@ -241,7 +241,7 @@ def test_weight_outside_unit_interval_is_refused():
     spec = RoundSpec(session_id=b"V" * 16, round=1, participants=(0, 1, 2), clip_norm=1.0,
                      threshold=2, weights=(0.5, 1.0, 1.0))
     agg.aggregate(spec, inputs, random=_factory())  # valid
-    with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         RoundSpec(session_id=b"V" * 16, round=1, participants=(0, 1, 2), clip_norm=1.0,
                   threshold=2, weights=(0.5, 1.5, 1.0))
     from securefl.crypto.signing import SigningKey
