@@ -13,7 +13,11 @@ Findings (see the report on branch rt14):
   probabilistic") can be downgraded to a sparse graph with half the guaranteed honest sum;
 - S6-3 ``data_schema`` is "checked by banks when set" (protocols/federation/README.md) but no bank
   code reads it;
-- S6-4 the Flower mod keeps only the per-model attempt count: the M3 one-ULP trick still resets it.
+- S6-4 the Flower mod keeps only the per-model attempt count: the M3 one-ULP trick still resets it;
+- S6-5 round 0 (moments, no noise) runs again in every session over the same inputs: two sessions,
+  the victim cut off in the second, give the victim bank's exact moments;
+- S6-6 (holds) min_survivors above the participants, which would shrink every noise share and the
+  budget charge, is refused by bounds.derive inside noise_plan.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from deploy_helpers import SERVER, Fed, make_federation
 from securefl.crypto.signing import SigningKey, sign_bound
 from securefl.deploy.client import BankNode
 from securefl.deploy.common import (
-    ServerFaultError,
     draw_size,
     fedavg_weights,
     round_participants,
@@ -282,8 +285,8 @@ def test_s6_5_two_sessions_do_not_reveal_one_banks_exact_moments(tmp_path: Path)
     run at most once per manifest, or refused by a bank that already contributed its moments)."""
     import numpy as np
 
-    from securefl.deploy.common import round0_input
     from securefl.deploy.client import load_bank_csv
+    from securefl.deploy.common import round0_input
     from securefl.deploy.local import LocalLink
 
     f = make_federation(tmp_path / "fed", {"rounds": 1, "seed": 3})
@@ -313,3 +316,16 @@ def test_s6_5_two_sessions_do_not_reveal_one_banks_exact_moments(tmp_path: Path)
     assert not recovered, (
         "the difference of two sessions' round-0 releases is the victim bank's own moments "
         f"(max abs error {float(np.max(np.abs(diff - own))):.3g} over {own.size} values)")
+
+
+# --- S6-6 (holds): min_survivors above the participants is refused -------------------------------
+def test_s6_6_min_survivors_above_the_participants_is_refused(fed5: Fed, tmp_path: Path) -> None:
+    """Checked and found fine. A bank sizes its noise share for h = min_survivors - c and charges
+    its budget for survivor counts in range(min_survivors, n + 1): min_survivors = 10^6 in a
+    3-bank round would shrink every share's std ~577x and charge nothing. The bank's own check is
+    only min_survivors >= the manifest's threshold, but noise_plan derives the isolatable set
+    with T = min_survivors, and bounds.derive refuses T > n (ConfigError) before any key."""
+    s = _Session(fed5, tmp_path, banks=[fed5.banks[0]])
+    _, signed = s.start(1, min_survivors=10**6)
+    with pytest.raises(ConfigError, match="must be in"):
+        s.send_start(fed5.banks[0], signed, 1)
