@@ -326,6 +326,7 @@ def test_s6_6_min_survivors_above_the_participants_is_refused(fed5: Fed, tmp_pat
     only min_survivors >= the manifest's threshold, but noise_plan derives the isolatable set
     with T = min_survivors, and bounds.derive refuses T > n (ConfigError) before any key."""
     s = _Session(fed5, tmp_path, banks=[fed5.banks[0]])
-    _, signed = s.start(1, min_survivors=10**6)
+    r = next(r for r in range(1, 100) if fed5.banks[0] in s.draw(r))  # a round it is drawn in
+    _, signed = s.start(r, min_survivors=10**6)
     with pytest.raises(ConfigError, match="must be in"):
-        s.send_start(fed5.banks[0], signed, 1)
+        s.send_start(fed5.banks[0], signed, r)
