@@ -506,11 +506,14 @@ def test_a_sparse_secagg_plus_graph_is_refused_on_the_flower_path(tmp_path: Path
     from securefl.errors import ConfigError
     from securefl.federation import load_manifest, verify_manifest
     from securefl.flower.common import FlowerPlan, check_plan
-    from securefl.protocol.secagg import Assumptions, derive
+    from securefl.protocol.secagg import derive
 
-    banks = [f"bank{i:02d}" for i in range(30)]
-    d = derive(30, Assumptions(dropout_fraction=0.1))
-    assert d.degree is not None and d.degree < 29  # a sparse graph the bounds accept
+    # 100 banks: with the manifest's lifetime bound (spec 12.1) 30 banks and a 10% dropout
+    # fraction are the complete graph already
+    banks = [f"bank{i:02d}" for i in range(100)]
+    d = derive(100, ProtocolParams(aggregation="secagg", threshold=2,
+                                   dropout_fraction=0.1).assumptions())
+    assert d.degree is not None and d.degree < 99  # a sparse graph the bounds accept
     params = ProtocolParams(aggregation="secagg", threshold=d.threshold, neighbours=d.degree,
                             dropout_fraction=0.1, noise_multiplier=0.0)
     fed = verify_manifest(load_manifest(make_flower_federation(tmp_path, banks, params).manifest))
