@@ -174,6 +174,18 @@ def test_s6_1b_a_server_signed_round_count_has_no_cap(fed5: Fed, tmp_path: Path)
                  record_noise_multiplier=1.0)
 
 
+def test_s6_1c_a_hello_with_another_sampling_fraction_is_refused(fed5: Fed, tmp_path: Path
+                                                                  ) -> None:
+    """q = clients_per_round sets the draw size, hence the graph: it is the manifest's (0.6
+    here), and a bank refuses a Hello that signs another (the server used to pick it per
+    session, one more factor in the spec's bound)."""
+    with pytest.raises(ServerFaultError, match="clients_per_round"):
+        _Session(fed5, tmp_path, banks=[fed5.banks[0]], clients_per_round=1.0,
+                 record_noise_multiplier=1.0)
+    s = _Session(fed5, tmp_path / "ok", banks=[fed5.banks[0]], record_noise_multiplier=1.0)
+    assert s.plan.clients_per_round == 0.6  # the honest server signs the manifest's
+
+
 # --- S6-2: the SecAgg+ degree is an unchecked server choice ----------------------------------------
 @pytest.fixture(scope="module")
 def fed30(tmp_path_factory: pytest.TempPathFactory) -> Fed:
