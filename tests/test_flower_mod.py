@@ -526,6 +526,32 @@ def test_a_sparse_secagg_plus_graph_is_refused_on_the_flower_path(tmp_path: Path
         check_plan(fed, plan, [])
 
 
+def test_a_round_above_the_manifests_max_rounds_is_refused_on_the_flower_path(
+        tmp_path: Path) -> None:
+    """Spec 12.1 (red-team finding S6-1): the round numbers are capped by the signed manifest, on
+    this path too; round max_rounds itself is accepted, max_rounds + 1 is not."""
+    from securefl.errors import ConfigError
+    from securefl.federation import load_manifest, verify_manifest
+    from securefl.flower.common import BankInfo, FlowerPlan, check_plan
+
+    banks = ["b0", "b1", "b2"]
+    params = ProtocolParams(aggregation="secagg", threshold=2, noise_multiplier=0.0,
+                            max_rounds=5)
+    fed = verify_manifest(load_manifest(make_flower_federation(tmp_path, banks, params).manifest))
+    infos = [BankInfo(member=b, n_examples=10, signature=bytes(64)) for b in banks]
+
+    def plan(r: int) -> FlowerPlan:
+        return FlowerPlan(session=bytes(16), counter=1, round=r, participants=banks,
+                          threshold=2, clip_norm=1.0, noise_multiplier=0.0, min_survivors=2,
+                          degree=None, precision_bits=16, dim=4,
+                          weights={b: 1.0 for b in banks}, model_digest=bytes(32),
+                          config_digest=bytes(32))
+
+    check_plan(fed, plan(5), infos)
+    with pytest.raises(ConfigError, match="max_rounds"):
+        check_plan(fed, plan(6), infos)
+
+
 # --- the bank's own budget caps (red-team finding M5) -----------------------------------------------
 DECLARED = {"dpsgd-noise-multiplier": 1.1, "dpsgd-sample-rate": 0.01, "dpsgd-steps": 100,
             "dpsgd-max-grad-norm": 1.0}
