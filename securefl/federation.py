@@ -66,15 +66,23 @@ __all__ = [
 
 #: 2: the params state the federation's assumptions (colluders, dropouts, security parameter,
 #: field precision) from which SecAgg's thresholds follow; 3: they also cap the deployment
-#: sessions (``max_sessions``) and may pin the data schema (``data_schema``). Earlier versions are
+#: sessions (``max_sessions``) and their rounds (``max_rounds``), fix the client fraction
+#: (``clients_per_round``) and may pin the data schema (``data_schema``). Earlier versions are
 #: refused with a reason
 MANIFEST_VERSION = 3
-#: default cap on a manifest's deployment sessions: with MAX_ATTEMPTS + 1 = 4 graphs per input
-#: per session, 256 * 4 * 2^-sigma = 2^-(sigma - 10) over the manifest's life (protocols/secagg/
-#: spec.md section 12.1)
+#: default cap on a manifest's deployment sessions: with max_rounds it caps the graphs of the
+#: manifest's life, max_sessions * (max_rounds + 1), which the SecAgg+ degree is derived for
+#: (protocols/secagg/spec.md section 12.1)
 DEFAULT_MAX_SESSIONS = 256
 #: the largest session cap a manifest may state (each session is one more union-bound term)
 MAX_SESSIONS_LIMIT = 65536
+#: default cap on a session's round numbers (``max_rounds``): every bank refuses a plan with more
+#: rounds. The graphs of a manifest's life are at most max_sessions * (max_rounds + 1), and the
+#: SecAgg+ degree is derived so that all of them together fail with probability <= 2^-sigma
+#: (ProtocolParams.assumptions, protocols/secagg/spec.md section 12.1)
+DEFAULT_MAX_ROUNDS = 1000
+#: the largest round cap a manifest may state (the run configuration's own limit on rounds)
+MAX_ROUNDS_LIMIT = 100_000
 #: domain label of manifest signatures (separates them from every other securefl signature).
 MANIFEST_DOMAIN = "securefl/federation-manifest"
 MAX_MEMBERS = 1024
@@ -121,7 +129,14 @@ class ProtocolParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: which caps the session ids (hence the graphs) a server can choose among over the
     #: manifest's life (protocols/secagg/spec.md section 12.1)
     max_sessions: Annotated[int, Meta(ge=1, le=MAX_SESSIONS_LIMIT)] = DEFAULT_MAX_SESSIONS
-    #: SHA-256 (lowercase hex) of the federation's data schema; checked by banks when set
+    #: round numbers per deployment session: every bank refuses a plan with more rounds (with
+    #: max_sessions it caps the graphs of the manifest's life, spec section 12.1)
+    max_rounds: Annotated[int, Meta(ge=1, le=MAX_ROUNDS_LIMIT)] = DEFAULT_MAX_ROUNDS
+    #: the fraction q of the clients each training round draws (the public draw of spec section
+    #: 12.1): every bank refuses a plan with another q, so the server cannot pick the draw size
+    clients_per_round: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
+    #: SHA-256 (lowercase hex) of the federation's data schema, carried and signed. No securefl
+    #: bank can check it yet: a bank whose manifest pins one refuses to run (ConfigError)
     data_schema: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
 
     def assumptions(self) -> Assumptions:
@@ -129,7 +144,14 @@ class ProtocolParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         from securefl.protocol.secagg.bounds import Assumptions
 
         return Assumptions(colluders=self.colluders, dropout_fraction=self.dropout_fraction,
-                           security_bits=self.security_bits)
+                           security_bits=self.security_bits, graphs=self.lifetime_graphs)
+
+    @property
+    def lifetime_graphs(self) -> int:
+        """The most SecAgg graphs this manifest's deployments can ever draw: one per (session,
+        round) for max_sessions sessions of rounds 0..max_rounds (a retry is a new round). The
+        SecAgg+ degree is derived so that their union bound stays <= 2^-security_bits."""
+        return self.max_sessions * (self.max_rounds + 1)
 
 
 class ManifestBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -200,7 +222,8 @@ _OLD_VERSIONS = {
        "(max_sessions)",
     2: "adds max_sessions (the cap on the deployment sessions every bank enforces, which bounds "
        "the graphs a server can choose among over the manifest's life) and data_schema (the "
-       "SHA-256 of the data schema, checked by banks when set)",
+       "SHA-256 of the data schema, signed), and max_rounds and clients_per_round (the round "
+       "cap and the draw fraction every bank enforces)",
 }
 
 

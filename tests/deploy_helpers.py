@@ -77,6 +77,19 @@ def write_key(path: Path, key: SigningKey) -> Path:
     return path
 
 
+#: the roots of the federations made here (their banks' default state dirs hold round-0 records)
+_ROOTS: list[Path] = []
+
+
+def forget_round0() -> None:
+    """Delete every bank's round-0 survivor record (spec 12.1, "Round 0 across sessions") of the
+    federations made here: module-scoped federations are shared by tests that each play a fresh
+    deployment, with their own survivor sets (tests/conftest.py calls it before every test)."""
+    for root in _ROOTS:
+        for record in root.glob("keys/*.state/round0-*.json"):
+            record.unlink()
+
+
 def make_federation(root: Path, run: dict[str, Any], *, signers: list[str] | None = None,
                     params: ProtocolParams | None = None) -> Fed:
     """Keys, a manifest (signed by ``signers``, default everyone), bank files, test file."""
@@ -91,6 +104,7 @@ def make_federation(root: Path, run: dict[str, Any], *, signers: list[str] | Non
     # manifest names allow [A-Za-z0-9._-]: bank i keeps its position (its SecAgg id)
     banks = [re.sub(r"[^A-Za-z0-9._-]", "-", b.name)[:64] for b in fed.banks]
     root.mkdir(parents=True, exist_ok=True)
+    _ROOTS.append(root)
     keydir = root / "keys"
     keydir.mkdir()
     data_dir = root / "banks"
@@ -112,7 +126,9 @@ def make_federation(root: Path, run: dict[str, Any], *, signers: list[str] | Non
         create_key_holder_keys(ckks_dir)
     params = params or ProtocolParams(aggregation="ckks" if ckks else "secagg", threshold=2,
                                       clip_norm=c.clip_norm,
-                                      noise_multiplier=c.noise_multiplier if c.dp else 0.0)
+                                      noise_multiplier=c.noise_multiplier if c.dp else 0.0,
+                                      clients_per_round=c.clients_per_round,
+                                      neighbours=c.neighbours)
     m = create_manifest("test-fed", members, params)
     for n in (signers if signers is not None else parties):
         m = sign_manifest(m, n, keys[n])

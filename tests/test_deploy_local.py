@@ -997,8 +997,9 @@ def test_a_session_counter_beyond_max_sessions_is_refused_by_every_bank(
 _PROP_KEYS: dict[int, list[SigningKey]] = {}
 
 
-def _prop_federation(n: int) -> tuple[Any, list[SigningKey]]:
-    """A signed manifest of a server and ``n`` banks (keys kept per n, made once)."""
+def _prop_federation(n: int, q: float = 1.0) -> tuple[Any, list[SigningKey]]:
+    """A signed manifest of a server and ``n`` banks drawing ``q`` of them per round, any round
+    count (keys kept per n, made once)."""
     from securefl.federation import (
         Member,
         ProtocolParams,
@@ -1013,7 +1014,9 @@ def _prop_federation(n: int) -> tuple[Any, list[SigningKey]]:
                       public_key=k.verify_key.raw.hex())
                for i, (nm, k) in enumerate(zip(names, keys, strict=True))]
     m = create_manifest("prop", members, ProtocolParams(aggregation="secagg", threshold=2,
-                                                        noise_multiplier=0.02))
+                                                        noise_multiplier=0.02,
+                                                        clients_per_round=q,
+                                                        max_rounds=100_000))
     for nm, k in zip(names, keys, strict=True):
         m = sign_manifest(m, nm, k)
     return verify_manifest(m), keys
@@ -1046,7 +1049,7 @@ def test_silence_and_withheld_sizes_leave_the_draw_and_the_graph_unchanged(
     from securefl.protocol import wire
 
     n, removal, q, round_, session = case
-    fed, keys = _prop_federation(n)
+    fed, keys = _prop_federation(n, q)
     banks = list(fed.clients)
     sizes = {b: 10 + 7 * i for i, b in enumerate(banks)}
     srv = DeployServer.__new__(DeployServer)

@@ -92,8 +92,9 @@ def test_canonical_body_is_sorted_compact_json() -> None:
         '{"federation_id":"f","members":['
         '{"name":"s","public_key":"' + "00" * 32 + '","role":"server"},'
         '{"name":"c","public_key":"' + "11" * 32 + '","role":"client"}],'
-        '"params":{"aggregation":"secagg","clip_norm":0.5,"colluders":0,'
-        '"data_schema":null,"dropout_fraction":null,"max_sessions":256,"neighbours":null,'
+        '"params":{"aggregation":"secagg","clients_per_round":1.0,"clip_norm":0.5,'
+        '"colluders":0,"data_schema":null,"dropout_fraction":null,"max_rounds":1000,'
+        '"max_sessions":256,"neighbours":null,'
         '"noise_multiplier":1.25,"precision_bits":16,"security_bits":40,"threshold":2},'
         '"version":3}'
     ).encode()
@@ -102,7 +103,7 @@ def test_canonical_body_is_sorted_compact_json() -> None:
 
 @pytest.mark.parametrize(("version", "names"), [
     (1, ["colluders", "security_bits", "max_sessions"]),
-    (2, ["max_sessions", "data_schema"]),
+    (2, ["max_sessions", "data_schema", "max_rounds", "clients_per_round"]),
 ])
 def test_an_older_manifest_is_refused_naming_what_the_current_version_adds(
         version: int, names: list[str]) -> None:
@@ -122,6 +123,10 @@ def test_an_older_manifest_is_refused_naming_what_the_current_version_adds(
     ({"max_sessions": 65537}, "max_sessions"),
     ({"data_schema": "AB" * 32}, "data_schema"),
     ({"data_schema": "ab" * 31}, "data_schema"),
+    ({"max_rounds": 0}, "max_rounds"),
+    ({"max_rounds": 100_001}, "max_rounds"),
+    ({"clients_per_round": 0.0}, "clients_per_round"),
+    ({"clients_per_round": 1.5}, "clients_per_round"),
 ])
 def test_session_cap_and_data_schema_are_validated(params: dict[str, object],
                                                    match: str) -> None:

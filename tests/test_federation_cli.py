@@ -143,6 +143,22 @@ def test_create_sets_the_session_cap_and_the_data_schema(keys: Path, tmp_path: P
         _create(keys, tmp_path / "d.json", "--max-sessions", "0")
 
 
+def test_create_sets_the_round_cap_and_the_client_fraction(keys: Path, tmp_path: Path) -> None:
+    """``--max-rounds`` and ``--clients-per-round`` land in the signed params (defaults 1000 and
+    1); values outside their ranges are refused."""
+    assert _create(keys, tmp_path / "a.json", "--max-rounds", "50",
+                   "--clients-per-round", "0.5") == 0
+    params = load_manifest(tmp_path / "a.json").body.params
+    assert (params.max_rounds, params.clients_per_round) == (50, 0.5)
+    assert _create(keys, tmp_path / "b.json") == 0
+    params = load_manifest(tmp_path / "b.json").body.params
+    assert (params.max_rounds, params.clients_per_round) == (1000, 1.0)
+    with pytest.raises(ConfigError, match="max_rounds"):
+        _create(keys, tmp_path / "c.json", "--max-rounds", "0")
+    with pytest.raises(ConfigError, match="clients_per_round"):
+        _create(keys, tmp_path / "d.json", "--clients-per-round", "1.5")
+
+
 def test_help_does_not_import_heavy_modules() -> None:
     code = ("import sys, argparse\n"
             "from securefl.cli.keys import register_keys, register_federation\n"

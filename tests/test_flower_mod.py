@@ -626,11 +626,14 @@ def test_a_sparse_secagg_plus_graph_is_refused_on_the_flower_path(tmp_path: Path
     from securefl.errors import ConfigError
     from securefl.federation import load_manifest, verify_manifest
     from securefl.flower.common import FlowerPlan, check_plan
-    from securefl.protocol.secagg import Assumptions, derive
+    from securefl.protocol.secagg import derive
 
-    banks = [f"bank{i:02d}" for i in range(30)]
-    d = derive(30, Assumptions(dropout_fraction=0.1))
-    assert d.degree is not None and d.degree < 29  # a sparse graph the bounds accept
+    # 100 banks: with the manifest's lifetime bound (spec 12.1) 30 banks and a 10% dropout
+    # fraction are the complete graph already
+    banks = [f"bank{i:02d}" for i in range(100)]
+    d = derive(100, ProtocolParams(aggregation="secagg", threshold=2,
+                                   dropout_fraction=0.1).assumptions())
+    assert d.degree is not None and d.degree < 99  # a sparse graph the bounds accept
     params = ProtocolParams(aggregation="secagg", threshold=d.threshold, neighbours=d.degree,
                             dropout_fraction=0.1, noise_multiplier=0.0)
     fed = verify_manifest(load_manifest(make_flower_federation(tmp_path, banks, params).manifest))
@@ -641,6 +644,32 @@ def test_a_sparse_secagg_plus_graph_is_refused_on_the_flower_path(tmp_path: Path
                       config_digest=bytes(32))
     with pytest.raises(ConfigError, match="classic SecAgg"):
         check_plan(fed, plan, [])
+
+
+def test_a_round_above_the_manifests_max_rounds_is_refused_on_the_flower_path(
+        tmp_path: Path) -> None:
+    """Spec 12.1 (red-team finding S6-1): the round numbers are capped by the signed manifest, on
+    this path too; round max_rounds itself is accepted, max_rounds + 1 is not."""
+    from securefl.errors import ConfigError
+    from securefl.federation import load_manifest, verify_manifest
+    from securefl.flower.common import BankInfo, FlowerPlan, check_plan
+
+    banks = ["b0", "b1", "b2"]
+    params = ProtocolParams(aggregation="secagg", threshold=2, noise_multiplier=0.0,
+                            max_rounds=5)
+    fed = verify_manifest(load_manifest(make_flower_federation(tmp_path, banks, params).manifest))
+    infos = [BankInfo(member=b, n_examples=10, signature=bytes(64)) for b in banks]
+
+    def plan(r: int) -> FlowerPlan:
+        return FlowerPlan(session=bytes(16), counter=1, round=r, participants=banks,
+                          threshold=2, clip_norm=1.0, noise_multiplier=0.0, min_survivors=2,
+                          degree=None, precision_bits=16, dim=4,
+                          weights={b: 1.0 for b in banks}, model_digest=bytes(32),
+                          config_digest=bytes(32))
+
+    check_plan(fed, plan(5), infos)
+    with pytest.raises(ConfigError, match="max_rounds"):
+        check_plan(fed, plan(6), infos)
 
 
 # --- the bank's own budget caps (red-team finding M5) -----------------------------------------------

@@ -94,11 +94,17 @@ def register_federation(sub: Any) -> None:
                      help="SecAgg field precision: steps of clip / 2^bits (default 16)")
     p_c.add_argument("--max-sessions", type=int, default=None,
                      help="deployment sessions this manifest allows; every bank refuses a later "
-                          "session counter (default 256: the graph bounds then fail with "
-                          "probability <= 2^-(security_bits - 10) over the manifest's life)")
+                          "session counter (default 256)")
+    p_c.add_argument("--max-rounds", type=int, default=None,
+                     help="rounds per deployment session; every bank refuses a plan with more "
+                          "(default 1000). The SecAgg+ degree covers max_sessions * (max_rounds "
+                          "+ 1) graphs within 2^-security_bits")
+    p_c.add_argument("--clients-per-round", type=float, default=None,
+                     help="fraction of the clients each training round draws; every bank "
+                          "refuses a plan with another (default 1)")
     p_c.add_argument("--data-schema", default=None, metavar="SHA256",
-                     help="SHA-256 (hex) of the federation's data schema; checked by banks "
-                          "when set")
+                     help="SHA-256 (hex) of the federation's data schema, signed; a bank of "
+                          "this securefl cannot check it yet and refuses a manifest that pins one")
     p_c.add_argument("--clip-norm", type=float, default=1.0,
                      help="client-level L2 clip of each update (default 1.0)")
     p_c.add_argument("--noise-multiplier", type=float, default=1.0,
@@ -217,7 +223,10 @@ def cmd_federation_create(args: argparse.Namespace) -> int:
              "noise_multiplier": args.noise_multiplier, "colluders": args.colluders,
              "dropout_fraction": args.dropout_fraction, "security_bits": args.security_bits,
              "precision_bits": args.precision_bits, "data_schema": args.data_schema,
-             **({} if args.max_sessions is None else {"max_sessions": args.max_sessions})},
+             **{k: v for k, v in (("max_sessions", args.max_sessions),
+                                  ("max_rounds", args.max_rounds),
+                                  ("clients_per_round", args.clients_per_round))
+                if v is not None}},
             type=ProtocolParams)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid protocol parameter: {exc}") from exc

@@ -32,15 +32,17 @@ from securefl.crypto.random import SystemRandomSource
 from securefl.crypto.secret import RedactedStruct
 from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
 from securefl.deploy.common import (
-    MAX_ATTEMPTS,
     NodeHandler,
+    Round0Survivors,
     ServerFaultError,
     SessionCounter,
     bank_ids,
+    check_pending,
     draw_size,
     encode_input,
     encoding_for,
     fedavg_weights,
+    next_attempt,
     protocol_federation,
     randomness,
     round0_fills,
@@ -239,6 +241,7 @@ class BankNode(NodeHandler):
             if hello.plan.aggregation != fed.params.aggregation:
                 raise ConfigError(f"the plan's aggregation {hello.plan.aggregation!r} is not the "
                                   f"manifest's {fed.params.aggregation!r}")
+            _check_hello_plan(fed, hello)
             if hello.session != session_id(fed.digest, hello.counter):
                 raise ServerFaultError("the session id is not derived from the manifest and the "
                                        f"session counter {hello.counter}")
@@ -338,6 +341,12 @@ class BankNode(NodeHandler):
                                       or start.noise_multiplier < p.noise_multiplier):
             raise ConfigError(f"round {start.round}: clip norm or noise weaker than the "
                               "manifest's")
+        if start.min_survivors > len(start.participants):
+            raise ConfigError(f"round {start.round}: min_survivors {start.min_survivors} must be "
+                              f"in [threshold, participants = {len(start.participants)}]")
+        if start.degree != p.neighbours:  # None: both derive it from the manifest's assumptions
+            raise ConfigError(f"round {start.round}: graph degree {start.degree}, the manifest "
+                              f"says {p.neighbours} (None: derived from its assumptions)")
         if start.task == "train" and start.precision_bits != p.precision_bits:
             raise ConfigError(f"round {start.round}: field precision {start.precision_bits} bits, "
                               f"the manifest says {p.precision_bits}")
@@ -493,23 +502,15 @@ class BankNode(NodeHandler):
         # an aborted round leaves the model unchanged and the next round retries it: each retry
         # is a new round and graph for the same input, so the attempts at one model are bounded
         digest = hashlib.sha256(model.weights).digest()
-        memo.attempts = memo.attempts + 1 if digest == memo.last_weights else 1
+        memo.attempts = next_attempt(model.round, digest, memo.last_weights, memo.attempts)
         memo.last_weights = digest
-        if memo.attempts > MAX_ATTEMPTS:
-            raise ServerFaultError(f"round {model.round}: attempt {memo.attempts} at the same "
-                                   f"global model, beyond the bound of {MAX_ATTEMPTS} "
-                                   "(spec section 12)")
         # the same bound whatever the model: rounds since the last unmask in which this bank sent
         # a masked input that was never unmasked (each one put an input under a fresh graph; a
         # model moved by one ULP per retry would otherwise reset the count). The previous round
         # may still await its pipelined unmask.
-        unfinished = [r for r, m in memo.rounds.items()
-                      if memo.last_unmasked < r < model.round - 1 and m.field_input is not None]
-        if len(unfinished) >= MAX_ATTEMPTS:
-            raise ServerFaultError(f"round {model.round}: rounds {unfinished[:5]} took this "
-                                   "bank's masked input and never unmasked; at most "
-                                   f"{MAX_ATTEMPTS} in a row before the previous round is the "
-                                   "bound (spec section 12.1)")
+        check_pending(model.round, [r for r, m in memo.rounds.items()
+                                    if memo.last_unmasked < r < model.round - 1
+                                    and m.field_input is not None])
         start: RoundStart = wire.decode(rm.start, RoundStart)
         plan = hello.plan
         X, y, imputations = self._rows(fed)
@@ -621,10 +622,31 @@ class BankNode(NodeHandler):
         client, _ = self._machine(fed, identity, hello, replay, _hello_body(memo))
         msg = decode_message(newest)
         out = client.receive(msg)
+        if isinstance(msg, UnmaskRequest) and \
+                wire.decode(rm.start, RoundStart).task == "moments":
+            # round 0 has no noise: reveal only over the survivor set of this manifest's first
+            # round-0 release (verified by the machine above: alive = the signed U3)
+            names = {i: n for n, i in bank_ids(fed).items()}
+            Round0Survivors(self.session_dir, fed.digest).check_and_record(
+                round_, [names[i] for i in msg.alive])
         if isinstance(msg, UnmaskRequest):
             del memo.rounds[round_]  # the round is over for this bank: forget its secrets
             memo.last_unmasked = max(memo.last_unmasked, round_)
         return [ProtocolItem(round=round_, data=encode_message(m)) for m in out]
+
+
+def _check_hello_plan(fed: Federation, hello: Hello) -> None:
+    """The signed plan's round count within the manifest's max_rounds and its client fraction
+    the manifest's: neither is the server's choice (spec section 12.1)."""
+    p = fed.params
+    if hello.plan.rounds > p.max_rounds:
+        raise ServerFaultError(f"the plan runs {hello.plan.rounds} rounds, above the manifest's "
+                               f"max_rounds = {p.max_rounds} (the round numbers a server may "
+                               "choose among enter the graph bound, spec section 12.1)")
+    if hello.plan.clients_per_round != p.clients_per_round:
+        raise ServerFaultError(f"the plan draws clients_per_round = "
+                               f"{hello.plan.clients_per_round}, the manifest says "
+                               f"{p.clients_per_round}")
 
 
 def _hello_body(memo: NodeMemo) -> bytes:

@@ -38,13 +38,17 @@ __all__ = [
     "MAX_COUNTER_STEP",
     "SESSION_DOMAIN",
     "NodeHandler",
+    "Round0Survivors",
     "ServerFaultError",
     "SessionCounter",
     "bank_ids",
+    "check_pending",
     "draw_size",
     "encode_input",
     "encoding_for",
     "fedavg_weights",
+    "locked_json_update",
+    "next_attempt",
     "noise_plan",
     "protocol_federation",
     "randomness",
@@ -127,6 +131,88 @@ def fedavg_weights(sizes: Mapping[str, int]) -> dict[str, float]:
     return {b: n / top for b, n in sizes.items()}
 
 
+def locked_json_update(path: Path, step: Any) -> dict[str, Any]:
+    """Read the JSON record at ``path`` (None when absent), pass it to ``step`` and replace the
+    file with what ``step`` returns, atomically (temporary file, fsync, rename) under an exclusive
+    ``flock`` of ``<path>.lock``: the discipline of every bank-side record of a manifest (its
+    session counter, its round-0 survivor set). ``step`` raises to refuse; the file is then
+    unchanged."""
+    import json
+
+    from securefl.storage import atomic_write_json, exclusive_lock
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with exclusive_lock(path.with_suffix(".lock")):
+        record: dict[str, Any] | None = None
+        if path.exists():
+            try:
+                record = json.loads(path.read_text("utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"unreadable record {path}: {exc}") from exc
+            if not isinstance(record, dict):
+                raise ConfigError(f"unreadable record {path}: not a JSON object")
+        new: dict[str, Any] = step(record)
+        atomic_write_json(path, new, mode=0o600)
+        return new
+
+
+class Round0Survivors:
+    """The survivor set of the first round-0 release a bank revealed shares for under one
+    manifest, in ``<state dir>/round0-<manifest digest>.json`` (same discipline as
+    :class:`SessionCounter`). Round 0 sums the banks' moment vectors without noise; two releases
+    over different survivor sets would difference to a bank's own moments (red-team finding
+    S6-5). A bank reveals for a later round 0 only over the same set (spec section 12.1,
+    "Round 0 across sessions")."""
+
+    def __init__(self, state_dir: Path, manifest_digest: str) -> None:
+        self.path = state_dir / f"round0-{manifest_digest}.json"
+        self.digest = manifest_digest
+
+    def check_and_record(self, round_: int, survivors: Sequence[str]) -> None:
+        """Record ``survivors`` if this bank never revealed for a round 0 of this manifest;
+        ServerFaultError if it did, over another set."""
+        want = sorted(survivors)
+
+        def step(record: dict[str, Any] | None) -> dict[str, Any]:
+            if record is None:
+                return {"manifest_sha256": self.digest, "survivors": want}
+            got = record.get("survivors")
+            if not isinstance(got, list) or not all(isinstance(b, str) for b in got):
+                raise ConfigError(f"unreadable round-0 record {self.path}")
+            if sorted(got) != want:
+                gone = sorted(set(got) - set(want))
+                new = sorted(set(want) - set(got))
+                raise ServerFaultError(
+                    f"round {round_}: a round-0 release over another survivor set than the one "
+                    f"this bank revealed for before under this manifest (missing {gone[:8]}, "
+                    f"added {new[:8]}): two noiseless moment sums over different sets difference "
+                    "to a bank's own moments, so round 0 re-runs only over the same set (spec "
+                    "section 12.1)")
+            return record
+
+        locked_json_update(self.path, step)
+
+
+def next_attempt(round_: int, digest: bytes, last: bytes, attempts: int) -> int:
+    """The attempt count at one global model after a round naming ``digest`` (``last`` and
+    ``attempts`` before it); ServerFaultError beyond MAX_ATTEMPTS (spec section 12.1)."""
+    n = attempts + 1 if digest == last else 1
+    if n > MAX_ATTEMPTS:
+        raise ServerFaultError(f"round {round_}: attempt {n} at the same global model, beyond "
+                               f"the bound of {MAX_ATTEMPTS} (spec section 12.1)")
+    return n
+
+
+def check_pending(round_: int, pending: Sequence[int]) -> None:
+    """Refuse a round when MAX_ATTEMPTS earlier rounds since this bank's last unmask are
+    ``pending`` (took its keys or masked input, never unmasked): a model moved by one ULP per
+    retry would otherwise reset :func:`next_attempt` (red-team findings M3, S6-4)."""
+    if len(pending) >= MAX_ATTEMPTS:
+        raise ServerFaultError(f"round {round_}: rounds {list(pending)[:5]} took this bank's "
+                               f"input and never unmasked; at most {MAX_ATTEMPTS} in a row "
+                               "(spec section 12.1)")
+
+
 #: how far above the highest counter a bank accepted the next session's counter may be: room for
 #: sessions that crashed before this bank saw them, and the most session ids a server can choose
 #: among for one session (spec section 12.1)
@@ -145,22 +231,15 @@ class SessionCounter:
         self.max_sessions = max_sessions
 
     def _update(self, check: Any) -> int:
-        import json
+        def step(record: dict[str, Any] | None) -> dict[str, Any]:
+            try:
+                highest = 0 if record is None else int(record["highest"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"unreadable session counter {self.path}: {exc}") from exc
+            return {"manifest_sha256": self.digest, "highest": check(highest)}
 
-        from securefl.storage import atomic_write_json, exclusive_lock
-
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with exclusive_lock(self.path.with_suffix(".lock")):
-            highest = 0
-            if self.path.exists():
-                try:
-                    highest = int(json.loads(self.path.read_text("utf-8"))["highest"])
-                except (OSError, ValueError, KeyError, TypeError) as exc:
-                    raise ConfigError(f"unreadable session counter {self.path}: {exc}") from exc
-            new: int = check(highest)
-            atomic_write_json(self.path, {"manifest_sha256": self.digest, "highest": new},
-                              mode=0o600)
-            return new
+        new: int = locked_json_update(self.path, step)["highest"]
+        return new
 
     def next(self) -> int:
         """The server: one more than the highest counter it used (persisted before use);
@@ -184,7 +263,7 @@ class SessionCounter:
                 raise ServerFaultError(
                     f"session counter {counter} is above the manifest's max_sessions = "
                     f"{self.max_sessions}: the bound on the graphs a server can choose among "
-                    "(max_sessions * (MAX_ATTEMPTS + 1) * 2^-security_bits per input, spec "
+                    "(every graph of max_sessions * (max_rounds + 1) within 2^-security_bits, spec "
                     "section 12.1) allows no more sessions under this manifest")
             if counter <= highest:
                 raise ServerFaultError(

@@ -383,7 +383,20 @@ class DeployServer:
 
     # -- the run ------------------------------------------------------------------------------------
     def plan(self) -> TrainPlan:
+        """The session's signed training plan; ConfigError when the run configuration asks for
+        what the manifest fixes otherwise (every bank would refuse it, spec section 12.1)."""
         c = self.config
+        p = self.fed.params
+        if c.rounds > p.max_rounds:
+            raise ConfigError(f"the run has {c.rounds} rounds, above the manifest's max_rounds = "
+                              f"{p.max_rounds}", hint="fewer rounds, or a new manifest")
+        if c.clients_per_round != p.clients_per_round:
+            raise ConfigError(f"the run draws clients_per_round = {c.clients_per_round}, the "
+                              f"manifest says {p.clients_per_round}",
+                              hint="set the manifest's value in the run configuration")
+        if c.neighbours is not None and c.neighbours != p.neighbours:
+            raise ConfigError(f"the run's neighbours = {c.neighbours}, the manifest says "
+                              f"{p.neighbours}", hint="the manifest fixes the SecAgg+ degree")
         task = "classification" if c.task == "auto" else c.task
         loss = c.loss if c.loss != "auto" else ("bce" if task == "classification" else "mse")
         from securefl.config import DEFAULT_RECORD_EPSILON
@@ -398,7 +411,7 @@ class DeployServer:
                          record_noise_multiplier=c.record_noise_multiplier,
                          record_clip=c.record_clip, delta=c.delta,
                          aggregation="ckks" if c.aggregation == "ckks" else "secagg",
-                         clients_per_round=c.clients_per_round)
+                         clients_per_round=p.clients_per_round)
 
     def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
                weights: dict[str, float], target_scale_log2: int | None = None,
@@ -421,7 +434,7 @@ class DeployServer:
             start = RoundStart(session=self.session, round=round_, task="train",
                                participants=participants, threshold=threshold,
                                clip_norm=c.clip_norm, noise_multiplier=z,
-                               min_survivors=threshold, degree=c.neighbours,
+                               min_survivors=threshold, degree=self.fed.params.neighbours,
                                precision_bits=self.fed.params.precision_bits,
                                dim=dim, weights={p: weights[p] for p in participants
                                                  if p in weights},
@@ -712,7 +725,7 @@ class DeployServer:
                 f"round {r}: {available} banks left, fewer than the manifest's threshold "
                 f"{floor}")
         clients = self.fed.clients
-        k = draw_size(len(clients), self.config.clients_per_round if r > 0 else 1.0, floor)
+        k = draw_size(len(clients), self.fed.params.clients_per_round if r > 0 else 1.0, floor)
         participants = round_participants(self.session, r, clients, k)
         target_cols = 1 if rs.target_scale_log2 is not None else 0
         dim = 1 + 2 * (rs.n_features + target_cols) if r == 0 else int(rs.w.size)

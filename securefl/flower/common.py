@@ -219,6 +219,12 @@ def check_plan(fed: Federation, plan: FlowerPlan, infos: Sequence[BankInfo]) -> 
                           f"manifest's {p.threshold}")
     if plan.clip_norm > p.clip_norm * (1 + 1e-12) or plan.noise_multiplier < p.noise_multiplier:
         raise ConfigError(f"round {plan.round}: clip norm or noise weaker than the manifest's")
+    if plan.round > p.max_rounds:
+        raise ConfigError(f"round {plan.round} is above the manifest's max_rounds = "
+                          f"{p.max_rounds} (spec section 12.1)")
+    if plan.min_survivors > len(plan.participants):
+        raise ConfigError(f"round {plan.round}: min_survivors {plan.min_survivors} must be in "
+                          f"[threshold, participants = {len(plan.participants)}]")
     if plan.precision_bits != p.precision_bits or plan.degree != p.neighbours:
         raise ConfigError(f"round {plan.round}: precision or graph degree differ from the "
                           "manifest's")

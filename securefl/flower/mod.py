@@ -66,13 +66,13 @@ from securefl.crypto.random import SystemRandomSource
 from securefl.crypto.secret import RedactedStruct
 from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
 from securefl.deploy.common import (
-    MAX_ATTEMPTS,
     NodeHandler,
-    ServerFaultError,
     SessionCounter,
     bank_ids,
+    check_pending,
     encode_input,
     encoding_for,
+    next_attempt,
     protocol_federation,
     randomness,
     secagg_config,
@@ -152,6 +152,9 @@ class _Memo(msgspec.Struct, forbid_unknown_fields=True):
     #: named it (attempts at one input: at most MAX_ATTEMPTS)
     last_model: bytes = b""
     attempts: int = 0
+    #: earlier rounds of this session that took this bank's keys and never unmasked (whatever
+    #: their model: at most MAX_ATTEMPTS, securefl.deploy.common.check_pending)
+    pending: list[int] = []
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,21 @@ class FlowerBank(NodeHandler):
     #: runs the user's fit for the current message (set per message by :func:`securefl_mod`);
     #: it calls its argument with the FitIns' global parameters and config before the user's code
     fit: Callable[[FitCheck], FitOutcome] | None = None
+
+    def federation(self) -> Federation:
+        """The verified manifest. A manifest that pins a data schema is refused (ConfigError): on
+        this path the user's app loads and encodes the bank's data, so the mod cannot check it
+        against the schema, and running would claim a check that does not exist (a deployment's
+        bank does check it: securefl.deploy.client.load_bank_rows)."""
+        fed = super().federation()
+        if fed.params.data_schema is not None:
+            raise ConfigError(
+                f"the manifest pins data_schema {fed.params.data_schema[:12]}...: on the Flower "
+                "path your app loads the bank's data, so securefl_mod cannot check it against "
+                "the schema, and this bank refuses to run",
+                hint="sign a manifest without data_schema for a Flower app, or deploy with "
+                     "`securefl deploy` (its banks encode their tables with the pinned schema)")
+        return fed
 
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> FlowerBank:
@@ -249,6 +267,7 @@ class FlowerBank(NodeHandler):
             SessionCounter(self.state_dir, fed.digest,
                            fed.params.max_sessions).accept(plan.counter)
             memo.session, memo.counter, memo.last_round = plan.session, plan.counter, 0
+            memo.current, memo.pending = None, []
         if plan.round <= memo.last_round:
             raise RemoteProtocolError(f"round {plan.round} after round {memo.last_round}: each "
                                       "round runs once, in order")
@@ -267,14 +286,16 @@ class FlowerBank(NodeHandler):
             raise RemoteProtocolError("the plan does not carry this bank's own signed size")
         check_plan(fed, plan, msg.infos)
         # an aborted round leaves the model unchanged and the next round retries it with a new
-        # graph and new keys: the attempts at one input are bounded (securefl.deploy's rule,
-        # protocols/secagg/spec.md section 12)
-        memo.attempts = memo.attempts + 1 if plan.model_digest == memo.last_model else 1
+        # graph and new keys: the attempts at one input are bounded, and so are the rounds since
+        # the last unmask whatever their model (securefl.deploy's rules, spec section 12.1)
+        if memo.current is not None:  # the previous plan took this bank's keys, never unmasked
+            memo.pending = [*memo.pending, memo.last_round]
+            memo.current = None
+        check_pending(plan.round, memo.pending)
+        memo.attempts = next_attempt(plan.round, plan.model_digest, memo.last_model,
+                                     memo.attempts)
         memo.last_model = plan.model_digest
         memo.last_round = plan.round
-        if memo.attempts > MAX_ATTEMPTS:
-            raise ServerFaultError(f"round {plan.round}: attempt {memo.attempts} at the same "
-                                   f"global model, beyond the bound of {MAX_ATTEMPTS}")
         self._charge_budget(fed, memo.session, plan)  # before anything of the round leaves
         seed = None if self.sim_seed is not None else SystemRandomSource().random_bytes(32)
         memo.current = _RoundMemo(plan=msg.plan.body, seed=seed)
@@ -335,6 +356,7 @@ class FlowerBank(NodeHandler):
         rm.received.append(msg.protocol)
         if msg.stage == "unmask":
             memo.current = None  # the round is over for this bank: forget its secrets
+            memo.pending = []
         return msgspec.structs.replace(reply, protocol=[encode_message(m) for m in out])
 
     def _fit_and_encode(self, fed: Federation, memo: _Memo, rm: _RoundMemo) -> ClientMsg:

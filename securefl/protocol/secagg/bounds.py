@@ -72,10 +72,15 @@ class Assumptions:
     colluders: int = 0
     #: fraction of participants whose dropping a round must survive; None = the most bound 1 allows
     dropout_fraction: float | None = None
-    #: graph-based guarantees fail with probability at most 2^-security_bits per round attempt
+    #: graph-based guarantees fail with probability at most 2^-security_bits over ``graphs``
+    #: graphs together (one round attempt when graphs = 1)
     security_bits: int = 40
     #: SecAgg+ target: every released sum holds >= ceil(alpha * (T - c)) honest inputs
     alpha: float = 0.5
+    #: how many graphs the 2^-security_bits must cover together (a union bound): each graph's
+    #: bounds 3 and 4 must hold with probability 2^-(security_bits + log2(graphs)). A deployment
+    #: manifest sets it to every graph of its life (ProtocolParams.lifetime_graphs)
+    graphs: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.colluders < 2**31:
@@ -86,6 +91,14 @@ class Assumptions:
             raise ConfigError("security_bits must be in [16, 128]")
         if not 0 < self.alpha <= 1:
             raise ConfigError("alpha must be in (0, 1]")
+        if not 1 <= self.graphs <= 2**64:
+            raise ConfigError("graphs must be in [1, 2^64]")
+
+    @property
+    def graph_bits(self) -> float:
+        """The per-graph security: sigma' = security_bits + log2(graphs), so the union bound
+        over ``graphs`` graphs fails with probability <= 2^-security_bits."""
+        return self.security_bits + math.log2(self.graphs)
 
 
 @dataclass(frozen=True)
@@ -204,13 +217,13 @@ def colluder_log2(n: int, k: int, colluders: int, t: int) -> float:
 
 def _graph_t(n: int, k: int, a: Assumptions) -> int:
     t = 2
-    while colluder_log2(n, k, a.colluders, t) > -(a.security_bits + 1):
+    while colluder_log2(n, k, a.colluders, t) > -(a.graph_bits + 1):
         t += 1
     return t
 
 
 def _graph_ok(n: int, k: int, removed: int, s_min: int, a: Assumptions) -> bool:
-    return isolation_log2(n, k, removed, s_min) <= -(a.security_bits + 1)
+    return isolation_log2(n, k, removed, s_min) <= -(a.graph_bits + 1)
 
 
 def derive(n: int, a: Assumptions, *, threshold: int | None = None,
@@ -246,11 +259,12 @@ def derive(n: int, a: Assumptions, *, threshold: int | None = None,
         t_default = T
     else:
         fail = isolation_log2(n, k, removed, target)
-        if fail > -(a.security_bits + 1):
+        if fail > -(a.graph_bits + 1):
             raise ConfigError(
                 f"SecAgg+ degree k = {k} is below the alpha-summation bound for n = {n}, T = {T}, "
                 f"c = {c}: a server removing {removed} clients could isolate fewer than {target} "
-                f"honest inputs with probability 2^{fail:.1f} > 2^-{a.security_bits + 1}",
+                f"honest inputs with probability 2^{fail:.1f} > 2^-{a.graph_bits + 1:.1f} "
+                f"(per graph, over {a.graphs} graphs)",
                 hint="omit the degree to derive it, or use classic SecAgg (k = n - 1)",
             )
         s_min = target
