@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_helpers import SERVER, Fed, make_federation, write_key
+from deploy_helpers import SERVER, Fed, forget_round0, make_federation, write_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -1192,6 +1192,9 @@ def test_a_deployment_with_a_data_schema_pinned_in_the_manifest(tmp_path: Path,
     link = LocalLink(banks(dict.fromkeys(f.banks, path)), srv.fed.digest)
     assert srv.run(link, link.names())["rounds_completed"] == 1
     for bad in (None, other):
+        # a fresh deployment each time: the banks' round-0 survivor record of the run above would
+        # otherwise (rightly) refuse a round 0 over the smaller set (spec 12.1, S6-5)
+        forget_round0()
         srv = _server(f, tmp_path / f"run-{bad is None}")
         link = LocalLink(banks({**dict.fromkeys(f.banks, path), f.banks[0]: bad}), srv.fed.digest)
         with caplog.at_level(logging.ERROR, logger="securefl.deploy"):

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from securefl import __version__
+from securefl.committer import ClientEvents, Release, RoundCommitter, TorchServerModel
 from securefl.config import RunConfig, from_mapping
 from securefl.crypto.signing import sign_bound, verify_bound
 from securefl.deploy.ckks import TRIPS_PER_ROUND as CKKS_TRIPS_PER_ROUND
@@ -196,7 +197,8 @@ class _Done:
     dropouts: dict[int, str] = field(default_factory=dict)
     aggregate_digest: str | None = None
     input_digests: dict[str, str] = field(default_factory=dict)
-    dp_event: Any = None  # the client-level DP event of the release (securefl.dp.events)
+    noise: Any = None  # the round's client-level NoisePlan (securefl.protocol.plan), if any
+    encoding: Any = None  # secagg: the round's Encoding (the ledger's DDG event needs it)
     weight_total: float | None = None  # ckks: the released sum of the contributors' weights
     error: SecureFLError | None = None
 
@@ -263,6 +265,7 @@ class DeployServer:
         self.refused: dict[str, str] = {}
         self.history: list[dict[str, Any]] = []
         self._hello_digest = bytes(32)
+        self._rc: RoundCommitter | None = None
 
     # -- signing ------------------------------------------------------------------------------------
     def _sign(self, body: bytes, domain: str, round_: int) -> Signed:
@@ -593,8 +596,6 @@ class DeployServer:
             self._finish(rs, self._secagg_done(prev))
 
     def _secagg_done(self, fl: _Flight) -> _Done:
-        from securefl.dp.fedavg import client_round_event
-
         done = _Done(start=fl.start, names=fl.names, t0=fl.t0, drafts=fl.drafts,
                      clipped=fl.clipped, aggregation="secagg")
         try:
@@ -603,9 +604,7 @@ class DeployServer:
             done.error = err
             return done
         done.aggregate_digest = hashlib.sha256(done.total.tobytes()).hexdigest()
-        if fl.spec.noise is not None:  # the honest shares, as securefl run records them
-            done.dp_event = client_round_event(fl.spec.noise, len(done.survivors),
-                                               encoding=fl.enc, dim=fl.start.dim)
+        done.noise, done.encoding = fl.spec.noise, fl.enc
         return done
 
     def _run_ckks(self, ex: StageExchange, rs: _Run, holder_reply: Any) -> None:
@@ -614,7 +613,6 @@ class DeployServer:
         the key holder for (session, round), comes with the previous round's release, or else
         from a "key" trip to the key holder alone."""
         from securefl.deploy.ckks import contexts_in, key_request, public_context, run_ckks_round
-        from securefl.dp.fedavg import client_level_event
         from securefl.errors import StateError
 
         c, fed = self.config, self.fed
@@ -680,9 +678,7 @@ class DeployServer:
                 done.weight_total = res.weight_total
                 done.input_digests = {names[i]: h for i, h in res.input_digests.items()}
                 done.aggregate_digest = res.aggregate_digest
-                z = start.noise_multiplier
-                if z > 0:
-                    done.dp_event = client_level_event(z, start.min_survivors, len(res.survivors))
+                done.noise = round_spec(start, self.ids, params=fed.params).noise
             self._finish(rs, done)
 
     def _collect_drafts(self, done: _Done, replies: Mapping[str, Any]) -> None:
@@ -813,10 +809,9 @@ class DeployServer:
         """Close one round: round 0 standardises and creates the run store; a training round
         updates the model and commits the round (or its abort) to the audit log and ledger."""
         from securefl.audit.store import RunStore
-        from securefl.committer import seal_round, server_update
-        from securefl.fl.params import model_tensors, set_flat, to_bytes
+        from securefl.fl.params import model_tensors, to_bytes
 
-        c, fed = self.config, self.fed
+        fed = self.fed
         r = done.start.round
         if r == 0:
             if done.error is not None:  # no standardisation without round 0's release
@@ -842,52 +837,46 @@ class DeployServer:
                                        initial_model=to_bytes(model_tensors(rs.model)),
                                        federation=facts, write_key_file=False)
             return
-        record: dict[str, Any] = {"session_id": self.session.hex(),
-                                  "aggregation": done.aggregation,
-                                  "participants": list(done.start.participants)}
+        rc = self._committer(rs)
         if done.error is not None:
-            alive = [p for p in done.start.participants if p not in rs.silent]
-            record.update(survivors=alive, status="aborted", error_code=done.error.code,
-                          dropouts={p: "silent" for p in done.start.participants
-                                    if p in rs.silent})
-            metrics = self.history[-1]["metrics"] if self.history else {}
-            rs.store.commit_round(
-                round_=r, record_fields=record,
-                model=to_bytes({**model_tensors(rs.model), **rs.server_opt.state()}),
-                ledger_lines=seal_round(rs.ledger, done.drafts), metrics=metrics)
-            self.history.append({"round": r, "aborted": done.error.code, "metrics": metrics})
+            kept = rc.abort(r, done.start.participants, done.error,
+                            alive=[p for p in done.start.participants if p not in rs.silent],
+                            dropouts={p: "silent" for p in done.start.participants
+                                      if p in rs.silent},
+                            drafts=done.drafts,
+                            metrics=self.history[-1]["metrics"] if self.history else {})
+            self.history.append({"round": r, "aborted": done.error.code, "metrics": kept.metrics})
             return
-        drafts = list(done.drafts)
-        if done.dp_event is not None:
-            from securefl.dp.ledger import Draft
-
-            drafts.append(Draft(
-                round=r, level="client", party="federation", event=done.dp_event,
-                clip_norm=c.clip_norm, participants=len(done.start.participants),
-                survivors=len(done.survivors), neighbouring="add_remove",
-                sampling="all" if c.clients_per_round >= 1 else "fixed_size",
-                steps=1, colluders=fed.params.colluders,
-                noise_source="seeded_chacha20" if self.s.insecure_sim_streams else "os_csprng"))
-        public_weight = [rs.weights.get(n, 0.0) for n in fed.clients]
-        rs.w = server_update(rs.server_opt, rs.w, done.total, done.survivors, public_weight,
-                             done.weight_total)
-        set_flat(rs.model, rs.w)
-        metrics = self._evaluate(rs.model, rs.test, rs.target)
-        record.update(
-            survivors=[done.names[i] for i in done.survivors],
-            dropouts={done.names[i]: st for i, st in done.dropouts.items()
-                      if i not in done.survivors},
-            aggregate_digest=done.aggregate_digest)
-        if done.input_digests:
-            record["input_digests"] = done.input_digests
-        rs.store.commit_round(
-            round_=r, record_fields=record,
-            model=to_bytes({**model_tensors(rs.model), **rs.server_opt.state()}),
-            ledger_lines=seal_round(rs.ledger, drafts), metrics=metrics)
-        self.history.append({"round": r, "participants": record["participants"],
-                             "survivors": record["survivors"], "dropouts": record["dropouts"],
-                             "metrics": metrics, "clipped": done.clipped,
+        release = Release(total=done.total, survivors=tuple(done.names[i] for i in done.survivors),
+                          survivor_weights=tuple(rs.weights[done.names[i]]
+                                                 for i in done.survivors),
+                          dropouts={done.names[i]: st for i, st in done.dropouts.items()},
+                          aggregate_digest=done.aggregate_digest,
+                          input_digests=done.input_digests, weight_total=done.weight_total,
+                          encoding=done.encoding)
+        out = rc.commit(r, done.start.participants, release, drafts=done.drafts,
+                        noise=done.noise, dim=done.start.dim,
+                        evaluate=lambda: self._evaluate(rs.model, rs.test, rs.target))
+        rs.w = rc.model.weights  # type: ignore[attr-defined]
+        self.history.append({"round": r, "participants": list(out.participants),
+                             "survivors": list(out.survivors), "dropouts": out.dropouts,
+                             "metrics": out.metrics, "clipped": done.clipped,
                              "seconds": round(time.monotonic() - done.t0, 3)})
+
+    def _committer(self, rs: _Run) -> RoundCommitter:
+        """The run's round committer (securefl.committer), over the store round 0 created or
+        the resumed one."""
+        if self._rc is None or self._rc.store is not rs.store:
+            c = self.config
+            events = ClientEvents(
+                clip_norm=c.clip_norm,
+                sampling="all" if c.clients_per_round >= 1 else "fixed_size",
+                noise_source="seeded_chacha20" if self.s.insecure_sim_streams else "os_csprng")
+            self._rc = RoundCommitter(rs.store, rs.ledger, TorchServerModel(rs.model,
+                                                                            rs.server_opt),
+                                      session_id=self.session,
+                                      aggregation=self.fed.params.aggregation, events=events)
+        return self._rc
 
     @staticmethod
     def _evaluate(model: Any, test: tuple[Any, Any] | None, target: Any) -> dict[str, float]:
