@@ -344,9 +344,17 @@ class BankNode(NodeHandler):
         if start.min_survivors > len(start.participants):
             raise ConfigError(f"round {start.round}: min_survivors {start.min_survivors} must be "
                               f"in [threshold, participants = {len(start.participants)}]")
-        if start.degree != p.neighbours:  # None: both derive it from the manifest's assumptions
-            raise ConfigError(f"round {start.round}: graph degree {start.degree}, the manifest "
-                              f"says {p.neighbours} (None: derived from its assumptions)")
+        if (start.task == "moments") != (start.round == 0):
+            raise ConfigError(f"round {start.round}: task {start.task!r}; the noiseless moments "
+                              "are summed at round 0 only")
+        # round 0 (noiseless moments) is classic SecAgg, the complete graph with t = T, so that
+        # two releases over different sets cannot each find enough revealers (spec 12.1, S6b-2);
+        # training rounds use the manifest's degree (None: both derive it from its assumptions)
+        want = len(start.participants) - 1 if start.task == "moments" else p.neighbours
+        if start.degree != want:
+            raise ConfigError(f"round {start.round}: graph degree {start.degree}, expected {want} "
+                              "(round 0: the complete graph; later rounds: the manifest's, None: "
+                              "derived from its assumptions)")
         if start.task == "train" and start.precision_bits != p.precision_bits:
             raise ConfigError(f"round {start.round}: field precision {start.precision_bits} bits, "
                               f"the manifest says {p.precision_bits}")
@@ -418,13 +426,13 @@ class BankNode(NodeHandler):
     def _start(self, fed: Federation, identity: SigningKey, memo: NodeMemo, hello: Hello,
                start: RoundStart, body: bytes, banks: list[SignedBankInfo]
                ) -> list[ProtocolItem]:
-        self._check_plan(fed, start, hello.session)
-        self._check_draw(fed, memo, hello, start, banks)
-        memo.sized = [b for b in fed.clients if b in {sb.member for sb in banks}]
         if start.round <= memo.last_round or start.round > hello.plan.rounds:
             raise ServerFaultError(f"round {start.round}: this session's rounds run once each, "
                                    f"in order, up to the plan's {hello.plan.rounds} (last started "
                                    f"here: {memo.last_round})")
+        self._check_plan(fed, start, hello.session)
+        self._check_draw(fed, memo, hello, start, banks)
+        memo.sized = [b for b in fed.clients if b in {sb.member for sb in banks}]
         memo.last_round = start.round
         seed = None if self.sim_seed is not None else SystemRandomSource().random_bytes(32)
         rm = RoundMemo(start=body, seed=seed)

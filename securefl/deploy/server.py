@@ -427,7 +427,8 @@ class DeployServer:
             t0 = round0_threshold or k
             start = RoundStart(session=self.session, round=0, task="moments",
                                participants=participants, threshold=t0, clip_norm=clip,
-                               noise_multiplier=0.0, min_survivors=t0, degree=None,
+                               noise_multiplier=0.0, min_survivors=t0,
+                               degree=k - 1,  # classic SecAgg always (spec 12.1, S6b-2)
                                precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim,
                                target_scale_log2=target_scale_log2, sim_stream=self.sim_stream)
         else:
