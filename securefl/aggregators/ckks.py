@@ -250,14 +250,17 @@ class CKKSAggregator(Aggregator):
                 server.receive_commitment(msg)
                 clients[cid] = client
         # 2. the server closes and signs the set; every committed client receives it
+        # (a bank's wait for the server's message: the server's closing step plus that message's
+        # own transit; the server sends it to every bank at once)
         t0 = link.now()
         cset = _abort_if_late(link, server.close_commitments)
+        closing = link.now() - t0
         bytes_sent["server/commitment_set"] = 0
         # 3. reveal
         for cid, client in clients.items():
             shown, size = link.forward(
-                "reveal", cid, cset, CommitmentSet, max_commitment_set_bytes(len(ids)), since=t0,
-                give_up=partial(client.give_up, session, round_))
+                "reveal", cid, cset, CommitmentSet, max_commitment_set_bytes(len(ids)),
+                since=link.now() - closing, give_up=partial(client.give_up, session, round_))
             bytes_sent["server/commitment_set"] += size
             if shown is None or stage.get(cid) == "reveal":
                 continue  # in the closed set, not in the sum
@@ -270,6 +273,7 @@ class CKKSAggregator(Aggregator):
 
         t0 = link.now()
         manifest = _abort_if_late(link, server.close)
+        closing = link.now() - t0
         survivors = tuple(e.client_id for e in manifest.entries)
         check_release(spec, len(survivors))
         req_bytes = (max_message_bytes(ct_bytes, n_chunks, len(survivors))
@@ -284,11 +288,10 @@ class CKKSAggregator(Aggregator):
             if vid in stage:
                 continue
             req, size = link.forward("verification", vid, server.verify_request(), VerifyRequest,
-                                     req_bytes, since=t0,
+                                     req_bytes, since=link.now() - closing,
                                      give_up=partial(clients[vid].give_up, session, round_))
             bytes_sent["server/verify_request"] = size
             if req is None:
-                t0 = link.now()  # the server turns to the next verifier
                 continue
             t1 = link.now()
             verifier = CKKSVerifier(
@@ -306,7 +309,6 @@ class CKKSAggregator(Aggregator):
             cs, size = link.reply("verification", vid, cosig, CoSignature, 4096, since=t1)
             bytes_sent[f"verifier/{vid}"] = size
             if cs is None:
-                t0 = link.now()
                 continue
             server.receive_cosignature(cs)
             signed += 1
