@@ -152,6 +152,10 @@ def test_client_refuses_every_pair_not_in_its_table(world, state, typ):
         client = _client(world, 1)
     elif state is ClientState.REVEALED:
         client.reveal(server.close_commitments())
+    elif state is ClientState.FAILED:  # gave up after committing: the ciphertext is dropped
+        client.give_up(SESSION, 0)
+        with pytest.raises(StateError, match="gave up"):
+            client.export_round(SESSION, 0)
     assert client.state(SESSION, 0) is state
     expected: type[SecureFLError] = StateError if typ is CommitRequest else RemoteProtocolError
     msg = _dummy(typ)

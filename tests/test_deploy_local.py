@@ -1156,6 +1156,49 @@ def test_a_bank_over_its_round_byte_limit_is_refused(fed: Fed, tmp_path: Path,
     assert res["history"] == [{"round": 1, "aborted": "SFL310", "metrics": {}}]
 
 
+def test_a_server_that_floods_a_bank_across_messages_is_refused_by_its_round_limit(
+        fed: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The server sends one bank a round-1 key roster of twelve times the honest entries (each
+    entry valid, the payload under the per-message limit). The bank keeps the round's server
+    messages in its sealed node state and counts them: this one would take it past the plan's
+    per-round limit (protocol.secagg.limits, from_server), so it is refused before it is decoded
+    (ByteLimitError, SFL308, logged by the bank); the bank is a dropout at the share stage, the
+    round commits over the others and the run directory verifies."""
+    import msgspec
+
+    from securefl.audit.verify import verify_run_dir
+    from securefl.protocol.messages import KeyRoster, decode_message, encode_message
+
+    victim = fed.banks[2]
+
+    def flood(item: Any) -> Any:
+        roster = decode_message(item.data)
+        if not isinstance(roster, KeyRoster):
+            return item
+        big = KeyRoster(session_id=roster.session_id, round=roster.round,
+                        entries=list(roster.entries) * 12)
+        return msgspec.structs.replace(item, data=encode_message(big))
+
+    class Flooding(DeployServer):
+        def _trip(self, ex: Any, round_: int, stage: str, payloads: Any) -> dict[str, Any]:
+            if round_ == 1 and victim in payloads:
+                p = payloads[victim]
+                payloads = {**payloads, victim: msgspec.structs.replace(
+                    p, protocol=[flood(i) if i.round == 1 else i for i in p.protocol])}
+            return super()._trip(ex, round_, stage, payloads)
+
+    srv = Flooding(ServerSettings.load(fed.server_file(tmp_path / "run")))
+    link = LocalLink(_banks(fed), srv.fed.digest)
+    with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
+        res = srv.run(link, link.names())
+    refusals = [r.getMessage() for r in caplog.records if "SFL308" in r.getMessage()]
+    assert refusals and all(victim in m and "limit of" in m for m in refusals)
+    (rep,) = res["history"]
+    assert res["rounds_completed"] == 1 and rep["dropouts"] == {victim: "share"}
+    assert victim not in rep["survivors"]
+    verify_run_dir(tmp_path / "run")
+
+
 def test_a_deployment_with_a_data_schema_pinned_in_the_manifest(tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture
                                                                  ) -> None:

@@ -490,6 +490,52 @@ def test_a_bank_over_its_round_byte_limit_drops_that_bank_only(tmp_path: Path) -
     assert rec["survivors"] == ["bank-a", "bank-b"] and rec["dropouts"] == {"bank-c": "masked"}
 
 
+def test_a_server_that_floods_a_bank_across_messages_is_refused_by_its_round_limit(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The server sends bank-c a key roster of 36 entries (the honest 3, twelve times; each entry
+    valid, the message under the per-message limit). A ClientApp lives for one message, but the
+    bank keeps the round's server messages in its sealed node state, so it counts the round's
+    bytes across messages: this one would take it past the plan's per-round limit
+    (protocol.secagg.limits, from_server), and it is refused before it is decoded
+    (ByteLimitError, SFL308, logged by the bank). bank-c is a dropout at the share stage and the
+    others' sum is released; the run directory verifies."""
+    import msgspec
+    from flwr.app import Array, ArrayRecord
+
+    from securefl.audit.verify import verify_run_dir
+    from securefl.flower.common import ARRAY, RECORD, decode_server
+    from securefl.protocol import wire
+    from securefl.protocol.messages import KeyRoster, decode_message, encode_message
+    from securefl.transport.flower import Envelope
+
+    def flood(name: str, msg: Any) -> None:
+        if name != "bank-c" or RECORD not in msg.content.array_records:
+            return
+        env = wire.decode(msg.content.array_records[RECORD][ARRAY].numpy().tobytes(), Envelope)
+        if env.stage != "share":
+            return
+        body = decode_server(env.payload)
+        roster = decode_message(body.protocol)
+        assert isinstance(roster, KeyRoster)
+        big = KeyRoster(session_id=roster.session_id, round=roster.round,
+                        entries=list(roster.entries) * 12)
+        body = msgspec.structs.replace(body, protocol=encode_message(big))
+        data = wire.encode(msgspec.structs.replace(env, payload=wire.encode(body)))
+        msg.content.array_records[RECORD] = ArrayRecord(
+            {ARRAY: Array(np.frombuffer(data, dtype=np.uint8))})
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    caplog.set_level("ERROR")
+    _, run_dir, _ = _run(tmp_path, params, tamper=flood)
+    refusals = [r.getMessage() for r in caplog.records if "SFL308" in r.getMessage()]
+    assert len(refusals) == 1 and "bank-c" in refusals[0] and "limit of" in refusals[0]
+    verify_run_dir(run_dir)
+    (rec,) = _records(run_dir)
+    assert rec["status"] == "committed"
+    assert rec["survivors"] == ["bank-a", "bank-b"] and rec["dropouts"] == {"bank-c": "share"}
+
+
 # --- the example app on a real SuperLink and SuperNodes (TLS, node auth) -------------------------
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flower_app"
 ROWS = {"bank-a": 120, "bank-b": 200, "bank-c": 280}

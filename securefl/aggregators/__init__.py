@@ -36,12 +36,12 @@ def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits:
     """The in-process driver of the mode called ``name`` (imports its module lazily):
     ``neighbours`` is SecAgg+'s expected degree (None: derived from the bounds), ``colluders`` the
     banks assumed to collude with the server (SecAgg's thresholds and noise shares follow),
-    ``deadlines`` the in-process transport's per-stage deadlines (secagg only;
+    ``deadlines`` the in-process transport's per-stage deadlines (secagg and ckks;
     securefl.transport.policy)."""
-    if name != "secagg" and deadlines is not None and (
+    if name == "plain" and deadlines is not None and (
             deadlines.stage_s is not None or deadlines.bank_wait_s is not None):
-        raise ConfigError(f"per-stage deadlines are enforced by secagg's in-process transport; "
-                          f"{name} takes only Deadlines.training_s")
+        raise ConfigError("plain runs no staged protocol, so it has no stage deadlines; it takes "
+                          "only Deadlines.training_s")
     if name == "plain":
         from securefl.aggregators.plain import PlainAggregator
 
@@ -56,5 +56,5 @@ def make_aggregator(name: str, *, neighbours: int | None = None, precision_bits:
     if name == "ckks":
         from securefl.aggregators.ckks import CKKSAggregator
 
-        return CKKSAggregator()
+        return CKKSAggregator(deadlines=deadlines)
     raise ConfigError(f"unknown aggregation {name!r}; use {', '.join(repr(m) for m in MODES)}")

@@ -9,6 +9,22 @@ Dropout stages: ``"contribution"`` (the client never commits: it is simply not i
 not in the sum) and ``"verification"`` (it contributed but does not co-sign); any other stage name is
 treated as ``"contribution"``.
 
+Deadlines (``deadlines``, securefl.transport.policy; the link is
+:class:`securefl.transport.inprocess_ckks.CKKSLink`): a bank that never answers, or answers after
+``stage_s``, is a dropout at that stage with the meaning above (its late message is discarded
+unread): a late commitment leaves it out of the commitment set and the sum; a late reveal, or a
+bank that waited more than ``bank_wait_s`` for the closed set and gave up (FAILED: its ciphertext
+never leaves it), leaves it in the closed set but out of the sum; a late co-signature, or a drawn
+verifier that gave up waiting for the request, is skipped for the next drawn verifier (its
+ciphertext stays in the sum). CKKS has no threshold to lower: the sum is released only from at
+least :func:`securefl.protocol.plan.min_survivors` contributions (the threshold raised to the
+noise plan's min_survivors, checked by the server and again by the key holder), and the FedAvg
+weight slot and the ledger count exactly the contributions in it, so every released sum carries
+at least the planned noise; fewer contributions, or fewer verifiers than required, abort the
+round (DeadlineError, SFL311, when a missed deadline was among the causes). A key holder that
+misses the deadline for the round key or for the release aborts the round with DeadlineError (a
+late release is discarded unread).
+
 Keys: the aggregator's key holder makes a fresh CKKS key for every round
 (``CKKSKeyHolder.round_context``), so a key that leaks opens that round only and a ciphertext
 replayed from an earlier round decrypts to noise. Trust: the mode protects updates only while every
@@ -23,8 +39,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -37,10 +54,9 @@ from securefl.aggregators.base import (
 )
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey, VerifyKey
-from securefl.errors import AggregationAbortedError, ConfigError
+from securefl.errors import AggregationAbortedError, ConfigError, DeadlineError
 from securefl.he.flooding import DEFAULT_MAX_QUERIES, DEFAULT_STATISTICAL_SECURITY
 from securefl.he.params import DEFAULT_PARAMS, CKKSParams
-from securefl.protocol import wire
 from securefl.protocol.ckks import (
     DEFAULT_VERIFIER_SKIPS,
     CKKSClient,
@@ -63,11 +79,15 @@ from securefl.protocol.ckks_messages import (
     max_commitment_set_bytes,
     max_message_bytes,
 )
+from securefl.protocol.plan import check_release, min_survivors
+from securefl.transport.inprocess_ckks import KEY_HOLDER, SERVER, CKKSLink
+from securefl.transport.policy import Deadlines, deadline_abort
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from securefl.protocol.plan import RoundSpec
+    from securefl.transport.inprocess import Tamper
 
 __all__ = ["TRUST_ASSUMPTION", "CKKSAggregator"]
 
@@ -81,13 +101,6 @@ TRUST_ASSUMPTION = (
     "the others' updates (no practical proof of well-formed encryption exists); keys are fresh "
     "per round; use secagg if a bank may deviate"
 )
-
-def _wire(msg: Any, typ: type[T], max_bytes: int) -> tuple[T, int]:
-    """Encode then decode (size-checked) as a transport would; return (message, bytes on the
-    wire)."""
-    data = wire.encode(msg)
-    return wire.decode(data, typ, max_bytes=max_bytes), len(data)
-
 
 class CKKSAggregator(Aggregator):
     """Homomorphic sum with a separate key holder, a commit phase, verifier co-signatures and noise
@@ -107,6 +120,8 @@ class CKKSAggregator(Aggregator):
         statistical_security: int = DEFAULT_STATISTICAL_SECURITY,
         identities: Mapping[int, SigningKey] | None = None,
         server_identity: SigningKey | None = None,
+        deadlines: Deadlines | None = None,
+        tamper: Tamper | None = None,
     ) -> None:
         if verifiers < 1 or verifier_skips < 0:
             raise ConfigError("verifiers must be >= 1 and verifier_skips >= 0")
@@ -117,6 +132,11 @@ class CKKSAggregator(Aggregator):
         self.statistical_security = statistical_security
         self.identities = dict(identities) if identities is not None else None
         self.server_identity = server_identity
+        #: per-stage deadlines of the in-process link (securefl.transport.policy); None: none
+        self.deadlines = deadlines
+        #: tamper(stage, sender, recipient, data) -> data: tests play the network with it
+        #: (securefl.transport.inprocess_ckks.CKKSLink)
+        self.tamper = tamper
         self._holder: CKKSKeyHolder | None = None
 
     def _identities(self, spec: RoundSpec, random: RandomFactory) -> dict[int, SigningKey]:
@@ -164,21 +184,31 @@ class CKKSAggregator(Aggregator):
         keys = self._identities(spec, random)
         federation = {cid: k.verify_key for cid, k in keys.items()}
         server_key = self._server_identity(random)
-        holder = self._key_holder(federation, spec.threshold, server_key.verify_key)
+        # the fewest contributions the server and the key holder accept: the threshold raised to
+        # the noise plan's min_survivors, so a sum with less than the planned noise is never
+        # decrypted (securefl.protocol.plan.min_survivors, as SecAgg's threshold)
+        floor = min_survivors(spec)
+        holder = self._key_holder(federation, floor, server_key.verify_key)
         params = self.params
         # FedAvg rounds carry each client's weight in one extra encrypted slot
         slots = dim + 1 if spec.weights is not None else dim
         ct_bytes, n_chunks = params.ciphertext_max_bytes(), params.num_chunks(slots)
         bytes_sent: dict[str, int] = {}
+        link = CKKSLink(self.deadlines if self.deadlines is not None else Deadlines(), self.tamper)
+        session, round_ = spec.session_id, spec.round
 
-        # a fresh key for this round, signed for (session, round): a key that leaks opens this
-        # round only, and a ciphertext replayed from an earlier round decrypts to noise
-        pub_msg, size = _wire(
-            holder.round_context(spec.session_id, spec.round), SignedPublicContext, 32 * 2**20
-        )
+        # 0. a fresh key for this round, signed for (session, round): a key that leaks opens this
+        # round only, and a ciphertext replayed from an earlier round decrypts to noise. A key
+        # holder that misses the deadline aborts the round before anything is encrypted.
+        t0 = link.now()
+        pub_msg, size = link.reply("context", KEY_HOLDER, holder.round_context(session, round_),
+                                   SignedPublicContext, 32 * 2**20, since=t0)
         bytes_sent["key_holder"] = size
+        if pub_msg is None:
+            raise DeadlineError(f"{link.refused[KEY_HOLDER].message}: no round key, nothing was "
+                                "encrypted")
         public = accept_public_context(
-            pub_msg, holder.verify_key, params, session_id=spec.session_id, round_=spec.round
+            pub_msg, holder.verify_key, params, session_id=session, round_=round_
         )
 
         share_std = 0.0
@@ -188,11 +218,11 @@ class CKKSAggregator(Aggregator):
             public,
             federation,
             server_key,
-            session_id=spec.session_id,
-            round_=spec.round,
+            session_id=session,
+            round_=round_,
             num_values=slots,
             participants=tuple(ids),
-            min_clients=spec.threshold,
+            min_clients=floor,
             verifiers=self.verifiers,
         )
         stage = {c: dropouts[c] if dropouts[c] in self.stages else "contribution" for c in dropouts}
@@ -201,10 +231,11 @@ class CKKSAggregator(Aggregator):
         for cid in ids:
             if stage.get(cid) == "contribution":
                 continue
+            t0 = link.now()
             client = CKKSClient(cid, keys[cid], public, server_key.verify_key)
             commitment = client.commit(
-                session_id=spec.session_id,
-                round_=spec.round,
+                session_id=session,
+                round_=round_,
                 values=np.asarray(inputs[cid], dtype=np.float64),
                 clip_norm=spec.clip_norm,
                 num_participants=len(ids),
@@ -212,77 +243,97 @@ class CKKSAggregator(Aggregator):
                 random=random(cid, "noise"),
                 weight=spec.weight_of(cid) if spec.weights is not None else None,
             )
-            msg, size = _wire(commitment, Commitment, max_commitment_set_bytes(1))
+            msg, size = link.reply("contribution", cid, commitment, Commitment,
+                                   max_commitment_set_bytes(1), since=t0)
             bytes_sent[f"client/{cid}"] = size
-            server.receive_commitment(msg)
-            clients[cid] = client
+            if msg is not None:  # a late commitment is discarded: that bank is not in the set
+                server.receive_commitment(msg)
+                clients[cid] = client
         # 2. the server closes and signs the set; every committed client receives it
-        cset = server.close_commitments()
+        # (a bank's wait for the server's message: the server's closing step plus that message's
+        # own transit; the server sends it to every bank at once)
+        t0 = link.now()
+        cset = _abort_if_late(link, server.close_commitments)
+        closing = link.now() - t0
         bytes_sent["server/commitment_set"] = 0
         # 3. reveal
         for cid, client in clients.items():
-            shown, size = _wire(cset, CommitmentSet, max_commitment_set_bytes(len(ids)))
+            shown, size = link.forward(
+                "reveal", cid, cset, CommitmentSet, max_commitment_set_bytes(len(ids)),
+                since=link.now() - closing, give_up=partial(client.give_up, session, round_))
             bytes_sent["server/commitment_set"] += size
-            if stage.get(cid) == "reveal":
-                continue
-            reveal, size = _wire(
-                client.reveal(shown), Contribution, max_message_bytes(ct_bytes, n_chunks)
-            )
+            if shown is None or stage.get(cid) == "reveal":
+                continue  # in the closed set, not in the sum
+            t1 = link.now()
+            reveal, size = link.reply("reveal", cid, client.reveal(shown), Contribution,
+                                      max_message_bytes(ct_bytes, n_chunks), since=t1)
             bytes_sent[f"client/{cid}"] += size
-            server.receive_contribution(reveal)
+            if reveal is not None:
+                server.receive_contribution(reveal)
 
-        manifest = server.close()
+        t0 = link.now()
+        manifest = _abort_if_late(link, server.close)
+        closing = link.now() - t0
         survivors = tuple(e.client_id for e in manifest.entries)
-        req, size = _wire(
-            server.verify_request(),
-            VerifyRequest,
-            max_message_bytes(ct_bytes, n_chunks, len(survivors))
-            + max_commitment_set_bytes(len(ids)),
-        )
-        bytes_sent["server/verify_request"] = size
-        # 4. verifiers: the first contributors that answer, in the order drawn from the closed set
+        check_release(spec, len(survivors))
+        req_bytes = (max_message_bytes(ct_bytes, n_chunks, len(survivors))
+                     + max_commitment_set_bytes(len(ids)))
+        # 4. verifiers: the first contributors that answer in time, in the order drawn from the
+        # closed set; a late one is skipped (its ciphertext stays in the sum)
         window = server.verifier_ranking()[: self.verifiers + self.verifier_skips]
-        verifier_ids = [c for c in window if c not in stage][: self.verifiers]
-        if len(verifier_ids) < self.verifiers:
-            raise AggregationAbortedError(
-                f"only {len(verifier_ids)} of the {len(window)} drawn verifiers answered; "
-                f"{self.verifiers} required"
-            )
-        for vid in verifier_ids:
+        signed = 0
+        for vid in window:
+            if signed == self.verifiers:
+                break
+            if vid in stage:
+                continue
+            req, size = link.forward("verification", vid, server.verify_request(), VerifyRequest,
+                                     req_bytes, since=link.now() - closing,
+                                     give_up=partial(clients[vid].give_up, session, round_))
+            bytes_sent["server/verify_request"] = size
+            if req is None:
+                continue
+            t1 = link.now()
             verifier = CKKSVerifier(
                 vid,
                 keys[vid],
                 public,
                 federation,
                 server_key.verify_key,
-                min_clients=spec.threshold,
+                min_clients=floor,
                 verifiers=self.verifiers,
                 verifier_skips=self.verifier_skips,
             )
-            cs, size = _wire(
-                verifier.verify(
-                    req,
-                    session_id=spec.session_id,
-                    round_=spec.round,
-                    revealed_under=clients[vid].revealed_under[(spec.session_id, spec.round)],
-                ),
-                CoSignature,
-                4096,
-            )
+            cosig = verifier.verify(req, session_id=session, round_=round_,
+                                    revealed_under=clients[vid].revealed_under[(session, round_)])
+            cs, size = link.reply("verification", vid, cosig, CoSignature, 4096, since=t1)
             bytes_sent[f"verifier/{vid}"] = size
+            if cs is None:
+                continue
             server.receive_cosignature(cs)
+            signed += 1
+        if signed < self.verifiers:
+            raise deadline_abort(AggregationAbortedError(
+                f"only {signed} of the {len(window)} drawn verifiers answered; "
+                f"{self.verifiers} required"), link.late())
 
-        dreq, size = _wire(
-            server.decryption_request(),
-            DecryptionRequest,
+        # 5. the key holder decrypts the aggregate once; a release that misses the deadline is
+        # discarded unread and the round aborts
+        t0 = link.now()
+        dreq, size = link.carry(
+            "release", SERVER, KEY_HOLDER, server.decryption_request(), DecryptionRequest,
             max_message_bytes(ct_bytes, n_chunks, 2)
-            + 4096 * len(verifier_ids)
+            + 4096 * self.verifiers
             + max_commitment_set_bytes(len(ids)),
         )
         bytes_sent["server/decrypt_request"] = size
-        result = holder.decrypt(dreq, random(-1, "ckks-flooding"))
-        res, size = _wire(result, DecryptionResult, 8 * slots + 65536)
+        res, size = link.reply("release", KEY_HOLDER,
+                               holder.decrypt(dreq, random(-1, "ckks-flooding")),
+                               DecryptionResult, 8 * slots + 65536, since=t0)
         bytes_sent["key_holder/release"] = bytes_sent["key_holder"] + size
+        if res is None:
+            raise DeadlineError(f"{link.refused[KEY_HOLDER].message}: the release was discarded "
+                                "unread, nothing is released")
         total = server.receive_result(res, holder.verify_key)
         weight_total = None
         if spec.weights is not None:
@@ -297,9 +348,21 @@ class CKKSAggregator(Aggregator):
         return AggregateOutcome(
             total=total,
             survivors=survivors,
-            dropouts={c: s for c, s in dropouts.items()},
+            dropouts={**link.faults, **dropouts},
             noise_std=share_std * math.sqrt(len(survivors)),
             digests=digests,
             bytes_sent=bytes_sent,
             weight_total=weight_total,
         )
+
+
+def _abort_if_late(link: CKKSLink, close: Callable[[], T]) -> T:
+    """The server's ``close`` step; when it aborts the round (too few parties) and parties that
+    missed a deadline were among the missing, the error is a DeadlineError naming them."""
+    try:
+        return close()
+    except AggregationAbortedError as err:
+        aborted = deadline_abort(err, [p for p in link.late() if p != KEY_HOLDER])
+        if aborted is err:
+            raise
+        raise aborted from err

@@ -80,11 +80,14 @@ from securefl.federation import Federation
 from securefl.protocol import wire
 from securefl.protocol.messages import UnmaskRequest, decode_message, encode_message
 from securefl.protocol.secagg import SecAggClient, Start
+from securefl.protocol.secagg.limits import round_byte_limits
+from securefl.transport.policy import ByteMeter
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from securefl.dp.ledger import Draft
+    from securefl.protocol.secagg import SecAggConfig
     from securefl.transport.flower import Envelope
 
 __all__ = ["BankNode", "NodeMemo", "RoundMemo", "load_bank_csv", "load_bank_rows"]
@@ -359,15 +362,21 @@ class BankNode(NodeHandler):
             raise ConfigError(f"round {start.round}: field precision {start.precision_bits} bits, "
                               f"the manifest says {p.precision_bits}")
 
+    @staticmethod
+    def _config(fed: Federation, rm: RoundMemo, hello_body: bytes) -> SecAggConfig:
+        """The round's SecAgg configuration, from its verified plan (``rm.start``)."""
+        start: RoundStart = wire.decode(rm.start, RoundStart)
+        spec = round_spec(start, bank_ids(fed), hashlib.sha256(hello_body).digest(), fed.params)
+        enc, threshold = encoding_for(start, spec)
+        return secagg_config(start, spec, enc, threshold, fed)
+
     def _machine(self, fed: Federation, identity: SigningKey, hello: Hello, rm: RoundMemo,
                  hello_body: bytes) -> tuple[SecAggClient, list[Any]]:
         """The round's SecAgg client machine after Start and every message in ``rm.received``;
         also returns Start's output (the advertise message, re-derived identically)."""
         start: RoundStart = wire.decode(rm.start, RoundStart)
         ids = bank_ids(fed)
-        spec = round_spec(start, ids, hashlib.sha256(hello_body).digest(), fed.params)
-        enc, threshold = encoding_for(start, spec)
-        cfg = secagg_config(start, spec, enc, threshold, fed)
+        cfg = self._config(fed, rm, hello_body)
         cid = ids[self.member]
         x = (np.frombuffer(rm.field_input, dtype="<u4").astype(np.uint32)
              if rm.field_input is not None else np.zeros(start.dim, dtype=np.uint32))
@@ -586,6 +595,13 @@ class BankNode(NodeHandler):
         rm = memo.rounds.get(item.round)
         if rm is None:
             raise StateError(f"a protocol message for round {item.round}, not in flight here")
+        # the round's byte cap across messages (protocol.secagg.limits, from_server): the round's
+        # server messages are kept in the sealed memo, so the count survives between ClientApp
+        # processes; a message past the plan's limit is refused before it is decoded
+        meter = ByteMeter(round_byte_limits(self._config(fed, rm, _hello_body(memo))
+                                            ).from_server, self.member)
+        for data in (*rm.received, item.data):
+            meter.take("the server", len(data))
         rm.received.append(item.data)
         start: RoundStart = wire.decode(rm.start, RoundStart)
         if start.task == "train" and rm.field_input is None:

@@ -47,7 +47,11 @@ declared, not verified.
 The node's state between messages (the round's key seed, its encoded input, the server messages so
 far) lives in ``context.state`` sealed with AES-256-GCM under a node-local key
 (securefl.deploy.common.NodeHandler); the SecAgg machine is rebuilt for each message by replay.
-flwr is imported lazily, inside :func:`securefl_mod`.
+Because every server message of the round in flight is kept there, the bank also counts the bytes
+it took from the server this round: a message that would take it past the plan's per-round limit
+(securefl.protocol.secagg.limits, ``from_server``) is refused before it is decoded
+(ByteLimitError, SFL308), so a server cannot make a bank accept more per round across ClientApp
+processes than one process would. flwr is imported lazily, inside :func:`securefl_mod`.
 """
 
 from __future__ import annotations
@@ -106,6 +110,8 @@ from securefl.flower.common import (
 from securefl.protocol import wire
 from securefl.protocol.messages import decode_message, encode_message
 from securefl.protocol.secagg import SecAggClient, Start
+from securefl.protocol.secagg.limits import round_byte_limits
+from securefl.transport.policy import ByteMeter
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -350,6 +356,10 @@ class FlowerBank(NodeHandler):
         if msg.stage == "masked":
             reply = self._fit_and_encode(fed, memo, rm)
         client, _ = self._machine(fed, identity, memo.session, rm)
+        # the round's byte cap across messages: the kept messages plus this one, before decoding
+        meter = ByteMeter(round_byte_limits(client.config).from_server, self.member)
+        for data in (*rm.received, msg.protocol):
+            meter.take("the server", len(data))
         for old in rm.received:
             client.receive(decode_message(old))
         out = client.receive(decode_message(msg.protocol))

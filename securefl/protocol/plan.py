@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from securefl.errors import ConfigError
+from securefl.errors import AggregationAbortedError, ConfigError
 
-__all__ = ["NoisePlan", "RoundSpec"]
+__all__ = ["NoisePlan", "RoundSpec", "check_release", "min_survivors"]
 
 
 @dataclass(frozen=True)
@@ -157,3 +157,23 @@ class RoundSpec:
         if self.weights is None:
             raise ConfigError("this round carries no FedAvg weights")
         return self.weights[self.participants.index(client)]
+
+
+def min_survivors(spec: RoundSpec) -> int:
+    """The fewest survivors a round of ``spec`` may release, in every mode (SecAgg's threshold, the
+    CKKS server's and key holder's ``min_clients``): ``spec.threshold``, raised to
+    ``noise.min_survivors`` so that a round with less than the planned noise aborts before
+    anything is unmasked or decrypted."""
+    if spec.noise is not None and spec.noise.noise_multiplier > 0:
+        return min(len(spec.participants), max(spec.threshold, spec.noise.min_survivors))
+    return spec.threshold
+
+
+def check_release(spec: RoundSpec, survivors: int) -> None:
+    """Refuse (AggregationAbortedError) to release a sum of fewer survivors than the noise plan's
+    ``min_survivors``: it would carry less than the planned noise."""
+    noise = spec.noise
+    if noise is not None and noise.noise_multiplier > 0 and survivors < noise.min_survivors:
+        raise AggregationAbortedError(
+            f"{survivors} survivors carry less than the planned noise (min_survivors = "
+            f"{noise.min_survivors}); nothing is released")

@@ -3,7 +3,8 @@ closes the commitment set (protocols/ckks/spec.md, steps 2 and 4).
 
 Per (session, round) the client is in one state of :class:`ClientState`, holding that state's own
 data (:class:`Committed`: the unrevealed ciphertext; :class:`Revealed`: what it revealed under
-which set); :data:`CLIENT_TRANSITIONS` is its whole behaviour.
+which set; :class:`Failed`: nothing, the round is over for it); :data:`CLIENT_TRANSITIONS` is its
+whole behaviour.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ __all__ = [
     "ClientState",
     "CommitRequest",
     "Committed",
+    "Failed",
+    "GiveUp",
     "Revealed",
 ]
 
@@ -57,6 +60,7 @@ class ClientState(Enum):
     NEW = "not committed in this round"
     COMMITTED = "committed, its ciphertext not yet revealed"
     REVEALED = "already revealed its ciphertext in this round"
+    FAILED = "gave up this round when its deadline passed; accepts nothing more of it"
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,15 @@ class CommitRequest:
     noise_std: float
     random: Any  # RandomSource
     weight: float | None
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Local event (the transport's deadline, securefl.transport.policy.Deadlines.bank_wait_s): the
+    server's next message did not come in time; the round is over for this client."""
+
+    session_id: bytes
+    round: int
 
 
 @dataclass(frozen=True)
@@ -93,9 +106,15 @@ class Revealed:
     revealed_under: bytes
 
 
+@dataclass(frozen=True)
+class Failed:
+    """FAILED: nothing is kept; an unrevealed ciphertext is dropped, so it can never be revealed."""
+
+
 _STATE_OF: dict[type, ClientState] = {
     Committed: ClientState.COMMITTED,
     Revealed: ClientState.REVEALED,
+    Failed: ClientState.FAILED,
 }
 
 
@@ -136,7 +155,7 @@ class CKKSClient:
         self.context = context
         self.server_key = server_key
         #: (session, round) -> the data of its state (absent: NEW)
-        self._rounds: dict[Slot, Committed | Revealed] = {}
+        self._rounds: dict[Slot, Committed | Revealed | Failed] = {}
 
     def state(self, session_id: bytes, round_: int) -> ClientState:
         data = self._rounds.get((session_id, round_))
@@ -149,7 +168,7 @@ class CKKSClient:
 
     def _step(self, slot: Slot, msg: object) -> Any:
         tr = transition(CLIENT_TRANSITIONS, self.state(*slot), msg, f"client {self.client_id}",
-                        local=(CommitRequest,), remote_error=RemoteProtocolError)
+                        local=(CommitRequest, GiveUp), remote_error=RemoteProtocolError)
         out = tr.handler(self, msg)  # raises, and changes nothing, when it refuses
         if self.state(*slot) is not tr.next_state:
             raise StateError(f"client {self.client_id}: the handler left the wrong state")
@@ -233,11 +252,23 @@ class CKKSClient:
             signature=sig,
         )
 
+    def give_up(self, session_id: bytes, round_: int) -> None:
+        """The bank's own deadline passed before the server's next message of (session, round)
+        arrived: the round is over for this client (FAILED). It accepts nothing more of the round,
+        and a committed ciphertext is dropped unrevealed, so it never leaves this client, whatever
+        the server sends later. Idempotent."""
+        self._step((session_id, round_), GiveUp(session_id, round_))
+
+    def _give_up(self, ev: GiveUp) -> None:
+        self._rounds[(ev.session_id, ev.round)] = Failed()
+
     def export_round(self, session_id: bytes, round_: int) -> ClientRoundState:
         """This client's state for one round (after commit, or after reveal)."""
         data = self._rounds.get((session_id, round_))
         if data is None:
             raise StateError("this client has no commitment in that round")
+        if isinstance(data, Failed):
+            raise StateError("this client gave up that round; nothing of it is kept")
         if isinstance(data, Committed):
             return ClientRoundState(session_id=session_id, round=round_,
                                     num_values=data.num_values, digest=data.digest,
@@ -304,8 +335,13 @@ class CKKSClient:
 
 #: A client's behaviour for one (session, round). Not in the table, hence refused: a second
 #: commitment (StateError), a commitment set before committing or after revealing
-#: (RemoteProtocolError: a client reveals at most once, under one set).
+#: (RemoteProtocolError: a client reveals at most once, under one set), and anything once it gave
+#: up (FAILED: a commitment, StateError; a commitment set, RemoteProtocolError).
 CLIENT_TRANSITIONS: dict[tuple[ClientState, type], Transition[ClientState]] = {
     (ClientState.NEW, CommitRequest): Transition(CKKSClient._commit, ClientState.COMMITTED),
     (ClientState.COMMITTED, CommitmentSet): Transition(CKKSClient._reveal, ClientState.REVEALED),
+    (ClientState.NEW, GiveUp): Transition(CKKSClient._give_up, ClientState.FAILED),
+    (ClientState.COMMITTED, GiveUp): Transition(CKKSClient._give_up, ClientState.FAILED),
+    (ClientState.REVEALED, GiveUp): Transition(CKKSClient._give_up, ClientState.FAILED),
+    (ClientState.FAILED, GiveUp): Transition(CKKSClient._give_up, ClientState.FAILED),
 }

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from securefl.errors import AggregationAbortedError, ConfigError, OverflowRiskError
+from securefl.errors import ConfigError, OverflowRiskError
 from securefl.protocol import quantize
+from securefl.protocol.plan import check_release, min_survivors
 from securefl.protocol.secagg.bounds import Assumptions, derive
 
 if TYPE_CHECKING:
@@ -96,11 +97,9 @@ class SecAggEncoder:
 
     @staticmethod
     def min_survivors(spec: RoundSpec) -> int:
-        """The protocol threshold: ``spec.threshold``, raised to ``noise.min_survivors`` so that a
-        round with less than the planned noise aborts before anything is unmasked."""
-        if spec.noise is not None and spec.noise.noise_multiplier > 0:
-            return min(len(spec.participants), max(spec.threshold, spec.noise.min_survivors))
-        return spec.threshold
+        """The protocol threshold (securefl.protocol.plan.min_survivors): ``spec.threshold``,
+        raised to ``noise.min_survivors``."""
+        return min_survivors(spec)
 
     def encoding_for(self, spec: RoundSpec, dim: int) -> Encoding:
         """gamma (input units per integer step), field bits b, and the L2 sensitivity of one client
@@ -136,16 +135,6 @@ def encode_input(x: NDArray[np.float64], *, clip_norm: float, encoding: Encoding
                                        math.ceil(clip_norm / encoding.gamma), rounding, q_noise)
     except OverflowRiskError as exc:
         raise OverflowRiskError(f"input of {who} exceeds the per-coordinate bound") from exc
-
-
-def check_release(spec: RoundSpec, survivors: int) -> None:
-    """Refuse (AggregationAbortedError) to release a sum of fewer survivors than the noise plan's
-    ``min_survivors``: it would carry less than the planned noise."""
-    noise = spec.noise
-    if noise is not None and noise.noise_multiplier > 0 and survivors < noise.min_survivors:
-        raise AggregationAbortedError(
-            f"{survivors} survivors carry less than the planned noise (min_survivors = "
-            f"{noise.min_survivors}); nothing is released")
 
 
 def decode_sum(field_sum: NDArray[np.uint32], encoding: Encoding) -> NDArray[np.float64]:
