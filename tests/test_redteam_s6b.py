@@ -1,7 +1,8 @@
 """Red team s6b: re-checking the f14 / f16 fixes (issue 14 S6-1..S6-6, issue 16). Each test asserts
-the secure behaviour and failed while the hole was open. S6b-2 and S6b-3 are fixed (round 0 is
-classic SecAgg); S6b-1 (CKKS round 0) and S6b-4 (the threshold choice) are open: their failing tests
-are on branch rt2 (protocols/secagg/spec.md 12.1, "Known gaps")."""
+the secure behaviour and failed while the hole was open. All four are fixed: S6b-2 and S6b-3 (round 0
+is classic SecAgg); S6b-1 (a CKKS round 0 over another set: the key holder and the banks refuse) and
+S6b-4 (the threshold, hence the SecAgg+ graph, is fixed by the manifest and n), whose tests are
+ported from branch rt2 (protocols/secagg/spec.md 12.1)."""
 
 from __future__ import annotations
 
