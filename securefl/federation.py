@@ -146,6 +146,17 @@ class ProtocolParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return Assumptions(colluders=self.colluders, dropout_fraction=self.dropout_fraction,
                            security_bits=self.security_bits, graphs=self.lifetime_graphs)
 
+    def round_threshold(self, n: int) -> int:
+        """The one threshold T of a training round over ``n`` participants: the assumptions' rule
+        for n (protocol.secagg.bounds.threshold_for), never below the manifest's ``threshold``,
+        at most n. Every bank checks the signed T (and min_survivors) equals it, so the server
+        has no choice of T and hence of the SecAgg+ degree k and neighbour threshold t that
+        follow from it: one graph per (session, round), as :attr:`lifetime_graphs` counts
+        (protocols/secagg/spec.md section 12.1, red-team finding S6b-4)."""
+        from securefl.protocol.secagg.bounds import threshold_for
+
+        return min(n, max(self.threshold, threshold_for(n, self.assumptions())))
+
     @property
     def lifetime_graphs(self) -> int:
         """The most SecAgg graphs this manifest's deployments can ever draw: one per (session,

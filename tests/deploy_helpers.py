@@ -163,3 +163,44 @@ def final_weights(run_dir: Path) -> Any:
     tensors = from_bytes(store.model_bytes(store.last_round))
     return np.concatenate([np.asarray(v, dtype=np.float64).ravel()
                            for k, v in sorted(tensors.items()) if not k.startswith("server_opt.")])
+
+
+def round0_differencing(f: Fed, tmp_path: Path, victim: int, *, key_holder: bool = False,
+                        refused: tuple[type[Exception], ...] = ()) -> tuple[list[Any], Any]:
+    """The S6-5 / S6b-1 attack on round 0: session 1 with every bank, session 2 with bank
+    ``victim`` cut off (its state dirs, and the key holder's, persist between the sessions); a
+    ``refused`` error ends session 2 (any other error fails the caller). Returns the round-0
+    totals the server released (one per session that released) and the victim's own round-0
+    vector; a difference of two totals equal to it is the leak."""
+    from securefl.deploy.ckks import KeyHolderNode
+    from securefl.deploy.client import BankNode, load_bank_csv
+    from securefl.deploy.common import round0_input
+    from securefl.deploy.local import LocalLink
+    from securefl.deploy.server import DeployServer, ServerSettings
+
+    totals: list[Any] = []
+
+    class Keeping(DeployServer):
+        def _finish(self, rs: Any, done: Any) -> None:
+            super()._finish(rs, done)
+            if done.start.round == 0:
+                totals.append(np.asarray(rs.moments_total, dtype=np.float64))
+
+    for run, kill in (("s1", None), ("s2", lambda trip, nid: nid == victim)):
+        srv = Keeping(ServerSettings.load(f.server_file(
+            tmp_path / run, state_dir=str(tmp_path / "server-state"))))
+        nodes: dict[int, Any] = {i: BankNode.from_node_config(
+            {**f.node_config(b, sim_seed=None), "state-dir": str(tmp_path / "bank-state" / b)})
+            for i, b in enumerate(f.banks)}
+        if key_holder:
+            nodes[99] = KeyHolderNode.from_node_config(
+                {**f.key_holder_config(sim_seed=None), "usage-file": str(tmp_path / "kh.json"),
+                 "state-dir": str(tmp_path / "kh-state")})
+        link = LocalLink(nodes, srv.fed.digest, kill=kill)
+        try:
+            srv.run(link, link.names())
+        except refused:
+            if run == "s1":
+                raise
+    X, y = load_bank_csv(f.data[f.banks[victim]], "default")
+    return totals, round0_input(X, y, None)

@@ -718,6 +718,33 @@ def test_a_round_above_the_manifests_max_rounds_is_refused_on_the_flower_path(
         check_plan(fed, plan(6), infos)
 
 
+def test_s6b_4_a_flower_plan_with_another_threshold_is_refused(tmp_path: Path) -> None:
+    """Red-team finding S6b-4 on this path: the plan's threshold T and min_survivors are the one
+    value the manifest fixes for n participants (ProtocolParams.round_threshold, here
+    floor(3 / 2) + 1 = 2 for 3 banks), which the mod's check_plan accepts; a larger T or
+    min_survivors (a server choosing among graphs, or shrinking every noise share) is refused."""
+    from securefl.deploy.common import ServerFaultError
+    from securefl.federation import load_manifest, verify_manifest
+    from securefl.flower.common import BankInfo, FlowerPlan, check_plan
+
+    banks = ["b0", "b1", "b2"]
+    params = ProtocolParams(aggregation="secagg", threshold=2, noise_multiplier=0.0)
+    fed = verify_manifest(load_manifest(make_flower_federation(tmp_path, banks, params).manifest))
+    infos = [BankInfo(member=b, n_examples=10, signature=bytes(64)) for b in banks]
+
+    def plan(t: int, ms: int) -> FlowerPlan:
+        return FlowerPlan(session=bytes(16), counter=1, round=1, participants=banks,
+                          threshold=t, clip_norm=1.0, noise_multiplier=0.0, min_survivors=ms,
+                          degree=None, precision_bits=16, dim=4,
+                          weights={b: 1.0 for b in banks}, model_digest=bytes(32),
+                          config_digest=bytes(32))
+
+    check_plan(fed, plan(2, 2), infos)
+    for t, ms in ((3, 3), (2, 3)):
+        with pytest.raises(ServerFaultError, match="fix both at 2"):
+            check_plan(fed, plan(t, ms), infos)
+
+
 # --- the bank's own budget caps (red-team finding M5) -----------------------------------------------
 DECLARED = {"dpsgd-noise-multiplier": 1.1, "dpsgd-sample-rate": 0.01, "dpsgd-steps": 100,
             "dpsgd-max-grad-norm": 1.0}

@@ -59,7 +59,7 @@ from msgspec import Meta
 
 from securefl.crypto.secret import RedactedStruct, Secret
 from securefl.crypto.signing import SigningKey, VerifyKey, verify_bound
-from securefl.deploy.common import NodeHandler, randomness
+from securefl.deploy.common import NodeHandler, Round0Survivors, randomness
 from securefl.deploy.messages import (
     HELLO_DOMAIN,
     MAX_PAYLOAD_BYTES,
@@ -244,10 +244,13 @@ def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: 
 
 
 def bank_step(*, fed: Federation, identity: SigningKey, member: str, context: bytes,
-              start: RoundStart, state: bytes, data: bytes, verifiers: int, verifier_skips: int
-              ) -> tuple[bytes | None, list[ProtocolItem]]:
+              start: RoundStart, state: bytes, data: bytes, verifiers: int, verifier_skips: int,
+              round0: Round0Survivors | None = None) -> tuple[bytes | None, list[ProtocolItem]]:
     """Answer the server's CommitmentSet (reveal) or VerifyRequest (recompute and co-sign).
-    Returns the new round state (None once the round is over for this bank) and the reply."""
+    Returns the new round state (None once the round is over for this bank) and the reply.
+    Round 0 (task "moments", no noise) with this bank's ``round0`` record: the ciphertext is
+    revealed only under the closed commitment set of this manifest's first round 0 (red-team
+    finding S6b-1; ServerFaultError otherwise, and nothing leaves)."""
     cid = fed.clients.index(member)
     public = public_context(fed, context, start.session, start.round)
     server_key = fed.verify_key(fed.server)
@@ -259,7 +262,9 @@ def bank_step(*, fed: Federation, identity: SigningKey, member: str, context: by
         cs = _decode(data, CommitmentSet, max_commitment_set_bytes(n))
         client = CKKSClient(cid, identity, public, server_key)
         client.restore_round(saved)
-        reveal = client.reveal(cs)
+        reveal = client.reveal(cs)  # checks the set's signature and this bank's commitment
+        if start.task == "moments" and round0 is not None:
+            round0.check_and_record(start.round, [fed.clients[e.client_id] for e in cs.entries])
         new = wire.encode(client.export_round(start.session, start.round))
         return new, [ProtocolItem(round=start.round, data=wire.encode(reveal))]
     if kind == "ckks.verify_request":
@@ -330,7 +335,8 @@ class KeyHolderNode(NodeHandler):
     """The CKKS key holder's SuperNode (``--node-config``: ``role="ckks-key-holder"``, ``member``,
     ``key`` (its manifest identity key), ``manifest``, optional ``passphrase-file``,
     ``usage-file`` (default ``<ckks-keys>/keyholder-usage.json``, or ``<key>.ckks-usage.json``
-    without ``ckks-keys``), ``verifiers`` (the co-signatures it requires, default 2) and
+    without ``ckks-keys``), ``state-dir`` (its round-0 records, default ``<key>.state``),
+    ``verifiers`` (the co-signatures it requires, default 2) and
     ``verifier-skips`` (default 2)).
 
     It makes a fresh CKKS key for every round (:class:`KeyRequest`), keeps the secret key sealed
@@ -356,13 +362,17 @@ class KeyHolderNode(NodeHandler):
     sim_seed: int | None = None
     #: the node-local key sealing this node's state (default ``<key>.state-key``; NodeHandler)
     state_key_file: Path | None = None
+    #: where the round-0 record of each manifest is kept (``state-dir``, default
+    #: ``<key>.state``): the contributors of the first round-0 sum it decrypted
+    state_dir: Path | None = None
 
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> KeyHolderNode:
         try:
-            uf, kd = cfg.get("usage-file"), cfg.get("ckks-keys")
+            uf, kd, sd = cfg.get("usage-file"), cfg.get("ckks-keys"), cfg.get("state-dir")
             node = cls(**cls.common_config(cfg), ckks_dir=Path(str(kd)) if kd else None,
                        usage_file=Path(str(uf)) if uf else None,
+                       state_dir=Path(str(sd)) if sd else None,
                        verifiers=int(cfg.get("verifiers", 2)),
                        verifier_skips=int(cfg.get("verifier-skips", DEFAULT_VERIFIER_SKIPS)))
         except KeyError as exc:
@@ -375,6 +385,11 @@ class KeyHolderNode(NodeHandler):
             raise ConfigError("key holder node config: verifiers must be >= 1, "
                               "verifier-skips >= 0")
         return node
+
+    @property
+    def round0_record(self) -> Path:
+        """The directory of this key holder's round-0 records (``state-dir``)."""
+        return self.state_dir or self.key_path.with_name(self.key_path.name + ".state")
 
     @property
     def usage_path(self) -> Path:
@@ -551,6 +566,15 @@ class KeyHolderNode(NodeHandler):
             holder, usage = self.load_holder(fed, identity, hello.session, memo)
             res = holder.decrypt(req, randomness(self.sim_seed, hello.session, r, -1,
                                                  "ckks-flooding", sim_stream=hello.sim_stream))
+            if r == 0:
+                # round 0 (the banks' noiseless moments, a task banks accept at round 0 only):
+                # this key holder releases it only over the contributors of the first round-0
+                # sum it released under this manifest. It alone releases and it sees every
+                # session, also those that cut a victim off (spec 12.1, S6b-1). Checked after
+                # decrypt verified the contributors' signatures; nothing has left the node.
+                Round0Survivors(self.round0_record, fed.digest, "this key holder"
+                                ).check_and_record(r, [fed.clients[e.client_id]
+                                                       for e in req.manifest.entries])
             usage.decrypted.add((hello.session, r))
             self._write_usage(usage)  # durable before anything leaves the node
         memo.released[hello.session.hex()] = r

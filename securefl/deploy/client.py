@@ -38,6 +38,7 @@ from securefl.deploy.common import (
     SessionCounter,
     bank_ids,
     check_pending,
+    check_plan_threshold,
     draw_size,
     encode_input,
     encoding_for,
@@ -395,7 +396,8 @@ class BankNode(NodeHandler):
         12.1): every forwarded BankInfo signed by its bank's manifest key for this session, the
         forwarded set fixed by the session's first plan and holding this bank's own; the
         participants exactly the draw of (session, round) over the manifest's clients (whoever
-        the server reports silent or without a size: those stay drawn as SecAgg dropouts); a
+        the server reports silent or without a size: those stay drawn as SecAgg dropouts); the
+        threshold and min_survivors the ones the manifest fixes (:func:`check_plan_threshold`); a
         FedAvg weight n_i / max n of the signed sizes for exactly the participants with one.
         ServerFaultError (SignatureError for a forged BankInfo) otherwise."""
         sizes: dict[str, int] = {}
@@ -423,6 +425,9 @@ class BankNode(NodeHandler):
             raise ServerFaultError(
                 f"round {start.round}: participants {start.participants[:8]} are not the "
                 f"public draw {want[:8]} of (manifest, session, round)")
+        # T and min_survivors follow from the manifest and this plan: no server choice of T,
+        # hence of the SecAgg+ graph (spec section 12.1, S6b-4)
+        check_plan_threshold(fed.params, start, sizes)
         if start.task == "train":
             w = fedavg_weights(sizes)
             weighted = [p for p in start.participants if p in sizes]
@@ -629,7 +634,8 @@ class BankNode(NodeHandler):
         state, out = bank_step(fed=fed, identity=identity, member=self.member,
                                context=memo.ckks_context, start=start, state=rm.ckks,
                                data=item.data, verifiers=hello.plan.ckks_verifiers,
-                               verifier_skips=hello.plan.ckks_verifier_skips)
+                               verifier_skips=hello.plan.ckks_verifier_skips,
+                               round0=Round0Survivors(self.session_dir, fed.digest))
         if state is None:
             del memo.rounds[item.round]
         else:

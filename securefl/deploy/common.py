@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,6 +43,7 @@ __all__ = [
     "SessionCounter",
     "bank_ids",
     "check_pending",
+    "check_plan_threshold",
     "draw_size",
     "encode_input",
     "encoding_for",
@@ -50,6 +51,7 @@ __all__ = [
     "locked_json_update",
     "next_attempt",
     "noise_plan",
+    "plan_threshold",
     "protocol_federation",
     "randomness",
     "round0_fills",
@@ -157,20 +159,27 @@ def locked_json_update(path: Path, step: Any) -> dict[str, Any]:
 
 
 class Round0Survivors:
-    """The survivor set of the first round-0 release a bank revealed shares for under one
-    manifest, in ``<state dir>/round0-<manifest digest>.json`` (same discipline as
+    """The set of banks of the first round-0 release a party took part in under one manifest,
+    in ``<state dir>/round0-<manifest digest>.json`` (same discipline as
     :class:`SessionCounter`). Round 0 sums the banks' moment vectors without noise; two releases
-    over different survivor sets would difference to a bank's own moments (red-team finding
-    S6-5). A bank reveals for a later round 0 only over the same set (spec section 12.1,
-    "Round 0 across sessions")."""
+    over different sets would difference to a bank's own moments (red-team findings S6-5,
+    S6b-1). Whoever releases refuses a later round 0 over another set (spec section 12.1, "Round
+    0 across sessions"): a SecAgg bank reveals shares only for the signed survivor set it
+    recorded; a CKKS bank reveals its ciphertext only under the closed commitment set it
+    recorded, and the CKKS key holder decrypts only a round-0 sum over the contributors it
+    recorded (it alone releases, and it sees every session, so a bank cut off from a session
+    is still covered). A round 0 over the same set again is allowed: it releases the same sum
+    for unchanged data (docs/data.md section 5)."""
 
-    def __init__(self, state_dir: Path, manifest_digest: str) -> None:
+    def __init__(self, state_dir: Path, manifest_digest: str, who: str = "this bank") -> None:
         self.path = state_dir / f"round0-{manifest_digest}.json"
         self.digest = manifest_digest
+        #: the party in the refusal message ("this bank", "this key holder")
+        self.who = who
 
     def check_and_record(self, round_: int, survivors: Sequence[str]) -> None:
-        """Record ``survivors`` if this bank never revealed for a round 0 of this manifest;
-        ServerFaultError if it did, over another set."""
+        """Record ``survivors`` if this party never took part in a round-0 release of this
+        manifest; ServerFaultError if it did, over another set."""
         want = sorted(survivors)
 
         def step(record: dict[str, Any] | None) -> dict[str, Any]:
@@ -184,7 +193,7 @@ class Round0Survivors:
                 new = sorted(set(want) - set(got))
                 raise ServerFaultError(
                     f"round {round_}: a round-0 release over another survivor set than the one "
-                    f"this bank revealed for before under this manifest (missing {gone[:8]}, "
+                    f"{self.who} took part in before under this manifest (missing {gone[:8]}, "
                     f"added {new[:8]}): two noiseless moment sums over different sets difference "
                     "to a bank's own moments, so round 0 re-runs only over the same set (spec "
                     "section 12.1)")
@@ -347,10 +356,47 @@ def encoding_for(start: RoundStart, spec: RoundSpec) -> tuple[Encoding, int]:
     return agg.encoding_for(spec, start.dim), agg.min_survivors(spec)
 
 
+def plan_threshold(params: ProtocolParams, task: str, participants: Sequence[str],
+                   sized: Collection[str]) -> int:
+    """The one threshold T (and min_survivors) a round's plan may carry, from the manifest and
+    the signed plan alone (spec section 12.1, red-team finding S6b-4): round 0 (``task``
+    "moments", the complete graph) every drawn bank with a signed size in ``sized``
+    (standardisation needs them all); a training round ``params.round_threshold(n)`` for its n
+    participants. The server has no choice of T, hence none of the SecAgg+ degree and neighbour
+    threshold that follow from it."""
+    if task == "moments":
+        return len([p for p in participants if p in sized])
+    return params.round_threshold(len(participants))
+
+
+def check_plan_threshold(params: ProtocolParams, start: RoundStart,
+                         sized: Collection[str]) -> None:
+    """ServerFaultError unless the signed threshold and min_survivors are both
+    :func:`plan_threshold`'s: a server free to sign a larger T would choose among ~n SecAgg+
+    graphs per (session, round) (distinct T give distinct k and t), which the lifetime union
+    bound does not count; a larger min_survivors also shrinks every bank's noise share."""
+    want = plan_threshold(params, start.task, start.participants, sized)
+    if start.threshold != want or start.min_survivors != want:
+        raise ServerFaultError(
+            f"round {start.round}: threshold {start.threshold} and min_survivors "
+            f"{start.min_survivors}; the manifest and the plan fix both at {want} (spec section "
+            "12.1: one threshold, hence one SecAgg+ graph, per session and round)")
+
+
 def secagg_config(start: RoundStart, spec: RoundSpec, enc: Encoding, threshold: int,
                   fed: Federation) -> SecAggConfig:
     """The round's SecAgg parameters, checked against the bounds that follow from the signed
-    manifest's assumptions (a plan below them raises ConfigError before any key is made)."""
+    manifest's assumptions (a plan below them raises ConfigError before any key is made). A
+    training round's protocol ``threshold`` must be the manifest's :meth:`ProtocolParams.
+    round_threshold` for its n (ServerFaultError otherwise: the degree and t follow from it, so
+    each (session, round) has one graph); round 0 is the complete graph, whatever T."""
+    if start.task == "train":
+        want = fed.params.round_threshold(len(spec.participants))
+        if threshold != want:
+            raise ServerFaultError(
+                f"round {start.round}: protocol threshold {threshold} over "
+                f"{len(spec.participants)} participants; the manifest fixes it at {want} (spec "
+                "section 12.1: one SecAgg+ graph per session and round)")
     return SecAggConfig.build(session_id=start.session, round=start.round,
                               participants=spec.participants, threshold=threshold,
                               dim=start.dim, bits=enc.bits, degree=start.degree,

@@ -400,6 +400,11 @@ class DeployServer:
         if c.neighbours is not None and c.neighbours != p.neighbours:
             raise ConfigError(f"the run's neighbours = {c.neighbours}, the manifest says "
                               f"{p.neighbours}", hint="the manifest fixes the SecAgg+ degree")
+        n = draw_size(len(self.fed.clients), p.clients_per_round, max(2, p.threshold))
+        if c.threshold is not None and c.threshold != p.round_threshold(n):
+            raise ConfigError(f"the run's threshold = {c.threshold}, the manifest fixes "
+                              f"{p.round_threshold(n)} for rounds of {n} banks",
+                              hint="omit the threshold: the manifest's assumptions fix it")
         task = "classification" if c.task == "auto" else c.task
         loss = c.loss if c.loss != "auto" else ("bce" if task == "classification" else "mse")
         from securefl.config import DEFAULT_RECORD_EPSILON
@@ -419,8 +424,6 @@ class DeployServer:
     def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
                weights: dict[str, float], target_scale_log2: int | None = None,
                round0_threshold: int | None = None) -> tuple[RoundStart, Signed]:
-        from securefl.protocol.secagg.bounds import default_threshold
-
         c = self.config
         k = len(participants)
         if round_ == 0:  # standardisation needs every bank that sent a signed size
@@ -432,8 +435,8 @@ class DeployServer:
                                precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim,
                                target_scale_log2=target_scale_log2, sim_stream=self.sim_stream)
         else:
-            threshold = min(c.threshold or default_threshold(k, self.fed.params.colluders), k)
-            threshold = max(threshold, self.fed.params.threshold)  # k >= it (_next_round)
+            # the manifest fixes T for n = k; every bank checks it (spec 12.1, S6b-4)
+            threshold = self.fed.params.round_threshold(k)
             z = c.noise_multiplier if c.dp else 0.0
             start = RoundStart(session=self.session, round=round_, task="train",
                                participants=participants, threshold=threshold,

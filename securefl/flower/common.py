@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
-from securefl.deploy.common import bank_ids, round_spec
+from securefl.deploy.common import bank_ids, check_plan_threshold, round_spec
 from securefl.deploy.messages import RoundStart, Signed
 from securefl.dp.ledger import Draft
 from securefl.errors import ConfigError
@@ -204,8 +204,9 @@ def fedavg_weights(infos: Sequence[BankInfo]) -> dict[str, float]:
 
 def check_plan(fed: Federation, plan: FlowerPlan, infos: Sequence[BankInfo]) -> None:
     """The rules a bank applies to a signed plan (and the server to its own): participants in the
-    manifest, at least the manifest's threshold of them, thresholds, clip, noise and precision no
-    weaker than the manifest's, the weights n_i / max n of the forwarded signed sizes.
+    manifest, at least the manifest's threshold of them, the threshold and min_survivors the
+    manifest fixes for n (ServerFaultError otherwise), clip, noise and precision no weaker than
+    the manifest's, the weights n_i / max n of the forwarded signed sizes.
     ConfigError otherwise (signatures are checked by the caller)."""
     p = fed.params
     if len(set(plan.participants)) != len(plan.participants) or \
@@ -225,6 +226,8 @@ def check_plan(fed: Federation, plan: FlowerPlan, infos: Sequence[BankInfo]) -> 
     if plan.min_survivors > len(plan.participants):
         raise ConfigError(f"round {plan.round}: min_survivors {plan.min_survivors} must be in "
                           f"[threshold, participants = {len(plan.participants)}]")
+    # one threshold per round, fixed by the manifest and n (deployment's rule, spec 12.1, S6b-4)
+    check_plan_threshold(p, round_start(plan), ())
     if plan.precision_bits != p.precision_bits or plan.degree != p.neighbours:
         raise ConfigError(f"round {plan.round}: precision or graph degree differ from the "
                           "manifest's")

@@ -353,17 +353,14 @@ class SecureFLWorkflow:
     # -- one round ------------------------------------------------------------------------------------
     def plan(self, s: _Session, r: int, participants: list[str], fit_config: Mapping[str, Any],
              global_arrays: list[NDArray[Any]]) -> FlowerPlan:
-        """Round ``r``'s plan: the manifest's clip, noise, precision and degree, the threshold
-        its assumptions derive for this many participants (never below the manifest's)."""
-        from securefl.protocol.secagg import derive
-
+        """Round ``r``'s plan: the manifest's clip, noise, precision and degree, and the threshold
+        it fixes for this many participants (ProtocolParams.round_threshold; banks check it)."""
         p = s.fed.params
         k = len(participants)
         if k < max(2, p.threshold):
             raise AggregationAbortedError(f"round {r}: {k} participants with a signed size, fewer "
                                           f"than the manifest's threshold {p.threshold}")
-        threshold = min(k, max(p.threshold,
-                               derive(k, p.assumptions(), degree=p.neighbours).threshold))
+        threshold = p.round_threshold(k)
         w = fedavg_weights(s.infos)
         plan = FlowerPlan(session=s.session, counter=s.counter, round=r,
                           participants=participants, threshold=threshold,

@@ -58,6 +58,7 @@ __all__ = [
     "isolation_log2",
     "min_threshold",
     "table",
+    "threshold_for",
 ]
 
 #: SecAgg+ is used only when it needs fewer than this fraction of the n - 1 possible neighbours.
@@ -136,7 +137,10 @@ def default_threshold(n: int, colluders: int = 0) -> int:
     return min(n, min_threshold(n, colluders))
 
 
-def _default_threshold(n: int, a: Assumptions) -> int:
+def threshold_for(n: int, a: Assumptions) -> int:
+    """The threshold the stated assumptions give n participants (what :func:`derive` uses when
+    none is given): the smallest T of bounds 1 and 2, or with a stated dropout fraction f,
+    n - floor(f n) (then checked against the bounds by :func:`derive`)."""
     if a.dropout_fraction is None:
         return min_threshold(n, a.colluders)
     return n - math.floor(a.dropout_fraction * n)
@@ -233,7 +237,7 @@ def derive(n: int, a: Assumptions, *, threshold: int | None = None,
     if n < 2:
         raise ConfigError("SecAgg needs at least 2 participants")
     c = a.colluders
-    T = _default_threshold(n, a) if threshold is None else threshold
+    T = threshold_for(n, a) if threshold is None else threshold
     check_threshold(n, T, a)
     honest = T - c
     removed = n - T + c
