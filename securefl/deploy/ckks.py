@@ -59,7 +59,7 @@ from msgspec import Meta
 
 from securefl.crypto.secret import RedactedStruct, Secret
 from securefl.crypto.signing import SigningKey, VerifyKey, verify_bound
-from securefl.deploy.common import NodeHandler, Round0Survivors, randomness
+from securefl.deploy.common import NodeHandler, Round0Survivors, public_draw, randomness
 from securefl.deploy.messages import (
     HELLO_DOMAIN,
     MAX_PAYLOAD_BYTES,
@@ -555,6 +555,20 @@ class KeyHolderNode(NodeHandler):
                      signed.key_id.hex())
         return ProtocolItem(round=r, data=wire.encode(signed))
 
+    @staticmethod
+    def release_floor(fed: Federation, session: bytes, round_: int, fraction: float) -> int:
+        """The fewest contributions this key holder decrypts a sum of. A training round: the
+        threshold T the manifest fixes for the round's public draw (ProtocolParams.
+        round_threshold, which every bank checks the signed plan's T and min_survivors against,
+        and for which each bank sized its noise share): a sum of fewer contributions would carry
+        less noise than planned (red-team finding S7-2). Round 0: the manifest's threshold (its T
+        counts the banks with a signed size, which this node does not see; the verifiers check
+        it)."""
+        if round_ == 0:
+            return fed.params.threshold
+        n = len(public_draw(fed, session, round_, fraction))
+        return max(fed.params.threshold, fed.params.round_threshold(n))
+
     def _decrypt(self, fed: Federation, identity: SigningKey, hello: Hello,
                  memo: KeyHolderMemo, item: ProtocolItem) -> ProtocolItem:
         # the key holder does not know the model's size: the payload's own bound applies
@@ -564,6 +578,8 @@ class KeyHolderNode(NodeHandler):
             raise RemoteProtocolError("a decryption request for another session or round")
         with self._usage_lock():  # read-check-write as one step
             holder, usage = self.load_holder(fed, identity, hello.session, memo)
+            holder.min_clients = self.release_floor(fed, hello.session, r,
+                                                    hello.plan.clients_per_round)
             res = holder.decrypt(req, randomness(self.sim_seed, hello.session, r, -1,
                                                  "ckks-flooding", sim_stream=hello.sim_stream))
             if r == 0:

@@ -39,16 +39,15 @@ from securefl.deploy.common import (
     bank_ids,
     check_pending,
     check_plan_threshold,
-    draw_size,
     encode_input,
     encoding_for,
     fedavg_weights,
     next_attempt,
     protocol_federation,
+    public_draw,
     randomness,
     round0_fills,
     round0_input,
-    round_participants,
     round_spec,
     secagg_config,
     session_id,
@@ -417,10 +416,8 @@ class BankNode(NodeHandler):
         if self.member not in sizes:
             raise ServerFaultError(f"round {start.round}: the plan does not forward this bank's "
                                    "signed size; without it this bank contributes nothing")
-        floor = max(2, fed.params.threshold)
         q = hello.plan.clients_per_round if start.task == "train" else 1.0
-        want = round_participants(hello.session, start.round, fed.clients,
-                                  draw_size(len(fed.clients), q, floor))
+        want = public_draw(fed, hello.session, start.round, q)
         if start.participants != want:
             raise ServerFaultError(
                 f"round {start.round}: participants {start.participants[:8]} are not the "

@@ -53,6 +53,7 @@ __all__ = [
     "noise_plan",
     "plan_threshold",
     "protocol_federation",
+    "public_draw",
     "randomness",
     "round0_fills",
     "round0_input",
@@ -124,6 +125,15 @@ def draw_size(members: int, fraction: float, floor: int) -> int:
     if fraction >= 1:
         return members
     return min(members, max(floor, round(fraction * members)))
+
+
+def public_draw(fed: Federation, session: bytes, round_: int, fraction: float) -> list[str]:
+    """The participants of (session, round) every party recomputes from the manifest:
+    :func:`draw_size` of the manifest's clients (``fraction`` is the signed plan's
+    clients_per_round for a training round, 1 for round 0; never fewer than max(2, the
+    manifest's threshold)) in :func:`round_participants`'s order."""
+    k = draw_size(len(fed.clients), fraction, max(2, fed.params.threshold))
+    return round_participants(session, round_, fed.clients, k)
 
 
 def fedavg_weights(sizes: Mapping[str, int]) -> dict[str, float]:

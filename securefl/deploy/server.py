@@ -48,7 +48,7 @@ from securefl.deploy.common import (
     encoding_for,
     fedavg_weights,
     protocol_federation,
-    round_participants,
+    public_draw,
     round_spec,
     secagg_config,
     session_id,
@@ -724,9 +724,8 @@ class DeployServer:
             raise AggregationAbortedError(
                 f"round {r}: {available} banks left, fewer than the manifest's threshold "
                 f"{floor}")
-        clients = self.fed.clients
-        k = draw_size(len(clients), self.fed.params.clients_per_round if r > 0 else 1.0, floor)
-        participants = round_participants(self.session, r, clients, k)
+        participants = public_draw(self.fed, self.session, r,
+                                   self.fed.params.clients_per_round if r > 0 else 1.0)
         target_cols = 1 if rs.target_scale_log2 is not None else 0
         dim = 1 + 2 * (rs.n_features + target_cols) if r == 0 else int(rs.w.size)
         start, signed = self._start(r, participants, dim, clip=rs.bound, weights=rs.weights,
