@@ -72,8 +72,8 @@ from securefl.deploy.common import (
     check_pending,
     encode_input,
     encoding_for,
+    identity_roster,
     next_attempt,
-    protocol_federation,
     randomness,
     secagg_config,
     session_id,
@@ -334,7 +334,7 @@ class FlowerBank(NodeHandler):
         cid = ids[self.member]
         x = (np.frombuffer(rm.field_input, dtype="<u4").astype(np.uint32)
              if rm.field_input is not None else np.zeros(plan.dim, dtype=np.uint32))
-        client = SecAggClient(cfg, protocol_federation(fed, session), cid, identity, x,
+        client = SecAggClient(cfg, identity_roster(fed, session), cid, identity, x,
                               randomness(self.sim_seed, session, plan.round, cid, "keys", rm.seed),
                               input_binding=plan.model_digest)
         return client, client.receive(Start())

@@ -47,7 +47,7 @@ from securefl.deploy.common import (
     SessionCounter,
     bank_ids,
     encoding_for,
-    protocol_federation,
+    identity_roster,
     secagg_config,
     session_id,
 )
@@ -402,7 +402,7 @@ class SecureFLWorkflow:
         spec = round_spec_for(plan, s.fed, hashlib.sha256(body).digest())
         enc, threshold = encoding_for(start, spec)
         machine = SecAggServer(secagg_config(start, spec, enc, threshold, s.fed),
-                               protocol_federation(s.fed, s.session),
+                               identity_roster(s.fed, s.session),
                                input_binding=plan.model_digest)
         link = _TrainLink(grid, str(r))
         ex = StageExchange(link=link, federation=s.fed.digest, session=s.session,
