@@ -14,6 +14,7 @@ import pytest
 
 from securefl.federation import ProtocolParams
 from tests.flower_mod_helpers import (
+    KEY_HOLDER,
     FakeGrid,
     FlowerFed,
     known_client_fn,
@@ -42,6 +43,8 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
          calls: list[str] | None = None, tamper_reply: Any = None,
          banks: list[str] = BANKS, late: dict[str, str] | None = None,
          timeout: float | None = None) -> tuple[list[np.ndarray], Path, FakeGrid]:
+    """One Flower run in-process; a ckks federation adds its key holder as its own node (the same
+    ClientApp, its node config says role = "ckks-key-holder")."""
     from flwr.app import Context, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -60,6 +63,10 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
     apps = {nids[b]: ClientApp(client_fn=client_fn, mods=[securefl_mod]) for b in banks}
     configs = {nids[b]: fed.node_config(b, N_EXAMPLES[b], **(extra_config or {}).get(b, {}))
                for b in banks}
+    if params.aggregation == "ckks":
+        nids[KEY_HOLDER] = 100
+        apps[100] = ClientApp(client_fn=client_fn, mods=[securefl_mod])
+        configs[100] = fed.key_holder_config(**(extra_config or {}).get(KEY_HOLDER, {}))
     grid = FakeGrid(apps, configs, {nid: b for b, nid in nids.items()},
                     silent={nids[b]: st for b, st in (silent or {}).items()},
                     late={nids[b]: st for b, st in (late or {}).items()},
@@ -724,3 +731,215 @@ def test_a_client_cap_refuses_a_plan_without_client_level_noise(
     assert any("SFL501" in r.getMessage() and "unbounded" in r.getMessage()
                for r in caplog.records)
     assert not (tmp_path / "b" / "privacy-budget.jsonl").exists()
+
+
+# --- CKKS on the Flower path: the key holder as its own node ------------------------------------
+#: |released - exact| per coordinate of the CKKS sum at these sizes is below 1e-4 (spec.md "Error
+#: bound of the released sum": 5.8e-5 at n = 100, d = 10^4); the mean divides it by the weights
+CKKS_SUM_ERROR = 1e-4
+
+
+def _ckks_params(z: float = 0.0) -> ProtocolParams:
+    return ProtocolParams(aggregation="ckks", threshold=2, clip_norm=CLIP, noise_multiplier=z)
+
+
+def _holder_usage(fed_root: Path) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads((fed_root / "keys" / f"{KEY_HOLDER}.key.ckks-usage.json")
+                                     .read_text())
+    return out
+
+
+def test_ckks_dp_off_equals_plain_fedavg_within_the_release_bound(tmp_path: Path) -> None:
+    """A ckks manifest: two Flower rounds through the key holder node; the result is Flower's own
+    FedAvg of the plain fits within CKKS's release error, every record committed with each bank's
+    ciphertext digest, the key holder released each round once under its own round key, the key
+    holder's node never ran the user's app, and the run directory verifies."""
+    from securefl.audit.verify import verify_run_dir
+
+    calls: list[str] = []
+    final, run_dir, grid = _run(tmp_path, _ckks_params(), rounds=2, evaluate=True, calls=calls)
+    want = _plain_fedavg_step(_plain_fedavg_step(_initial()))
+    bound = 2 * CKKS_SUM_ERROR / _weight_total() + 1e-6  # two rounds, + float32 storage
+    err = np.abs(_flat(final) - _flat(want))
+    assert err.max() <= bound
+    assert np.abs(_flat(final) - _flat(_initial())).max() > 100 * bound  # the model moved
+    assert sorted(calls) == sorted(BANKS * 2)  # each bank's fit once per round, never elsewhere
+    report = verify_run_dir(run_dir)
+    assert report.last_round == 2 and report.has_result and report.rounds_aborted == 0
+    recs = _records(run_dir)
+    assert [r["status"] for r in recs] == ["committed", "committed"]
+    assert all(r["survivors"] == BANKS and sorted(r["input_digests"]) == BANKS for r in recs)
+    result = json.loads((run_dir / "result.json").read_text())["body"]["result"]
+    assert result["aggregation"] == "ckks" and result["rounds_completed"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["aggregation"] == "ckks"
+    usage = _holder_usage(tmp_path / "fed")
+    (session,) = usage["keyed"]
+    assert usage["keyed"][session] == 2
+    assert sorted(r for s, r in usage["decrypted"] if s == session) == [1, 2]
+    assert (run_dir / "ledger.jsonl").read_bytes() == b""
+    # the key holder's node answered securefl's trips only: the evaluate message was refused
+    holder_msgs = [m for m in grid.sent if m.metadata.dst_node_id == 100]
+    assert any(m.metadata.message_type == "evaluate" for m in holder_msgs)
+
+
+def test_ckks_dp_on_noise_within_the_bound_it_implies_and_ledgered(tmp_path: Path) -> None:
+    """z = 0.5: each bank adds its Gaussian share before encrypting; the released sum's noise
+    has std >= z C (any admissible honest set) and at most sqrt(n / T) z C; the ledger holds the
+    client-level Gaussian event and bank-a's declared DP-SGD, and result.json's epsilons are
+    re-derived from it."""
+    from securefl.audit.verify import verify_run_dir
+
+    z = 0.5
+    declared = {"bank-a": {"dpsgd-noise-multiplier": 1.1, "dpsgd-sample-rate": 0.01,
+                           "dpsgd-steps": 100, "dpsgd-max-grad-norm": 1.0}}
+    final, run_dir, _ = _run(tmp_path, _ckks_params(z), extra_config=declared)
+    err_sum = (_flat(final) - _flat(_plain_fedavg_step(_initial()))) * _weight_total()
+    std = float(np.std(err_sum))
+    assert 0.9 * z * CLIP <= std <= 1.1 * z * CLIP * np.sqrt(3 / 2)
+    assert abs(float(np.mean(err_sum))) < 0.2 * z * CLIP
+    report = verify_run_dir(run_dir)
+    assert "privacy" in report.claims_checked
+    entries = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    client = [e for e in entries if e["level"] == "client"]
+    record = [e for e in entries if e["level"] == "record"]
+    assert len(client) == 1 and client[0]["survivors"] == 3
+    assert [(e["party"], e["noise_source"]) for e in record] == [("bank:bank-a", "declared")]
+
+
+def test_ckks_a_bank_that_drops_before_revealing_is_left_out_of_the_sum(tmp_path: Path) -> None:
+    """bank-c commits, then never reveals its ciphertext: the closed commitment set still names
+    it, the sum holds bank-a's and bank-b's updates only, and the released weight slot makes the
+    mean theirs (Flower's FedAvg of the two)."""
+    from flwr.server.strategy.aggregate import aggregate
+
+    from securefl.audit.verify import verify_run_dir
+
+    final, run_dir, _ = _run(tmp_path, _ckks_params(), silent={"bank-c": "reveal"})
+    verify_run_dir(run_dir)
+    (rec,) = _records(run_dir)
+    assert rec["survivors"] == BANKS[:2] and rec["dropouts"] == {"bank-c": "reveal"}
+    init = _initial()
+    want = aggregate([([p + d for p, d in zip(init, known_delta(i, SHAPES), strict=True)],
+                       N_EXAMPLES[b]) for i, b in enumerate(BANKS[:2])])
+    top = max(N_EXAMPLES.values())
+    bound = CKKS_SUM_ERROR / ((N_EXAMPLES["bank-a"] + N_EXAMPLES["bank-b"]) / top) + 1e-6
+    assert np.abs(_flat(final) - _flat(want)).max() <= bound
+
+
+def _swap_context(msg: Any, context: bytes) -> None:
+    """Replace the key holder's context a commit message carries (a hostile server's hand)."""
+    import msgspec
+    from flwr.app import Array, ArrayRecord
+
+    from securefl.flower.common import ARRAY, RECORD, ServerMsg, decode_server
+    from securefl.protocol import wire
+    from securefl.transport.flower import Envelope
+
+    env = wire.decode(msg.content.array_records[RECORD][ARRAY].numpy().tobytes(), Envelope)
+    body = msgspec.structs.replace(decode_server(env.payload), protocol=context)
+    assert isinstance(body, ServerMsg)
+    data = wire.encode(msgspec.structs.replace(env, payload=wire.encode(body)))
+    msg.content.array_records[RECORD] = ArrayRecord(
+        {ARRAY: Array(np.frombuffer(data, dtype=np.uint8))})
+
+
+def _commit_context(msg: Any) -> tuple[int, bytes] | None:
+    """(round, context) of a commit message to a bank, else None."""
+    from securefl.flower.common import ARRAY, RECORD, decode_server
+    from securefl.protocol import wire
+    from securefl.transport.flower import Envelope
+
+    if RECORD not in msg.content.array_records:
+        return None
+    env = wire.decode(msg.content.array_records[RECORD][ARRAY].numpy().tobytes(), Envelope)
+    if env.stage != "commit":
+        return None
+    body = decode_server(env.payload)
+    return (env.round, body.protocol) if body.protocol is not None else None
+
+
+@pytest.mark.parametrize("replayed_from", ["an earlier round", "another session"])
+def test_ckks_banks_refuse_a_replayed_round_context_before_their_fit_runs(
+        tmp_path: Path, replayed_from: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A server that sends the banks another round's public context (signed by the real key
+    holder, for round 1 of this session, or round 1 of an earlier session) instead of this
+    round's: every bank refuses it before the user's fit runs (RemoteProtocolError SFL302 on
+    the node), nothing is encrypted under it, the round aborts, the model stays, and the
+    abort is in the audit log, which verifies."""
+    from securefl.audit.verify import verify_run_dir
+
+    params = _ckks_params()
+    fed = make_flower_federation(tmp_path / "fed", BANKS, params)
+    seen: dict[int, bytes] = {}
+
+    def record(name: str, msg: Any) -> None:
+        got = _commit_context(msg)
+        if got is not None:
+            seen.setdefault(got[0], got[1])
+
+    if replayed_from == "another session":
+        _run(tmp_path, params, fed=fed, run_name="earlier", tamper=record)
+        old = seen[1]
+
+        def replay(name: str, msg: Any) -> None:
+            if _commit_context(msg) is not None:
+                _swap_context(msg, old)
+
+        calls: list[str] = []
+        final, run_dir, _ = _run(tmp_path, params, fed=fed, tamper=replay, calls=calls)
+        assert calls == []
+        assert np.array_equal(_flat(final), _flat(_initial()))
+        statuses = ["aborted"]
+    else:
+        def replay_round1(name: str, msg: Any) -> None:
+            got = _commit_context(msg)
+            if got is None:
+                return
+            if got[0] == 1:
+                seen.setdefault(1, got[1])
+            else:
+                _swap_context(msg, seen[1])
+
+        calls = []
+        _, run_dir, _ = _run(tmp_path, params, fed=fed, rounds=2, tamper=replay_round1,
+                             calls=calls)
+        assert sorted(calls) == sorted(BANKS)  # round 2's fit never ran
+        statuses = ["committed", "aborted"]
+    verify_run_dir(run_dir)
+    recs = _records(run_dir)
+    assert [r["status"] for r in recs] == statuses
+    refused = [r.getMessage() for r in caplog.records
+               if "the public context is not the key for this round" in r.getMessage()]
+    bad = len(statuses)
+    assert sorted(m.split()[0] for m in refused) == BANKS
+    assert all(f"refused round {bad} stage commit: SFL302" in m for m in refused)
+    assert recs[-1]["error_code"] == "SFL310"
+
+
+def test_ckks_key_holder_refuses_a_replayed_decryption_request(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The decryption request of a released round, sent to the key holder's node again (a server
+    replaying it for a second release): refused (DecryptionRefusedError SFL312; the usage file
+    still shows the one release)."""
+    from securefl.errors import SecureFLError
+    from securefl.protocol import wire
+    from securefl.protocol.ckks import DecryptionRefusedError
+    from securefl.transport.flower import Envelope
+    from tests.flower_mod_helpers import server_identity
+
+    _, _, grid = _run(tmp_path, _ckks_params())
+
+    def stage(m: Any) -> str:
+        from securefl.flower.common import ARRAY, RECORD
+
+        return wire.decode(m.content.array_records[RECORD][ARRAY].numpy().tobytes(),
+                           Envelope).stage
+
+    (decrypt,) = [m for m in grid.sent if m.metadata.dst_node_id == 100
+                  and m.metadata.message_type == "train" and stage(m) == "decrypt"]
+    with server_identity(), pytest.raises(SecureFLError) as info:
+        grid.apps[100](decrypt, grid.contexts[100])
+    assert isinstance(info.value, DecryptionRefusedError) and info.value.code == "SFL312"
+    assert "already decrypted (one release per round)" in caplog.text
+    usage = _holder_usage(tmp_path / "fed")
+    assert [r for _, r in usage["decrypted"]] == [1]
