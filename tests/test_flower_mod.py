@@ -777,9 +777,17 @@ def test_ckks_dp_off_equals_plain_fedavg_within_the_release_bound(tmp_path: Path
     assert usage["keyed"][session] == 2
     assert sorted(r for s, r in usage["decrypted"] if s == session) == [1, 2]
     assert (run_dir / "ledger.jsonl").read_bytes() == b""
-    # the key holder's node answered securefl's trips only: the evaluate message was refused
-    holder_msgs = [m for m in grid.sent if m.metadata.dst_node_id == 100]
-    assert any(m.metadata.message_type == "evaluate" for m in holder_msgs)
+    # the key holder's node answers securefl's trips only: the strategy's evaluate message is
+    # refused by the mod before any app code runs there
+    from securefl.errors import RemoteProtocolError
+    from securefl.flower import securefl_mod
+
+    (evaluate,) = [m for m in grid.sent if m.metadata.dst_node_id == 100
+                   and m.metadata.message_type == "evaluate"][:1]
+    ran: list[Any] = []
+    with pytest.raises(RemoteProtocolError, match="key holder"):
+        securefl_mod(evaluate, grid.contexts[100], lambda m, c: ran.append(m))
+    assert ran == []
 
 
 def test_ckks_dp_on_noise_within_the_bound_it_implies_and_ledgered(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""securefl's SecAgg inside any Flower ClientApp: ``ClientApp(client_fn=..., mods=[securefl_mod])``.
+"""securefl's SecAgg (or CKKS) inside any Flower ClientApp:
+``ClientApp(client_fn=..., mods=[securefl_mod])``.
 
 Shaped like Flower's own ``secaggplus_mod``: the mod answers securefl's TRAIN messages (those
 carrying the :data:`~securefl.flower.common.RECORD` array record) itself and calls the user's
@@ -38,6 +39,16 @@ What this path guarantees, whatever the user's fit does:
   learns only the sum of the survivors' masked inputs; the plan (participants, thresholds, clip,
   noise, weights, the global model's and the fit config's digests) is signed by the manifest's
   server key and bound into every key advertisement and consistency signature.
+
+With a manifest whose aggregation is ``ckks`` the noise share is Gaussian, of std
+z C / sqrt(T) (T the plan's threshold; securefl.deploy.ckks.noise_share_std), added before the
+bank encrypts its update under the public context the manifest's key holder signed for this
+plan's (session, round) (a context of another round or session is refused before the user's fit
+runs), and secure aggregation is securefl's CKKS protocol (protocols/ckks/spec.md: the server
+sums ciphertexts, the key holder decrypts only the verified, co-signed aggregate, once). A node
+whose config says ``role = "ckks-key-holder"`` is the key holder
+(securefl.deploy.ckks.KeyHolderNode, its node config keys there): the user's app never runs on it
+and it refuses every message but securefl's.
 
 Record-level DP-SGD is NOT guaranteed here: the user's fit runs outside securefl. A bank that
 trains through securefl's client API (:class:`securefl.Bank`) gets it; a bank with its own DP-SGD
@@ -544,11 +555,13 @@ def _key_holder_message(msg: Any, ctxt: Any) -> Any:
 
 
 def securefl_mod(msg: Any, ctxt: Any, call_next: Callable[[Any, Any], Any]) -> Any:
-    """Flower mod: run securefl's SecAgg client for securefl TRAIN messages, call the user's app
-    (``call_next``) at the masked-input stage. A TRAIN message without securefl's record is
-    refused (RemoteProtocolError: the user's fit never runs for it); a plain EVALUATE or QUERY
-    message reaches the user's app only if the node config opts in (``allow-plain-evaluate``,
-    ``allow-plain-query``), otherwise it is refused too.
+    """Flower mod: run securefl's SecAgg (or CKKS) client for securefl TRAIN messages, call the
+    user's app (``call_next``) at the masked-input (CKKS: commit) stage; on the CKKS key holder's
+    node (node config ``role = "ckks-key-holder"``) answer as the key holder instead. A TRAIN
+    message without securefl's record is refused (RemoteProtocolError: the user's fit never
+    runs for it); a plain EVALUATE or QUERY message reaches the user's app only if the node
+    config opts in (``allow-plain-evaluate``, ``allow-plain-query``), otherwise it is refused
+    too.
 
     A refusal (bad signature, a plan weaker than the manifest, a view mismatch) is logged with its
     code and raised, so Flower returns an error reply and the server counts a dropout."""

@@ -1,4 +1,4 @@
-"""securefl's SecAgg as a Flower fit workflow:
+"""securefl's SecAgg (or CKKS, with a ckks manifest) as a Flower fit workflow:
 ``DefaultWorkflow(fit_workflow=SecureFLWorkflow(manifest=..., server_key=..., run_dir=...))``.
 
 Shaped like Flower's ``SecAggPlusWorkflow`` (used with a ``LegacyContext``): per Flower round the
@@ -240,7 +240,8 @@ class _TrainLink:
 
 
 class SecureFLWorkflow:
-    """Flower fit workflow running securefl's SecAgg (see the module docstring).
+    """Flower fit workflow running securefl's SecAgg or, with a ckks manifest, CKKS with the
+    manifest's key holder as its own node (see the module docstring).
 
     ``manifest``: the signed federation manifest; ``server_key``: the manifest server's Ed25519
     identity key (``passphrase_file`` if encrypted); ``run_dir``: the audit run directory (must not
