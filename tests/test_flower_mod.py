@@ -526,6 +526,54 @@ def _example_task() -> Any:
         sys.path.remove(str(EXAMPLE))
 
 
+def _run_example_on_flower(tmp_path: Path, fed: FlowerFed, extra: dict[str, dict[str, Any]],
+                           *, key_holder: bool = False) -> Path:
+    """examples/flower_app for one round on a SuperLink and one SuperNode per bank (TLS, node
+    authentication, each registered under its manifest name; ``extra``: more node config per
+    bank), plus the key holder's SuperNode; every process started is stopped. Returns the run
+    directory."""
+    import shutil
+
+    from tests.deploy_helpers import node_config_string
+    from tests.flower_harness import CONN, FlowerCluster, wait_for
+
+    data = {}
+    for i, b in enumerate(BANKS):
+        X, y = _bank_rows(i, ROWS[b])
+        data[b] = tmp_path / "fed" / f"{b}.csv"
+        np.savetxt(data[b], np.column_stack([X, y]), delimiter=",", fmt="%.9g",
+                   header=",".join([f"f{k}" for k in range(N_FEATURES)] + ["label"]),
+                   comments="")
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("__pycache__"))
+    run_dir = tmp_path / "run"
+    nodes = len(BANKS) + int(key_holder)
+    cluster = FlowerCluster(tmp_path / "cluster", nodes)
+    try:
+        cluster.start_superlink()
+        for i, b in enumerate(BANKS):
+            cfg = fed.node_config(b, ROWS[b], **{"data-path": str(data[b]), "seed": i,
+                                                 **extra.get(b, {})})
+            cluster.add_supernode(i, name=b, node_config=node_config_string(cfg))
+        if key_holder:
+            cluster.add_supernode(len(BANKS), name=KEY_HOLDER,
+                                  node_config=node_config_string(fed.key_holder_config()))
+        run = cluster.flwr(
+            "run", str(app), CONN, "--run-config",
+            f'num-server-rounds=1 manifest="{fed.manifest}" server-key="{fed.keys["agg"]}" '
+            f'run-dir="{run_dir}" server-state="{tmp_path / "server-state"}" '
+            f"n-features={N_FEATURES} min-clients={nodes}", timeout=120)
+        done = wait_for(run_dir / "result.json", lambda o: True, timeout=500)
+        assert done is not None, (f"no result; flwr run rc={run.returncode}\n{run.stdout}\n"
+                                  f"{run.stderr}\n{cluster.log('superlink')[-4000:]}\n"
+                                  f"{cluster.log(KEY_HOLDER if key_holder else 'bank-a')[-3000:]}")
+    finally:
+        cluster.stop()
+    for proc in cluster.procs.values():
+        assert proc.poll() is not None  # every process we started is gone
+    return run_dir
+
+
 @pytest.mark.slow
 def test_example_app_on_real_flower_processes_verifies(tmp_path: Path) -> None:
     """examples/flower_app on a SuperLink and three SuperNodes (TLS, node authentication, each
@@ -537,52 +585,14 @@ def test_example_app_on_real_flower_processes_verifies(tmp_path: Path) -> None:
     CSPRNG) and bank-a's declared record-level event; the audit log and result.json's epsilon
     verify. (DP off, the same comparison within the quantization bound, runs in-process:
     test_dp_off_equals_plain_fedavg_within_the_quantization_bound.)"""
-    import shutil
-
-    import torch
-    from flwr.server.strategy.aggregate import aggregate
-
-    from securefl.audit.store import RunStore
     from securefl.audit.verify import verify_run_dir
-    from securefl.fl.params import from_bytes
-    from tests.deploy_helpers import node_config_string
-    from tests.flower_harness import CONN, FlowerCluster, wait_for
 
     params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=EXAMPLE_CLIP,
                             noise_multiplier=EXAMPLE_Z)
     fed = make_flower_federation(tmp_path / "fed", BANKS, params)
     declared = {"bank-a": {"dpsgd-noise-multiplier": 1.1, "dpsgd-sample-rate": 0.25,
                            "dpsgd-steps": 8, "dpsgd-max-grad-norm": 1.0}}
-    data = {}
-    for i, b in enumerate(BANKS):
-        X, y = _bank_rows(i, ROWS[b])
-        data[b] = tmp_path / "fed" / f"{b}.csv"
-        np.savetxt(data[b], np.column_stack([X, y]), delimiter=",", fmt="%.9g",
-                   header=",".join([f"f{k}" for k in range(N_FEATURES)] + ["label"]),
-                   comments="")
-    app = tmp_path / "app"
-    shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("__pycache__"))
-    run_dir = tmp_path / "run"
-    cluster = FlowerCluster(tmp_path / "cluster", len(BANKS))
-    try:
-        cluster.start_superlink()
-        for i, b in enumerate(BANKS):
-            cfg = fed.node_config(b, ROWS[b], **{"data-path": str(data[b]), "seed": i,
-                                                 **declared.get(b, {})})
-            cluster.add_supernode(i, name=b, node_config=node_config_string(cfg))
-        run = cluster.flwr(
-            "run", str(app), CONN, "--run-config",
-            f'num-server-rounds=1 manifest="{fed.manifest}" server-key="{fed.keys["agg"]}" '
-            f'run-dir="{run_dir}" server-state="{tmp_path / "server-state"}" '
-            f"n-features={N_FEATURES}", timeout=120)
-        done = wait_for(run_dir / "result.json", lambda o: True, timeout=400)
-        assert done is not None, (f"no result; flwr run rc={run.returncode}\n{run.stdout}\n"
-                                  f"{run.stderr}\n{cluster.log('superlink')[-4000:]}\n"
-                                  f"{cluster.log('bank-a')[-3000:]}")
-    finally:
-        cluster.stop()
-    for proc in cluster.procs.values():
-        assert proc.poll() is not None  # every process we started is gone
+    run_dir = _run_example_on_flower(tmp_path, fed, declared)
 
     report = verify_run_dir(run_dir)
     assert report.last_round == 1 and report.rounds_aborted == 0 and report.has_result
@@ -595,21 +605,7 @@ def test_example_app_on_real_flower_processes_verifies(tmp_path: Path) -> None:
     assert record["party"] == "bank:bank-a" and record["noise_source"] == "declared"
     result = json.loads((run_dir / "result.json").read_text())["body"]["result"]
     assert 0 < result["privacy"]["federation"]["client"]["epsilon"] < float("inf")
-    store = RunStore.open(run_dir)
-    assert store.records[1].survivors == sorted(BANKS)
-    tensors = from_bytes(store.model_bytes(1))
-    final = [np.asarray(tensors[k]) for k in sorted(tensors)]
-    # Flower's FedAvg of the plain fits, from the example's own model and training code
-    task = _example_task()
-    torch.manual_seed(0)
-    init = task.get_weights(task.FraudNet(N_FEATURES))
-    fits = []
-    for i, b in enumerate(BANKS):
-        net = task.FraudNet(N_FEATURES)
-        task.set_weights(net, init)
-        task.train(net, *_bank_rows(i, ROWS[b]), epochs=2, seed=i)
-        fits.append((task.get_weights(net), ROWS[b]))
-    want = aggregate(fits)
+    final, init, want = _committed_and_fedavg(run_dir)
     top = max(ROWS.values())
     weight_total = sum(ROWS.values()) / top
     # the noise of the released sum: any admissible honest set (h >= 2, the threshold) carries
@@ -624,6 +620,60 @@ def test_example_app_on_real_flower_processes_verifies(tmp_path: Path) -> None:
     # correlation about 0.45; one standard error 1 / sqrt(433) = 0.05)
     step, fedavg_step = _flat(final) - _flat(init), _flat(want) - _flat(init)
     assert float(np.corrcoef(step, fedavg_step)[0, 1]) > 0.2
+
+
+def _committed_and_fedavg(run_dir: Path
+                          ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The run's round-1 model (all three banks survived), the example's initial model, and
+    Flower's own FedAvg of each bank's plain fit from it, with the example's own model and
+    training code."""
+    import torch
+    from flwr.server.strategy.aggregate import aggregate
+
+    from securefl.audit.store import RunStore
+    from securefl.fl.params import from_bytes
+
+    store = RunStore.open(run_dir)
+    assert store.records[1].survivors == sorted(BANKS)
+    tensors = from_bytes(store.model_bytes(1))
+    final = [np.asarray(tensors[k]) for k in sorted(tensors)]
+    task = _example_task()
+    torch.manual_seed(0)
+    init = task.get_weights(task.FraudNet(N_FEATURES))
+    fits = []
+    for i, b in enumerate(BANKS):
+        net = task.FraudNet(N_FEATURES)
+        task.set_weights(net, init)
+        task.train(net, *_bank_rows(i, ROWS[b]), epochs=2, seed=i)
+        fits.append((task.get_weights(net), ROWS[b]))
+    return final, init, aggregate(fits)
+
+
+@pytest.mark.slow
+def test_example_app_with_ckks_on_real_flower_processes_verifies(tmp_path: Path) -> None:
+    """examples/flower_app, unchanged, on a SuperLink and four SuperNodes (TLS, node
+    authentication): the three banks and, with a ckks manifest, the key holder, registered under
+    its manifest name and started with role="ckks-key-holder" in its node config. One round, DP
+    off: the committed model equals Flower's own FedAvg of the banks' plain fits (recomputed here
+    from the example's training code) within the CKKS release error; the key holder's usage file
+    shows the round keyed and released once; the audit log verifies."""
+    from securefl.audit.verify import verify_run_dir
+
+    params = ProtocolParams(aggregation="ckks", threshold=2, clip_norm=EXAMPLE_CLIP,
+                            noise_multiplier=0.0)
+    fed = make_flower_federation(tmp_path / "fed", BANKS, params)
+    run_dir = _run_example_on_flower(tmp_path, fed, {}, key_holder=True)
+
+    report = verify_run_dir(run_dir)
+    assert report.last_round == 1 and report.rounds_aborted == 0 and report.has_result
+    usage = json.loads((tmp_path / "fed" / "keys" / f"{KEY_HOLDER}.key.ckks-usage.json")
+                       .read_text())
+    assert [r for _, r in usage["decrypted"]] == [1] and list(usage["keyed"].values()) == [1]
+    final, init, want = _committed_and_fedavg(run_dir)
+    weight_total = sum(ROWS.values()) / max(ROWS.values())
+    err = np.abs(_flat(final) - _flat(want))
+    assert err.max() <= CKKS_SUM_ERROR / weight_total + 1e-6  # + float32 storage
+    assert np.abs(_flat(final) - _flat(init)).max() > 100 * err.max()  # the model moved
 
 
 def test_a_sparse_secagg_plus_graph_is_refused_on_the_flower_path(tmp_path: Path) -> None:
