@@ -41,7 +41,7 @@ from securefl.dp.fedavg import clip_l2
 from securefl.protocol import quantize
 from securefl.protocol.secagg import (
     Assumptions,
-    Federation,
+    IdentityRoster,
     SecAggClient,
     SecAggConfig,
     SecAggServer,
@@ -78,7 +78,7 @@ def prg_seconds(d: int, reps: int = 5) -> float:
 
 
 def bench_round(label: bytes, n: int, d: int, bits: int, degree: int | None = None
-                ) -> tuple[SecAggConfig, Federation, NDArray[np.uint32], dict[int, SecAggClient]]:
+                ) -> tuple[SecAggConfig, IdentityRoster, NDArray[np.uint32], dict[int, SecAggClient]]:
     """n clients with deterministic keys and one shared input pattern (RAM stays O(d)), with the
     safe parameters securefl derives (protocols/secagg/spec.md, "Threat model and bounds") for
     ASSUMPTIONS; ``degree = n - 1`` forces classic SecAgg."""
@@ -89,7 +89,7 @@ def bench_round(label: bytes, n: int, d: int, bits: int, degree: int | None = No
         for c in ids
     }
     session = label[:1] * 16
-    fed = Federation(session, {c: k.verify_key for c, k in identities.items()})
+    fed = IdentityRoster(session, {c: k.verify_key for c, k in identities.items()})
     cfg = SecAggConfig.build(session_id=session, round=0, participants=ids, dim=d, bits=bits,
                              assumptions=ASSUMPTIONS, degree=degree)
     base = (SeededRandomSource(master, "inputs").uint64(d) % np.uint64(1 << bits)).astype(np.uint32)
@@ -212,7 +212,7 @@ def _encode_row(k: int, d: int, precision_bits: int, noise_survivors: int, reps:
         c: SigningKey.from_seed(Secret(SeededRandomSource(master, f"id{c}").random_bytes(32)))
         for c in ids
     }
-    fed = Federation(b"E" * 16, {c: key.verify_key for c, key in identities.items()})
+    fed = IdentityRoster(b"E" * 16, {c: key.verify_key for c, key in identities.items()})
     # n = k + 1 clients on the complete graph: the same masking work as a SecAgg+ client with k
     # neighbours; T derived from the bounds
     cfg = SecAggConfig.build(session_id=b"E" * 16, round=0, participants=ids,

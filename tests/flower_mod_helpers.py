@@ -21,10 +21,12 @@ from securefl.federation import (
     encode_manifest,
     sign_manifest,
 )
-from securefl.flower.common import ARRAY, RECORD, STAGES
+from securefl.flower.common import ARRAY, CKKS_STAGES, RECORD, STAGES
 from tests.deploy_helpers import write_key
 
 SERVER = "agg"
+#: a ckks federation's key holder (its own Flower node)
+KEY_HOLDER = "keyholder"
 
 
 @dataclass
@@ -39,18 +41,26 @@ class FlowerFed:
                 "state-dir": str(self.root / "state" / bank), "num-examples": n_examples,
                 **extra}
 
+    def key_holder_config(self, **extra: Any) -> dict[str, Any]:
+        """A ckks federation's key holder node (its usage file beside its key)."""
+        return {"role": "ckks-key-holder", "member": KEY_HOLDER,
+                "key": str(self.keys[KEY_HOLDER]), "manifest": str(self.manifest), **extra}
+
 
 def make_flower_federation(root: Path, banks: list[str], params: ProtocolParams,
                            signers: list[str] | None = None) -> FlowerFed:
     root.mkdir(parents=True, exist_ok=True)
     (root / "keys").mkdir()
-    keys = {n: SigningKey.generate() for n in [SERVER, *banks]}
+    holder = [KEY_HOLDER] if params.aggregation == "ckks" else []
+    keys = {n: SigningKey.generate() for n in [SERVER, *banks, *holder]}
     paths = {n: write_key(root / "keys" / f"{n}.key", k) for n, k in keys.items()}
     members = [Member(name=SERVER, role="server", public_key=keys[SERVER].verify_key.raw.hex())]
     members += [Member(name=b, role="client", public_key=keys[b].verify_key.raw.hex())
                 for b in banks]
+    members += [Member(name=h, role="ckks-key-holder", public_key=keys[h].verify_key.raw.hex())
+                for h in holder]
     m = create_manifest("flower-fed", members, params)
-    for n in (signers if signers is not None else [SERVER, *banks]):
+    for n in (signers if signers is not None else [SERVER, *banks, *holder]):
         m = sign_manifest(m, n, keys[n])
     manifest = root / "manifest.json"
     manifest.write_bytes(encode_manifest(m))
@@ -144,13 +154,13 @@ class FakeGrid:
         for msg in messages:
             self.sent.append(msg)
             nid = msg.metadata.dst_node_id
-            if nid in self.silent and stage_index(msg) >= STAGES.index(self.silent[nid]):
+            if nid in self.silent and stage_index(msg) >= _position(self.silent[nid]):
                 continue  # this node went away: no reply
             if self.tamper is not None:
                 self.tamper(nid, msg)
             try:
                 reply = self.apps[nid](msg, self.contexts[nid])
-                if nid in self.late and stage_index(msg) == STAGES.index(self.late[nid]):
+                if nid in self.late and stage_index(msg) == _position(self.late[nid]):
                     self.held.append(reply)  # after the deadline: the next call sees it
                     continue
                 out.append(self.tamper_reply(nid, reply) if self.tamper_reply else reply)
@@ -160,15 +170,24 @@ class FakeGrid:
         return out
 
 
+def _position(stage: str) -> int:
+    """A stage's place in its round (SecAgg's or CKKS's banks' stages; -1: any other)."""
+    for order in (STAGES, CKKS_STAGES):
+        if stage in order:
+            return order.index(stage)
+    return -1
+
+
 def stage_index(msg: Any) -> int:
-    """The securefl stage a message carries (-1: not a securefl message or the hello)."""
+    """The securefl stage a message carries (-1: not a securefl message, the hello, or a trip to
+    the key holder alone)."""
     from securefl.protocol import wire
     from securefl.transport.flower import Envelope
 
     if RECORD not in msg.content.array_records:
         return -1
     env = wire.decode(msg.content.array_records[RECORD][ARRAY].numpy().tobytes(), Envelope)
-    return STAGES.index(env.stage) if env.stage in STAGES else -1
+    return _position(env.stage)
 
 
 @contextlib.contextmanager

@@ -73,7 +73,7 @@ from securefl.protocol.secagg import (
     SEED_SIZE,
     SHARE_PURPOSE,
     Assumptions,
-    Federation,
+    IdentityRoster,
     SecAggClient,
     SecAggConfig,
     Start,
@@ -118,7 +118,7 @@ class World:
     Start (their advertised keys)."""
 
     config: SecAggConfig  # the plan every honest client (except tailored ones) holds
-    federation: Federation
+    federation: IdentityRoster
     identities: dict[int, SigningKey]
     inputs: dict[int, NDArray[np.uint32]]
     machines: dict[int, SecAggClient]  # after Start

@@ -12,7 +12,7 @@ from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey
 from securefl.protocol.secagg import (
     Assumptions,
-    Federation,
+    IdentityRoster,
     SecAggClient,
     SecAggConfig,
     SecAggServer,
@@ -22,7 +22,7 @@ from securefl.protocol.secagg import (
 @dataclass
 class Round:
     config: SecAggConfig
-    federation: Federation
+    federation: IdentityRoster
     identities: dict[int, SigningKey]
     inputs: dict[int, NDArray[np.uint32]]
     clients: dict[int, SecAggClient]
@@ -48,7 +48,7 @@ def make_round(
         c: SigningKey.from_seed(Secret(SeededRandomSource(master, f"id/{c}").random_bytes(32)))
         for c in ids
     }
-    federation = Federation(session, {c: k.verify_key for c, k in identities.items()})
+    federation = IdentityRoster(session, {c: k.verify_key for c, k in identities.items()})
     cfg = SecAggConfig.build(
         session_id=session,
         round=round_,

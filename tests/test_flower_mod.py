@@ -14,6 +14,7 @@ import pytest
 
 from securefl.federation import ProtocolParams
 from tests.flower_mod_helpers import (
+    KEY_HOLDER,
     FakeGrid,
     FlowerFed,
     known_client_fn,
@@ -42,6 +43,8 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
          calls: list[str] | None = None, tamper_reply: Any = None,
          banks: list[str] = BANKS, late: dict[str, str] | None = None,
          timeout: float | None = None) -> tuple[list[np.ndarray], Path, FakeGrid]:
+    """One Flower run in-process; a ckks federation adds its key holder as its own node (the same
+    ClientApp, its node config says role = "ckks-key-holder")."""
     from flwr.app import Context, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -60,6 +63,10 @@ def _run(tmp_path: Path, params: ProtocolParams, *, rounds: int = 1,
     apps = {nids[b]: ClientApp(client_fn=client_fn, mods=[securefl_mod]) for b in banks}
     configs = {nids[b]: fed.node_config(b, N_EXAMPLES[b], **(extra_config or {}).get(b, {}))
                for b in banks}
+    if params.aggregation == "ckks":
+        nids[KEY_HOLDER] = 100
+        apps[100] = ClientApp(client_fn=client_fn, mods=[securefl_mod])
+        configs[100] = fed.key_holder_config(**(extra_config or {}).get(KEY_HOLDER, {}))
     grid = FakeGrid(apps, configs, {nid: b for b, nid in nids.items()},
                     silent={nids[b]: st for b, st in (silent or {}).items()},
                     late={nids[b]: st for b, st in (late or {}).items()},
@@ -565,6 +572,54 @@ def _example_task() -> Any:
         sys.path.remove(str(EXAMPLE))
 
 
+def _run_example_on_flower(tmp_path: Path, fed: FlowerFed, extra: dict[str, dict[str, Any]],
+                           *, key_holder: bool = False) -> Path:
+    """examples/flower_app for one round on a SuperLink and one SuperNode per bank (TLS, node
+    authentication, each registered under its manifest name; ``extra``: more node config per
+    bank), plus the key holder's SuperNode; every process started is stopped. Returns the run
+    directory."""
+    import shutil
+
+    from tests.deploy_helpers import node_config_string
+    from tests.flower_harness import CONN, FlowerCluster, wait_for
+
+    data = {}
+    for i, b in enumerate(BANKS):
+        X, y = _bank_rows(i, ROWS[b])
+        data[b] = tmp_path / "fed" / f"{b}.csv"
+        np.savetxt(data[b], np.column_stack([X, y]), delimiter=",", fmt="%.9g",
+                   header=",".join([f"f{k}" for k in range(N_FEATURES)] + ["label"]),
+                   comments="")
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("__pycache__"))
+    run_dir = tmp_path / "run"
+    nodes = len(BANKS) + int(key_holder)
+    cluster = FlowerCluster(tmp_path / "cluster", nodes)
+    try:
+        cluster.start_superlink()
+        for i, b in enumerate(BANKS):
+            cfg = fed.node_config(b, ROWS[b], **{"data-path": str(data[b]), "seed": i,
+                                                 **extra.get(b, {})})
+            cluster.add_supernode(i, name=b, node_config=node_config_string(cfg))
+        if key_holder:
+            cluster.add_supernode(len(BANKS), name=KEY_HOLDER,
+                                  node_config=node_config_string(fed.key_holder_config()))
+        run = cluster.flwr(
+            "run", str(app), CONN, "--run-config",
+            f'num-server-rounds=1 manifest="{fed.manifest}" server-key="{fed.keys["agg"]}" '
+            f'run-dir="{run_dir}" server-state="{tmp_path / "server-state"}" '
+            f"n-features={N_FEATURES} min-clients={nodes}", timeout=120)
+        done = wait_for(run_dir / "result.json", lambda o: True, timeout=500)
+        assert done is not None, (f"no result; flwr run rc={run.returncode}\n{run.stdout}\n"
+                                  f"{run.stderr}\n{cluster.log('superlink')[-4000:]}\n"
+                                  f"{cluster.log(KEY_HOLDER if key_holder else 'bank-a')[-3000:]}")
+    finally:
+        cluster.stop()
+    for proc in cluster.procs.values():
+        assert proc.poll() is not None  # every process we started is gone
+    return run_dir
+
+
 @pytest.mark.slow
 def test_example_app_on_real_flower_processes_verifies(tmp_path: Path) -> None:
     """examples/flower_app on a SuperLink and three SuperNodes (TLS, node authentication, each
@@ -576,52 +631,14 @@ def test_example_app_on_real_flower_processes_verifies(tmp_path: Path) -> None:
     CSPRNG) and bank-a's declared record-level event; the audit log and result.json's epsilon
     verify. (DP off, the same comparison within the quantization bound, runs in-process:
     test_dp_off_equals_plain_fedavg_within_the_quantization_bound.)"""
-    import shutil
-
-    import torch
-    from flwr.server.strategy.aggregate import aggregate
-
-    from securefl.audit.store import RunStore
     from securefl.audit.verify import verify_run_dir
-    from securefl.fl.params import from_bytes
-    from tests.deploy_helpers import node_config_string
-    from tests.flower_harness import CONN, FlowerCluster, wait_for
 
     params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=EXAMPLE_CLIP,
                             noise_multiplier=EXAMPLE_Z)
     fed = make_flower_federation(tmp_path / "fed", BANKS, params)
     declared = {"bank-a": {"dpsgd-noise-multiplier": 1.1, "dpsgd-sample-rate": 0.25,
                            "dpsgd-steps": 8, "dpsgd-max-grad-norm": 1.0}}
-    data = {}
-    for i, b in enumerate(BANKS):
-        X, y = _bank_rows(i, ROWS[b])
-        data[b] = tmp_path / "fed" / f"{b}.csv"
-        np.savetxt(data[b], np.column_stack([X, y]), delimiter=",", fmt="%.9g",
-                   header=",".join([f"f{k}" for k in range(N_FEATURES)] + ["label"]),
-                   comments="")
-    app = tmp_path / "app"
-    shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("__pycache__"))
-    run_dir = tmp_path / "run"
-    cluster = FlowerCluster(tmp_path / "cluster", len(BANKS))
-    try:
-        cluster.start_superlink()
-        for i, b in enumerate(BANKS):
-            cfg = fed.node_config(b, ROWS[b], **{"data-path": str(data[b]), "seed": i,
-                                                 **declared.get(b, {})})
-            cluster.add_supernode(i, name=b, node_config=node_config_string(cfg))
-        run = cluster.flwr(
-            "run", str(app), CONN, "--run-config",
-            f'num-server-rounds=1 manifest="{fed.manifest}" server-key="{fed.keys["agg"]}" '
-            f'run-dir="{run_dir}" server-state="{tmp_path / "server-state"}" '
-            f"n-features={N_FEATURES}", timeout=120)
-        done = wait_for(run_dir / "result.json", lambda o: True, timeout=400)
-        assert done is not None, (f"no result; flwr run rc={run.returncode}\n{run.stdout}\n"
-                                  f"{run.stderr}\n{cluster.log('superlink')[-4000:]}\n"
-                                  f"{cluster.log('bank-a')[-3000:]}")
-    finally:
-        cluster.stop()
-    for proc in cluster.procs.values():
-        assert proc.poll() is not None  # every process we started is gone
+    run_dir = _run_example_on_flower(tmp_path, fed, declared)
 
     report = verify_run_dir(run_dir)
     assert report.last_round == 1 and report.rounds_aborted == 0 and report.has_result
@@ -634,21 +651,7 @@ def test_example_app_on_real_flower_processes_verifies(tmp_path: Path) -> None:
     assert record["party"] == "bank:bank-a" and record["noise_source"] == "declared"
     result = json.loads((run_dir / "result.json").read_text())["body"]["result"]
     assert 0 < result["privacy"]["federation"]["client"]["epsilon"] < float("inf")
-    store = RunStore.open(run_dir)
-    assert store.records[1].survivors == sorted(BANKS)
-    tensors = from_bytes(store.model_bytes(1))
-    final = [np.asarray(tensors[k]) for k in sorted(tensors)]
-    # Flower's FedAvg of the plain fits, from the example's own model and training code
-    task = _example_task()
-    torch.manual_seed(0)
-    init = task.get_weights(task.FraudNet(N_FEATURES))
-    fits = []
-    for i, b in enumerate(BANKS):
-        net = task.FraudNet(N_FEATURES)
-        task.set_weights(net, init)
-        task.train(net, *_bank_rows(i, ROWS[b]), epochs=2, seed=i)
-        fits.append((task.get_weights(net), ROWS[b]))
-    want = aggregate(fits)
+    final, init, want = _committed_and_fedavg(run_dir)
     top = max(ROWS.values())
     weight_total = sum(ROWS.values()) / top
     # the noise of the released sum: any admissible honest set (h >= 2, the threshold) carries
@@ -663,6 +666,60 @@ def test_example_app_on_real_flower_processes_verifies(tmp_path: Path) -> None:
     # correlation about 0.45; one standard error 1 / sqrt(433) = 0.05)
     step, fedavg_step = _flat(final) - _flat(init), _flat(want) - _flat(init)
     assert float(np.corrcoef(step, fedavg_step)[0, 1]) > 0.2
+
+
+def _committed_and_fedavg(run_dir: Path
+                          ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The run's round-1 model (all three banks survived), the example's initial model, and
+    Flower's own FedAvg of each bank's plain fit from it, with the example's own model and
+    training code."""
+    import torch
+    from flwr.server.strategy.aggregate import aggregate
+
+    from securefl.audit.store import RunStore
+    from securefl.fl.params import from_bytes
+
+    store = RunStore.open(run_dir)
+    assert store.records[1].survivors == sorted(BANKS)
+    tensors = from_bytes(store.model_bytes(1))
+    final = [np.asarray(tensors[k]) for k in sorted(tensors)]
+    task = _example_task()
+    torch.manual_seed(0)
+    init = task.get_weights(task.FraudNet(N_FEATURES))
+    fits = []
+    for i, b in enumerate(BANKS):
+        net = task.FraudNet(N_FEATURES)
+        task.set_weights(net, init)
+        task.train(net, *_bank_rows(i, ROWS[b]), epochs=2, seed=i)
+        fits.append((task.get_weights(net), ROWS[b]))
+    return final, init, aggregate(fits)
+
+
+@pytest.mark.slow
+def test_example_app_with_ckks_on_real_flower_processes_verifies(tmp_path: Path) -> None:
+    """examples/flower_app, unchanged, on a SuperLink and four SuperNodes (TLS, node
+    authentication): the three banks and, with a ckks manifest, the key holder, registered under
+    its manifest name and started with role="ckks-key-holder" in its node config. One round, DP
+    off: the committed model equals Flower's own FedAvg of the banks' plain fits (recomputed here
+    from the example's training code) within the CKKS release error; the key holder's usage file
+    shows the round keyed and released once; the audit log verifies."""
+    from securefl.audit.verify import verify_run_dir
+
+    params = ProtocolParams(aggregation="ckks", threshold=2, clip_norm=EXAMPLE_CLIP,
+                            noise_multiplier=0.0)
+    fed = make_flower_federation(tmp_path / "fed", BANKS, params)
+    run_dir = _run_example_on_flower(tmp_path, fed, {}, key_holder=True)
+
+    report = verify_run_dir(run_dir)
+    assert report.last_round == 1 and report.rounds_aborted == 0 and report.has_result
+    usage = json.loads((tmp_path / "fed" / "keys" / f"{KEY_HOLDER}.key.ckks-usage.json")
+                       .read_text())
+    assert [r for _, r in usage["decrypted"]] == [1] and list(usage["keyed"].values()) == [1]
+    final, init, want = _committed_and_fedavg(run_dir)
+    weight_total = sum(ROWS.values()) / max(ROWS.values())
+    err = np.abs(_flat(final) - _flat(want))
+    assert err.max() <= CKKS_SUM_ERROR / weight_total + 1e-6  # + float32 storage
+    assert np.abs(_flat(final) - _flat(init)).max() > 100 * err.max()  # the model moved
 
 
 def test_a_sparse_secagg_plus_graph_is_refused_on_the_flower_path(tmp_path: Path) -> None:
@@ -797,3 +854,223 @@ def test_a_client_cap_refuses_a_plan_without_client_level_noise(
     assert any("SFL501" in r.getMessage() and "unbounded" in r.getMessage()
                for r in caplog.records)
     assert not (tmp_path / "b" / "privacy-budget.jsonl").exists()
+
+
+# --- CKKS on the Flower path: the key holder as its own node ------------------------------------
+#: |released - exact| per coordinate of the CKKS sum at these sizes is below 1e-4 (spec.md "Error
+#: bound of the released sum": 5.8e-5 at n = 100, d = 10^4); the mean divides it by the weights
+CKKS_SUM_ERROR = 1e-4
+
+
+def _ckks_params(z: float = 0.0) -> ProtocolParams:
+    return ProtocolParams(aggregation="ckks", threshold=2, clip_norm=CLIP, noise_multiplier=z)
+
+
+def _holder_usage(fed_root: Path) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads((fed_root / "keys" / f"{KEY_HOLDER}.key.ckks-usage.json")
+                                     .read_text())
+    return out
+
+
+def test_ckks_dp_off_equals_plain_fedavg_within_the_release_bound(tmp_path: Path) -> None:
+    """A ckks manifest: two Flower rounds through the key holder node; the result is Flower's own
+    FedAvg of the plain fits within CKKS's release error, every record committed with each bank's
+    ciphertext digest, the key holder released each round once under its own round key, the key
+    holder's node never ran the user's app, and the run directory verifies."""
+    from securefl.audit.verify import verify_run_dir
+
+    calls: list[str] = []
+    final, run_dir, grid = _run(tmp_path, _ckks_params(), rounds=2, evaluate=True, calls=calls)
+    want = _plain_fedavg_step(_plain_fedavg_step(_initial()))
+    bound = 2 * CKKS_SUM_ERROR / _weight_total() + 1e-6  # two rounds, + float32 storage
+    err = np.abs(_flat(final) - _flat(want))
+    assert err.max() <= bound
+    assert np.abs(_flat(final) - _flat(_initial())).max() > 100 * bound  # the model moved
+    assert sorted(calls) == sorted(BANKS * 2)  # each bank's fit once per round, never elsewhere
+    report = verify_run_dir(run_dir)
+    assert report.last_round == 2 and report.has_result and report.rounds_aborted == 0
+    recs = _records(run_dir)
+    assert [r["status"] for r in recs] == ["committed", "committed"]
+    assert all(r["survivors"] == BANKS and sorted(r["input_digests"]) == BANKS for r in recs)
+    result = json.loads((run_dir / "result.json").read_text())["body"]["result"]
+    assert result["aggregation"] == "ckks" and result["rounds_completed"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["aggregation"] == "ckks"
+    usage = _holder_usage(tmp_path / "fed")
+    (session,) = usage["keyed"]
+    assert usage["keyed"][session] == 2
+    assert sorted(r for s, r in usage["decrypted"] if s == session) == [1, 2]
+    assert (run_dir / "ledger.jsonl").read_bytes() == b""
+    # the key holder's node answers securefl's trips only: the strategy's evaluate message is
+    # refused by the mod before any app code runs there
+    from securefl.errors import RemoteProtocolError
+    from securefl.flower import securefl_mod
+
+    (evaluate,) = [m for m in grid.sent if m.metadata.dst_node_id == 100
+                   and m.metadata.message_type == "evaluate"][:1]
+    ran: list[Any] = []
+    with pytest.raises(RemoteProtocolError, match="key holder"):
+        securefl_mod(evaluate, grid.contexts[100], lambda m, c: ran.append(m))
+    assert ran == []
+
+
+def test_ckks_dp_on_noise_within_the_bound_it_implies_and_ledgered(tmp_path: Path) -> None:
+    """z = 0.5: each bank adds its Gaussian share before encrypting; the released sum's noise
+    has std >= z C (any admissible honest set) and at most sqrt(n / T) z C; the ledger holds the
+    client-level Gaussian event and bank-a's declared DP-SGD, and result.json's epsilons are
+    re-derived from it."""
+    from securefl.audit.verify import verify_run_dir
+
+    z = 0.5
+    declared = {"bank-a": {"dpsgd-noise-multiplier": 1.1, "dpsgd-sample-rate": 0.01,
+                           "dpsgd-steps": 100, "dpsgd-max-grad-norm": 1.0}}
+    final, run_dir, _ = _run(tmp_path, _ckks_params(z), extra_config=declared)
+    err_sum = (_flat(final) - _flat(_plain_fedavg_step(_initial()))) * _weight_total()
+    std = float(np.std(err_sum))
+    assert 0.9 * z * CLIP <= std <= 1.1 * z * CLIP * np.sqrt(3 / 2)
+    assert abs(float(np.mean(err_sum))) < 0.2 * z * CLIP
+    report = verify_run_dir(run_dir)
+    assert "privacy" in report.claims_checked
+    entries = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    client = [e for e in entries if e["level"] == "client"]
+    record = [e for e in entries if e["level"] == "record"]
+    assert len(client) == 1 and client[0]["survivors"] == 3
+    assert [(e["party"], e["noise_source"]) for e in record] == [("bank:bank-a", "declared")]
+
+
+def test_ckks_a_bank_that_drops_before_revealing_is_left_out_of_the_sum(tmp_path: Path) -> None:
+    """bank-c commits, then never reveals its ciphertext: the closed commitment set still names
+    it, the sum holds bank-a's and bank-b's updates only, and the released weight slot makes the
+    mean theirs (Flower's FedAvg of the two)."""
+    from flwr.server.strategy.aggregate import aggregate
+
+    from securefl.audit.verify import verify_run_dir
+
+    final, run_dir, _ = _run(tmp_path, _ckks_params(), silent={"bank-c": "reveal"})
+    verify_run_dir(run_dir)
+    (rec,) = _records(run_dir)
+    assert rec["survivors"] == BANKS[:2] and rec["dropouts"] == {"bank-c": "reveal"}
+    init = _initial()
+    want = aggregate([([p + d for p, d in zip(init, known_delta(i, SHAPES), strict=True)],
+                       N_EXAMPLES[b]) for i, b in enumerate(BANKS[:2])])
+    top = max(N_EXAMPLES.values())
+    bound = CKKS_SUM_ERROR / ((N_EXAMPLES["bank-a"] + N_EXAMPLES["bank-b"]) / top) + 1e-6
+    assert np.abs(_flat(final) - _flat(want)).max() <= bound
+
+
+def _swap_context(msg: Any, context: bytes) -> None:
+    """Replace the key holder's context a commit message carries (a hostile server's hand)."""
+    import msgspec
+    from flwr.app import Array, ArrayRecord
+
+    from securefl.flower.common import ARRAY, RECORD, ServerMsg, decode_server
+    from securefl.protocol import wire
+    from securefl.transport.flower import Envelope
+
+    env = wire.decode(msg.content.array_records[RECORD][ARRAY].numpy().tobytes(), Envelope)
+    body = msgspec.structs.replace(decode_server(env.payload), protocol=context)
+    assert isinstance(body, ServerMsg)
+    data = wire.encode(msgspec.structs.replace(env, payload=wire.encode(body)))
+    msg.content.array_records[RECORD] = ArrayRecord(
+        {ARRAY: Array(np.frombuffer(data, dtype=np.uint8))})
+
+
+def _commit_context(msg: Any) -> tuple[int, bytes] | None:
+    """(round, context) of a commit message to a bank, else None."""
+    from securefl.flower.common import ARRAY, RECORD, decode_server
+    from securefl.protocol import wire
+    from securefl.transport.flower import Envelope
+
+    if RECORD not in msg.content.array_records:
+        return None
+    env = wire.decode(msg.content.array_records[RECORD][ARRAY].numpy().tobytes(), Envelope)
+    if env.stage != "commit":
+        return None
+    body = decode_server(env.payload)
+    return (env.round, body.protocol) if body.protocol is not None else None
+
+
+@pytest.mark.parametrize("replayed_from", ["an earlier round", "another session"])
+def test_ckks_banks_refuse_a_replayed_round_context_before_their_fit_runs(
+        tmp_path: Path, replayed_from: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A server that sends the banks another round's public context (signed by the real key
+    holder, for round 1 of this session, or round 1 of an earlier session) instead of this
+    round's: every bank refuses it before the user's fit runs (RemoteProtocolError SFL302 on
+    the node), nothing is encrypted under it, the round aborts, the model stays, and the
+    abort is in the audit log, which verifies."""
+    from securefl.audit.verify import verify_run_dir
+
+    params = _ckks_params()
+    fed = make_flower_federation(tmp_path / "fed", BANKS, params)
+    seen: dict[int, bytes] = {}
+
+    def record(name: str, msg: Any) -> None:
+        got = _commit_context(msg)
+        if got is not None:
+            seen.setdefault(got[0], got[1])
+
+    if replayed_from == "another session":
+        _run(tmp_path, params, fed=fed, run_name="earlier", tamper=record)
+        old = seen[1]
+
+        def replay(name: str, msg: Any) -> None:
+            if _commit_context(msg) is not None:
+                _swap_context(msg, old)
+
+        calls: list[str] = []
+        final, run_dir, _ = _run(tmp_path, params, fed=fed, tamper=replay, calls=calls)
+        assert calls == []
+        assert np.array_equal(_flat(final), _flat(_initial()))
+        statuses = ["aborted"]
+    else:
+        def replay_round1(name: str, msg: Any) -> None:
+            got = _commit_context(msg)
+            if got is None:
+                return
+            if got[0] == 1:
+                seen.setdefault(1, got[1])
+            else:
+                _swap_context(msg, seen[1])
+
+        calls = []
+        _, run_dir, _ = _run(tmp_path, params, fed=fed, rounds=2, tamper=replay_round1,
+                             calls=calls)
+        assert sorted(calls) == sorted(BANKS)  # round 2's fit never ran
+        statuses = ["committed", "aborted"]
+    verify_run_dir(run_dir)
+    recs = _records(run_dir)
+    assert [r["status"] for r in recs] == statuses
+    refused = [r.getMessage() for r in caplog.records
+               if "the public context is not the key for this round" in r.getMessage()]
+    bad = len(statuses)
+    assert sorted(m.split()[0] for m in refused) == BANKS
+    assert all(f"refused round {bad} stage commit: SFL302" in m for m in refused)
+    assert recs[-1]["error_code"] == "SFL310"
+
+
+def test_ckks_key_holder_refuses_a_replayed_decryption_request(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The decryption request of a released round, sent to the key holder's node again (a server
+    replaying it for a second release): refused (DecryptionRefusedError SFL312; the usage file
+    still shows the one release)."""
+    from securefl.errors import SecureFLError
+    from securefl.protocol import wire
+    from securefl.protocol.ckks import DecryptionRefusedError
+    from securefl.transport.flower import Envelope
+    from tests.flower_mod_helpers import server_identity
+
+    _, _, grid = _run(tmp_path, _ckks_params())
+
+    def stage(m: Any) -> str:
+        from securefl.flower.common import ARRAY, RECORD
+
+        return wire.decode(m.content.array_records[RECORD][ARRAY].numpy().tobytes(),
+                           Envelope).stage
+
+    (decrypt,) = [m for m in grid.sent if m.metadata.dst_node_id == 100
+                  and m.metadata.message_type == "train" and stage(m) == "decrypt"]
+    with server_identity(), pytest.raises(SecureFLError) as info:
+        grid.apps[100](decrypt, grid.contexts[100])
+    assert isinstance(info.value, DecryptionRefusedError) and info.value.code == "SFL312"
+    assert "already decrypted (one release per round)" in caplog.text
+    usage = _holder_usage(tmp_path / "fed")
+    assert [r for _, r in usage["decrypted"]] == [1]

@@ -35,7 +35,7 @@ from securefl.crypto.signing import SigningKey
 from securefl.protocol import messages as m
 from securefl.protocol.secagg import (
     Assumptions,
-    Federation,
+    IdentityRoster,
     SecAggClient,
     SecAggConfig,
     SecAggServer,
@@ -111,7 +111,7 @@ def build(case: dict[str, Any]) -> dict[str, Any]:
     ids = list(range(case["n"]))
     id_seeds = {c: SeededRandomSource(master, f"id/{c}").random_bytes(32) for c in ids}
     identities = {c: SigningKey.from_seed(Secret(s)) for c, s in id_seeds.items()}
-    fed = Federation(SESSION, {c: k.verify_key for c, k in identities.items()})
+    fed = IdentityRoster(SESSION, {c: k.verify_key for c, k in identities.items()})
     cfg = SecAggConfig.build(
         session_id=SESSION,
         round=ROUND,

@@ -30,7 +30,7 @@ from securefl.protocol.quantize import Encoding
 from securefl.protocol.secagg import (
     STAGES,
     Assumptions,
-    Federation,
+    IdentityRoster,
     SecAggClient,
     SecAggConfig,
     SecAggEncoder,
@@ -120,7 +120,7 @@ class SecAggAggregator(SecAggEncoder, Aggregator):
             plan_digest=spec.plan_digest(),
         )
         identities = self._identities(spec, random)
-        federation = Federation(spec.session_id, {c: k.verify_key for c, k in identities.items()})
+        federation = IdentityRoster(spec.session_id, {c: k.verify_key for c, k in identities.items()})
         clients = {}
         for c in spec.participants:
             field_input = encode_input(inputs[c], clip_norm=spec.clip_norm, encoding=enc,

@@ -42,8 +42,8 @@ from securefl.deploy.common import (
     encode_input,
     encoding_for,
     fedavg_weights,
+    identity_roster,
     next_attempt,
-    protocol_federation,
     public_draw,
     randomness,
     round0_fills,
@@ -380,7 +380,7 @@ class BankNode(NodeHandler):
         cid = ids[self.member]
         x = (np.frombuffer(rm.field_input, dtype="<u4").astype(np.uint32)
              if rm.field_input is not None else np.zeros(start.dim, dtype=np.uint32))
-        client = SecAggClient(cfg, protocol_federation(fed, hello.session), cid, identity, x,
+        client = SecAggClient(cfg, identity_roster(fed, hello.session), cid, identity, x,
                               randomness(self.sim_seed, hello.session, start.round, cid, "keys",
                                          rm.seed, sim_stream=hello.sim_stream),
                               input_binding=rm.model_digest)

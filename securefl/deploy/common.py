@@ -21,8 +21,7 @@ from securefl.errors import ConfigError, RemoteProtocolError, SecureFLError, Sig
 from securefl.federation import Federation, ProtocolParams
 from securefl.protocol.plan import NoisePlan, RoundSpec
 from securefl.protocol.quantize import Encoding
-from securefl.protocol.secagg import Federation as ProtocolFederation
-from securefl.protocol.secagg import SecAggConfig
+from securefl.protocol.secagg import IdentityRoster, SecAggConfig
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -48,11 +47,11 @@ __all__ = [
     "encode_input",
     "encoding_for",
     "fedavg_weights",
+    "identity_roster",
     "locked_json_update",
     "next_attempt",
     "noise_plan",
     "plan_threshold",
-    "protocol_federation",
     "public_draw",
     "randomness",
     "round0_fills",
@@ -303,9 +302,9 @@ def bank_ids(fed: Federation) -> dict[str, int]:
     return {name: i for i, name in enumerate(fed.clients)}
 
 
-def protocol_federation(fed: Federation, session: bytes) -> ProtocolFederation:
+def identity_roster(fed: Federation, session: bytes) -> IdentityRoster:
     """The SecAgg machines' PKI: client id -> the Ed25519 identity key listed in the manifest."""
-    return ProtocolFederation(session, {i: fed.verify_key(n) for n, i in bank_ids(fed).items()})
+    return IdentityRoster(session, {i: fed.verify_key(n) for n, i in bank_ids(fed).items()})
 
 
 def round_spec(start: RoundStart, ids: dict[str, int], context: bytes = bytes(32),
@@ -348,11 +347,11 @@ def noise_plan(start: RoundStart, params: ProtocolParams | None) -> NoisePlan | 
         return NoisePlan(start.noise_multiplier, start.min_survivors)
     isolatable = None
     if params.aggregation == "secagg":
-        from securefl.protocol.secagg import SecAggEncoder as SecAggAggregator
+        from securefl.protocol.secagg import SecAggEncoder
 
-        isolatable = SecAggAggregator(degree=start.degree, assumptions=params.assumptions()
-                                      ).isolatable_honest(len(start.participants),
-                                                          start.min_survivors)
+        isolatable = SecAggEncoder(degree=start.degree, assumptions=params.assumptions()
+                                   ).isolatable_honest(len(start.participants),
+                                                       start.min_survivors)
     return NoisePlan(start.noise_multiplier, start.min_survivors, colluders=params.colluders,
                      isolatable_honest=isolatable)
 
@@ -360,9 +359,9 @@ def noise_plan(start: RoundStart, params: ProtocolParams | None) -> NoisePlan | 
 def encoding_for(start: RoundStart, spec: RoundSpec) -> tuple[Encoding, int]:
     """The SecAgg encoding of this round and the protocol threshold (both sides compute them
     from the signed public plan; securefl.protocol.secagg.SecAggEncoder is the single definition)."""
-    from securefl.protocol.secagg import SecAggEncoder as SecAggAggregator
+    from securefl.protocol.secagg import SecAggEncoder
 
-    agg = SecAggAggregator(degree=start.degree, precision_bits=start.precision_bits)
+    agg = SecAggEncoder(degree=start.degree, precision_bits=start.precision_bits)
     return agg.encoding_for(spec, start.dim), agg.min_survivors(spec)
 
 

@@ -47,7 +47,7 @@ from securefl.deploy.common import (
     draw_size,
     encoding_for,
     fedavg_weights,
-    protocol_federation,
+    identity_roster,
     public_draw,
     round_spec,
     secagg_config,
@@ -452,7 +452,7 @@ class DeployServer:
         spec = round_spec(start, self.ids, self._hello_digest, self.fed.params)
         enc, threshold = encoding_for(start, spec)
         machine = SecAggServer(secagg_config(start, spec, enc, threshold, self.fed),
-                               protocol_federation(self.fed, self.session))
+                               identity_roster(self.fed, self.session))
         return _Flight(start=start, spec=spec, enc=enc, machine=machine,
                        names={self.ids[p]: p for p in start.participants}, t0=time.monotonic())
 

@@ -1,6 +1,11 @@
 """What the securefl client mod and server workflow share: the payloads they exchange inside a
 Flower TRAIN message, the signed round plan and the rules both sides apply to it.
 
+With a manifest whose aggregation is ``ckks`` the same plan drives securefl's CKKS protocol
+(protocols/ckks/spec.md) instead, over :data:`CKKS_STAGES`, with the manifest's key holder as its
+own Flower node running :class:`securefl.deploy.ckks.KeyHolderNode` (securefl.flower.mod routes
+a node whose config says ``role = "ckks-key-holder"`` there); see securefl.flower.workflow.
+
 Wire format: every securefl message is a :class:`securefl.transport.flower.Envelope` (routing:
 manifest digest, session, round, stage, sender, receiver) carried as a uint8 array in the
 ``ArrayRecord`` named :data:`RECORD` of a ``MessageType.TRAIN`` message. The envelope's payload is
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ARRAY",
+    "CKKS_STAGES",
     "INFO_DOMAIN",
     "PLAN_DOMAIN",
     "RECORD",
@@ -59,6 +65,9 @@ PLAN_DOMAIN = "securefl/flower/v1/round-plan"
 INFO_DOMAIN = "securefl/flower/v1/bank-info"
 #: Flower round trips of one securefl round (a run adds one "hello" trip before its first round)
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")
+#: the banks' Flower round trips of one CKKS round (securefl.deploy.ckks: the key holder's
+#: "decrypt" trip, and a "key" trip when no round key came with the last release, go to it alone)
+CKKS_STAGES = ("commit", "reveal", "verify")
 MAX_PAYLOAD_BYTES = 255 * 1024 * 1024
 
 Digest = Annotated[bytes, Meta(min_length=32, max_length=32)]
@@ -106,12 +115,18 @@ class FlowerPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     weights: dict[str, float]
     model_digest: Digest
     config_digest: Digest
+    #: ckks: the co-signatures the key holder needs and how many ranked verifiers may be skipped
+    #: (each bank checks its own place in the verifier window with them; unused by secagg)
+    verifiers: Annotated[int, Meta(ge=0)] = 0
+    verifier_skips: Annotated[int, Meta(ge=0)] = 0
 
 
 class ServerMsg(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
                 tag="securefl.flower.server.v1", tag_field="type"):
     """Server -> bank, one per trip: ``hello`` asks for the bank's signed size; ``advertise``
-    carries the signed plan and every bank's signed size; later stages one SecAgg message."""
+    (secagg) or ``commit`` (ckks) carries the signed plan and every bank's signed size; later
+    stages one protocol message (ckks ``commit``: the key holder's public context signed for the
+    plan's session and round)."""
 
     stage: str
     counter: int = 0
@@ -231,10 +246,13 @@ def check_plan(fed: Federation, plan: FlowerPlan, infos: Sequence[BankInfo]) -> 
     if plan.precision_bits != p.precision_bits or plan.degree != p.neighbours:
         raise ConfigError(f"round {plan.round}: precision or graph degree differ from the "
                           "manifest's")
+    if p.aggregation == "ckks" and plan.verifiers < 1:
+        raise ConfigError(f"round {plan.round}: a CKKS plan needs at least one verifier")
     from securefl.protocol.secagg import derive
 
-    if not derive(len(plan.participants), p.assumptions(), threshold=plan.threshold,
-                  degree=plan.degree).classic:
+    if p.aggregation == "secagg" and not derive(len(plan.participants), p.assumptions(),
+                                                threshold=plan.threshold,
+                                                degree=plan.degree).classic:
         raise ConfigError(
             f"round {plan.round}: the Flower path runs classic SecAgg (a complete graph) only: "
             "the Flower strategy, not public randomness, picks the participants, so a server "

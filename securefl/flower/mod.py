@@ -1,4 +1,5 @@
-"""securefl's SecAgg inside any Flower ClientApp: ``ClientApp(client_fn=..., mods=[securefl_mod])``.
+"""securefl's SecAgg (or CKKS) inside any Flower ClientApp:
+``ClientApp(client_fn=..., mods=[securefl_mod])``.
 
 Shaped like Flower's own ``secaggplus_mod``: the mod answers securefl's TRAIN messages (those
 carrying the :data:`~securefl.flower.common.RECORD` array record) itself and calls the user's
@@ -39,6 +40,16 @@ What this path guarantees, whatever the user's fit does:
   noise, weights, the global model's and the fit config's digests) is signed by the manifest's
   server key and bound into every key advertisement and consistency signature.
 
+With a manifest whose aggregation is ``ckks`` the noise share is Gaussian, of std
+z C / sqrt(T) (T the plan's threshold; securefl.deploy.ckks.noise_share_std), added before the
+bank encrypts its update under the public context the manifest's key holder signed for this
+plan's (session, round) (a context of another round or session is refused before the user's fit
+runs), and secure aggregation is securefl's CKKS protocol (protocols/ckks/spec.md: the server
+sums ciphertexts, the key holder decrypts only the verified, co-signed aggregate, once). A node
+whose config says ``role = "ckks-key-holder"`` is the key holder
+(securefl.deploy.ckks.KeyHolderNode, its node config keys there): the user's app never runs on it
+and it refuses every message but securefl's.
+
 Record-level DP-SGD is NOT guaranteed here: the user's fit runs outside securefl. A bank that
 trains through securefl's client API (:class:`securefl.Bank`) gets it; a bank with its own DP-SGD
 loop may declare its parameters in the node config, and the server's ledger records them as
@@ -76,8 +87,8 @@ from securefl.deploy.common import (
     check_pending,
     encode_input,
     encoding_for,
+    identity_roster,
     next_attempt,
-    protocol_federation,
     randomness,
     secagg_config,
     session_id,
@@ -91,9 +102,11 @@ from securefl.errors import (
 )
 from securefl.flower.common import (
     ARRAY,
+    CKKS_STAGES,
     INFO_DOMAIN,
     PLAN_DOMAIN,
     RECORD,
+    STAGES,
     STATE,
     BankInfo,
     ClientMsg,
@@ -118,6 +131,7 @@ if TYPE_CHECKING:
 
     from securefl.bank import DeclaredDpSgd
     from securefl.dp.bank_budget import BankBudget
+    from securefl.dp.ledger import Draft
     from securefl.federation import Federation
     from securefl.transport.flower import Envelope
 
@@ -141,12 +155,17 @@ FitCheck = Callable[[list["NDArray[Any]"], Mapping[str, Any]], None]
 
 
 class _RoundMemo(RedactedStruct, msgspec.Struct, forbid_unknown_fields=True):
-    __redacted__ = frozenset({"seed", "field_input"})  # every representation (RedactedStruct)
+    # every representation (RedactedStruct)
+    __redacted__ = frozenset({"seed", "field_input", "ckks"})
 
     plan: bytes  # msgpack FlowerPlan, signature verified
     seed: bytes | None  # key-machine seed (None only with the INSECURE simulation seed)
     field_input: bytes | None = None  # uint32 little-endian, once fit ran
     received: list[bytes] = []  # server protocol messages of this round, in order
+    #: ckks: the key holder's public context signed for this round, checked before the fit ran
+    context: bytes | None = None
+    #: ckks: the CKKS client's round state once fit ran (securefl.protocol.ckks.ClientRoundState)
+    ckks: bytes | None = None
 
 
 class _Memo(msgspec.Struct, forbid_unknown_fields=True):
@@ -239,13 +258,21 @@ class FlowerBank(NodeHandler):
         if msg.stage != env.stage:
             raise RemoteProtocolError("the payload's stage is not the envelope's")
         memo = wire.decode(state, _Memo) if state else _Memo()
+        ckks = fed.params.aggregation == "ckks"
         if msg.stage == "hello":
             reply = ClientMsg(stage="hello", info=self._info(identity, env.session))
-        elif msg.stage == "advertise":
+        elif ckks and msg.stage == "commit":
+            reply = self._ckks_commit(fed, identity, memo, env, msg)
+        elif ckks and msg.stage in CKKS_STAGES:
+            reply = self._ckks_step(fed, identity, memo, env, msg)
+        elif not ckks and msg.stage == "advertise":
             reply = ClientMsg(stage="advertise",
                               protocol=self._advertise(fed, identity, memo, env, msg))
-        else:
+        elif not ckks and msg.stage in STAGES:
             reply = self._step(fed, identity, memo, env, msg)
+        else:
+            raise RemoteProtocolError(f"a {msg.stage!r} message: not a stage of the manifest's "
+                                      f"{fed.params.aggregation}")
         return wire.encode(reply), wire.encode(memo)
 
     def _info(self, identity: SigningKey, session: bytes) -> BankInfo:
@@ -257,8 +284,21 @@ class FlowerBank(NodeHandler):
 
     def _advertise(self, fed: Federation, identity: SigningKey, memo: _Memo, env: Envelope,
                    msg: ServerMsg) -> list[bytes]:
+        _, body = self._accept_plan(fed, memo, env, msg)
+        seed = None if self.sim_seed is not None else SystemRandomSource().random_bytes(32)
+        memo.current = _RoundMemo(plan=body, seed=seed)
+        _, first = self._machine(fed, identity, memo.session, memo.current)
+        return [encode_message(m) for m in first]
+
+    def _accept_plan(self, fed: Federation, memo: _Memo, env: Envelope,
+                     msg: ServerMsg) -> tuple[FlowerPlan, bytes]:
+        """The checks every round's signed plan passes before anything of the round leaves the
+        bank (both aggregations): the manifest server's signature for (session, round), a fresh
+        session counter, rounds once and in order, every forwarded size signed by its bank, the
+        manifest's floors (check_plan), the bounds on attempts at one model, and the bank's own
+        caps (charged here). Returns the plan and its signed body."""
         if msg.plan is None:
-            raise RemoteProtocolError("an advertise message without a plan")
+            raise RemoteProtocolError(f"a {msg.stage} message without a plan")
         verify_bound(fed.verify_key(fed.server), msg.plan.signature, domain=PLAN_DOMAIN,
                      session_id=env.session, round_=env.round, message=msg.plan.body)
         plan: FlowerPlan = wire.decode(msg.plan.body, FlowerPlan)
@@ -294,19 +334,66 @@ class FlowerBank(NodeHandler):
         # an aborted round leaves the model unchanged and the next round retries it with a new
         # graph and new keys: the attempts at one input are bounded, and so are the rounds since
         # the last unmask whatever their model (securefl.deploy's rules, spec section 12.1)
-        if memo.current is not None:  # the previous plan took this bank's keys, never unmasked
+        if memo.current is not None and fed.params.aggregation == "secagg":
+            # the previous plan took this bank's keys, never unmasked (a CKKS round is over for a
+            # bank outside its verifier window once it revealed: each round has its own key)
             memo.pending = [*memo.pending, memo.last_round]
-            memo.current = None
+        memo.current = None
         check_pending(plan.round, memo.pending)
         memo.attempts = next_attempt(plan.round, plan.model_digest, memo.last_model,
                                      memo.attempts)
         memo.last_model = plan.model_digest
         memo.last_round = plan.round
         self._charge_budget(fed, memo.session, plan)  # before anything of the round leaves
-        seed = None if self.sim_seed is not None else SystemRandomSource().random_bytes(32)
-        memo.current = _RoundMemo(plan=msg.plan.body, seed=seed)
-        _, first = self._machine(fed, identity, memo.session, memo.current)
-        return [encode_message(m) for m in first]
+        return plan, msg.plan.body
+
+    # -- ckks ------------------------------------------------------------------------------------
+    def _ckks_commit(self, fed: Federation, identity: SigningKey, memo: _Memo, env: Envelope,
+                     msg: ServerMsg) -> ClientMsg:
+        """CKKS commit stage: the signed plan (as an advertisement's), then the key holder's
+        public context, accepted only if the manifest's key holder signed it for this plan's
+        (session, round) (a context replayed from another round or session is refused before
+        the user's fit runs), then the fit, the update's clip, FedAvg weight and Gaussian noise
+        share, encrypted and committed to (securefl.deploy.ckks.bank_commit: the deployment's
+        bank does the same)."""
+        from securefl.deploy.ckks import bank_commit, public_context
+
+        if msg.protocol is None:
+            raise RemoteProtocolError("a CKKS commit message without the key holder's context")
+        # before the plan is charged to the bank's caps (_accept_plan checks that the plan names
+        # the envelope's session and round)
+        public_context(fed, msg.protocol, env.session, env.round)
+        plan, body = self._accept_plan(fed, memo, env, msg)
+        rm = memo.current = _RoundMemo(plan=body, seed=None, context=msg.protocol)
+        update, drafts, clipped = self._fit_update(rm)
+        rm.ckks, item = bank_commit(fed=fed, identity=identity, member=self.member,
+                                    context=msg.protocol, start=round_start(plan),
+                                    values=update, sim_seed=self.sim_seed)
+        return ClientMsg(stage="commit", protocol=[item.data], drafts=drafts, clipped=clipped)
+
+    def _ckks_step(self, fed: Federation, identity: SigningKey, memo: _Memo, env: Envelope,
+                   msg: ServerMsg) -> ClientMsg:
+        """CKKS reveal (the server-signed CommitmentSet -> this bank's ciphertext) or verify (a
+        VerifyRequest -> recompute the sum, co-sign; the round is then over here), under the
+        context this round's commitment was made under (securefl.deploy.ckks.bank_step)."""
+        from securefl.deploy.ckks import bank_step
+
+        rm = memo.current
+        if rm is None or rm.ckks is None or rm.context is None or \
+                env.session != memo.session or env.round != memo.last_round:
+            raise StateError(f"a {msg.stage!r} message for round {env.round}, not in flight here")
+        if msg.protocol is None:
+            raise RemoteProtocolError(f"a {msg.stage!r} message without a protocol message")
+        plan: FlowerPlan = wire.decode(rm.plan, FlowerPlan)
+        state, out = bank_step(fed=fed, identity=identity, member=self.member,
+                               context=rm.context, start=round_start(plan), state=rm.ckks,
+                               data=msg.protocol, verifiers=plan.verifiers,
+                               verifier_skips=plan.verifier_skips)
+        if state is None:
+            memo.current = None  # co-signed: the round is over for this bank
+        else:
+            rm.ckks = state
+        return ClientMsg(stage=msg.stage, protocol=[i.data for i in out])
 
     def _charge_budget(self, fed: Federation, session: bytes, plan: FlowerPlan) -> None:
         """The bank's own caps (securefl.dp.bank_budget), whatever the server enforces: charge the
@@ -322,7 +409,8 @@ class FlowerBank(NodeHandler):
             bank=self.member, round_=plan.round, record=self.declared_dpsgd, noise=spec.noise,
             n_participants=len(plan.participants), clip_norm=plan.clip_norm,
             colluders=fed.params.colluders, dim=plan.dim,
-            encoding=encoding_for(start, spec)[0])
+            encoding=encoding_for(start, spec)[0] if fed.params.aggregation == "secagg"
+            else None)
         charge_round(self.budget, drafts, session=session, round_=plan.round,
                      record_noise=self.declared_dpsgd is not None,
                      client_noise=plan.noise_multiplier > 0)
@@ -340,7 +428,7 @@ class FlowerBank(NodeHandler):
         cid = ids[self.member]
         x = (np.frombuffer(rm.field_input, dtype="<u4").astype(np.uint32)
              if rm.field_input is not None else np.zeros(plan.dim, dtype=np.uint32))
-        client = SecAggClient(cfg, protocol_federation(fed, session), cid, identity, x,
+        client = SecAggClient(cfg, identity_roster(fed, session), cid, identity, x,
                               randomness(self.sim_seed, session, plan.round, cid, "keys", rm.seed),
                               input_binding=plan.model_digest)
         return client, client.receive(Start())
@@ -370,12 +458,29 @@ class FlowerBank(NodeHandler):
         return msgspec.structs.replace(reply, protocol=[encode_message(m) for m in out])
 
     def _fit_and_encode(self, fed: Federation, memo: _Memo, rm: _RoundMemo) -> ClientMsg:
-        """The user's fit, then the update (fit - global), the client-level clip, the FedAvg
-        weight and the encoding with this bank's noise share (securefl.protocol.secagg.encode_input)."""
+        """The user's fit and its clipped, weighted update (:meth:`_fit_update`), encoded with this
+        bank's noise share (securefl.protocol.secagg.encode_input)."""
+        plan: FlowerPlan = wire.decode(rm.plan, FlowerPlan)
+        update, drafts, clipped = self._fit_update(rm)
+        start = round_start(plan)
+        ids = bank_ids(fed)
+        spec = round_spec_for(plan, fed)
+        enc, _ = encoding_for(start, spec)
+        cid = ids[self.member]
+        field = encode_input(update, spec, enc,
+                             randomness(self.sim_seed, memo.session, plan.round, cid, "rounding"),
+                             randomness(self.sim_seed, memo.session, plan.round, cid, "noise"))
+        rm.field_input = field.astype("<u4").tobytes()
+        return ClientMsg(stage="masked", drafts=drafts, clipped=clipped)
+
+    def _fit_update(self, rm: _RoundMemo) -> tuple[NDArray[np.float64], list[Draft], bool]:
+        """The user's fit (once per round, after its model and config are checked against the
+        signed plan), then the update (fit - global), the client-level clip and the FedAvg
+        weight; with the declared DP-SGD draft and whether the clip bit."""
         from securefl.bank import clip_update
 
-        if self.fit is None or rm.field_input is not None:
-            raise StateError("the masked-input stage runs fit once, with the user's app")
+        if self.fit is None or rm.field_input is not None or rm.ckks is not None:
+            raise StateError("a round runs the user's fit once, with the user's app")
         plan: FlowerPlan = wire.decode(rm.plan, FlowerPlan)
 
         def check(global_params: list[NDArray[Any]], config: Mapping[str, Any]) -> None:
@@ -397,19 +502,9 @@ class FlowerBank(NodeHandler):
         if delta.size != plan.dim:
             raise ConfigError(f"round {plan.round}: {delta.size} parameters, plan says {plan.dim}")
         clipped_delta, clipped = clip_update(delta, plan.clip_norm)
-        update = plan.weights[self.member] * clipped_delta
-        start = round_start(plan)
-        ids = bank_ids(fed)
-        spec = round_spec_for(plan, fed)
-        enc, _ = encoding_for(start, spec)
-        cid = ids[self.member]
-        field = encode_input(update, spec, enc,
-                             randomness(self.sim_seed, memo.session, plan.round, cid, "rounding"),
-                             randomness(self.sim_seed, memo.session, plan.round, cid, "noise"))
-        rm.field_input = field.astype("<u4").tobytes()
         drafts = ([self.declared_dpsgd.draft(round=plan.round, bank=self.member)]
                   if self.declared_dpsgd is not None else [])
-        return ClientMsg(stage="masked", drafts=drafts, clipped=clipped)
+        return plan.weights[self.member] * clipped_delta, drafts, bool(clipped)
 
 
 #: node-config keys opting a bank into plain (unprotected) Flower messages of each type
@@ -441,12 +536,42 @@ def _check_plain_message(message_type: str, cfg: Mapping[str, Any]) -> None:
         f"{key}=true in its node config (its answer leaves the bank unprotected)")
 
 
+def _key_holder_message(msg: Any, ctxt: Any) -> Any:
+    """The CKKS key holder's node inside the Flower app (node config ``role =
+    "ckks-key-holder"``): securefl.deploy.ckks.KeyHolderNode answers the workflow's key requests
+    and decryption requests, exactly as in a deployment; the user's app never runs on this node
+    and every other message is refused."""
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
+    from flwr.app.message_type import MessageType
+
+    from securefl.deploy.ckks import KeyHolderNode
+    from securefl.transport.flower import handle_client_message
+
+    if RECORD not in msg.content.array_records or \
+            msg.metadata.message_type != MessageType.TRAIN:
+        raise RemoteProtocolError(f"a {msg.metadata.message_type!r} message for the CKKS key "
+                                  "holder: its node answers securefl's TRAIN messages only")
+    node = KeyHolderNode.from_node_config(ctxt.node_config)
+    data = msg.content.array_records[RECORD][ARRAY].numpy().tobytes()
+    saved = ctxt.state.array_records.get(STATE)
+    state = saved[ARRAY].numpy().tobytes() if saved is not None else None
+    reply, new_state = handle_client_message(data, state, member=node.member,
+                                             federation=node.federation().digest,
+                                             handler=node.handle)
+    ctxt.state.array_records[STATE] = ArrayRecord(
+        {ARRAY: Array(np.frombuffer(new_state, dtype=np.uint8))})
+    return Message(RecordDict({RECORD: ArrayRecord(
+        {ARRAY: Array(np.frombuffer(reply, dtype=np.uint8))})}), reply_to=msg)
+
+
 def securefl_mod(msg: Any, ctxt: Any, call_next: Callable[[Any, Any], Any]) -> Any:
-    """Flower mod: run securefl's SecAgg client for securefl TRAIN messages, call the user's app
-    (``call_next``) at the masked-input stage. A TRAIN message without securefl's record is
-    refused (RemoteProtocolError: the user's fit never runs for it); a plain EVALUATE or QUERY
-    message reaches the user's app only if the node config opts in (``allow-plain-evaluate``,
-    ``allow-plain-query``), otherwise it is refused too.
+    """Flower mod: run securefl's SecAgg (or CKKS) client for securefl TRAIN messages, call the
+    user's app (``call_next``) at the masked-input (CKKS: commit) stage; on the CKKS key holder's
+    node (node config ``role = "ckks-key-holder"``) answer as the key holder instead. A TRAIN
+    message without securefl's record is refused (RemoteProtocolError: the user's fit never
+    runs for it); a plain EVALUATE or QUERY message reaches the user's app only if the node
+    config opts in (``allow-plain-evaluate``, ``allow-plain-query``), otherwise it is refused
+    too.
 
     A refusal (bad signature, a plan weaker than the manifest, a view mismatch) is logged with its
     code and raised, so Flower returns an error reply and the server counts a dropout."""
@@ -457,6 +582,8 @@ def securefl_mod(msg: Any, ctxt: Any, call_next: Callable[[Any, Any], Any]) -> A
 
     from securefl.transport.flower import handle_client_message
 
+    if str(ctxt.node_config.get("role", "client")) == "ckks-key-holder":
+        return _key_holder_message(msg, ctxt)
     if RECORD not in msg.content.array_records:
         _check_plain_message(msg.metadata.message_type, ctxt.node_config)
         return call_next(msg, ctxt)

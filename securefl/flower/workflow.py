@@ -1,4 +1,4 @@
-"""securefl's SecAgg as a Flower fit workflow:
+"""securefl's SecAgg (or CKKS, with a ckks manifest) as a Flower fit workflow:
 ``DefaultWorkflow(fit_workflow=SecureFLWorkflow(manifest=..., server_key=..., run_dir=...))``.
 
 Shaped like Flower's ``SecAggPlusWorkflow`` (used with a ``LegacyContext``): per Flower round the
@@ -27,7 +27,28 @@ What this path guarantees: the client-level clip, the noise share and secure agg
 (securefl.flower.mod); record-level DP-SGD only when the bank trains through securefl's client API
 (securefl.Bank); a user's own DP-SGD loop is recorded as declared, not verified. The strategy, not
 a public draw, chooses each round's participants: the banks enforce the manifest's threshold as a
-floor on every plan. CKKS is not offered on this path (ConfigError).
+floor on every plan.
+
+With a manifest whose aggregation is ``ckks`` the workflow runs securefl's CKKS protocol
+(protocols/ckks/spec.md) with the manifest's key holder as its own Flower node (its node config
+says ``role = "ckks-key-holder"``; securefl_mod hands its messages to the deployment's
+securefl.deploy.ckks.KeyHolderNode). The rounds are the deployment's
+(securefl.deploy.ckks.run_ckks_round), over these Flower round trips:
+
+  key          (key holder alone, first round or after a round that released nothing) the signed
+               hello + KeyRequest(session, r) -> the round key's public context, signed for (s, r)
+  commit       signed plan + every bank's signed size + that context + the strategy's FitIns ->
+               the bank checks the context is the key holder's for this (session, round), runs
+               the user's fit, clips, weights, adds its Gaussian noise share, encrypts -> Commitment
+  reveal       the server-signed CommitmentSet -> Contribution (the ciphertext)
+  verify       VerifyRequest to the ranked verifier window -> CoSignature
+  decrypt      (key holder alone) DecryptionRequest (+ the next round's KeyRequest) ->
+               DecryptionResult (flooded, signed) + the next round's signed context
+
+The released sum's last slot is the survivors' encrypted FedAvg weights, so the mean update is
+exact for the contributions in the sum. CKKS holds only while every bank encrypts honestly and
+the key holder does not collude with the server (protocols/ckks/spec.md, "Trust assumption";
+a manifest that assumes colluding banks refuses ckks).
 """
 
 from __future__ import annotations
@@ -47,11 +68,19 @@ from securefl.deploy.common import (
     SessionCounter,
     bank_ids,
     encoding_for,
-    protocol_federation,
+    identity_roster,
     secagg_config,
     session_id,
 )
-from securefl.deploy.messages import Signed
+from securefl.deploy.messages import (
+    HELLO_DOMAIN,
+    ClientPayload,
+    Hello,
+    ProtocolItem,
+    ServerPayload,
+    Signed,
+    TrainPlan,
+)
 from securefl.errors import (
     AggregationAbortedError,
     ByteLimitError,
@@ -156,6 +185,13 @@ class _Session:
     history: list[dict[str, Any]] = field(default_factory=list)
     #: the current round's declared drafts so far (recorded even if the round then aborts)
     drafts: list[Draft] = field(default_factory=list)
+    #: ckks: the key holder's member name and node id, the signed hello every payload to it
+    #: carries, and the signed round contexts it sent ahead (by round)
+    holder: str | None = None
+    holder_node: int = 0
+    num_rounds: int = 0
+    hello: Signed | None = None
+    contexts: dict[int, bytes] = field(default_factory=dict)
 
     @property
     def store(self) -> RunStore:
@@ -204,19 +240,27 @@ class _TrainLink:
 
 
 class SecureFLWorkflow:
-    """Flower fit workflow running securefl's SecAgg (see the module docstring).
+    """Flower fit workflow running securefl's SecAgg or, with a ckks manifest, CKKS with the
+    manifest's key holder as its own node (see the module docstring).
 
     ``manifest``: the signed federation manifest; ``server_key``: the manifest server's Ed25519
     identity key (``passphrase_file`` if encrypted); ``run_dir``: the audit run directory (must not
     exist or be empty); ``state_dir``: where the server keeps its session counter (default
     ``<server_key>.state``); ``timeout``: seconds per stage (None: wait for every reply);
-    ``delta``: the delta every epsilon of the run is reported at (config.json, result.json)."""
+    ``delta``: the delta every epsilon of the run is reported at (config.json, result.json);
+    ``ckks_verifiers`` / ``ckks_verifier_skips`` (ckks manifests): the co-signatures each round
+    collects and how many ranked verifiers may be skipped (the key holder node refuses fewer
+    verifiers or more skips than its own node config requires)."""
 
     def __init__(self, *, manifest: str | Path, server_key: str | Path, run_dir: str | Path,
                  passphrase_file: str | Path | None = None, state_dir: str | Path | None = None,
-                 timeout: float | None = None, delta: float = 1e-5) -> None:
+                 timeout: float | None = None, delta: float = 1e-5, ckks_verifiers: int = 2,
+                 ckks_verifier_skips: int = 2) -> None:
         if not 0 < delta < 1:
             raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
+        if ckks_verifiers < 1 or ckks_verifier_skips < 0:
+            raise ConfigError("ckks_verifiers must be >= 1 and ckks_verifier_skips >= 0")
+        self.ckks_verifiers, self.ckks_verifier_skips = ckks_verifiers, ckks_verifier_skips
         self.delta = float(delta)
         self.manifest = Path(manifest)
         self.server_key = Path(server_key)
@@ -244,17 +288,20 @@ class SecureFLWorkflow:
         instructions = context.strategy.configure_fit(r, parameters, context.client_manager)
         link = GridLink(grid)
         nodes = link.node_names()
-        s = self._session(grid, nodes, global_arrays)
+        s = self._session(grid, nodes, global_arrays, int(context.config.num_rounds))
         names = {nid: name for name, nid in nodes.items() if name in s.fed.clients}
         chosen = {names[p.node_id]: (p, ins) for p, ins in instructions if p.node_id in names}
-        refused = [p.node_id for p, _ in instructions if p.node_id not in names]
+        # the key holder's node takes no FitIns (it never trains)
+        refused = [p.node_id for p, _ in instructions
+                   if p.node_id not in names and p.node_id != nodes.get(s.holder or "")]
         if refused:
             log.error("round %d: nodes %s are not named after a manifest client: left out", r,
                       refused[:5])
         s.model.arrays, s.model.aggregate, s.drafts = global_arrays, None, []
+        run_round = self.run_ckks_round if s.holder is not None else self.run_round
         try:
-            out = self.run_round(grid, s, r, {n: nodes[n] for n in chosen},
-                                 {n: ins for n, (_, ins) in chosen.items()}, global_arrays)
+            out = run_round(grid, s, r, {n: nodes[n] for n in chosen},
+                            {n: ins for n, (_, ins) in chosen.items()}, global_arrays)
         except SecureFLError as err:
             log.error("round %d aborted: %s %s", r, err.code, err.message)
             self._check_round(s, r)
@@ -290,9 +337,10 @@ class SecureFLWorkflow:
 
     # -- the session ----------------------------------------------------------------------------------
     def _session(self, grid: Any, nodes: Mapping[str, int],
-                 global_arrays: list[NDArray[Any]]) -> _Session:
+                 global_arrays: list[NDArray[Any]], num_rounds: int) -> _Session:
         """First call: the manifest, the server key, a fresh session (counter), the banks' signed
-        sizes (one "hello" trip) and the run directory."""
+        sizes (one "hello" trip) and the run directory; ckks: the key holder's node and the
+        signed hello it checks (its plan names ``num_rounds``)."""
         if self._s is not None:
             return self._s
         from securefl.audit.store import RunStore
@@ -306,9 +354,12 @@ class SecureFLWorkflow:
         if key.verify_key != fed.verify_key(fed.server):
             raise SignatureError("the server key is not the one the manifest lists for "
                                  f"{fed.server!r}")
-        if fed.params.aggregation != "secagg":
-            raise ConfigError("the Flower workflow runs securefl's SecAgg; this manifest says "
-                              f"{fed.params.aggregation!r}")
+        holder = fed.key_holder if fed.params.aggregation == "ckks" else None
+        if fed.params.aggregation == "ckks" and (holder is None or holder not in nodes):
+            raise ConfigError(
+                "a ckks manifest on the Flower path needs its ckks-key-holder as a Flower node "
+                f"registered under its manifest name ({holder!r}), with node config "
+                "role=\"ckks-key-holder\"")
         counter = SessionCounter(self.state_dir, fed.digest, fed.params.max_sessions).next()
         session = session_id(fed.digest, counter)
         banks = {n: nid for n, nid in nodes.items() if n in fed.clients}
@@ -329,7 +380,7 @@ class SecureFLWorkflow:
                 continue
             infos.append(info)
         infos.sort(key=lambda i: fed.clients.index(i.member))
-        config = {"transport": "flower-app", "aggregation": "secagg",
+        config = {"transport": "flower-app", "aggregation": fed.params.aggregation,
                   "manifest_sha256": fed.digest, "clip_norm": fed.params.clip_norm,
                   "noise_multiplier": fed.params.noise_multiplier,
                   "precision_bits": fed.params.precision_bits, "delta": self.delta}
@@ -344,11 +395,34 @@ class SecureFLWorkflow:
         # the shares come from each bank's OS CSPRNG; no sampling amplification claimed (the
         # strategy, not a public draw, picks the participants)
         committer = RoundCommitter(store, Ledger(), model, session_id=session,
-                                   aggregation="secagg",
+                                   aggregation=fed.params.aggregation,
                                    events=ClientEvents(clip_norm=fed.params.clip_norm))
         self._s = _Session(fed=fed, key=key, counter=counter, session=session, infos=infos,
                            committer=committer, model=model)
+        if holder is not None:
+            self._s.holder, self._s.holder_node = holder, nodes[holder]
+            self._s.num_rounds = num_rounds
+            self._s.hello = self._ckks_hello(fed, key, session, counter, num_rounds)
         return self._s
+
+    def _ckks_hello(self, fed: Federation, key: SigningKey, session: bytes, counter: int,
+                    num_rounds: int) -> Signed:
+        """The signed hello the deployment's key holder node checks (securefl.deploy.ckks): the
+        session, the manifest, the rounds it may key, the verifier policy. Training is the
+        user's app's, so the plan's training fields say so rather than describe it."""
+        p = fed.params
+        plan = TrainPlan(model="flower-app", hidden=[], task="flower-app", loss="flower-app",
+                         local_epochs=1, batch_size=1, lr=1.0, optimizer="flower-app",
+                         prox_mu=0.0, rounds=num_rounds, dp=p.noise_multiplier > 0,
+                         record_epsilon=0.0, record_noise_multiplier=None,
+                         record_clip=p.clip_norm, delta=self.delta, aggregation="ckks",
+                         ckks_verifiers=self.ckks_verifiers,
+                         ckks_verifier_skips=self.ckks_verifier_skips)
+        body = wire.encode(Hello(session=session, federation=fed.digest, plan=plan,
+                                 counter=counter))
+        return Signed(body=body, signature=sign_bound(key, domain=HELLO_DOMAIN,
+                                                      session_id=session, round_=0,
+                                                      message=body))
 
     # -- one round ------------------------------------------------------------------------------------
     def plan(self, s: _Session, r: int, participants: list[str], fit_config: Mapping[str, Any],
@@ -370,7 +444,9 @@ class SecureFLWorkflow:
                           dim=int(flatten(global_arrays).size),
                           weights={b: w[b] for b in participants},
                           model_digest=params_digest(global_arrays),
-                          config_digest=config_digest(fit_config))
+                          config_digest=config_digest(fit_config),
+                          verifiers=self.ckks_verifiers if s.holder is not None else 0,
+                          verifier_skips=self.ckks_verifier_skips if s.holder is not None else 0)
         check_plan(s.fed, plan, s.infos)
         return plan
 
@@ -378,28 +454,16 @@ class SecureFLWorkflow:
                   fitins: Mapping[str, Any], global_arrays: list[NDArray[Any]]) -> RoundOutcome:
         """The five SecAgg stages of round ``r`` over the chosen ``nodes``; raises a SecureFLError
         when the round cannot release (nothing is released then)."""
-        from flwr.common import parameters_to_ndarrays
         from flwr.compat.common import recorddict_compat as compat
 
-        sized = {i.member for i in s.infos}
-        participants = [b for b in s.fed.clients if b in nodes and b in sized]
-        configs = [dict(ins.config) for n, ins in fitins.items() if n in participants]
-        if any(c != configs[0] for c in configs) or any(
-                params_digest(parameters_to_ndarrays(fitins[n].parameters))
-                != params_digest(global_arrays) for n in participants):
-            raise ConfigError(f"round {r}: the strategy gave the banks different models or fit "
-                              "configs; securefl's plan binds one of each")
-        plan = self.plan(s, r, participants, configs[0] if configs else {}, global_arrays)
-        body = wire.encode(plan)
-        signed = Signed(body=body, signature=sign_bound(s.key, domain=PLAN_DOMAIN,
-                                                        session_id=s.session, round_=r,
-                                                        message=body))
+        participants, plan, signed = self._signed_plan(s, r, nodes, fitins, global_arrays)
+        body = signed.body
         start = round_start(plan)
         ids = bank_ids(s.fed)
         spec = round_spec_for(plan, s.fed, hashlib.sha256(body).digest())
         enc, threshold = encoding_for(start, spec)
         machine = SecAggServer(secagg_config(start, spec, enc, threshold, s.fed),
-                               protocol_federation(s.fed, s.session),
+                               identity_roster(s.fed, s.session),
                                input_binding=plan.model_digest)
         link = _TrainLink(grid, str(r))
         ex = StageExchange(link=link, federation=s.fed.digest, session=s.session,
@@ -443,6 +507,127 @@ class SecureFLWorkflow:
                           encoding=enc)
         return RoundOutcome(participants=participants, release=release, noise=spec.noise,
                             dim=plan.dim,
+                            drafts=[d for d in drafts if d.party[len("bank:"):] in survivors],
+                            clipped=clipped, fit_replies=fit_replies)
+
+    def _signed_plan(self, s: _Session, r: int, nodes: Mapping[str, int],
+                     fitins: Mapping[str, Any], global_arrays: list[NDArray[Any]]
+                     ) -> tuple[list[str], FlowerPlan, Signed]:
+        """Round ``r``'s participants (the chosen nodes with a signed size, in manifest order)
+        and its plan, signed with the server's manifest key; ConfigError when the strategy gave
+        the banks different models or fit configs."""
+        from flwr.common import parameters_to_ndarrays
+
+        sized = {i.member for i in s.infos}
+        participants = [b for b in s.fed.clients if b in nodes and b in sized]
+        configs = [dict(ins.config) for n, ins in fitins.items() if n in participants]
+        if any(c != configs[0] for c in configs) or any(
+                params_digest(parameters_to_ndarrays(fitins[n].parameters))
+                != params_digest(global_arrays) for n in participants):
+            raise ConfigError(f"round {r}: the strategy gave the banks different models or fit "
+                              "configs; securefl's plan binds one of each")
+        plan = self.plan(s, r, participants, configs[0] if configs else {}, global_arrays)
+        body = wire.encode(plan)
+        return participants, plan, Signed(body=body, signature=sign_bound(
+            s.key, domain=PLAN_DOMAIN, session_id=s.session, round_=r, message=body))
+
+    def run_ckks_round(self, grid: Any, s: _Session, r: int, nodes: Mapping[str, int],
+                       fitins: Mapping[str, Any], global_arrays: list[NDArray[Any]]
+                       ) -> RoundOutcome:
+        """CKKS round ``r`` (ckks manifests): the deployment's round driver
+        (securefl.deploy.ckks.run_ckks_round, with its key holder node) over Flower TRAIN
+        messages; the banks speak the Flower path's ServerMsg / ClientMsg (the commit stage
+        carries the signed plan and the strategy's FitIns), the key holder the deployment's
+        payloads. Raises a SecureFLError when the round cannot release."""
+        from flwr.compat.common import recorddict_compat as compat
+
+        from securefl.deploy.ckks import contexts_in, key_request, public_context, run_ckks_round
+        from securefl.deploy.messages import decode_client as decode_holder
+
+        holder, hello = s.holder, s.hello
+        if holder is None or hello is None:
+            raise ConfigError("run_ckks_round needs a ckks session")
+        participants, plan, signed = self._signed_plan(s, r, nodes, fitins, global_arrays)
+        link = _TrainLink(grid, str(r))
+        ex = StageExchange(link=link, federation=s.fed.digest, session=s.session,
+                           server=s.fed.server,
+                           nodes={**{n: nodes[n] for n in participants}, holder: s.holder_node},
+                           timeout_s=self.timeout)
+        fit_replies: dict[str, Any] = {}
+        drafts: list[Draft] = []
+        s.drafts = drafts
+        clipped = 0
+
+        def trip(round_: int, stage: str, payloads: Mapping[str, ServerPayload]
+                 ) -> dict[str, ClientPayload]:
+            """One Flower round trip: the key holder gets the deployment's payload; each bank
+            its one CKKS message as a ServerMsg (commit: with the signed plan, the sizes and its
+            FitIns), and its reply comes back as the deployment's ClientPayload."""
+            nonlocal clipped
+            out: dict[str, bytes] = {}
+            for name, pl in payloads.items():
+                if name == holder:
+                    out[name] = wire.encode(pl)
+                    continue
+                data = pl.protocol[0].data if pl.protocol else None
+                out[name] = wire.encode(ServerMsg(
+                    stage=stage, protocol=data, plan=signed if stage == "commit" else None,
+                    infos=s.infos if stage == "commit" else []))
+                if stage == "commit":
+                    link.extra[nodes[name]] = compat.fitins_to_recorddict(fitins[name], True)
+            res = ex.exchange(round_, stage, out)
+            for name, why in res.dropped.items():
+                log.warning("round %d stage %s: %s dropped (%s)", r, stage, name, why)
+            replies: dict[str, ClientPayload] = {}
+            for name, raw in res.replies.items():
+                try:
+                    if name == holder:
+                        replies[name] = decode_holder(raw)
+                        continue
+                    reply = decode_client(raw)
+                except MessageError as err:
+                    log.error("%s: malformed reply (%s)", name, err.code)
+                    continue
+                if reply.stage != stage:
+                    log.error("%s: a reply of another stage: refused", name)
+                    continue
+                replies[name] = ClientPayload(protocol=[ProtocolItem(round=round_, data=d)
+                                                        for d in reply.protocol])
+                if stage == "commit":
+                    fit_replies[name] = link.replies[nodes[name]]
+                    drafts.extend(d for d in reply.drafts
+                                  if d.round == r and d.party == f"bank:{name}")
+                    clipped += int(reply.clipped)
+            return replies
+
+        if r not in s.contexts:
+            got = trip(r, "key", {holder: ServerPayload(hello=hello,
+                                                        protocol=[key_request(s.session, r)])})
+            s.contexts.update(contexts_in(got.get(holder)))
+        context = s.contexts.pop(r, None)
+        if context is None:
+            raise AggregationAbortedError(f"the CKKS key holder did not publish its public "
+                                          f"context for round {r}")
+        public = public_context(s.fed, context, s.session, r)  # its manifest key, for (s, r)
+        start = round_start(plan)
+        first = {n: ServerPayload(protocol=[ProtocolItem(round=r, data=context)])
+                 for n in participants}
+        res = run_ckks_round(trip=trip, fed=s.fed, server_key=s.key, public=public, start=start,
+                             first=first, key_holder=holder, verifiers=plan.verifiers,
+                             verifier_skips=plan.verifier_skips, hello=hello,
+                             next_round=r + 1 if r < s.num_rounds else None)
+        if res.next_context is not None:
+            s.contexts[r + 1] = res.next_context
+        names = dict(enumerate(s.fed.clients))
+        survivors = [names[i] for i in res.survivors]
+        release = Release(total=res.total, survivors=tuple(survivors),
+                          survivor_weights=tuple(plan.weights[n] for n in survivors),
+                          dropouts={names[i]: st for i, st in res.dropouts.items()},
+                          aggregate_digest=res.aggregate_digest,
+                          input_digests={names[i]: h for i, h in res.input_digests.items()},
+                          weight_total=res.weight_total)
+        return RoundOutcome(participants=participants, release=release,
+                            noise=round_spec_for(plan, s.fed).noise, dim=plan.dim,
                             drafts=[d for d in drafts if d.party[len("bank:"):] in survivors],
                             clipped=clipped, fit_replies=fit_replies)
 
@@ -502,7 +687,7 @@ class SecureFLWorkflow:
             return
         s.store.finish({
             "privacy": privacy_report(s.ledger, self.delta, "rdp"),
-            "securefl_version": __version__, "aggregation": "secagg",
+            "securefl_version": __version__, "aggregation": s.fed.params.aggregation,
             "transport": "flower-app", "session_id": s.session.hex(),
             "manifest_sha256": s.fed.digest,
             "rounds_completed": sum(1 for h in s.history if "aborted" not in h),

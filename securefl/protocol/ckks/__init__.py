@@ -30,7 +30,7 @@ leaking the round's key).
 Layout (each role's behaviour is one transition table; the spec's diagram is generated from them
 by protocols/ckks/gen_diagram.py):
 
-- :mod:`securefl.protocol.ckks.config`      signature domains, Federation, DecryptionRefusedError
+- :mod:`securefl.protocol.ckks.config`      signature domains, IdentityKeys, DecryptionRefusedError
 - :mod:`securefl.protocol.ckks.canonical`   the byte strings that are signed or hashed; ranking
 - :mod:`securefl.protocol.ckks.encoding`    overflow bound and the FedAvg weight slot
 - :mod:`securefl.protocol.ckks.checks`      context, commitment-set, manifest and co-signature checks
@@ -73,7 +73,7 @@ from securefl.protocol.ckks.config import (
     DOMAIN_RELEASE,
     DOMAIN_ROUND_CONTEXT,
     DecryptionRefusedError,
-    Federation,
+    IdentityKeys,
 )
 from securefl.protocol.ckks.encoding import noise_bound, split_weight_slot
 from securefl.protocol.ckks.key_holder import (
@@ -103,7 +103,7 @@ __all__ = [
     "ClientRoundState",
     "ClientState",
     "DecryptionRefusedError",
-    "Federation",
+    "IdentityKeys",
     "KeyHolderState",
     "ServerState",
     "accept_public_context",

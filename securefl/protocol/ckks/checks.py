@@ -26,7 +26,7 @@ from securefl.protocol.ckks.config import (
     DOMAIN_COSIGN,
     DOMAIN_ROUND_CONTEXT,
     DecryptionRefusedError,
-    Federation,
+    IdentityKeys,
 )
 from securefl.protocol.ckks_messages import CommitmentSet, CoSignature, Manifest, SignedPublicContext
 
@@ -111,7 +111,7 @@ def verify_set_signature(cs: CommitmentSet, server_key: VerifyKey) -> bytes:
 
 
 def check_commitment_set(
-    cs: CommitmentSet, federation: Federation, server_key: VerifyKey
+    cs: CommitmentSet, federation: IdentityKeys, server_key: VerifyKey
 ) -> bytes:
     """Server signature, entries sorted and distinct, enrolled, each commitment signature valid.
     Returns the set's digest."""
@@ -135,7 +135,7 @@ def verify_commitment(federation: Mapping[int, VerifyKey], client_id: int, sessi
 
 def check_entries(
     manifest: Manifest,
-    federation: Federation,
+    federation: IdentityKeys,
     server_key: VerifyKey,
     min_clients: int,
     key_digest: bytes,

@@ -18,7 +18,7 @@ __all__ = [
     "DOMAIN_RELEASE",
     "DOMAIN_ROUND_CONTEXT",
     "DecryptionRefusedError",
-    "Federation",
+    "IdentityKeys",
 ]
 
 DOMAIN_CONTEXT = "securefl/ckks/public-context/v1"
@@ -30,7 +30,7 @@ DOMAIN_COSIGN = "securefl/ckks/aggregate-cosign/v1"
 DOMAIN_RELEASE = "securefl/ckks/release/v1"
 
 #: client id -> enrolled Ed25519 identity key (the federation manifest is the PKI)
-Federation = Mapping[int, VerifyKey]
+IdentityKeys = Mapping[int, VerifyKey]
 
 #: how many ranked verifiers may be skipped (dropped out) before the key holder refuses co-signers
 DEFAULT_VERIFIER_SKIPS = 2

@@ -44,7 +44,7 @@ from securefl.protocol.ckks.config import (
     DOMAIN_RELEASE,
     DOMAIN_ROUND_CONTEXT,
     DecryptionRefusedError,
-    Federation,
+    IdentityKeys,
 )
 from securefl.protocol.ckks.machine import Transition, transition
 from securefl.protocol.ckks_messages import (
@@ -130,7 +130,7 @@ class CKKSKeyHolder:
         self,
         signing_key: SigningKey,
         secret_context: SecretContext | None,
-        federation: Federation,
+        federation: IdentityKeys,
         *,
         min_clients: int,
         verifiers: int = 2,

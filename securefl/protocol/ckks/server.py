@@ -42,7 +42,7 @@ from securefl.protocol.ckks.config import (
     DOMAIN_COMMITMENT_SET,
     DOMAIN_CONTRIBUTION,
     DOMAIN_RELEASE,
-    Federation,
+    IdentityKeys,
 )
 from securefl.protocol.ckks.machine import Transition, transition
 from securefl.protocol.ckks_messages import (
@@ -137,7 +137,7 @@ class CKKSServer:
     def __init__(
         self,
         context: PublicContext,
-        federation: Federation,
+        federation: IdentityKeys,
         signing_key: SigningKey,
         *,
         session_id: bytes,

@@ -14,7 +14,7 @@ from securefl.protocol.ckks.canonical import (
     manifest_digest,
 )
 from securefl.protocol.ckks.checks import check_entries
-from securefl.protocol.ckks.config import DEFAULT_VERIFIER_SKIPS, DOMAIN_COSIGN, Federation
+from securefl.protocol.ckks.config import DEFAULT_VERIFIER_SKIPS, DOMAIN_COSIGN, IdentityKeys
 from securefl.protocol.ckks_messages import CoSignature, VerifyRequest
 
 __all__ = ["CKKSVerifier"]
@@ -33,7 +33,7 @@ class CKKSVerifier:
         client_id: int,
         signing_key: SigningKey,
         context: PublicContext,
-        federation: Federation,
+        federation: IdentityKeys,
         server_key: VerifyKey,
         *,
         min_clients: int,

@@ -19,7 +19,7 @@ Layout:
 
 - :mod:`securefl.protocol.secagg.bounds`     thresholds and graph degree from the stated assumptions
 - :mod:`securefl.protocol.secagg.encoding`   quantisation, noise-share size, field input, decoding
-- :mod:`securefl.protocol.secagg.config`     domain strings, sizes, stage names, Federation, SecAggConfig
+- :mod:`securefl.protocol.secagg.config`     domain strings, sizes, stage names, IdentityRoster, SecAggConfig
 - :mod:`securefl.protocol.secagg.canonical`  the canonical byte strings that are signed, hashed, sealed
 - :mod:`securefl.protocol.secagg.machine`    local events, Outgoing, Transition and the dispatcher
 - :mod:`securefl.protocol.secagg.client`     SecAggClient and CLIENT_TRANSITIONS
@@ -48,7 +48,7 @@ from securefl.protocol.secagg.client import (
 from securefl.protocol.secagg.config import (
     ADVERTISE_DOMAIN,
     CONSISTENCY_DOMAIN,
-    Federation,
+    IdentityRoster,
     SecAggConfig,
 )
 from securefl.protocol.secagg.config import COMMIT_DOMAIN as COMMIT_DOMAIN
@@ -81,7 +81,7 @@ __all__ = [
     "Deadline",
     "Derived",
     "DoubleRevealError",
-    "Federation",
+    "IdentityRoster",
     "Outgoing",
     "SecAggClient",
     "SecAggConfig",

@@ -54,7 +54,7 @@ from securefl.protocol.secagg.config import (
     MASK_PURPOSE,
     SEED_SIZE,
     SHARE_PURPOSE,
-    Federation,
+    IdentityRoster,
     SecAggConfig,
 )
 from securefl.protocol.secagg.machine import Deadline, Start, Transition, _dispatch
@@ -124,7 +124,7 @@ class SecAggClient:
     def __init__(
         self,
         config: SecAggConfig,
-        federation: Federation,
+        federation: IdentityRoster,
         client_id: int,
         identity: SigningKey,
         field_input: NDArray[np.uint32],

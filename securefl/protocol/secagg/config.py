@@ -1,5 +1,6 @@
-"""SecAgg round parameters: domain-separation strings, seed size and stage names, the federation
-manifest (:class:`Federation`) and the public round parameters (:class:`SecAggConfig`)."""
+"""SecAgg round parameters: domain-separation strings, seed size and stage names, the session's
+roster of enrolled identity keys (:class:`IdentityRoster`) and the public round parameters
+(:class:`SecAggConfig`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ __all__ = [
     "SEED_SIZE",
     "SHARE_PURPOSE",
     "STAGES",
-    "Federation",
+    "IdentityRoster",
     "SecAggConfig",
 ]
 
@@ -43,9 +44,9 @@ STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 
 # --- configuration --------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Federation:
-    """The PKI for one session: enrolled client id -> Ed25519 identity key (the federation
-    manifest)."""
+class IdentityRoster:
+    """The PKI for one session: enrolled client id -> Ed25519 identity key, taken from the
+    federation manifest (:class:`securefl.federation.Federation`)."""
 
     session_id: bytes
     identities: Mapping[int, VerifyKey]

@@ -53,7 +53,7 @@ from securefl.protocol.secagg.config import (
     CONSISTENCY_DOMAIN,
     MASK_PURPOSE,
     SEED_SIZE,
-    Federation,
+    IdentityRoster,
     SecAggConfig,
 )
 from securefl.protocol.secagg.machine import Deadline, Outgoing, Start, Transition, _dispatch
@@ -114,7 +114,7 @@ class SecAggServer:
 
     failed_state = ServerState.FAILED
 
-    def __init__(self, config: SecAggConfig, federation: Federation,
+    def __init__(self, config: SecAggConfig, federation: IdentityRoster,
                  input_binding: bytes = bytes(32)) -> None:
         if federation.session_id != config.session_id:
             raise ConfigError("the federation manifest belongs to another session")
