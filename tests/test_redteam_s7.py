@@ -91,7 +91,10 @@ def test_s7_2_the_deployed_key_holder_refuses_a_release_below_the_rounds_thresho
     Secure: the key holder's floor is the round's T (derived from the signed hello's plan and the
     public draw, or from the bank-signed RoundStart the server forwards), never below
     round_threshold(n)."""
+    import msgspec
+
     from securefl.deploy.ckks import KeyHolderNode
+    from securefl.deploy.messages import FLOWER_APP, TrainPlan
 
     banks = [f"b{i}" for i in range(20)]
     keys = _keys(banks)
@@ -101,10 +104,19 @@ def test_s7_2_the_deployed_key_holder_refuses_a_release_below_the_rounds_thresho
     t_round = params.round_threshold(n)
     assert t_round > params.threshold, "the round's T is above the manifest's floor"
     # KeyHolderNode._decrypt sets the holder's min_clients to this floor before decrypting
-    floor = KeyHolderNode.release_floor(fed, b"\x01" * 16, 1, 1.0)
+    plan = TrainPlan(model="logreg", hidden=[], task="binary", loss="bce", local_epochs=1,
+                     batch_size=32, lr=0.1, optimizer="sgd", prox_mu=0.0, rounds=2, dp=True,
+                     record_epsilon=1.0, record_noise_multiplier=None, record_clip=1.0,
+                     delta=1e-5, aggregation="ckks")
+    floor = KeyHolderNode.release_floor(fed, b"\x01" * 16, 1, plan)
     assert floor >= t_round, (
         f"the deployed key holder decrypts sums of {floor} contributors while the "
         f"banks calibrated their noise shares for {t_round}: a release with less than the "
         "planned noise is stopped only by the verifiers")
     # with client sampling the floor follows the round's draw (10 of 20 banks)
-    assert KeyHolderNode.release_floor(fed, b"\x01" * 16, 1, 0.5) == params.round_threshold(10)
+    sampled = msgspec.structs.replace(plan, clients_per_round=0.5)
+    assert KeyHolderNode.release_floor(fed, b"\x01" * 16, 1, sampled) == params.round_threshold(10)
+    # round 0 and a Flower app's plan (its strategy picks the participants): the manifest's floor
+    assert KeyHolderNode.release_floor(fed, b"\x01" * 16, 0, plan) == params.threshold
+    flower = msgspec.structs.replace(plan, task=FLOWER_APP)
+    assert KeyHolderNode.release_floor(fed, b"\x01" * 16, 1, flower) == params.threshold

@@ -61,6 +61,7 @@ from securefl.crypto.secret import RedactedStruct, Secret
 from securefl.crypto.signing import SigningKey, VerifyKey, verify_bound
 from securefl.deploy.common import NodeHandler, Round0Survivors, public_draw, randomness
 from securefl.deploy.messages import (
+    FLOWER_APP,
     HELLO_DOMAIN,
     MAX_PAYLOAD_BYTES,
     ClientPayload,
@@ -69,6 +70,7 @@ from securefl.deploy.messages import (
     RoundStart,
     ServerPayload,
     Signed,
+    TrainPlan,
 )
 from securefl.errors import (
     AggregationAbortedError,
@@ -556,17 +558,19 @@ class KeyHolderNode(NodeHandler):
         return ProtocolItem(round=r, data=wire.encode(signed))
 
     @staticmethod
-    def release_floor(fed: Federation, session: bytes, round_: int, fraction: float) -> int:
+    def release_floor(fed: Federation, session: bytes, round_: int, plan: TrainPlan) -> int:
         """The fewest contributions this key holder decrypts a sum of. A training round: the
         threshold T the manifest fixes for the round's public draw (ProtocolParams.
         round_threshold, which every bank checks the signed plan's T and min_survivors against,
         and for which each bank sized its noise share): a sum of fewer contributions would carry
         less noise than planned (red-team finding S7-2). Round 0: the manifest's threshold (its T
         counts the banks with a signed size, which this node does not see; the verifiers check
-        it)."""
-        if round_ == 0:
+        it). On the Flower path (a plan of task FLOWER_APP) the app's strategy, not the public
+        draw, picks the participants, which this node does not see: the manifest's threshold,
+        and the verifiers check the round's T (docs/flower.md 2b)."""
+        if round_ == 0 or plan.task == FLOWER_APP:
             return fed.params.threshold
-        n = len(public_draw(fed, session, round_, fraction))
+        n = len(public_draw(fed, session, round_, plan.clients_per_round))
         return max(fed.params.threshold, fed.params.round_threshold(n))
 
     def _decrypt(self, fed: Federation, identity: SigningKey, hello: Hello,
@@ -578,8 +582,7 @@ class KeyHolderNode(NodeHandler):
             raise RemoteProtocolError("a decryption request for another session or round")
         with self._usage_lock():  # read-check-write as one step
             holder, usage = self.load_holder(fed, identity, hello.session, memo)
-            holder.min_clients = self.release_floor(fed, hello.session, r,
-                                                    hello.plan.clients_per_round)
+            holder.min_clients = self.release_floor(fed, hello.session, r, hello.plan)
             res = holder.decrypt(req, randomness(self.sim_seed, hello.session, r, -1,
                                                  "ckks-flooding", sim_stream=hello.sim_stream))
             if r == 0:

@@ -46,6 +46,9 @@ HELLO_DOMAIN = "securefl/deploy/v1/hello"
 #: a bank's signature over its own BankInfo (bound to the session)
 BANK_INFO_DOMAIN = "securefl/deploy/v1/bank-info"
 MAX_PAYLOAD_BYTES = 255 * 1024 * 1024
+#: TrainPlan.task (and model, loss, optimizer) of a plan the Flower workflow signs for the CKKS key
+#: holder: the user's app trains, and its strategy, not the public draw, picks the participants
+FLOWER_APP = "flower-app"
 
 Task = Literal["moments", "train"]
 

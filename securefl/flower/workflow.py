@@ -73,6 +73,7 @@ from securefl.deploy.common import (
     session_id,
 )
 from securefl.deploy.messages import (
+    FLOWER_APP,
     HELLO_DOMAIN,
     ClientPayload,
     Hello,
@@ -380,7 +381,7 @@ class SecureFLWorkflow:
                 continue
             infos.append(info)
         infos.sort(key=lambda i: fed.clients.index(i.member))
-        config = {"transport": "flower-app", "aggregation": fed.params.aggregation,
+        config = {"transport": FLOWER_APP, "aggregation": fed.params.aggregation,
                   "manifest_sha256": fed.digest, "clip_norm": fed.params.clip_norm,
                   "noise_multiplier": fed.params.noise_multiplier,
                   "precision_bits": fed.params.precision_bits, "delta": self.delta}
@@ -411,8 +412,8 @@ class SecureFLWorkflow:
         session, the manifest, the rounds it may key, the verifier policy. Training is the
         user's app's, so the plan's training fields say so rather than describe it."""
         p = fed.params
-        plan = TrainPlan(model="flower-app", hidden=[], task="flower-app", loss="flower-app",
-                         local_epochs=1, batch_size=1, lr=1.0, optimizer="flower-app",
+        plan = TrainPlan(model=FLOWER_APP, hidden=[], task=FLOWER_APP, loss=FLOWER_APP,
+                         local_epochs=1, batch_size=1, lr=1.0, optimizer=FLOWER_APP,
                          prox_mu=0.0, rounds=num_rounds, dp=p.noise_multiplier > 0,
                          record_epsilon=0.0, record_noise_multiplier=None,
                          record_clip=p.clip_norm, delta=self.delta, aggregation="ckks",
@@ -688,7 +689,7 @@ class SecureFLWorkflow:
         s.store.finish({
             "privacy": privacy_report(s.ledger, self.delta, "rdp"),
             "securefl_version": __version__, "aggregation": s.fed.params.aggregation,
-            "transport": "flower-app", "session_id": s.session.hex(),
+            "transport": FLOWER_APP, "session_id": s.session.hex(),
             "manifest_sha256": s.fed.digest,
             "rounds_completed": sum(1 for h in s.history if "aborted" not in h),
             "model_sha256": s.store.model_sha256(s.store.last_round),
