@@ -14,6 +14,7 @@ import numpy as np
 
 from securefl.crypto.signing import SigningKey
 from securefl.federation import (
+    Federation,
     Member,
     ProtocolParams,
     create_manifest,
@@ -23,6 +24,27 @@ from securefl.federation import (
 
 SERVER = "agg"
 KEY_HOLDER = "kh"
+
+
+def identity_keys(names: list[str]) -> dict[str, SigningKey]:
+    """A fresh identity key for the server, every bank in ``names`` and the key holder."""
+    return {n: SigningKey.generate() for n in [SERVER, *names, KEY_HOLDER]}
+
+
+def signed_federation(banks: list[str], keys: dict[str, SigningKey], params: ProtocolParams,
+                      fid: str = "test-fed") -> Federation:
+    """A manifest over ``banks`` (plus the server and, for ckks, the key holder) signed by every
+    member with ``keys`` (:func:`identity_keys`), verified; no files."""
+    members = [Member(name=SERVER, role="server", public_key=keys[SERVER].verify_key.raw.hex())]
+    members += [Member(name=b, role="client", public_key=keys[b].verify_key.raw.hex())
+                for b in banks]
+    if params.aggregation == "ckks":
+        members.append(Member(name=KEY_HOLDER, role="ckks-key-holder",
+                              public_key=keys[KEY_HOLDER].verify_key.raw.hex()))
+    m = create_manifest(fid, members, params)
+    for member in members:
+        m = sign_manifest(m, member.name, keys[member.name])
+    return Federation(m)
 
 
 def write_csv(path: Path, X: Any, y: Any, label: str = "default") -> None:

@@ -100,7 +100,7 @@ def test_s6b_1_each_gate_alone_refuses_and_the_same_set_is_released_again(
             except AggregationAbortedError:
                 outcome[run] = "aborted"
         refusals = {m.split(" ")[0] for m in (r.getMessage() for r in caplog.records)
-                    if "SFL307" in m and "another survivor set" in m}
+                    if "SFL307" in m and "round-0 release over another" in m}
         outcome[run] += f" {sorted(refusals)}"
     others = sorted(b for i, b in enumerate(f.banks) if i != victim)
     assert outcome == {"s1": "released []", "s2": f"aborted {others}",

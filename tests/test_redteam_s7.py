@@ -7,36 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from deploy_helpers import identity_keys, signed_federation
 
-from securefl.crypto.signing import SigningKey
 from securefl.deploy.common import ServerFaultError
-from securefl.federation import (
-    Federation,
-    Member,
-    ProtocolParams,
-    create_manifest,
-    sign_manifest,
-)
-
-SERVER, KH = "agg", "kh"
-
-
-def _federation(banks: list[str], keys: dict[str, SigningKey], params: ProtocolParams,
-                fid: str = "test-fed") -> Federation:
-    """A CKKS manifest signed by every member (server, ``banks``, key holder), verified."""
-    members = [Member(name=SERVER, role="server", public_key=keys[SERVER].verify_key.raw.hex())]
-    members += [Member(name=b, role="client", public_key=keys[b].verify_key.raw.hex())
-                for b in banks]
-    members.append(Member(name=KH, role="ckks-key-holder",
-                          public_key=keys[KH].verify_key.raw.hex()))
-    m = create_manifest(fid, members, params)
-    for n in [SERVER, *banks, KH]:
-        m = sign_manifest(m, n, keys[n])
-    return Federation(m)
-
-
-def _keys(banks: list[str]) -> dict[str, SigningKey]:
-    return {n: SigningKey.generate() for n in [SERVER, *banks, KH]}
+from securefl.federation import ProtocolParams
 
 
 # --- S7-1: the round-0 record is per manifest digest: a re-signed manifest differences a bank ----
@@ -59,20 +33,20 @@ def test_s7_1_a_new_manifest_does_not_reset_the_round0_record(tmp_path: Path, ch
     from securefl.deploy.common import Round0Survivors
 
     banks = ["b0", "b1", "b2", "b3", "victim"]
-    keys = _keys(banks)
+    keys = identity_keys(banks)
     params = ProtocolParams(aggregation="ckks", threshold=2, noise_multiplier=0.0)
-    v1 = _federation(banks, keys, params)
+    v1 = signed_federation(banks, keys, params)
     if change == "victim_leaves":
-        v2 = _federation(banks[:-1], keys, params)
+        v2 = signed_federation(banks[:-1], keys, params)
     else:
-        v2 = _federation(banks, keys, ProtocolParams(aggregation="ckks", threshold=2,
+        v2 = signed_federation(banks, keys, ProtocolParams(aggregation="ckks", threshold=2,
                                                      noise_multiplier=0.0, max_sessions=512))
     assert v1.digest != v2.digest
     state_dir = tmp_path / "kh.key.state"  # the key holder's one state-dir (KeyHolderNode)
     # exactly the call KeyHolderNode._decrypt makes for a round-0 release (deploy/ckks.py)
-    Round0Survivors(state_dir, v1.digest, "this key holder").check_and_record(0, banks)
+    Round0Survivors(state_dir, v1, "this key holder").check_and_record(0, banks)
     with pytest.raises(ServerFaultError):
-        Round0Survivors(state_dir, v2.digest, "this key holder").check_and_record(0, banks[:-1])
+        Round0Survivors(state_dir, v2, "this key holder").check_and_record(0, banks[:-1])
 
 
 # --- S7-2: the deployed key holder's release floor is the manifest's threshold, not the round's ---
@@ -97,9 +71,9 @@ def test_s7_2_the_deployed_key_holder_refuses_a_release_below_the_rounds_thresho
     from securefl.deploy.messages import FLOWER_APP, TrainPlan
 
     banks = [f"b{i}" for i in range(20)]
-    keys = _keys(banks)
+    keys = identity_keys(banks)
     params = ProtocolParams(aggregation="ckks", threshold=4, noise_multiplier=1.0)
-    fed = _federation(banks, keys, params)
+    fed = signed_federation(banks, keys, params)
     n = len(banks)  # clients_per_round = 1: every training round draws all 20
     t_round = params.round_threshold(n)
     assert t_round > params.threshold, "the round's T is above the manifest's floor"

@@ -632,7 +632,7 @@ class BankNode(NodeHandler):
                                context=memo.ckks_context, start=start, state=rm.ckks,
                                data=item.data, verifiers=hello.plan.ckks_verifiers,
                                verifier_skips=hello.plan.ckks_verifier_skips,
-                               round0=Round0Survivors(self.session_dir, fed.digest))
+                               round0=Round0Survivors(self.session_dir, fed))
         if state is None:
             del memo.rounds[item.round]
         else:
@@ -654,7 +654,7 @@ class BankNode(NodeHandler):
             # round 0 has no noise: reveal only over the survivor set of this manifest's first
             # round-0 release (verified by the machine above: alive = the signed U3)
             names = {i: n for n, i in bank_ids(fed).items()}
-            Round0Survivors(self.session_dir, fed.digest).check_and_record(
+            Round0Survivors(self.session_dir, fed).check_and_record(
                 round_, [names[i] for i in msg.alive])
         if isinstance(msg, UnmaskRequest):
             del memo.rounds[round_]  # the round is over for this bank: forget its secrets

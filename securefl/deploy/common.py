@@ -168,47 +168,83 @@ def locked_json_update(path: Path, step: Any) -> dict[str, Any]:
 
 
 class Round0Survivors:
-    """The set of banks of the first round-0 release a party took part in under one manifest,
-    in ``<state dir>/round0-<manifest digest>.json`` (same discipline as
-    :class:`SessionCounter`). Round 0 sums the banks' moment vectors without noise; two releases
-    over different sets would difference to a bank's own moments (red-team findings S6-5,
-    S6b-1). Whoever releases refuses a later round 0 over another set (spec section 12.1, "Round
-    0 across sessions"): a SecAgg bank reveals shares only for the signed survivor set it
+    """The set of banks of the first round-0 release a party took part in, kept in its state dir
+    (same discipline as :class:`SessionCounter`). Round 0 sums the banks' moment vectors; two
+    releases over different sets difference to one bank's own moments (red-team findings S6-5,
+    S6b-1, S7-1). Whoever releases refuses a later round 0 over another set (spec section 12.1,
+    "Round 0 across sessions"): a SecAgg bank reveals shares only for the signed survivor set it
     recorded; a CKKS bank reveals its ciphertext only under the closed commitment set it
     recorded, and the CKKS key holder decrypts only a round-0 sum over the contributors it
     recorded (it alone releases, and it sees every session, so a bank cut off from a session
     is still covered). A round 0 over the same set again is allowed: it releases the same sum
-    for unchanged data (docs/data.md section 5)."""
+    for unchanged data (docs/data.md section 5).
 
-    def __init__(self, state_dir: Path, manifest_digest: str, who: str = "this bank") -> None:
-        self.path = state_dir / f"round0-{manifest_digest}.json"
-        self.digest = manifest_digest
+    Two records: ``round0-<manifest digest>.json`` (bank names, per manifest) and, for a
+    *noiseless* round 0 (``noiseless``: the plan's stats_noise_multiplier is 0, i.e. a run
+    without DP), ``round0-noiseless.json`` with the banks' identity keys, kept across manifests:
+    members who sign a new manifest (a bank left, a parameter changed) cannot difference two
+    exact releases either (S7-1). A noised round 0 is a DP release charged to every bank's
+    ledger and caps, so a new manifest may run it over another set."""
+
+    def __init__(self, state_dir: Path, fed: Federation, who: str = "this bank", *,
+                 noiseless: bool = True) -> None:
+        self.path = state_dir / f"round0-{fed.digest}.json"
+        self.noiseless_path = state_dir / "round0-noiseless.json"
+        self.fed = fed
+        self.noiseless = noiseless
         #: the party in the refusal message ("this bank", "this key holder")
         self.who = who
 
     def check_and_record(self, round_: int, survivors: Sequence[str]) -> None:
-        """Record ``survivors`` if this party never took part in a round-0 release of this
-        manifest; ServerFaultError if it did, over another set."""
-        want = sorted(survivors)
+        """Record ``survivors`` if this party never took part in a round-0 release (of this
+        manifest; of any manifest if noiseless); ServerFaultError if it did, over another
+        set. A refusal by the second record after the first was created leaves a record of a
+        release that did not happen: it only narrows what this party accepts later."""
+        from securefl.storage import exclusive_lock
 
-        def step(record: dict[str, Any] | None) -> dict[str, Any]:
+        want = sorted(survivors)
+        keys = sorted(bytes(self.fed.verify_key(b).raw).hex() for b in survivors)
+
+        def per_manifest(record: dict[str, Any] | None) -> dict[str, Any]:
             if record is None:
-                return {"manifest_sha256": self.digest, "survivors": want}
-            got = record.get("survivors")
-            if not isinstance(got, list) or not all(isinstance(b, str) for b in got):
-                raise ConfigError(f"unreadable round-0 record {self.path}")
-            if sorted(got) != want:
+                return {"manifest_sha256": self.fed.digest, "survivors": want}
+            got = _str_list(record, "survivors", self.path)
+            if got != want:
                 gone = sorted(set(got) - set(want))
                 new = sorted(set(want) - set(got))
                 raise ServerFaultError(
                     f"round {round_}: a round-0 release over another survivor set than the one "
                     f"{self.who} took part in before under this manifest (missing {gone[:8]}, "
-                    f"added {new[:8]}): two noiseless moment sums over different sets difference "
-                    "to a bank's own moments, so round 0 re-runs only over the same set (spec "
+                    f"added {new[:8]}): two moment sums over different sets difference to a "
+                    "bank's own moments, so round 0 re-runs only over the same set (spec "
                     "section 12.1)")
             return record
 
-        locked_json_update(self.path, step)
+        def across_manifests(record: dict[str, Any] | None) -> dict[str, Any]:
+            if record is None:
+                return {"identity_keys": keys}
+            got = _str_list(record, "identity_keys", self.noiseless_path)
+            if got != keys:
+                raise ServerFaultError(
+                    f"round {round_}: a noiseless round-0 release over another set of banks "
+                    f"({len(keys)} identity keys, {len(set(keys) - set(got))} not in it) than "
+                    f"the one {self.who} took part in before, under any manifest: two exact "
+                    "moment sums over different sets difference to a bank's own moments (spec "
+                    "section 12.1, S7-1). Run with DP (a noised round 0), or reuse the earlier "
+                    "standardisation")
+            return record
+
+        with exclusive_lock(self.noiseless_path.with_name("round0.lock")):
+            if self.noiseless:
+                locked_json_update(self.noiseless_path, across_manifests)
+            locked_json_update(self.path, per_manifest)
+
+
+def _str_list(record: dict[str, Any], key: str, path: Path) -> list[str]:
+    got = record.get(key)
+    if not isinstance(got, list) or not all(isinstance(b, str) for b in got):
+        raise ConfigError(f"unreadable round-0 record {path}")
+    return sorted(got)
 
 
 def next_attempt(round_: int, digest: bytes, last: bytes, attempts: int) -> int:
