@@ -835,40 +835,44 @@ class DeployServer:
         log.info("resuming %s after round %d", run_dir, store.last_round)
 
     def _settle(self, rs: _Run, done: _Done) -> Iterator[RoundOutcome]:
-        """Close one round: round 0 standardises and creates the run store; a training round is
-        yielded to the round engine as its typed outcome, which commits it (or its abort) to the
-        audit log and ledger; then the server's copy of the global weights follows."""
+        """Close one round: round 0 standardises and creates the run store (:meth:`_finish`); a
+        training round is yielded to the round engine as its typed outcome, which commits it (or
+        its abort) to the audit log and ledger; then the server's copy of the global weights
+        follows."""
+        if done.start.round == 0:
+            self._finish(rs, done)
+            return
+        yield self._outcome(rs, done)
+        rs.w = self._committer(rs).model.weights  # type: ignore[attr-defined]
+
+    def _finish(self, rs: _Run, done: _Done) -> None:
+        """Close round 0: the released moment sum standardises, and the run store is created."""
         from securefl.audit.store import RunStore
         from securefl.fl.params import model_tensors, to_bytes
 
         fed = self.fed
-        r = done.start.round
-        if r == 0:
-            if done.error is not None:  # no standardisation without round 0's release
-                raise done.error
-            total = done.total
-            rs.moments_total = [float(v) for v in total]
-            stdz, rs.target = split_standardisation(total, rs.target_scale_log2)
-            rs.test = self._test_set(stdz)
-            facts = {
-                "banks": [{"name": b, "train_examples": rs.sizes[b]} for b in rs.banks],
-                "data_source": "each bank's own file (deployment)", "task": rs.plan.task,
-                "n_features": rs.n_features, "manifest_sha256": fed.digest,
-                "standardisation": {"mode": fed.params.aggregation, "aggregate_sha256":
-                                    hashlib.sha256(total.tobytes()).hexdigest(),
-                                    "moments_total": rs.moments_total,
-                                    "target_scale_log2": rs.target_scale_log2},
-                "record_noise_multiplier": {b: rs.infos[b].record_noise_multiplier
-                                            for b in rs.banks},
-            }
-            rs.store = RunStore.create(self.s.run_dir, config=self._store_config(),
-                                       server_key=self.key,  # the manifest's server key
-                                       origin=f"securefl/{self.session.hex()}",
-                                       initial_model=to_bytes(model_tensors(rs.model)),
-                                       federation=facts, write_key_file=False)
-            return
-        yield self._outcome(rs, done)
-        rs.w = self._committer(rs).model.weights  # type: ignore[attr-defined]
+        if done.error is not None:  # no standardisation without round 0's release
+            raise done.error
+        total = done.total
+        rs.moments_total = [float(v) for v in total]
+        stdz, rs.target = split_standardisation(total, rs.target_scale_log2)
+        rs.test = self._test_set(stdz)
+        facts = {
+            "banks": [{"name": b, "train_examples": rs.sizes[b]} for b in rs.banks],
+            "data_source": "each bank's own file (deployment)", "task": rs.plan.task,
+            "n_features": rs.n_features, "manifest_sha256": fed.digest,
+            "standardisation": {"mode": fed.params.aggregation, "aggregate_sha256":
+                                hashlib.sha256(total.tobytes()).hexdigest(),
+                                "moments_total": rs.moments_total,
+                                "target_scale_log2": rs.target_scale_log2},
+            "record_noise_multiplier": {b: rs.infos[b].record_noise_multiplier
+                                        for b in rs.banks},
+        }
+        rs.store = RunStore.create(self.s.run_dir, config=self._store_config(),
+                                   server_key=self.key,  # the manifest's server key
+                                   origin=f"securefl/{self.session.hex()}",
+                                   initial_model=to_bytes(model_tensors(rs.model)),
+                                   federation=facts, write_key_file=False)
 
     def _outcome(self, rs: _Run, done: _Done) -> RoundOutcome:
         """A training round's typed outcome (securefl.engine.RoundOutcome): the release, or the
