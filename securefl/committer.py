@@ -3,9 +3,10 @@ aggregate is known, :class:`RoundCommitter` turns the typed round outcome (:clas
 the error of an aborted round) into the server update, the round's ledger events, its audit record
 and one atomic commit (securefl.audit.store.RunStore.commit_round).
 
-``securefl run`` / :func:`securefl.train` (securefl.runtime.Engine) and the Flower workflow
-(securefl.flower.workflow) both commit through it; a deployment's server (securefl.deploy.server)
-is next. What differs between them is passed in, not re-implemented:
+``securefl run`` / :func:`securefl.train` (securefl.runtime.Engine) and a deployment's server
+(securefl.deploy.server) commit through it by way of the round engine (securefl.engine.RoundEngine),
+the Flower workflow (securefl.flower.workflow) directly. What differs between them is passed in,
+not re-implemented:
 
 - how the global model moves (:class:`ServerModel`): securefl's server optimizer over a torch model
   (:class:`TorchServerModel`), or a Flower strategy's ``aggregate_fit``;

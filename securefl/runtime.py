@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -20,6 +20,15 @@ from securefl import __version__
 from securefl.aggregators import Aggregator, RandomFactory, make_aggregator
 from securefl.config import DEFAULT_RECORD_EPSILON, DEFAULT_STATS_NOISE, RunConfig
 from securefl.crypto.random import SimulationRandomness
+from securefl.engine import (
+    NO_PHASE,
+    PHASES,
+    PhaseCallback,
+    ProgressCallback,
+    RoundEngine,
+    RoundOutcome,
+    RoundReport,
+)
 from securefl.errors import BudgetExceededError, ConfigError, DataError
 from securefl.protocol.plan import NoisePlan, RoundSpec
 from securefl.protocol.secagg.bounds import default_threshold
@@ -31,6 +40,7 @@ if TYPE_CHECKING:
     from securefl.transport.policy import Deadlines
 
 __all__ = [
+    "PHASES",
     "RoundReport",
     "RunResult",
     "run",
@@ -39,47 +49,6 @@ __all__ = [
     "stream_id_for",
     "train",
 ]
-
-ProgressCallback = Callable[["RoundReport"], None]
-#: ``phase(round, what, detail)``: called when the run starts doing ``what`` (one of PHASES);
-#: round 0 is the work before the first round and after the last one
-PhaseCallback = Callable[[int, str, str], None]
-PHASES = ("loading data", "standardising", "calibrating noise", "training",
-          "protecting + aggregating", "evaluating", "committing", "accounting", "baselines")
-
-
-def _no_phase(round_: int, what: str, detail: str) -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class RoundReport:
-    """What one round released and measured (also a line of metrics.jsonl)."""
-
-    round: int
-    participants: tuple[str, ...]
-    survivors: tuple[str, ...]
-    dropouts: dict[str, str]
-    metrics: dict[str, float]
-    update_norms_clipped: int  # how many banks' updates were clipped
-    seconds: float
-    epsilon: dict[str, float] = field(default_factory=dict)
-    #: the error code/message when the round aborted (nothing released, model unchanged)
-    aborted: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "participants": list(self.participants),
-            "survivors": list(self.survivors),
-            "dropouts": dict(self.dropouts),
-            "metrics": dict(self.metrics),
-            "clipped": self.update_norms_clipped,
-            "seconds": round(self.seconds, 4),
-            "epsilon": dict(self.epsilon),
-            "aborted": self.aborted,
-        }
-
 
 @dataclass
 class RunResult:
@@ -593,21 +562,22 @@ class Engine:
     def run(self, *, progress: ProgressCallback | None = None,
             phase: PhaseCallback | None = None) -> RunResult:
         """Run (or resume) the federation; ``progress`` gets each round's report, ``phase`` what
-        the run is about to do (see :data:`PHASES`)."""
+        the run is about to do (see :data:`PHASES`). The rounds are the round engine's
+        (securefl.engine.RoundEngine) over this in-process transport (:meth:`rounds`)."""
         import torch
 
-        from securefl.committer import Release, RoundCommitter, TorchServerModel
-        from securefl.errors import AggregationAbortedError
+        from securefl.committer import RoundCommitter, TorchServerModel
         from securefl.fl.params import model_tensors, to_bytes
         from securefl.fl.server_opt import ServerOptimizer
 
         c = self.config
         t_start = _now()
         torch.manual_seed(c.seed)
-        aggregator = make_aggregator(c.aggregation, neighbours=c.neighbours,
-                                     colluders=c.colluders, deadlines=self.deadlines)
-        on = phase or _no_phase
-        setup = self._custom if self._custom is not None else self._builtin_setup(aggregator, on)
+        self.aggregator = make_aggregator(c.aggregation, neighbours=c.neighbours,
+                                          colluders=c.colluders, deadlines=self.deadlines)
+        on = self._on = phase or NO_PHASE
+        setup = self.setup = (self._custom if self._custom is not None
+                              else self._builtin_setup(self.aggregator, on))
         banks, model = setup.banks, setup.model
         self._check_secagg_plan(len(banks))
         if c.target_epsilon is not None:
@@ -615,107 +585,29 @@ class Engine:
         self._check_budget_before_start(len(banks), model)
         server_opt = ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr)
         sizes = [b.n_train for b in banks]
-        public_weight = [n / max(sizes) for n in sizes]  # example counts are public metadata
-        names = [b.name for b in banks]
+        self.public_weight = [n / max(sizes) for n in sizes]  # example counts are public
+        names = self.names = [b.name for b in banks]
         if c.dp and c.record_noise_multiplier is None:
             on(0, "calibrating noise", "record-level DP-SGD noise per bank")
-        record_noise = self._record_noise(setup)
+        self.record_noise = self._record_noise(setup)
         facts = {
             "banks": [{"name": b.name, "train_examples": b.n_train} for b in banks],
             "task": setup.task, **setup.facts,
-            "record_noise_multiplier": {names[i]: z for i, z in record_noise.items()},
+            "record_noise_multiplier": {names[i]: z for i, z in self.record_noise.items()},
         }
         on(0, "committing", "opening the run directory")
         store, ledger = self._open_store(to_bytes(model_tensors(model)), facts)
-        start = store.last_round + 1
-        keepers = self._checkpoint_keepers(store, len(banks))
-        server = TorchServerModel(model, server_opt)
+        self.store, self.ledger = store, ledger
+        self.keepers = self._checkpoint_keepers(store, len(banks))
+        server = self.server = TorchServerModel(model, server_opt)
         server.restore(store.model_bytes(store.last_round))
         committer = RoundCommitter(store, ledger, server, session_id=self.session_id,
                                    aggregation=c.aggregation, events=self._client_events())
-        history = self._history_from(store) if start > 1 else []
-        stopped: str | None = None
-
-        for round_ in range(start, c.rounds + 1):
-            t0 = _now()
-            participants = self._sample(round_, len(banks))
-            threshold = min(c.threshold or default_threshold(len(participants), c.colluders),
-                            len(participants))
-            if c.target_epsilon is not None:
-                from securefl.dp.budget import would_exceed
-
-                on(round_, "accounting", "budget check")
-
-                planned = self._planned_client_drafts(round_, len(participants), threshold,
-                                                      len(server.weights))
-                checks = would_exceed(ledger, planned, c.target_epsilon, c.delta)
-                over = [f"{p}/{lv}: {ch.epsilon:.4g}" for (p, lv), ch in checks.items()
-                        if ch.exceeds]
-                if over:
-                    stopped = (f"round {round_} would exceed target epsilon "
-                               f"{c.target_epsilon:g} ({', '.join(over)})")
-                    break
-            dropouts = self._simulated_dropouts(round_, participants,
-                                                aggregator.stages)
-            weights = server.weights
-            inputs, drafts, clipped = self._local_updates(
-                round_, participants, banks, model, weights, record_noise, public_weight,
-                phase=on)
-            dropouts.update({b: aggregator.stages[0] for b, r in self.late_training.items()
-                             if r == round_ and b not in dropouts})
-            if round_ == 1:  # the round-0 release is committed with the first round
-                drafts = [*self._stats_drafts, *drafts]
-            noise = self._noise_plan(len(participants), threshold)
-            spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
-                             clip_norm=c.clip_norm, threshold=threshold, noise=noise,
-                             weights=tuple(public_weight[i] for i in participants),
-                             model_digest=hashlib.sha256(
-                                 np.ascontiguousarray(weights).tobytes()).digest())
-            who = [names[i] for i in participants]
-            on(round_, "protecting + aggregating",
-               f"{aggregator.name}, {len(participants)} banks")
-            try:
-                outcome = aggregator.aggregate(spec, inputs, dropouts=dropouts,
-                                               random=self.random.factory(round_))
-            except AggregationAbortedError as err:
-                # nothing was released: the model stays, the round is recorded as aborted
-                server.reset()
-                metrics = history[-1].metrics if history else setup.evaluate(model)
-                on(round_, "committing", "aborted round: audit record, ledger")
-                done = committer.abort(
-                    round_, who, err, alive=[names[i] for i in participants if i not in dropouts],
-                    dropouts={names[i]: st for i, st in dropouts.items()}, drafts=drafts,
-                    metrics=metrics)
-            else:
-                release = Release(
-                    total=outcome.total, survivors=tuple(names[i] for i in outcome.survivors),
-                    survivor_weights=tuple(public_weight[i] for i in outcome.survivors),
-                    dropouts={names[i]: st for i, st in outcome.dropouts.items()},
-                    aggregate_digest=outcome.digests.get("aggregate"),
-                    input_digests={names[int(k.split("/", 1)[1])]: v
-                                   for k, v in outcome.digests.items() if k.startswith("input/")},
-                    weight_total=outcome.weight_total,
-                    encoding=getattr(outcome, "encoding", None))
-
-                def evaluate(round_: int = round_) -> dict[str, float]:
-                    on(round_, "evaluating", "global test split")
-                    metrics = setup.evaluate(model)
-                    on(round_, "committing", "model, audit record, ledger, signed checkpoint")
-                    return metrics
-
-                done = committer.commit(round_, who, release, drafts=drafts, noise=noise,
-                                        dim=len(weights), evaluate=evaluate)
-            self._send_checkpoint(store, keepers, participants)
-            if c.dp or done.error is not None:
-                on(round_, "accounting", "epsilon spent so far")
-            report = RoundReport(
-                round=round_, participants=done.participants, survivors=done.survivors,
-                dropouts=done.dropouts, metrics=done.metrics, update_norms_clipped=clipped,
-                seconds=_now() - t0, epsilon=self._running_epsilon(ledger),
-                aborted=done.error.message if done.error is not None else None)
-            history.append(report)
-            if progress is not None:
-                progress(report)
+        engine = RoundEngine(lambda: committer, evaluate=lambda: setup.evaluate(model),
+                             account=(lambda: self._running_epsilon(ledger)) if c.dp else None,
+                             progress=progress, phase=on,
+                             history=RoundEngine.resumed(store) if store.last_round else ())
+        history = engine.run(self, store.last_round + 1, c.rounds)
 
         if c.baselines:
             on(0, "baselines", "centralised and each bank alone")
@@ -732,10 +624,86 @@ class Engine:
             final_metrics=history[-1].metrics if history else setup.evaluate(model),
             history=history, baselines=baselines, privacy=privacy,
             model_sha256=store.model_sha256(store.last_round), seconds=_now() - t_start,
-            stopped_early=stopped)
+            stopped_early=engine.stopped)
         on(0, "committing", "result")
         store.finish(result.to_dict())
         return result
+
+    def rounds(self, engine: RoundEngine, first: int, last: int) -> Iterator[RoundOutcome]:
+        """The in-process transport (securefl.engine.RoundTransport): each round's public plan
+        (participants, threshold, noise plan, RoundSpec), the budget check, the banks' local
+        updates and the in-process aggregator; one typed outcome per round. A round that would
+        exceed the target epsilon stops the run before it starts (``engine.stopped``)."""
+        from securefl.committer import Release
+        from securefl.errors import AggregationAbortedError
+
+        c, on, server = self.config, self._on, self.server
+        aggregator, names, public_weight = self.aggregator, self.names, self.public_weight
+        for round_ in range(first, last + 1):
+            t0 = _now()
+            engine.check_attempts(round_)
+            participants = self._sample(round_, len(self.setup.banks))
+            threshold = min(c.threshold or default_threshold(len(participants), c.colluders),
+                            len(participants))
+            if c.target_epsilon is not None:
+                from securefl.dp.budget import would_exceed
+
+                on(round_, "accounting", "budget check")
+
+                planned = self._planned_client_drafts(round_, len(participants), threshold,
+                                                      len(server.weights))
+                checks = would_exceed(self.ledger, planned, c.target_epsilon, c.delta)
+                over = [f"{p}/{lv}: {ch.epsilon:.4g}" for (p, lv), ch in checks.items()
+                        if ch.exceeds]
+                if over:
+                    engine.stopped = (f"round {round_} would exceed target epsilon "
+                                      f"{c.target_epsilon:g} ({', '.join(over)})")
+                    return
+            dropouts = self._simulated_dropouts(round_, participants, aggregator.stages)
+            weights = server.weights
+            inputs, drafts, clipped = self._local_updates(
+                round_, participants, self.setup.banks, self.setup.model, weights,
+                self.record_noise, public_weight, phase=on)
+            dropouts.update({b: aggregator.stages[0] for b, r in self.late_training.items()
+                             if r == round_ and b not in dropouts})
+            if round_ == 1:  # the round-0 release is committed with the first round
+                drafts = [*self._stats_drafts, *drafts]
+            noise = self._noise_plan(len(participants), threshold)
+            spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
+                             clip_norm=c.clip_norm, threshold=threshold, noise=noise,
+                             weights=tuple(public_weight[i] for i in participants),
+                             model_digest=hashlib.sha256(
+                                 np.ascontiguousarray(weights).tobytes()).digest())
+            who = tuple(names[i] for i in participants)
+            on(round_, "protecting + aggregating",
+               f"{aggregator.name}, {len(participants)} banks")
+            try:
+                out = aggregator.aggregate(spec, inputs, dropouts=dropouts,
+                                           random=self.random.factory(round_))
+            except AggregationAbortedError as err:
+                # nothing was released: the model stays, the round is recorded as aborted
+                server.reset()
+                outcome = RoundOutcome(
+                    round=round_, participants=who, error=err,
+                    alive=tuple(names[i] for i in participants if i not in dropouts),
+                    dropouts={names[i]: st for i, st in dropouts.items()}, drafts=tuple(drafts),
+                    clipped=clipped, started=t0)
+            else:
+                outcome = RoundOutcome(
+                    round=round_, participants=who, release=Release(
+                        total=out.total, survivors=tuple(names[i] for i in out.survivors),
+                        survivor_weights=tuple(public_weight[i] for i in out.survivors),
+                        dropouts={names[i]: st for i, st in out.dropouts.items()},
+                        aggregate_digest=out.digests.get("aggregate"),
+                        input_digests={names[int(k.split("/", 1)[1])]: v
+                                       for k, v in out.digests.items()
+                                       if k.startswith("input/")},
+                        weight_total=out.weight_total,
+                        encoding=getattr(out, "encoding", None)),
+                    drafts=tuple(drafts), noise=noise, dim=len(weights), clipped=clipped,
+                    started=t0)
+            yield outcome
+            self._send_checkpoint(self.store, self.keepers, participants)
 
     @staticmethod
     def _checkpoint_keepers(store: Any, n_banks: int) -> list[Any]:
@@ -774,7 +742,7 @@ class Engine:
 
     def _local_updates(self, round_: int, participants: tuple[int, ...], banks: list[Any],
                        model: Any, weights: NDArray[np.float64], record_noise: dict[int, float],
-                       public_weight: list[float], phase: PhaseCallback = _no_phase
+                       public_weight: list[float], phase: PhaseCallback = NO_PHASE
                        ) -> tuple[dict[int, NDArray[np.float64]], list[Any], int]:
         """Each participant trains on its own rows (DP-SGD when on) and clips its update
         (securefl.bank.Bank.update)."""
@@ -799,16 +767,6 @@ class Engine:
             clipped += int(update.clipped)
         return inputs, drafts, clipped
 
-    def _history_from(self, store: Any) -> list[RoundReport]:
-        """Round reports of the rounds committed before a resume, from the audit records."""
-        out: list[RoundReport] = []
-        for rec in store.records[1:]:
-            out.append(RoundReport(
-                round=rec.round, participants=tuple(rec.participants),
-                survivors=tuple(rec.survivors), dropouts=dict(rec.dropouts),
-                metrics=dict(rec.metrics), update_norms_clipped=0, seconds=0.0,
-                aborted=rec.error_code if rec.status == "aborted" else None))
-        return out
 
 def run(
     config: RunConfig,

@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"he", "dp"},
     {"protocol"},
     {"transport", "federation"},
-    {"aggregators", "keyholder", "audit", "bank", "committer"},
+    {"aggregators", "keyholder", "audit", "bank", "committer", "engine"},
     {"runtime", "simulate", "privacy", "report"},
     {"deploy"},
     {"flower"},

@@ -1044,8 +1044,9 @@ def test_silence_and_withheld_sizes_leave_the_draw_and_the_graph_unchanged(
     from securefl.config import RunConfig
     from securefl.crypto.signing import sign_bound
     from securefl.deploy.client import NodeMemo
-    from securefl.deploy.common import ServerFaultError, bank_ids, fedavg_weights
+    from securefl.deploy.common import MAX_ATTEMPTS, ServerFaultError, bank_ids, fedavg_weights
     from securefl.deploy.messages import BANK_INFO_DOMAIN, BankInfo, Hello, SignedBankInfo
+    from securefl.engine import RoundEngine
     from securefl.protocol import wire
 
     n, removal, q, round_, session = case
@@ -1055,7 +1056,8 @@ def test_silence_and_withheld_sizes_leave_the_draw_and_the_graph_unchanged(
     srv = DeployServer.__new__(DeployServer)
     srv.fed, srv.config = fed, RunConfig(banks=n, clients_per_round=q, rounds=100_000)
     srv.session, srv.sim_stream, srv.key, srv.ids = session, None, keys[0], bank_ids(fed)
-    srv.history, srv._hello_digest = [], bytes(32)
+    srv.engine = RoundEngine(lambda: None, max_aborted=MAX_ATTEMPTS)  # type: ignore[arg-type,return-value]
+    srv._hello_digest = bytes(32)
 
     def plan(silent: set[str], withheld: set[str]) -> tuple[Any, str]:
         sized = [b for b in banks if b not in withheld]
@@ -1152,8 +1154,11 @@ def test_a_bank_over_its_round_byte_limit_is_refused(fed: Fed, tmp_path: Path,
     assert any("SFL308" in r.getMessage() and "limit of" in r.getMessage()
                for r in caplog.records)
     verify_run_dir(tmp_path / "run")
-    # its first copy is in the masked sum and it signs nothing more: the round aborts, typed
-    assert res["history"] == [{"round": 1, "aborted": "SFL310", "metrics": {}}]
+    # its first copy is in the masked sum and it signs nothing more: the round aborts, typed;
+    # the round engine scores the unchanged model on the server's test file, as securefl run does
+    [h] = res["history"]
+    assert (h["round"], h["aborted"], sorted(h)) == (1, "SFL310", ["aborted", "metrics", "round"])
+    assert 0.0 < h["metrics"]["roc_auc"] < 1.0
 
 
 def test_a_server_that_floods_a_bank_across_messages_is_refused_by_its_round_limit(

@@ -18,7 +18,8 @@ NAMES = [f"b{i}" for i in range(8)]
 _KEYS = identity_keys(NAMES)
 #: two manifests over the same eight banks (same identity keys), differing in a parameter only
 V1: Federation = signed_federation(NAMES, _KEYS, ProtocolParams(aggregation="secagg", threshold=2))
-V2: Federation = signed_federation(NAMES, _KEYS, ProtocolParams(aggregation="secagg", threshold=2, max_sessions=512))
+V2: Federation = signed_federation(
+    NAMES, _KEYS, ProtocolParams(aggregation="secagg", threshold=2, max_sessions=512))
 
 
 @settings(max_examples=40, deadline=None)

@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +71,7 @@ from securefl.deploy.messages import (
     decode_client,
 )
 from securefl.dp.ledger import Ledger
+from securefl.engine import RoundEngine, RoundOutcome, RoundReport
 from securefl.errors import (
     AggregationAbortedError,
     ByteLimitError,
@@ -263,9 +264,37 @@ class DeployServer:
             self.sim_stream = stream_id_for(self.config)
         self.trips: list[dict[str, Any]] = []
         self.refused: dict[str, str] = {}
-        self.history: list[dict[str, Any]] = []
         self._hello_digest = bytes(32)
         self._rc: RoundCommitter | None = None
+        self._rs: _Run | None = None
+        self._ex: Any = None  # the run's StageExchange
+        self._holder_reply: Any = None  # the CKKS key holder's hello reply
+        #: the round engine (securefl.engine): this server is its transport (:meth:`rounds`)
+        self.engine = RoundEngine(lambda: self._committer(self._run_state()),
+                                  evaluate=self._score, max_aborted=MAX_ATTEMPTS)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The rounds of the run so far, as result.json lists them (the engine's reports)."""
+        return [self._entry(h) for h in self.engine.history]
+
+    @staticmethod
+    def _entry(h: RoundReport) -> dict[str, Any]:
+        if h.aborted is not None:
+            return {"round": h.round, "aborted": h.error.code if h.error is not None
+                    else h.aborted, "metrics": h.metrics}
+        return {"round": h.round, "participants": list(h.participants),
+                "survivors": list(h.survivors), "dropouts": h.dropouts, "metrics": h.metrics,
+                "clipped": h.update_norms_clipped, "seconds": round(h.seconds, 3)}
+
+    def _run_state(self) -> _Run:
+        if self._rs is None:
+            raise ConfigError("the run has not started")
+        return self._rs
+
+    def _score(self) -> dict[str, float]:
+        rs = self._run_state()
+        return self._evaluate(rs.model, rs.test, rs.target)
 
     # -- signing ------------------------------------------------------------------------------------
     def _sign(self, body: bytes, domain: str, round_: int) -> Signed:
@@ -454,7 +483,7 @@ class DeployServer:
         machine = SecAggServer(secagg_config(start, spec, enc, threshold, self.fed),
                                identity_roster(self.fed, self.session))
         return _Flight(start=start, spec=spec, enc=enc, machine=machine,
-                       names={self.ids[p]: p for p in start.participants}, t0=time.monotonic())
+                       names={self.ids[p]: p for p in start.participants}, t0=time.perf_counter())
 
     def _sum(self, fl: _Flight) -> tuple[NDArray[np.float64], tuple[int, ...], dict[int, str]]:
         """The released sum (input units), the survivors and who dropped where; raises
@@ -525,12 +554,12 @@ class DeployServer:
                   model=model, w=get_flat(model),
                   server_opt=ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr),
                   target_scale_log2=target_scale)
+        self._rs, self._ex = rs, ex
+        self._holder_reply = replies.get(holder) if holder else None
         if self.s.resume:
             self._resume(rs)
-        if self.ckks:
-            self._run_ckks(ex, rs, replies.get(holder) if holder else None)
-        else:
-            self._run_secagg(ex, rs)
+            self.engine.history = RoundEngine.resumed(rs.store)
+        self.engine.run(self, rs.first_round, c.rounds)
         store = rs.store
         result = {
             "securefl_version": __version__, "aggregation": fed.params.aggregation,
@@ -550,15 +579,27 @@ class DeployServer:
         return result
 
     # -- the rounds, per aggregation mode -------------------------------------------------------------
-    def _run_secagg(self, ex: StageExchange, rs: _Run) -> None:
-        """SecAgg rounds, pipelined: round r's first trip carries round r - 1's unmask."""
-        c = self.config
+    def rounds(self, engine: RoundEngine, first: int, last: int) -> Iterator[RoundOutcome]:
+        """The deployment as the round engine's transport (securefl.engine.RoundTransport):
+        SecAgg or CKKS rounds over Flower round trips, from round ``first`` (0: standardisation
+        first, which no outcome reports) to ``last``."""
+        rs = self._run_state()
+        if self.ckks:
+            yield from self._run_ckks(self._ex, rs, self._holder_reply, first, last)
+        else:
+            yield from self._run_secagg(self._ex, rs, first, last)
+
+    def _run_secagg(self, ex: StageExchange, rs: _Run, first: int, last: int
+                    ) -> Iterator[RoundOutcome]:
+        """SecAgg rounds, pipelined: round r's first trip carries round r - 1's unmask, and
+        round r - 1's outcome goes to the engine before round r's model is sent."""
         prev: _Flight | None = None
         carry: dict[str, list[ProtocolItem]] = {}
-        for r in range(rs.first_round, c.rounds + 1):
+        for r in range(first, last + 1):
             if prev is not None and prev.aborted is not None and \
                     self._aborted_in_a_row() + 1 >= MAX_ATTEMPTS:
-                self._finish(rs, self._secagg_done(prev))  # the last attempt, in the audit log
+                # the last attempt, in the audit log
+                yield from self._settle(rs, self._secagg_done(prev))
                 prev = None
             participants, start, signed = self._next_round(rs, r)
             fl = self._flight(start)
@@ -574,7 +615,7 @@ class DeployServer:
             self._route(replies, flights)
             if prev is not None:
                 self._close(prev)
-                self._finish(rs, self._secagg_done(prev))
+                yield from self._settle(rs, self._secagg_done(prev))
             roster = self._close(fl)
             model_msg = self._model_message(rs, r)
             if model_msg is not None:  # every bank signs the survivor set with this digest
@@ -597,7 +638,7 @@ class DeployServer:
                                      {n: ServerPayload(protocol=i) for n, i in carry.items()})
                 self._route(replies, {prev.start.round: prev})
                 self._close(prev)
-            self._finish(rs, self._secagg_done(prev))
+            yield from self._settle(rs, self._secagg_done(prev))
 
     def _secagg_done(self, fl: _Flight) -> _Done:
         done = _Done(start=fl.start, names=fl.names, t0=fl.t0, drafts=fl.drafts,
@@ -611,7 +652,8 @@ class DeployServer:
         done.noise, done.encoding = fl.spec.noise, fl.enc
         return done
 
-    def _run_ckks(self, ex: StageExchange, rs: _Run, holder_reply: Any) -> None:
+    def _run_ckks(self, ex: StageExchange, rs: _Run, holder_reply: Any, from_round: int,
+                  last: int) -> Iterator[RoundOutcome]:
         """CKKS rounds (securefl.deploy.ckks): four trips each, no pipelining (a round's plan
         needs the previous release). Each round has its own key: its public context, signed by
         the key holder for (session, round), comes with the previous round's release, or else
@@ -639,7 +681,7 @@ class DeployServer:
             rs.silent |= {n for n in set(payloads) - set(replies) if n != holder}
             return replies
 
-        for r in range(rs.first_round, c.rounds + 1):
+        for r in range(from_round, last + 1):
             participants, start, signed = self._next_round(rs, r)
             if r not in contexts:
                 replies = trip(r, "key", {holder: ServerPayload(
@@ -656,7 +698,7 @@ class DeployServer:
                                       start=signed, model=model_msg, banks=rs.signed_infos)
                      for n in live}
             names = {self.ids[p]: p for p in participants}
-            done = _Done(start=start, names=names, t0=time.monotonic(), aggregation="ckks")
+            done = _Done(start=start, names=names, t0=time.perf_counter(), aggregation="ckks")
 
             def collect(round_: int, stage: str, payloads: Mapping[str, ServerPayload],
                         done: _Done = done) -> dict[str, Any]:
@@ -683,7 +725,7 @@ class DeployServer:
                 done.input_digests = {names[i]: h for i, h in res.input_digests.items()}
                 done.aggregate_digest = res.aggregate_digest
                 done.noise = round_spec(start, self.ids, params=fed.params).noise
-            self._finish(rs, done)
+            yield from self._settle(rs, done)
 
     def _collect_drafts(self, done: _Done, replies: Mapping[str, Any]) -> None:
         """The record-level DP-SGD ledger drafts and clipping flags the banks sent with their
@@ -698,13 +740,8 @@ class DeployServer:
 
     def _aborted_in_a_row(self) -> int:
         """Rounds aborted in a row, most recent first: each left the global model unchanged, so
-        each was an attempt at the same input (MAX_ATTEMPTS bounds them)."""
-        n = 0
-        for h in reversed(self.history):
-            if "aborted" not in h:
-                break
-            n += 1
-        return n
+        each was an attempt at the same input (MAX_ATTEMPTS bounds them; the engine's count)."""
+        return self.engine.aborted_in_a_row()
 
     def _next_round(self, rs: _Run, r: int) -> tuple[list[str], RoundStart, Signed]:
         """Round r's participants and its signed plan: round 0 sums the moment vectors, later
@@ -713,11 +750,8 @@ class DeployServer:
         with ``clients_per_round`` < 1 max(floor, round(q n)) of them. Banks that went silent or
         sent no signed size stay drawn; they get no payload and are SecAgg dropouts, so they
         lower no threshold (spec section 12.1)."""
-        retries = self._aborted_in_a_row()
-        if r > 0 and retries >= MAX_ATTEMPTS:
-            raise AggregationAbortedError(
-                f"round {r}: the last {retries} rounds aborted; the banks refuse more than "
-                f"{MAX_ATTEMPTS} attempts at one global model")
+        if r > 0:  # the engine's abort policy
+            self.engine.check_attempts(r, self._aborted_in_a_row())
         available = len([b for b in rs.banks if b not in rs.silent])
         floor = max(2, self.fed.params.threshold)
         if available < floor:
@@ -766,12 +800,9 @@ class DeployServer:
         facts must be this run's, and the model, server optimizer state, ledger and the released
         standardisation sum (checked against its digest in the signed federation facts) are
         loaded. Round 0 is not repeated: banks standardise with the stored sum."""
-        import torch
-
         from securefl.audit import layout as L
         from securefl.audit.records import canonical_json
         from securefl.audit.store import RunStore
-        from securefl.fl.params import from_bytes, get_flat
 
         run_dir = self.s.run_dir
         if not (run_dir / L.COMMIT).exists():
@@ -798,58 +829,63 @@ class DeployServer:
             raise ConfigError(f"{run_dir}: the stored target scale differs from this run's")
         stdz, rs.target = split_standardisation(moments, rs.target_scale_log2)
         rs.test = self._test_set(stdz)
-        tensors = from_bytes(store.model_bytes(store.last_round))
-        rs.server_opt.load_state({k: v.astype(np.float64) for k, v in tensors.items()
-                                  if k.startswith("server_opt.")})
-        rs.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()
-                                  if not k.startswith("server_opt.")})
-        rs.w = get_flat(rs.model)
+        server = TorchServerModel(rs.model, rs.server_opt)
+        server.restore(store.model_bytes(store.last_round))
+        rs.w = server.weights
         rs.ledger = Ledger.from_bytes(L.read_bytes(run_dir, L.LEDGER))
         rs.store, rs.first_round = store, store.last_round + 1
         log.info("resuming %s after round %d", run_dir, store.last_round)
 
+    def _settle(self, rs: _Run, done: _Done) -> Iterator[RoundOutcome]:
+        """Close one round: round 0 standardises and creates the run store (:meth:`_finish`); a
+        training round is yielded to the round engine as its typed outcome, which commits it (or
+        its abort) to the audit log and ledger; then the server's copy of the global weights
+        follows."""
+        if done.start.round == 0:
+            self._finish(rs, done)
+            return
+        yield self._outcome(rs, done)
+        rs.w = self._committer(rs).model.weights  # type: ignore[attr-defined]
+
     def _finish(self, rs: _Run, done: _Done) -> None:
-        """Close one round: round 0 standardises and creates the run store; a training round
-        updates the model and commits the round (or its abort) to the audit log and ledger."""
+        """Close round 0: the released moment sum standardises, and the run store is created."""
         from securefl.audit.store import RunStore
         from securefl.fl.params import model_tensors, to_bytes
 
         fed = self.fed
-        r = done.start.round
-        if r == 0:
-            if done.error is not None:  # no standardisation without round 0's release
-                raise done.error
-            total = done.total
-            rs.moments_total = [float(v) for v in total]
-            stdz, rs.target = split_standardisation(total, rs.target_scale_log2)
-            rs.test = self._test_set(stdz)
-            facts = {
-                "banks": [{"name": b, "train_examples": rs.sizes[b]} for b in rs.banks],
-                "data_source": "each bank's own file (deployment)", "task": rs.plan.task,
-                "n_features": rs.n_features, "manifest_sha256": fed.digest,
-                "standardisation": {"mode": fed.params.aggregation, "aggregate_sha256":
-                                    hashlib.sha256(total.tobytes()).hexdigest(),
-                                    "moments_total": rs.moments_total,
-                                    "target_scale_log2": rs.target_scale_log2},
-                "record_noise_multiplier": {b: rs.infos[b].record_noise_multiplier
-                                            for b in rs.banks},
-            }
-            rs.store = RunStore.create(self.s.run_dir, config=self._store_config(),
-                                       server_key=self.key,  # the manifest's server key
-                                       origin=f"securefl/{self.session.hex()}",
-                                       initial_model=to_bytes(model_tensors(rs.model)),
-                                       federation=facts, write_key_file=False)
-            return
-        rc = self._committer(rs)
+        if done.error is not None:  # no standardisation without round 0's release
+            raise done.error
+        total = done.total
+        rs.moments_total = [float(v) for v in total]
+        stdz, rs.target = split_standardisation(total, rs.target_scale_log2)
+        rs.test = self._test_set(stdz)
+        facts = {
+            "banks": [{"name": b, "train_examples": rs.sizes[b]} for b in rs.banks],
+            "data_source": "each bank's own file (deployment)", "task": rs.plan.task,
+            "n_features": rs.n_features, "manifest_sha256": fed.digest,
+            "standardisation": {"mode": fed.params.aggregation, "aggregate_sha256":
+                                hashlib.sha256(total.tobytes()).hexdigest(),
+                                "moments_total": rs.moments_total,
+                                "target_scale_log2": rs.target_scale_log2},
+            "record_noise_multiplier": {b: rs.infos[b].record_noise_multiplier
+                                        for b in rs.banks},
+        }
+        rs.store = RunStore.create(self.s.run_dir, config=self._store_config(),
+                                   server_key=self.key,  # the manifest's server key
+                                   origin=f"securefl/{self.session.hex()}",
+                                   initial_model=to_bytes(model_tensors(rs.model)),
+                                   federation=facts, write_key_file=False)
+
+    def _outcome(self, rs: _Run, done: _Done) -> RoundOutcome:
+        """A training round's typed outcome (securefl.engine.RoundOutcome): the release, or the
+        error with the banks still alive (the silent ones are its dropouts)."""
+        r, participants = done.start.round, tuple(done.start.participants)
         if done.error is not None:
-            kept = rc.abort(r, done.start.participants, done.error,
-                            alive=[p for p in done.start.participants if p not in rs.silent],
-                            dropouts={p: "silent" for p in done.start.participants
-                                      if p in rs.silent},
-                            drafts=done.drafts,
-                            metrics=self.history[-1]["metrics"] if self.history else {})
-            self.history.append({"round": r, "aborted": done.error.code, "metrics": kept.metrics})
-            return
+            return RoundOutcome(round=r, participants=participants, error=done.error,
+                                alive=tuple(p for p in participants if p not in rs.silent),
+                                dropouts={p: "silent" for p in participants if p in rs.silent},
+                                drafts=tuple(done.drafts), clipped=done.clipped,
+                                started=done.t0)
         release = Release(total=done.total, survivors=tuple(done.names[i] for i in done.survivors),
                           survivor_weights=tuple(rs.weights[done.names[i]]
                                                  for i in done.survivors),
@@ -857,14 +893,9 @@ class DeployServer:
                           aggregate_digest=done.aggregate_digest,
                           input_digests=done.input_digests, weight_total=done.weight_total,
                           encoding=done.encoding)
-        out = rc.commit(r, done.start.participants, release, drafts=done.drafts,
-                        noise=done.noise, dim=done.start.dim,
-                        evaluate=lambda: self._evaluate(rs.model, rs.test, rs.target))
-        rs.w = rc.model.weights  # type: ignore[attr-defined]
-        self.history.append({"round": r, "participants": list(out.participants),
-                             "survivors": list(out.survivors), "dropouts": out.dropouts,
-                             "metrics": out.metrics, "clipped": done.clipped,
-                             "seconds": round(time.monotonic() - done.t0, 3)})
+        return RoundOutcome(round=r, participants=participants, release=release,
+                            drafts=tuple(done.drafts), noise=done.noise, dim=done.start.dim,
+                            clipped=done.clipped, started=done.t0)
 
     def _committer(self, rs: _Run) -> RoundCommitter:
         """The run's round committer (securefl.committer), over the store round 0 created or

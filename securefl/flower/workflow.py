@@ -82,6 +82,8 @@ from securefl.deploy.messages import (
     Signed,
     TrainPlan,
 )
+from securefl.engine import RoundEngine
+from securefl.engine import RoundOutcome as Settled
 from securefl.errors import (
     AggregationAbortedError,
     ByteLimitError,
@@ -183,7 +185,9 @@ class _Session:
     infos: list[BankInfo]
     committer: RoundCommitter
     model: _StrategyModel
-    history: list[dict[str, Any]] = field(default_factory=list)
+    #: the round engine (securefl.engine): Flower's loop calls the workflow once per round, and
+    #: each round's typed outcome is settled by the engine (commit or abort, report)
+    engine: RoundEngine
     #: the current round's declared drafts so far (recorded even if the round then aborts)
     drafts: list[Draft] = field(default_factory=list)
     #: ckks: the key holder's member name and node id, the signed hello every payload to it
@@ -307,8 +311,8 @@ class SecureFLWorkflow:
             log.error("round %d aborted: %s %s", r, err.code, err.message)
             self._check_round(s, r)
             # nothing released, the model unchanged: no one "survived" into a sum, no one dropped
-            done = s.committer.abort(r, list(chosen), err, alive=list(chosen), drafts=s.drafts)
-            s.history.append({"round": r, "metrics": done.metrics, "aborted": err.code})
+            s.engine.settle(Settled(round=r, participants=tuple(chosen), error=err,
+                                    alive=tuple(chosen), drafts=tuple(s.drafts)))
             self._finish_if_last(s, r, context)
             return
 
@@ -331,9 +335,9 @@ class SecureFLWorkflow:
 
         s.model.aggregate = aggregate
         self._check_round(s, r)
-        done = s.committer.commit(r, out.participants, out.release, drafts=out.drafts,
-                                  noise=out.noise, dim=out.dim)
-        s.history.append({"round": r, "metrics": done.metrics})
+        s.engine.settle(Settled(round=r, participants=tuple(out.participants),
+                                release=out.release, drafts=tuple(out.drafts),
+                                noise=out.noise, dim=out.dim))
         self._finish_if_last(s, r, context)
 
     # -- the session ----------------------------------------------------------------------------------
@@ -399,7 +403,8 @@ class SecureFLWorkflow:
                                    aggregation=fed.params.aggregation,
                                    events=ClientEvents(clip_norm=fed.params.clip_norm))
         self._s = _Session(fed=fed, key=key, counter=counter, session=session, infos=infos,
-                           committer=committer, model=model)
+                           committer=committer, model=model,
+                           engine=RoundEngine(lambda: committer))
         if holder is not None:
             self._s.holder, self._s.holder_node = holder, nodes[holder]
             self._s.num_rounds = num_rounds
@@ -691,7 +696,7 @@ class SecureFLWorkflow:
             "securefl_version": __version__, "aggregation": s.fed.params.aggregation,
             "transport": FLOWER_APP, "session_id": s.session.hex(),
             "manifest_sha256": s.fed.digest,
-            "rounds_completed": sum(1 for h in s.history if "aborted" not in h),
+            "rounds_completed": sum(1 for h in s.engine.history if h.aborted is None),
             "model_sha256": s.store.model_sha256(s.store.last_round),
         })
 
