@@ -271,7 +271,7 @@ class Engine:
         c = self.config
         if c.stats_noise_multiplier is not None:
             return c.stats_noise_multiplier if c.dp else 0.0
-        return DEFAULT_STATS_NOISE if c.dp and fed.schema_digest is not None else 0.0
+        return DEFAULT_STATS_NOISE if c.dp and fed.bounds is not None else 0.0
 
     def _standardize(self, fed: Any, aggregator: Aggregator) -> tuple[Any, str]:
         """Federated standardisation and imputation: the banks' moment vectors are summed by the
@@ -280,44 +280,39 @@ class Engine:
         its rows scaled into public ranges), sized so the honest shares alone carry std
         z * sensitivity, and the release is recorded in the ledger (round 0, record level)."""
         from securefl.crypto.random import SystemRandomSource
-        from securefl.data.standardize import moments_sensitivity, scaled_moments, unscale_moments
-        from securefl.dp.events import GaussianEvent
-        from securefl.dp.ledger import Draft
-        from securefl.dp.noise import gaussian
+        from securefl.data.standardize import moments_sensitivity, unscale_moments
+        from securefl.protocol import round0
 
         z = self._stats_z = self._stats_noise(fed)
+        norm_log2: dict[int, int] = {}
         if z > 0:
             if fed.bounds is None:
                 raise ConfigError("this table has no public input ranges for noised statistics",
                                   hint="use a data schema (--schema), or --stats-noise-multiplier 0")
             sens = moments_sensitivity(fed.groups)
-            honest = len(fed.banks) - self.config.colluders
-            share = z * sens / np.sqrt(honest)
+            # every bank's round-0 input is in the sum (threshold: all of them)
+            share = round0.share_std(z, sens, len(fed.banks), self.config.colluders)
             moments = {}
             for i, b in enumerate(fed.banks):
                 src = (SystemRandomSource() if self.config.secure_mode
                        else self.random.source(0, i, "stats-noise"))
-                m = scaled_moments(b.X_train, fed.bounds)
-                moments[i] = m + gaussian(m.size, share, src)
+                moments[i] = round0.noised_moments(b.X_train, fed.bounds, share, src)
+                norm_log2[i] = round0.norm_log2_bound(b.n_train, moments[i].size, z)
             source = "os_csprng" if self.config.secure_mode else "seeded_chacha20"
-            self._stats_drafts = [
-                Draft(round=0, level="record", party=f"bank:{b.name}",
-                      event=GaussianEvent(noise_multiplier=z), clip_norm=sens, participants=1,
-                      survivors=1, neighbouring="add_remove", sampling="all", steps=1,
-                      noise_source=source)  # type: ignore[arg-type]
-                for b in fed.banks]
+            self._stats_drafts = round0.stats_drafts([b.name for b in fed.banks], z, sens, source)
         else:
             moments = {i: np.asarray(b.moments(), dtype=np.float64)
                        for i, b in enumerate(fed.banks)}
+            # each bank reveals only the power of two above its own norm (documented leak of
+            # < 7 bits of scale); with noise the bound follows from public facts only
+            norm_log2 = {i: int(np.ceil(np.log2(max(float(np.linalg.norm(m)), 1.0))))
+                         for i, m in moments.items()}
         if aggregator.name == "secagg":
             from securefl.protocol.secagg import moments_precision_bits
 
             aggregator = make_aggregator("secagg",
                                          precision_bits=moments_precision_bits(len(moments)))
-        # a public bound on the moment vectors' norm: each bank reveals only the power of two
-        # above its own norm (documented leak of < 7 bits of scale)
-        bound = float(2.0 ** max(int(np.ceil(np.log2(max(float(np.linalg.norm(m)), 1.0)))) + 1
-                                 for m in moments.values()))
+        bound = float(2.0 ** (max(norm_log2.values()) + 1))  # the same rule as a deployment
         spec = RoundSpec(session_id=self.session_id, round=0,
                          participants=tuple(moments), clip_norm=bound,
                          threshold=len(moments), noise=None)

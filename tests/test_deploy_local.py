@@ -357,13 +357,14 @@ def test_a_crashed_server_resumes_after_its_last_committed_round(tmp_path: Path)
 def test_regression_deployment_standardises_the_target_federatedly(tmp_path: Path) -> None:
     """Regression (LIMIT_BAL): round 0 also sums the moments of target / 2^k (k the largest power
     of two the banks report), the banks train on the standardised target and the server reports
-    metrics in label units. securefl run sums the target moments outside SecAgg, so the two runs
-    differ only by that sum's quantization: R^2 and RMSE must agree closely."""
+    metrics in label units. securefl run sums the target moments outside SecAgg (and, with DP
+    on, without the noise a deployment adds to them), so the two runs, without DP, differ only by
+    that sum's quantization: R^2 and RMSE must agree closely."""
     from securefl.audit.verify import verify_run_dir
     from securefl.config import RunConfig
     from securefl.runtime import Engine
 
-    run = {"rounds": 2, "seed": 3, "label": "LIMIT_BAL", "task": "regression"}
+    run = {"rounds": 2, "seed": 3, "label": "LIMIT_BAL", "task": "regression", "dp": False}
     f = make_federation(tmp_path / "fed", run)
     srv = DeployServer(ServerSettings.load(f.server_file(tmp_path / "run")))
     link = LocalLink({i: BankNode.from_node_config(f.node_config(b, sim_seed=3))
@@ -1105,9 +1106,10 @@ def test_silence_and_withheld_sizes_leave_the_draw_and_the_graph_unchanged(
 def test_a_deployed_banks_own_cap_refuses_the_round_before_its_update_leaves(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, cap: str, dp: bool) -> None:
     """Each bank's node config caps its epsilon (securefl.dp.bank_budget): a round that would pass
-    the cap (a record cap of 1e-3; or any client cap on a run without DP, whose client-level
-    epsilon is unbounded) is refused by every bank before its update leaves, so round 1 aborts and
-    nothing is charged."""
+    the cap (a record cap of 1e-3, which round 0's noised statistics already pass; or any client
+    cap on a run without DP, whose client-level epsilon is unbounded) is refused by every bank
+    before its input leaves, so the round aborts (round 0: the run stops, nothing standardised)
+    and nothing is charged."""
     from securefl.dp.bank_budget import BankBudget, BudgetCaps
 
     f = make_federation(tmp_path / "fed", {**RUN, "dp": dp})
@@ -1117,10 +1119,14 @@ def test_a_deployed_banks_own_cap_refuses_the_round_before_its_update_leaves(
     srv = _server(f, tmp_path / "run")
     link = LocalLink(banks, srv.fed.digest)
     with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
-        res = srv.run(link, link.names())
+        if dp:
+            with pytest.raises(AggregationAbortedError):
+                srv.run(link, link.names())
+        else:
+            assert srv.run(link, link.names())["rounds_completed"] == 0
     refused = [r.getMessage() for r in caplog.records if "SFL501" in r.getMessage()]
-    assert len(refused) == 3, refused
-    assert res["rounds_completed"] == 0
+    assert {b for b in f.banks if any(m.startswith(b) for m in refused)} == set(f.banks)
+    assert all(f"round {0 if dp else 1}" in m for m in refused), refused
     for b in f.banks:
         assert BankBudget(tmp_path / b, b, BudgetCaps()).spent() == {"record": 0.0, "client": 0.0}
 

@@ -476,6 +476,13 @@ def encode(cells: Mapping[str, Sequence[str | None]], schema: DataSchema,
                    unknown=out.unknown, missing=out.missing, clipped=out.clipped)
 
 
+def schema_inputs(schema: DataSchema) -> tuple[NDArray[np.float64], tuple[tuple[int, ...], ...]]:
+    """The public range of each input the schema encodes and its groups (one-hot blocks, else
+    one input each): what :func:`encode` reports, from the schema alone (no row)."""
+    out = encode({f.name: [] for f in schema.features}, schema, np.zeros(0, dtype=np.int64))
+    return np.asarray(out.bounds, dtype=np.float64).reshape(-1, 2), out.groups
+
+
 def impute_from_moments(total: NDArray[np.float64], imputations: Sequence[Imputation],
                         ) -> tuple[NDArray[np.float64], dict[int, float]]:
     """(the moment vector of the IMPUTED rows, column -> fill value), from the released sum of the

@@ -139,6 +139,8 @@ class ServerSettings:
     resume: bool = False
     #: JSON lines of progress (one per trip), for operators and tests
     progress: Path | None = None
+    #: the data schema the manifest pins (docs/data.md): round 0's public input ranges
+    schema: Path | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> ServerSettings:
@@ -147,7 +149,7 @@ class ServerSettings:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read the server deployment file {path}: {exc}") from exc
         opt = {k: raw.get(k) for k in ("test_data", "passphrase_file", "progress",
-                                       "state_dir")}
+                                       "state_dir", "schema")}
         try:
             return cls(manifest=Path(raw["manifest"]), key=Path(raw["key"]),
                        run_dir=Path(raw["run_dir"]), run=dict(raw.get("run", {})),
@@ -160,7 +162,8 @@ class ServerSettings:
                        insecure_sim_streams=bool(raw.get("insecure_sim_streams", False)),
                        state_dir=Path(opt["state_dir"]) if opt["state_dir"] else None,
                        resume=bool(raw.get("resume", False)),
-                       progress=Path(opt["progress"]) if opt["progress"] else None)
+                       progress=Path(opt["progress"]) if opt["progress"] else None,
+                       schema=Path(opt["schema"]) if opt["schema"] else None)
         except KeyError as exc:
             raise ConfigError(f"{path} lacks {exc.args[0]!r}") from exc
 
@@ -229,6 +232,11 @@ class _Run:
     #: regression: round 0 carries target / 2^target_scale_log2; ``target`` is its TargetScaler
     target_scale_log2: int | None = None
     target: Any = None
+    #: round 0 with noised statistics: the features' public ranges and groups (signed into its
+    #: plan), and the release's ledger drafts (committed with round 1, as ``securefl run`` does)
+    stats_ranges: Any = None
+    stats_groups: tuple[tuple[int, ...], ...] = ()
+    stats_drafts: list[Any] = field(default_factory=list)
 
 
 class DeployServer:
@@ -414,11 +422,48 @@ class DeployServer:
                          record_noise_multiplier=c.record_noise_multiplier,
                          record_clip=c.record_clip, delta=c.delta,
                          aggregation="ckks" if c.aggregation == "ckks" else "secagg",
-                         clients_per_round=p.clients_per_round)
+                         clients_per_round=p.clients_per_round,
+                         stats_noise_multiplier=self._stats_noise())
+
+    def _stats_noise(self) -> float:
+        """Round 0's record-level noise multiplier: ``securefl run``'s rule (the default with DP
+        on, none without); the banks refuse 0 with DP on."""
+        from securefl.config import DEFAULT_STATS_NOISE
+
+        c = self.config
+        if not c.dp:
+            return 0.0
+        return c.stats_noise_multiplier if c.stats_noise_multiplier is not None \
+            else DEFAULT_STATS_NOISE
+
+    def _stats_inputs(self, n_features: int) -> tuple[Any, tuple[tuple[int, ...], ...]]:
+        """The public ranges and groups of round 0's inputs: the pinned data schema's (server
+        setting ``schema``), or without one the embedded table's encoding."""
+        if self.s.schema is not None:
+            from securefl.data.schema import load_pinned_schema, schema_inputs
+
+            ranges, groups = schema_inputs(load_pinned_schema(self.s.schema,
+                                                              self.fed.params.data_schema))
+        elif self.fed.params.data_schema is not None:
+            raise ConfigError("the manifest pins a data schema and the server has none: round 0's "
+                              "noised statistics need its public ranges",
+                              hint='add "schema": PATH (the agreed schema file) to the server '
+                                   'deployment file')
+        else:
+            from securefl.data.encoding import embedded_inputs
+
+            ranges, groups = embedded_inputs(self.config.label or "default")
+        if ranges.shape[0] != n_features:
+            raise ConfigError(f"the banks hold {n_features} features, the public ranges cover "
+                              f"{ranges.shape[0]}: round 0 cannot be noised",
+                              hint="pin a data schema in the manifest and give it to the server "
+                                   "(schema), or run without DP")
+        return ranges, groups
 
     def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
                weights: dict[str, float], target_scale_log2: int | None = None,
-               round0_threshold: int | None = None) -> tuple[RoundStart, Signed]:
+               round0_threshold: int | None = None, stats: Any = None,
+               stats_groups: tuple[tuple[int, ...], ...] = ()) -> tuple[RoundStart, Signed]:
         from securefl.protocol.secagg.bounds import default_threshold
 
         c = self.config
@@ -430,7 +475,10 @@ class DeployServer:
                                noise_multiplier=0.0, min_survivors=t0,
                                degree=k - 1,  # classic SecAgg always (spec 12.1, S6b-2)
                                precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim,
-                               target_scale_log2=target_scale_log2, sim_stream=self.sim_stream)
+                               target_scale_log2=target_scale_log2, sim_stream=self.sim_stream,
+                               stats_ranges=([(float(lo), float(hi)) for lo, hi in stats]
+                                             if stats is not None else []),
+                               stats_groups=[list(g) for g in stats_groups])
         else:
             threshold = min(c.threshold or default_threshold(k, self.fed.params.colluders), k)
             threshold = max(threshold, self.fed.params.threshold)  # k >= it (_next_round)
@@ -522,6 +570,8 @@ class DeployServer:
                   model=model, w=get_flat(model),
                   server_opt=ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr),
                   target_scale_log2=target_scale)
+        if plan.stats_noise_multiplier > 0 and not self.s.resume:
+            rs.stats_ranges, rs.stats_groups = self._stats_inputs(n_features)
         if self.s.resume:
             self._resume(rs)
         if self.ckks:
@@ -729,7 +779,8 @@ class DeployServer:
         start, signed = self._start(r, participants, dim, clip=rs.bound, weights=rs.weights,
                                     target_scale_log2=rs.target_scale_log2,
                                     round0_threshold=len([p for p in participants
-                                                          if p in rs.weights]))
+                                                          if p in rs.weights]),
+                                    stats=rs.stats_ranges, stats_groups=rs.stats_groups)
         return participants, start, signed
 
     def _live(self, rs: _Run, participants: list[str]) -> list[str]:
@@ -817,7 +868,7 @@ class DeployServer:
         if r == 0:
             if done.error is not None:  # no standardisation without round 0's release
                 raise done.error
-            total = done.total
+            total = self._round0_release(rs, done)
             rs.moments_total = [float(v) for v in total]
             stdz, rs.target = split_standardisation(total, rs.target_scale_log2)
             rs.test = self._test_set(stdz)
@@ -828,7 +879,8 @@ class DeployServer:
                 "standardisation": {"mode": fed.params.aggregation, "aggregate_sha256":
                                     hashlib.sha256(total.tobytes()).hexdigest(),
                                     "moments_total": rs.moments_total,
-                                    "target_scale_log2": rs.target_scale_log2},
+                                    "target_scale_log2": rs.target_scale_log2,
+                                    "noise_multiplier": rs.plan.stats_noise_multiplier},
                 "record_noise_multiplier": {b: rs.infos[b].record_noise_multiplier
                                             for b in rs.banks},
             }
@@ -839,6 +891,8 @@ class DeployServer:
                                        federation=facts, write_key_file=False)
             return
         rc = self._committer(rs)
+        if r == 1 and rs.stats_drafts:  # the round-0 release is committed with the first round
+            done.drafts = [*rs.stats_drafts, *done.drafts]
         if done.error is not None:
             kept = rc.abort(r, done.start.participants, done.error,
                             alive=[p for p in done.start.participants if p not in rs.silent],
@@ -863,6 +917,26 @@ class DeployServer:
                              "survivors": list(out.survivors), "dropouts": out.dropouts,
                              "metrics": out.metrics, "clipped": done.clipped,
                              "seconds": round(time.monotonic() - done.t0, 3)})
+
+    def _round0_release(self, rs: _Run, done: _Done) -> NDArray[np.float64]:
+        """Round 0's released sum in input units. With noised statistics the banks summed their
+        rows' moments in the public ranges (securefl.protocol.round0): unscale them, and draft
+        one record-level ledger event per bank in the sum."""
+        total: NDArray[np.float64] = np.asarray(done.total, dtype=np.float64)
+        z = rs.plan.stats_noise_multiplier
+        if z <= 0:
+            return total
+        from securefl.data.standardize import moments_sensitivity, unscale_moments
+        from securefl.protocol.round0 import stats_drafts, with_target
+
+        ranges, groups = np.asarray(rs.stats_ranges, dtype=np.float64), rs.stats_groups
+        if rs.target_scale_log2 is not None:
+            ranges, groups = with_target(ranges, groups)
+        source = "seeded_chacha20" if self.s.insecure_sim_streams else "os_csprng"
+        rs.stats_drafts = stats_drafts([done.names[i] for i in sorted(done.survivors)], z,
+                                       moments_sensitivity(groups), source)
+        out: NDArray[np.float64] = unscale_moments(total, ranges)
+        return out
 
     def _committer(self, rs: _Run) -> RoundCommitter:
         """The run's round committer (securefl.committer), over the store round 0 created or
