@@ -1194,14 +1194,19 @@ def test_a_deployment_with_a_data_schema_pinned_in_the_manifest(tmp_path: Path,
                                                  else {})})
                 for i, b in enumerate(f.banks)}
 
-    srv = _server(f, tmp_path / "run")
+    def server(run_dir: Path) -> DeployServer:  # round 0's public ranges: the pinned schema's
+        return DeployServer(ServerSettings.load(f.server_file(run_dir, schema=str(path))))
+
+    with pytest.raises(ConfigError, match="pins a data schema and the server has none"):
+        _server(f, tmp_path / "run").run(LocalLink({}, f.manifest.name), {})
+    srv = server(tmp_path / "run")
     link = LocalLink(banks(dict.fromkeys(f.banks, path)), srv.fed.digest)
     assert srv.run(link, link.names())["rounds_completed"] == 1
     for bad in (None, other):
         # a fresh deployment each time: the banks' round-0 survivor record of the run above would
         # otherwise (rightly) refuse a round 0 over the smaller set (spec 12.1, S6-5)
         forget_round0()
-        srv = _server(f, tmp_path / f"run-{bad is None}")
+        srv = server(tmp_path / f"run-{bad is None}")
         link = LocalLink(banks({**dict.fromkeys(f.banks, path), f.banks[0]: bad}), srv.fed.digest)
         with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
             caplog.clear()

@@ -436,7 +436,7 @@ class DeployServer:
         return c.stats_noise_multiplier if c.stats_noise_multiplier is not None \
             else DEFAULT_STATS_NOISE
 
-    def _stats_inputs(self, n_features: int) -> tuple[Any, tuple[tuple[int, ...], ...]]:
+    def _stats_inputs(self) -> tuple[Any, tuple[tuple[int, ...], ...]]:
         """The public ranges and groups of round 0's inputs: the pinned data schema's (server
         setting ``schema``), or without one the embedded table's encoding."""
         if self.s.schema is not None:
@@ -453,11 +453,6 @@ class DeployServer:
             from securefl.data.encoding import embedded_inputs
 
             ranges, groups = embedded_inputs(self.config.label or "default")
-        if ranges.shape[0] != n_features:
-            raise ConfigError(f"the banks hold {n_features} features, the public ranges cover "
-                              f"{ranges.shape[0]}: round 0 cannot be noised",
-                              hint="pin a data schema in the manifest and give it to the server "
-                                   "(schema), or run without DP")
         return ranges, groups
 
     def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
@@ -539,6 +534,8 @@ class DeployServer:
         ex = StageExchange(link=link, federation=fed.digest, session=self.session,
                            server=fed.server, nodes=admitted, timeout_s=self.s.stage_timeout_s)
         plan = self.plan()
+        stats = (self._stats_inputs() if plan.stats_noise_multiplier > 0 and not self.s.resume
+                 else None)
         hello = self._sign(wire.encode(Hello(session=self.session, federation=fed.digest,
                                              plan=plan, counter=self.counter,
                                              sim_stream=self.sim_stream)), HELLO_DOMAIN, 0)
@@ -570,8 +567,13 @@ class DeployServer:
                   model=model, w=get_flat(model),
                   server_opt=ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr),
                   target_scale_log2=target_scale)
-        if plan.stats_noise_multiplier > 0 and not self.s.resume:
-            rs.stats_ranges, rs.stats_groups = self._stats_inputs(n_features)
+        if stats is not None:
+            if stats[0].shape[0] != n_features:
+                raise ConfigError(f"the banks hold {n_features} features, the public ranges "
+                                  f"cover {stats[0].shape[0]}: round 0 cannot be noised",
+                                  hint="pin a data schema in the manifest and give it to the "
+                                       "server (schema), or run without DP")
+            rs.stats_ranges, rs.stats_groups = stats
         if self.s.resume:
             self._resume(rs)
         if self.ckks:
