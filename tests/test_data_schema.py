@@ -422,6 +422,22 @@ def test_loan_book_runs_end_to_end_and_beats_each_bank_alone(tmp_path: Path) -> 
     assert facts["members"]["data_schema"]["drafted_in_memory"] is True
 
 
+def test_a_data_files_random_streams_follow_its_content_not_its_path(tmp_path: Path) -> None:
+    """The seeded streams (DP noise, rounding, local shuffling) are keyed by the table's bytes, not
+    its path: the loan-book test above drew other noise in every pytest session (its tmp_path
+    changes), and with a thin margin over the best bank alone it failed on some of them."""
+    from securefl.config import RunConfig
+    from securefl.runtime import stream_id_for
+
+    a = loan_book(tmp_path / "a.csv", n=60)
+    (tmp_path / "elsewhere").mkdir()
+    b = tmp_path / "elsewhere" / "b.csv"
+    b.write_bytes(a.read_bytes())
+    c = loan_book(tmp_path / "c.csv", n=60, seed=1)
+    ids = [stream_id_for(RunConfig(data=str(p), label="bad")) for p in (a, b, c)]
+    assert ids[0] == ids[1] != ids[2]
+
+
 # --- a deployed bank: its raw table, the pinned schema ----------------------------------------------
 def _bank_files(tmp_path: Path) -> tuple[Path, Path, DataSchema]:
     data = loan_book(tmp_path / "bank.csv", n=200)

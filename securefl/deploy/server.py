@@ -48,6 +48,7 @@ from securefl.deploy.common import (
     encoding_for,
     fedavg_weights,
     protocol_federation,
+    round0_fills,
     round_participants,
     round_spec,
     secagg_config,
@@ -803,12 +804,27 @@ class DeployServer:
                 "deployment": {"transport": "flower", "manifest_sha256": self.fed.digest,
                                "stage_timeout_s": self.s.stage_timeout_s}}
 
-    def _test_set(self, stdz: Any) -> tuple[Any, Any] | None:
+    def _test_set(self, total: NDArray[np.float64], target_scale_log2: int | None
+                  ) -> tuple[Any, Any] | None:
+        """The server's evaluation rows, standardised with the released round-0 sum: a raw table
+        encoded with the pinned data schema (setting ``schema``; missing cells filled from the
+        sum, as every bank fills its own), or else an already encoded numeric CSV."""
         if self.s.test_data is None:
             return None
-        from securefl.deploy.client import load_bank_csv
+        from securefl.deploy.client import load_bank_csv, load_bank_rows
 
-        Xt, yt = load_bank_csv(self.s.test_data, self.s.label)
+        imputations: tuple[Any, ...] = ()
+        if self.s.schema is not None:
+            Xt, yt, imputations = load_bank_rows(self.s.test_data, self.s.label, self.s.schema,
+                                                 self.fed.params.data_schema)
+        else:
+            Xt, yt = load_bank_csv(self.s.test_data, self.s.label)
+        stdz, _ = split_standardisation(total, target_scale_log2, imputations)
+        if imputations:
+            from securefl.data.schema import apply_fills
+
+            Xt = apply_fills(Xt, imputations, round0_fills(total, target_scale_log2,
+                                                           imputations))
         return stdz.transform(Xt), yt
 
     def _resume(self, rs: _Run) -> None:
@@ -847,8 +863,8 @@ class DeployServer:
         rs.moments_total = [float(v) for v in moments]
         if std.get("target_scale_log2") != rs.target_scale_log2:
             raise ConfigError(f"{run_dir}: the stored target scale differs from this run's")
-        stdz, rs.target = split_standardisation(moments, rs.target_scale_log2)
-        rs.test = self._test_set(stdz)
+        _, rs.target = split_standardisation(moments, rs.target_scale_log2)
+        rs.test = self._test_set(moments, rs.target_scale_log2)
         tensors = from_bytes(store.model_bytes(store.last_round))
         rs.server_opt.load_state({k: v.astype(np.float64) for k, v in tensors.items()
                                   if k.startswith("server_opt.")})
@@ -872,8 +888,8 @@ class DeployServer:
                 raise done.error
             total = self._round0_release(rs, done)
             rs.moments_total = [float(v) for v in total]
-            stdz, rs.target = split_standardisation(total, rs.target_scale_log2)
-            rs.test = self._test_set(stdz)
+            _, rs.target = split_standardisation(total, rs.target_scale_log2)
+            rs.test = self._test_set(total, rs.target_scale_log2)
             facts = {
                 "banks": [{"name": b, "train_examples": rs.sizes[b]} for b in rs.banks],
                 "data_source": "each bank's own file (deployment)", "task": rs.plan.task,
