@@ -823,8 +823,8 @@ class DeployServer:
         if imputations:
             from securefl.data.schema import apply_fills
 
-            Xt = apply_fills(Xt, imputations, round0_fills(total, target_scale_log2,
-                                                           imputations))
+            return stdz.transform(apply_fills(Xt, imputations, round0_fills(
+                total, target_scale_log2, imputations))), yt
         return stdz.transform(Xt), yt
 
     def _resume(self, rs: _Run) -> None:
