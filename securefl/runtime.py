@@ -420,10 +420,20 @@ class Engine:
 
         # the round-0 statistics are the same bank's records: the target covers both
         spent = [GaussianEvent(noise_multiplier=self._stats_z)] if self._stats_z > 0 else []
+        from securefl.errors import PrivacyError
+
         for i, bank in enumerate(fed.banks):
             steps, q = dpsgd_schedule(bank.n_train, c.batch_size, c.local_epochs)
-            out[i] = calibrate_noise(target, c.delta, c.rounds, q, "rdp", steps_per_round=steps,
-                                     spent=spent)
+            try:
+                out[i] = calibrate_noise(target, c.delta, c.rounds, q, "rdp",
+                                         steps_per_round=steps, spent=spent)
+            except PrivacyError as err:
+                if not spent:
+                    raise
+                raise PrivacyError(
+                    f"{err.message}: the round-0 release (z = {self._stats_z:g}) is part of "
+                    f"record epsilon {target:g}", hint="raise --stats-noise-multiplier (z = 4 "
+                    "alone costs about 1.2 at delta 1e-5), or the target epsilon") from err
         return out
 
     def _client_events(self) -> Any:

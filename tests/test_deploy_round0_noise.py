@@ -39,6 +39,7 @@ def _round0_entries(run_dir: Path) -> list[dict[str, Any]]:
     return [e for e in map(json.loads, lines) if e["round"] == 0]
 
 
+@pytest.mark.slow  # a deployment and a simulation: about 50 s on a loaded 2-core machine
 def test_the_deployments_round0_is_noised_accounted_and_the_simulations(tmp_path: Path) -> None:
     from securefl.audit.verify import verify_run_dir
     from securefl.config import RunConfig
@@ -93,6 +94,7 @@ def test_without_dp_round0_is_the_exact_sum_and_unaccounted(tmp_path: Path) -> N
     assert _round0_entries(tmp_path / "run") == []
 
 
+@pytest.mark.slow  # a one-round deployment with caps: about 40 s on a loaded machine
 def test_a_banks_record_cap_counts_round0(tmp_path: Path) -> None:
     """A bank's own record-level cap (securefl.dp.bank_budget) is charged for round 0's release:
     after a one-round run its lifetime ledger holds the round-0 event with the round's DP-SGD."""
@@ -156,3 +158,16 @@ def test_a_deployed_banks_noise_comes_from_the_os_csprng() -> None:
     from securefl.deploy.common import randomness
 
     assert isinstance(randomness(None, bytes(16), 0, 1, "stats-noise"), SystemRandomSource)
+
+
+def test_a_record_target_the_round0_release_alone_exceeds_is_refused_with_the_remedy(
+        tmp_path: Path) -> None:
+    """The embedded table's round-0 release is accounted by default (z = 4, about 1.2 at delta
+    1e-5 on its own): a record-level target of 1 cannot hold and the error names the remedy."""
+    from securefl import run
+    from securefl.config import RunConfig
+    from securefl.errors import PrivacyError
+
+    with pytest.raises(PrivacyError, match="round-0 release") as info:
+        run(RunConfig(rounds=1, record_epsilon=1.0, out=str(tmp_path / "run")))
+    assert "--stats-noise-multiplier" in info.value.hint
