@@ -140,14 +140,12 @@ def stream_id_for(config: RunConfig, extra: bytes = b"") -> bytes:
     """What the simulation's random streams are keyed by (with the seed): the session id of the
     configuration with the aggregation mode left out, so ``plain``, ``secagg`` and ``ckks`` runs with
     the same seed train on the same draws (DP-SGD, rounding, continuous noise) and differ only by
-    what the mode itself does. A ``--data`` file enters by its content (SHA-256), not its path: the
-    same table and seed give the same run wherever the file lives (a path-keyed stream gave a test
-    other draws in every pytest session, issue 18)."""
-    if config.data is not None:
-        digest = hashlib.sha256(Path(config.data).read_bytes()).digest()
-        return session_id_for(config.replace(aggregation="plain", data=None),
-                              extra + b"data-sha256:" + digest)
-    return session_id_for(config.replace(aggregation="plain"), extra)
+    what the mode itself does. A ``--data`` (and ``--schema``) file enters by its content (SHA-256),
+    not its path: the same table and seed give the same run wherever the file lives (a path-keyed
+    stream gave a test other draws in every pytest session, issue 18)."""
+    files = {k: "sha256:" + hashlib.sha256(Path(v).read_bytes()).hexdigest()
+             for k, v in (("data", config.data), ("schema", config.schema)) if v is not None}
+    return session_id_for(config.replace(aggregation="plain", **files), extra)
 
 
 def session_id_for(config: RunConfig, extra: bytes = b"") -> bytes:
