@@ -399,20 +399,33 @@ def test_build_federated_data_with_a_schema_never_drops_a_row(tmp_path: Path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # three seeded runs with baselines: about 2 min on 2 busy cores
 def test_loan_book_runs_end_to_end_and_beats_each_bank_alone(tmp_path: Path) -> None:
     """3,000 rows, 3 banks by region, no manual preparation (schema drafted in memory), DP on:
-    the federated model's ROC-AUC beats every bank alone; the round-0 statistics are in the
-    ledger. About 40 s on 2 busy cores."""
+    averaged over three seeds, the federated model's ROC-AUC beats every bank alone; the round-0
+    statistics are in the ledger. One seed is not enough: the DP noise moves a single run's
+    ROC-AUC by about 0.01 (measured, seeds 0-2: federated 0.7571 / 0.7845 / 0.7799, the best bank
+    alone 0.7614 / 0.7643 / 0.7737), more than the federation's margin in one run; the mean
+    margin is 0.008."""
     from securefl import run
     from securefl.config import RunConfig
     from securefl.dp.ledger import Ledger
 
     path = loan_book(tmp_path / "loans.csv")
-    res = run(RunConfig(data=str(path), label="bad", split_by="region", model="logreg",
-                        rounds=10, lr=0.02, baselines=True, out=str(tmp_path / "run")))
-    fed = res.final_metrics["roc_auc"]
-    alone = {k: v["roc_auc"] for k, v in res.baselines.items() if k.startswith("alone:")}
-    assert len(alone) == 3 and all(fed > a for a in alone.values()), (fed, alone)
+    feds, alones = [], []
+    for seed in (0, 1, 2):
+        res = run(RunConfig(data=str(path), label="bad", split_by="region", model="logreg",
+                            rounds=10, lr=0.02, baselines=True, seed=seed,
+                            out=str(tmp_path / ("run" if seed == 0 else f"run{seed}"))))
+        feds.append(res.final_metrics["roc_auc"])
+        alones.append({k: v["roc_auc"] for k, v in res.baselines.items()
+                       if k.startswith("alone:")})
+        if seed == 0:
+            first = res
+    fed = float(np.mean(feds))
+    alone = {k: float(np.mean([a[k] for a in alones])) for k in alones[0]}
+    assert len(alone) == 3 and all(fed > a for a in alone.values()), (feds, alones)
+    res = first
     ledger = Ledger.from_bytes((tmp_path / "run" / "ledger.jsonl").read_bytes())
     stats = [e for e in ledger.entries if e.round == 0]
     assert {e.party for e in stats} == {f"bank:{n}" for n in res.history[0].participants}

@@ -29,6 +29,7 @@ __all__ = [
     "binary_labels",
     "credit_bounds",
     "credit_groups",
+    "embedded_inputs",
     "encode_credit",
     "encode_features",
     "infer_task",

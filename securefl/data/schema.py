@@ -58,6 +58,7 @@ __all__ = [
     "parse_schema",
     "read_cells",
     "schema_digest",
+    "schema_inputs",
 ]
 
 SCHEMA_VERSION = 1
