@@ -143,9 +143,17 @@ def stream_id_for(config: RunConfig, extra: bytes = b"") -> bytes:
     what the mode itself does. A ``--data`` (and ``--schema``) file enters by its content (SHA-256),
     not its path: the same table and seed give the same run wherever the file lives (a path-keyed
     stream gave a test other draws in every pytest session, issue 18)."""
-    files = {k: "sha256:" + hashlib.sha256(Path(v).read_bytes()).hexdigest()
+    files = {k: "sha256:" + _file_sha256(v)
              for k, v in (("data", config.data), ("schema", config.schema)) if v is not None}
     return session_id_for(config.replace(aggregation="plain", **files), extra)
+
+
+def _file_sha256(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}",
+                        hint="check the path of --data / --schema") from exc
 
 
 def session_id_for(config: RunConfig, extra: bytes = b"") -> bytes:
