@@ -1061,7 +1061,7 @@ def test_silence_and_withheld_sizes_leave_the_draw_and_the_graph_unchanged(
     def plan(silent: set[str], withheld: set[str]) -> tuple[Any, str]:
         sized = [b for b in banks if b not in withheld]
         rs = SimpleNamespace(banks=sized, silent=silent, target_scale_log2=None, n_features=2,
-                             w=np.zeros(7), bound=1.0,
+                             w=np.zeros(7), bound=1.0, stats_ranges=None, stats_groups=(),
                              weights=fedavg_weights({b: sizes[b] for b in sized}))
         start = srv._next_round(rs, round_)[1]  # type: ignore[arg-type]
         seed = srv._flight(start).machine.config.graph_seed.hex() if round_ > 0 else ""
