@@ -70,7 +70,7 @@ class RunConfig:
     secure_mode: bool = False  # DP-SGD noise and sampling from the OS CSPRNG (not reproducible)
     delta: float = 1e-5
     #: record-level noise multiplier of the round-0 release (the moments that standardise and
-    #: impute); None: 4.0 for a --data table with DP on, off for the embedded table
+    #: impute); None: 4.0 with DP on (a --data table or the embedded one), 0 without DP
     stats_noise_multiplier: float | None = None
     target_epsilon: float | None = None  # budget (client level); refuse/stop when exceeded
     # run

@@ -109,8 +109,20 @@ def stream_id_for(config: RunConfig, extra: bytes = b"") -> bytes:
     """What the simulation's random streams are keyed by (with the seed): the session id of the
     configuration with the aggregation mode left out, so ``plain``, ``secagg`` and ``ckks`` runs with
     the same seed train on the same draws (DP-SGD, rounding, continuous noise) and differ only by
-    what the mode itself does."""
-    return session_id_for(config.replace(aggregation="plain"), extra)
+    what the mode itself does. A ``--data`` (and ``--schema``) file enters by its content (SHA-256),
+    not its path: the same table and seed give the same run wherever the file lives (a path-keyed
+    stream gave a test other draws in every pytest session, issue 18)."""
+    files = {k: "sha256:" + _file_sha256(v)
+             for k, v in (("data", config.data), ("schema", config.schema)) if v is not None}
+    return session_id_for(config.replace(aggregation="plain", **files), extra)
+
+
+def _file_sha256(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}",
+                        hint="check the path of --data / --schema") from exc
 
 
 def session_id_for(config: RunConfig, extra: bytes = b"") -> bytes:
@@ -240,7 +252,7 @@ class Engine:
         c = self.config
         if c.stats_noise_multiplier is not None:
             return c.stats_noise_multiplier if c.dp else 0.0
-        return DEFAULT_STATS_NOISE if c.dp and fed.schema_digest is not None else 0.0
+        return DEFAULT_STATS_NOISE if c.dp and fed.bounds is not None else 0.0
 
     def _standardize(self, fed: Any, aggregator: Aggregator) -> tuple[Any, str]:
         """Federated standardisation and imputation: the banks' moment vectors are summed by the
@@ -249,44 +261,39 @@ class Engine:
         its rows scaled into public ranges), sized so the honest shares alone carry std
         z * sensitivity, and the release is recorded in the ledger (round 0, record level)."""
         from securefl.crypto.random import SystemRandomSource
-        from securefl.data.standardize import moments_sensitivity, scaled_moments, unscale_moments
-        from securefl.dp.events import GaussianEvent
-        from securefl.dp.ledger import Draft
-        from securefl.dp.noise import gaussian
+        from securefl.data.standardize import moments_sensitivity, unscale_moments
+        from securefl.protocol import round0
 
         z = self._stats_z = self._stats_noise(fed)
+        norm_log2: dict[int, int] = {}
         if z > 0:
             if fed.bounds is None:
                 raise ConfigError("this table has no public input ranges for noised statistics",
                                   hint="use a data schema (--schema), or --stats-noise-multiplier 0")
             sens = moments_sensitivity(fed.groups)
-            honest = len(fed.banks) - self.config.colluders
-            share = z * sens / np.sqrt(honest)
+            # every bank's round-0 input is in the sum (threshold: all of them)
+            share = round0.share_std(z, sens, len(fed.banks), self.config.colluders)
             moments = {}
             for i, b in enumerate(fed.banks):
                 src = (SystemRandomSource() if self.config.secure_mode
                        else self.random.source(0, i, "stats-noise"))
-                m = scaled_moments(b.X_train, fed.bounds)
-                moments[i] = m + gaussian(m.size, share, src)
+                moments[i] = round0.noised_moments(b.X_train, fed.bounds, share, src)
+                norm_log2[i] = round0.norm_log2_bound(b.n_train, moments[i].size, z)
             source = "os_csprng" if self.config.secure_mode else "seeded_chacha20"
-            self._stats_drafts = [
-                Draft(round=0, level="record", party=f"bank:{b.name}",
-                      event=GaussianEvent(noise_multiplier=z), clip_norm=sens, participants=1,
-                      survivors=1, neighbouring="add_remove", sampling="all", steps=1,
-                      noise_source=source)  # type: ignore[arg-type]
-                for b in fed.banks]
+            self._stats_drafts = round0.stats_drafts([b.name for b in fed.banks], z, sens, source)
         else:
             moments = {i: np.asarray(b.moments(), dtype=np.float64)
                        for i, b in enumerate(fed.banks)}
+            # each bank reveals only the power of two above its own norm (documented leak of
+            # < 7 bits of scale); with noise the bound follows from public facts only
+            norm_log2 = {i: int(np.ceil(np.log2(max(float(np.linalg.norm(m)), 1.0))))
+                         for i, m in moments.items()}
         if aggregator.name == "secagg":
             from securefl.protocol.secagg import moments_precision_bits
 
             aggregator = make_aggregator("secagg",
                                          precision_bits=moments_precision_bits(len(moments)))
-        # a public bound on the moment vectors' norm: each bank reveals only the power of two
-        # above its own norm (documented leak of < 7 bits of scale)
-        bound = float(2.0 ** max(int(np.ceil(np.log2(max(float(np.linalg.norm(m)), 1.0)))) + 1
-                                 for m in moments.values()))
+        bound = float(2.0 ** (max(norm_log2.values()) + 1))  # the same rule as a deployment
         spec = RoundSpec(session_id=self.session_id, round=0,
                          participants=tuple(moments), clip_norm=bound,
                          threshold=len(moments), noise=None)
@@ -388,10 +395,20 @@ class Engine:
 
         # the round-0 statistics are the same bank's records: the target covers both
         spent = [GaussianEvent(noise_multiplier=self._stats_z)] if self._stats_z > 0 else []
+        from securefl.errors import PrivacyError
+
         for i, bank in enumerate(fed.banks):
             steps, q = dpsgd_schedule(bank.n_train, c.batch_size, c.local_epochs)
-            out[i] = calibrate_noise(target, c.delta, c.rounds, q, "rdp", steps_per_round=steps,
-                                     spent=spent)
+            try:
+                out[i] = calibrate_noise(target, c.delta, c.rounds, q, "rdp",
+                                         steps_per_round=steps, spent=spent)
+            except PrivacyError as err:
+                if not spent:
+                    raise
+                raise PrivacyError(
+                    f"{err.message}: the round-0 release (z = {self._stats_z:g}) is part of "
+                    f"record epsilon {target:g}", hint="raise --stats-noise-multiplier (z = 4 "
+                    "alone costs about 1.2 at delta 1e-5), or the target epsilon") from err
         return out
 
     def _client_events(self) -> Any:

@@ -357,13 +357,14 @@ def test_a_crashed_server_resumes_after_its_last_committed_round(tmp_path: Path)
 def test_regression_deployment_standardises_the_target_federatedly(tmp_path: Path) -> None:
     """Regression (LIMIT_BAL): round 0 also sums the moments of target / 2^k (k the largest power
     of two the banks report), the banks train on the standardised target and the server reports
-    metrics in label units. securefl run sums the target moments outside SecAgg, so the two runs
-    differ only by that sum's quantization: R^2 and RMSE must agree closely."""
+    metrics in label units. securefl run sums the target moments outside SecAgg (and, with DP
+    on, without the noise a deployment adds to them), so the two runs, without DP, differ only by
+    that sum's quantization: R^2 and RMSE must agree closely."""
     from securefl.audit.verify import verify_run_dir
     from securefl.config import RunConfig
     from securefl.runtime import Engine
 
-    run = {"rounds": 2, "seed": 3, "label": "LIMIT_BAL", "task": "regression"}
+    run = {"rounds": 2, "seed": 3, "label": "LIMIT_BAL", "task": "regression", "dp": False}
     f = make_federation(tmp_path / "fed", run)
     srv = DeployServer(ServerSettings.load(f.server_file(tmp_path / "run")))
     link = LocalLink({i: BankNode.from_node_config(f.node_config(b, sim_seed=3))
@@ -1062,7 +1063,7 @@ def test_silence_and_withheld_sizes_leave_the_draw_and_the_graph_unchanged(
     def plan(silent: set[str], withheld: set[str]) -> tuple[Any, str]:
         sized = [b for b in banks if b not in withheld]
         rs = SimpleNamespace(banks=sized, silent=silent, target_scale_log2=None, n_features=2,
-                             w=np.zeros(7), bound=1.0,
+                             w=np.zeros(7), bound=1.0, stats_ranges=None, stats_groups=(),
                              weights=fedavg_weights({b: sizes[b] for b in sized}))
         start = srv._next_round(rs, round_)[1]  # type: ignore[arg-type]
         seed = srv._flight(start).machine.config.graph_seed.hex() if round_ > 0 else ""
@@ -1107,9 +1108,10 @@ def test_silence_and_withheld_sizes_leave_the_draw_and_the_graph_unchanged(
 def test_a_deployed_banks_own_cap_refuses_the_round_before_its_update_leaves(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, cap: str, dp: bool) -> None:
     """Each bank's node config caps its epsilon (securefl.dp.bank_budget): a round that would pass
-    the cap (a record cap of 1e-3; or any client cap on a run without DP, whose client-level
-    epsilon is unbounded) is refused by every bank before its update leaves, so round 1 aborts and
-    nothing is charged."""
+    the cap (a record cap of 1e-3, which round 0's noised statistics already pass; or any client
+    cap on a run without DP, whose client-level epsilon is unbounded) is refused by every bank
+    before its input leaves, so the round aborts (round 0: the run stops, nothing standardised)
+    and nothing is charged."""
     from securefl.dp.bank_budget import BankBudget, BudgetCaps
 
     f = make_federation(tmp_path / "fed", {**RUN, "dp": dp})
@@ -1119,10 +1121,14 @@ def test_a_deployed_banks_own_cap_refuses_the_round_before_its_update_leaves(
     srv = _server(f, tmp_path / "run")
     link = LocalLink(banks, srv.fed.digest)
     with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
-        res = srv.run(link, link.names())
+        if dp:
+            with pytest.raises(AggregationAbortedError):
+                srv.run(link, link.names())
+        else:
+            assert srv.run(link, link.names())["rounds_completed"] == 0
     refused = [r.getMessage() for r in caplog.records if "SFL501" in r.getMessage()]
-    assert len(refused) == 3, refused
-    assert res["rounds_completed"] == 0
+    assert {b for b in f.banks if any(m.startswith(b) for m in refused)} == set(f.banks)
+    assert all(f"round {0 if dp else 1}" in m for m in refused), refused
     for b in f.banks:
         assert BankBudget(tmp_path / b, b, BudgetCaps()).spent() == {"record": 0.0, "client": 0.0}
 
@@ -1236,14 +1242,24 @@ def test_a_deployment_with_a_data_schema_pinned_in_the_manifest(tmp_path: Path,
                                                  else {})})
                 for i, b in enumerate(f.banks)}
 
-    srv = _server(f, tmp_path / "run")
+    def server(run_dir: Path) -> DeployServer:  # round 0's public ranges: the pinned schema's
+        return DeployServer(ServerSettings.load(f.server_file(run_dir, schema=str(path))))
+
+    with pytest.raises(ConfigError, match="pins a data schema and the server has none"):
+        _server(f, tmp_path / "run").run(LocalLink({}, f.manifest.name), {})
+    srv = server(tmp_path / "run")
     link = LocalLink(banks(dict.fromkeys(f.banks, path)), srv.fed.digest)
-    assert srv.run(link, link.names())["rounds_completed"] == 1
+    res = srv.run(link, link.names())
+    assert res["rounds_completed"] == 1
+    # the server encodes its evaluation table with the same schema (no pre-encoded copy needed;
+    # another width would fail its standardisation): one DP round scores above chance (0.566
+    # measured)
+    assert res["final_metrics"]["roc_auc"] > 0.52, res["final_metrics"]
     for bad in (None, other):
         # a fresh deployment each time: the banks' round-0 survivor record of the run above would
         # otherwise (rightly) refuse a round 0 over the smaller set (spec 12.1, S6-5)
         forget_round0()
-        srv = _server(f, tmp_path / f"run-{bad is None}")
+        srv = server(tmp_path / f"run-{bad is None}")
         link = LocalLink(banks({**dict.fromkeys(f.banks, path), f.banks[0]: bad}), srv.fed.digest)
         with caplog.at_level(logging.ERROR, logger="securefl.deploy"):
             caplog.clear()

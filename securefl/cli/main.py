@@ -26,8 +26,8 @@ RUN_HELP: dict[str, str] = {
     "schema": "data schema of --data (TOML/JSON, `securefl data schema`); without it one is "
               "drafted in memory from the whole table, and the run says so",
     "stats_noise_multiplier": "record-level noise multiplier of the round-0 statistics "
-                              "(standardisation, imputation); default 4 for --data with DP on, "
-                              "0 (off) for the embedded table",
+                              "(standardisation, imputation); default 4 with DP on (--data or "
+                              "the embedded table), 0: off",
     "banks": "number of simulated banks",
     "partition": "natural | iid | dirichlet",
     "alpha": "Dirichlet concentration for --partition dirichlet (smaller = more skew)",

@@ -29,6 +29,7 @@ __all__ = [
     "binary_labels",
     "credit_bounds",
     "credit_groups",
+    "embedded_inputs",
     "encode_credit",
     "encode_features",
     "infer_task",
@@ -107,6 +108,17 @@ def credit_groups(names: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
     for j, n in enumerate(names):
         groups.setdefault(n.split("=", 1)[0] if "=" in n else f"#{j}", []).append(j)
     return tuple(tuple(g) for g in groups.values())
+
+
+def embedded_inputs(label: str = "default") -> tuple[NDArray[np.float64],
+                                                     tuple[tuple[int, ...], ...]]:
+    """The embedded table's encoded inputs (label ``label`` left out) as round 0's noised
+    statistics need them: each input's public range and the groups of inputs of which a row has
+    at most one non-zero (:func:`credit_bounds`, :func:`credit_groups`)."""
+    from securefl.data.table import load_embedded
+
+    _, names = encode_features(load_embedded(label=label), embedded=True)
+    return credit_bounds(names), credit_groups(names)
 
 
 def encode_features(table: RawTable, *, embedded: bool) -> tuple[NDArray[np.float64],

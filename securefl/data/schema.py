@@ -58,6 +58,7 @@ __all__ = [
     "parse_schema",
     "read_cells",
     "schema_digest",
+    "schema_inputs",
 ]
 
 SCHEMA_VERSION = 1
@@ -474,6 +475,13 @@ def encode(cells: Mapping[str, Sequence[str | None]], schema: DataSchema,
                    bounds=np.asarray(bounds, dtype=np.float64).reshape(-1, 2),
                    imputations=tuple(imputations), groups=tuple(groups), folded=out.folded,
                    unknown=out.unknown, missing=out.missing, clipped=out.clipped)
+
+
+def schema_inputs(schema: DataSchema) -> tuple[NDArray[np.float64], tuple[tuple[int, ...], ...]]:
+    """The public range of each input the schema encodes and its groups (one-hot blocks, else
+    one input each): what :func:`encode` reports, from the schema alone (no row)."""
+    out = encode({f.name: [] for f in schema.features}, schema, np.zeros(0, dtype=np.int64))
+    return np.asarray(out.bounds, dtype=np.float64).reshape(-1, 2), out.groups
 
 
 def impute_from_moments(total: NDArray[np.float64], imputations: Sequence[Imputation],

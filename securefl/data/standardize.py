@@ -4,8 +4,9 @@ Each bank computes ``moments(X_train)`` = [count, sum_1..sum_d, sumsq_1..sumsq_d
 own training rows. The federation sums these vectors (through the secure aggregator, so only the
 federation-wide totals are revealed) and every bank applies the same
 ``Standardizer.from_summed_moments(total)``. The result equals centralized standardisation of the
-union of the training rows (population variance, ddof=0). The release of these totals (one mean and
-variance per feature) is outside the DP accounting; docs/data.md says so.
+union of the training rows (population variance, ddof=0). With DP on, each bank instead adds
+:func:`scaled_moments` plus its noise share and the release is in the ledger
+(securefl.protocol.round0; docs/data.md section 5).
 """
 
 from __future__ import annotations

@@ -591,7 +591,8 @@ class KeyHolderNode(NodeHandler):
                 # sum it released under this manifest. It alone releases and it sees every
                 # session, also those that cut a victim off (spec 12.1, S6b-1). Checked after
                 # decrypt verified the contributors' signatures; nothing has left the node.
-                Round0Survivors(self.round0_record, fed, "this key holder"
+                Round0Survivors(self.round0_record, fed, "this key holder",
+                                noiseless=hello.plan.stats_noise_multiplier <= 0
                                 ).check_and_record(r, [fed.clients[e.client_id]
                                                        for e in req.manifest.entries])
             usage.decrypted.add((hello.session, r))

@@ -305,8 +305,20 @@ class BankNode(NodeHandler):
         target_log2 = None
         if plan.task == "regression":
             target_log2 = int(np.ceil(np.log2(max(float(np.max(np.abs(y))), 1.0))))
-        # the server's scale is >= this bank's, so the round-0 vector's norm is at most this
-        norm = float(np.linalg.norm(round0_input(X, y, target_log2)))
+        z0 = plan.stats_noise_multiplier
+        if plan.dp and z0 <= 0:
+            raise ConfigError("the plan trains with DP but releases round 0's statistics without "
+                              "noise (stats_noise_multiplier 0): nothing leaves this bank "
+                              "outside the privacy accounting")
+        if z0 > 0:  # a bound from public facts only (securefl.protocol.round0)
+            from securefl.protocol.round0 import norm_log2_bound
+
+            dim = 1 + 2 * (X.shape[1] + (target_log2 is not None))
+            norm_log2 = norm_log2_bound(int(X.shape[0]), dim, z0)
+        else:
+            # the server's scale is >= this bank's, so the round-0 vector's norm is at most this
+            norm = float(np.linalg.norm(round0_input(X, y, target_log2)))
+            norm_log2 = int(np.ceil(np.log2(max(norm, 1.0))))
         z: float | None = None
         if plan.dp:
             if plan.record_noise_multiplier is not None:
@@ -314,12 +326,16 @@ class BankNode(NodeHandler):
             else:
                 from securefl.dp.accountants import calibrate_noise
                 from securefl.dp.dpsgd import dpsgd_schedule
+                from securefl.dp.events import GaussianEvent
 
+                # the round-0 statistics are the same rows: the target covers both (as
+                # securefl run calibrates)
                 steps, q = dpsgd_schedule(X.shape[0], plan.batch_size, plan.local_epochs)
                 z = calibrate_noise(plan.record_epsilon, plan.delta, plan.rounds, q, "rdp",
-                                    steps_per_round=steps)
+                                    steps_per_round=steps,
+                                    spent=[GaussianEvent(noise_multiplier=z0)])
         return BankInfo(n_train=int(X.shape[0]), n_features=int(X.shape[1]),
-                        moments_norm_log2=int(np.ceil(np.log2(max(norm, 1.0)))),
+                        moments_norm_log2=norm_log2,
                         record_noise_multiplier=z, target_abs_log2=target_log2), z
 
     # -- rounds -------------------------------------------------------------------------------------
@@ -466,7 +482,42 @@ class BankNode(NodeHandler):
         if (hello.plan.task == "regression") != (start.target_scale_log2 is not None):
             raise ConfigError("round 0 must carry a target scale exactly for regression")
         X, y, _ = self._rows(fed)
-        return round0_input(X, y, start.target_scale_log2)
+        z = hello.plan.stats_noise_multiplier
+        if z <= 0:
+            self._charge_round0(hello, start, [], noised=False)
+            return round0_input(X, y, start.target_scale_log2)
+        from securefl.protocol import round0
+
+        ranges = np.asarray(start.stats_ranges, dtype=np.float64).reshape(-1, 2)
+        groups: tuple[tuple[int, ...], ...] = tuple(tuple(g) for g in start.stats_groups)
+        cols = np.asarray(X, dtype=np.float64)
+        if start.target_scale_log2 is not None:
+            ranges, groups = round0.with_target(ranges, groups)
+            cols = np.column_stack([cols, np.asarray(y, dtype=np.float64)
+                                    / 2.0 ** start.target_scale_log2])
+        sens = round0.check_groups(cols, ranges, groups)
+        # the fewest survivors a released round-0 sum holds: its SecAgg threshold, at least the
+        # manifest's (checked in _check_plan), less the manifest's colluders (NoisePlan)
+        survivors = min(start.threshold, start.min_survivors)
+        std = round0.share_std(z, sens, survivors, fed.params.colluders)
+        cid = bank_ids(fed)[self.member]
+        self._charge_round0(hello, start, round0.stats_drafts(
+            [self.member], z, sens, "os_csprng" if self.sim_seed is None else "seeded_chacha20"),
+            noised=True)
+        return round0.noised_moments(
+            cols, ranges, std, randomness(self.sim_seed, hello.session, 0, cid, "stats-noise",
+                                          sim_stream=hello.sim_stream))
+
+    def _charge_round0(self, hello: Hello, start: RoundStart, drafts: list[Draft], *,
+                       noised: bool) -> None:
+        """The bank's own caps (securefl.dp.bank_budget.charge_round) count round 0's release: a
+        record-level Gaussian event, or a refusal of a noiseless release under a record cap. The
+        client-level ledger covers the training rounds' sums only (docs/data.md)."""
+        from securefl.dp.bank_budget import charge_round
+
+        if self.budget is not None:
+            charge_round(self.budget, drafts, session=hello.session, round_=start.round,
+                         record_noise=noised, client_noise=True)
 
     def _submit(self, fed: Federation, identity: SigningKey, memo: NodeMemo, hello: Hello,
                 round_: int, x: NDArray[np.float64]) -> list[ProtocolItem]:
@@ -632,7 +683,9 @@ class BankNode(NodeHandler):
                                context=memo.ckks_context, start=start, state=rm.ckks,
                                data=item.data, verifiers=hello.plan.ckks_verifiers,
                                verifier_skips=hello.plan.ckks_verifier_skips,
-                               round0=Round0Survivors(self.session_dir, fed))
+                               round0=Round0Survivors(
+                                   self.session_dir, fed,
+                                   noiseless=hello.plan.stats_noise_multiplier <= 0))
         if state is None:
             del memo.rounds[item.round]
         else:
@@ -651,10 +704,11 @@ class BankNode(NodeHandler):
         out = client.receive(msg)
         if isinstance(msg, UnmaskRequest) and \
                 wire.decode(rm.start, RoundStart).task == "moments":
-            # round 0 has no noise: reveal only over the survivor set of this manifest's first
+            # round 0 (exact without DP): reveal only over the survivor set of the first
             # round-0 release (verified by the machine above: alive = the signed U3)
             names = {i: n for n, i in bank_ids(fed).items()}
-            Round0Survivors(self.session_dir, fed).check_and_record(
+            Round0Survivors(self.session_dir, fed,
+                            noiseless=hello.plan.stats_noise_multiplier <= 0).check_and_record(
                 round_, [names[i] for i in msg.alive])
         if isinstance(msg, UnmaskRequest):
             del memo.rounds[round_]  # the round is over for this bank: forget its secrets

@@ -79,6 +79,9 @@ class TrainPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: fraction of the manifest's clients each training round draws (1: all); the draw is public
     #: randomness every bank recomputes (securefl.deploy.common.round_participants)
     clients_per_round: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    #: record-level noise multiplier of the round-0 statistics (securefl.protocol.round0): each
+    #: bank noises its moments; with ``dp`` every bank refuses 0 (nothing released unaccounted)
+    stats_noise_multiplier: Annotated[float, Meta(ge=0, le=1e3)] = 0.0
 
 
 class Hello(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -146,6 +149,11 @@ class RoundStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     target_scale_log2: Annotated[int, Meta(ge=0, le=1023)] | None = None
     #: INSECURE tests only: as Hello.sim_stream
     sim_stream: Annotated[bytes, Meta(min_length=16, max_length=16)] | None = None
+    #: round 0 with noised statistics: each feature's public range [low, high] and the groups of
+    #: inputs of which a row has at most one non-zero (each bank checks them on its own rows);
+    #: a regression round 0 adds the scaled target itself (securefl.protocol.round0.with_target)
+    stats_ranges: list[tuple[float, float]] = []
+    stats_groups: list[list[int]] = []
 
 
 class Signed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -49,6 +49,7 @@ from securefl.deploy.common import (
     fedavg_weights,
     identity_roster,
     public_draw,
+    round0_fills,
     round_spec,
     secagg_config,
     session_id,
@@ -140,6 +141,8 @@ class ServerSettings:
     resume: bool = False
     #: JSON lines of progress (one per trip), for operators and tests
     progress: Path | None = None
+    #: the data schema the manifest pins (docs/data.md): round 0's public input ranges
+    schema: Path | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> ServerSettings:
@@ -148,7 +151,7 @@ class ServerSettings:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read the server deployment file {path}: {exc}") from exc
         opt = {k: raw.get(k) for k in ("test_data", "passphrase_file", "progress",
-                                       "state_dir")}
+                                       "state_dir", "schema")}
         try:
             return cls(manifest=Path(raw["manifest"]), key=Path(raw["key"]),
                        run_dir=Path(raw["run_dir"]), run=dict(raw.get("run", {})),
@@ -161,7 +164,8 @@ class ServerSettings:
                        insecure_sim_streams=bool(raw.get("insecure_sim_streams", False)),
                        state_dir=Path(opt["state_dir"]) if opt["state_dir"] else None,
                        resume=bool(raw.get("resume", False)),
-                       progress=Path(opt["progress"]) if opt["progress"] else None)
+                       progress=Path(opt["progress"]) if opt["progress"] else None,
+                       schema=Path(opt["schema"]) if opt["schema"] else None)
         except KeyError as exc:
             raise ConfigError(f"{path} lacks {exc.args[0]!r}") from exc
 
@@ -230,6 +234,11 @@ class _Run:
     #: regression: round 0 carries target / 2^target_scale_log2; ``target`` is its TargetScaler
     target_scale_log2: int | None = None
     target: Any = None
+    #: round 0 with noised statistics: the features' public ranges and groups (signed into its
+    #: plan), and the release's ledger drafts (committed with round 1, as ``securefl run`` does)
+    stats_ranges: Any = None
+    stats_groups: tuple[tuple[int, ...], ...] = ()
+    stats_drafts: list[Any] = field(default_factory=list)
 
 
 class DeployServer:
@@ -448,11 +457,43 @@ class DeployServer:
                          record_noise_multiplier=c.record_noise_multiplier,
                          record_clip=c.record_clip, delta=c.delta,
                          aggregation="ckks" if c.aggregation == "ckks" else "secagg",
-                         clients_per_round=p.clients_per_round)
+                         clients_per_round=p.clients_per_round,
+                         stats_noise_multiplier=self._stats_noise())
+
+    def _stats_noise(self) -> float:
+        """Round 0's record-level noise multiplier: ``securefl run``'s rule (the default with DP
+        on, none without); the banks refuse 0 with DP on."""
+        from securefl.config import DEFAULT_STATS_NOISE
+
+        c = self.config
+        if not c.dp:
+            return 0.0
+        return c.stats_noise_multiplier if c.stats_noise_multiplier is not None \
+            else DEFAULT_STATS_NOISE
+
+    def _stats_inputs(self) -> tuple[Any, tuple[tuple[int, ...], ...]]:
+        """The public ranges and groups of round 0's inputs: the pinned data schema's (server
+        setting ``schema``), or without one the embedded table's encoding."""
+        if self.s.schema is not None:
+            from securefl.data.schema import load_pinned_schema, schema_inputs
+
+            ranges, groups = schema_inputs(load_pinned_schema(self.s.schema,
+                                                              self.fed.params.data_schema))
+        elif self.fed.params.data_schema is not None:
+            raise ConfigError("the manifest pins a data schema and the server has none: round 0's "
+                              "noised statistics need its public ranges",
+                              hint='add "schema": PATH (the agreed schema file) to the server '
+                                   'deployment file')
+        else:
+            from securefl.data.encoding import embedded_inputs
+
+            ranges, groups = embedded_inputs(self.config.label or "default")
+        return ranges, groups
 
     def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
                weights: dict[str, float], target_scale_log2: int | None = None,
-               round0_threshold: int | None = None) -> tuple[RoundStart, Signed]:
+               round0_threshold: int | None = None, stats: Any = None,
+               stats_groups: tuple[tuple[int, ...], ...] = ()) -> tuple[RoundStart, Signed]:
         c = self.config
         k = len(participants)
         if round_ == 0:  # standardisation needs every bank that sent a signed size
@@ -462,7 +503,10 @@ class DeployServer:
                                noise_multiplier=0.0, min_survivors=t0,
                                degree=k - 1,  # classic SecAgg always (spec 12.1, S6b-2)
                                precision_bits=29 - max(1, int(np.ceil(np.log2(k)))), dim=dim,
-                               target_scale_log2=target_scale_log2, sim_stream=self.sim_stream)
+                               target_scale_log2=target_scale_log2, sim_stream=self.sim_stream,
+                               stats_ranges=([(float(lo), float(hi)) for lo, hi in stats]
+                                             if stats is not None else []),
+                               stats_groups=[list(g) for g in stats_groups])
         else:
             # the manifest fixes T for n = k; every bank checks it (spec 12.1, S6b-4)
             threshold = self.fed.params.round_threshold(k)
@@ -523,6 +567,8 @@ class DeployServer:
         ex = StageExchange(link=link, federation=fed.digest, session=self.session,
                            server=fed.server, nodes=admitted, timeout_s=self.s.stage_timeout_s)
         plan = self.plan()
+        stats = (self._stats_inputs() if plan.stats_noise_multiplier > 0 and not self.s.resume
+                 else None)
         hello = self._sign(wire.encode(Hello(session=self.session, federation=fed.digest,
                                              plan=plan, counter=self.counter,
                                              sim_stream=self.sim_stream)), HELLO_DOMAIN, 0)
@@ -554,6 +600,13 @@ class DeployServer:
                   model=model, w=get_flat(model),
                   server_opt=ServerOptimizer(kind=c.server_optimizer, lr=c.server_lr),
                   target_scale_log2=target_scale)
+        if stats is not None:
+            if stats[0].shape[0] != n_features:
+                raise ConfigError(f"the banks hold {n_features} features, the public ranges "
+                                  f"cover {stats[0].shape[0]}: round 0 cannot be noised",
+                                  hint="pin a data schema in the manifest and give it to the "
+                                       "server (schema), or run without DP")
+            rs.stats_ranges, rs.stats_groups = stats
         self._rs, self._ex = rs, ex
         self._holder_reply = replies.get(holder) if holder else None
         if self.s.resume:
@@ -765,7 +818,8 @@ class DeployServer:
         start, signed = self._start(r, participants, dim, clip=rs.bound, weights=rs.weights,
                                     target_scale_log2=rs.target_scale_log2,
                                     round0_threshold=len([p for p in participants
-                                                          if p in rs.weights]))
+                                                          if p in rs.weights]),
+                                    stats=rs.stats_ranges, stats_groups=rs.stats_groups)
         return participants, start, signed
 
     def _live(self, rs: _Run, participants: list[str]) -> list[str]:
@@ -786,12 +840,27 @@ class DeployServer:
                 "deployment": {"transport": "flower", "manifest_sha256": self.fed.digest,
                                "stage_timeout_s": self.s.stage_timeout_s}}
 
-    def _test_set(self, stdz: Any) -> tuple[Any, Any] | None:
+    def _test_set(self, total: NDArray[np.float64], target_scale_log2: int | None
+                  ) -> tuple[Any, Any] | None:
+        """The server's evaluation rows, standardised with the released round-0 sum: a raw table
+        encoded with the pinned data schema (setting ``schema``; missing cells filled from the
+        sum, as every bank fills its own), or else an already encoded numeric CSV."""
         if self.s.test_data is None:
             return None
-        from securefl.deploy.client import load_bank_csv
+        from securefl.deploy.client import load_bank_csv, load_bank_rows
 
-        Xt, yt = load_bank_csv(self.s.test_data, self.s.label)
+        imputations: tuple[Any, ...] = ()
+        if self.s.schema is not None:
+            Xt, yt, imputations = load_bank_rows(self.s.test_data, self.s.label, self.s.schema,
+                                                 self.fed.params.data_schema)
+        else:
+            Xt, yt = load_bank_csv(self.s.test_data, self.s.label)
+        stdz, _ = split_standardisation(total, target_scale_log2, imputations)
+        if imputations:
+            from securefl.data.schema import apply_fills
+
+            return stdz.transform(apply_fills(Xt, imputations, round0_fills(
+                total, target_scale_log2, imputations))), yt
         return stdz.transform(Xt), yt
 
     def _resume(self, rs: _Run) -> None:
@@ -827,8 +896,8 @@ class DeployServer:
         rs.moments_total = [float(v) for v in moments]
         if std.get("target_scale_log2") != rs.target_scale_log2:
             raise ConfigError(f"{run_dir}: the stored target scale differs from this run's")
-        stdz, rs.target = split_standardisation(moments, rs.target_scale_log2)
-        rs.test = self._test_set(stdz)
+        _, rs.target = split_standardisation(moments, rs.target_scale_log2)
+        rs.test = self._test_set(moments, rs.target_scale_log2)
         server = TorchServerModel(rs.model, rs.server_opt)
         server.restore(store.model_bytes(store.last_round))
         rs.w = server.weights
@@ -855,10 +924,10 @@ class DeployServer:
         fed = self.fed
         if done.error is not None:  # no standardisation without round 0's release
             raise done.error
-        total = done.total
+        total = self._round0_release(rs, done)
         rs.moments_total = [float(v) for v in total]
-        stdz, rs.target = split_standardisation(total, rs.target_scale_log2)
-        rs.test = self._test_set(stdz)
+        _, rs.target = split_standardisation(total, rs.target_scale_log2)
+        rs.test = self._test_set(total, rs.target_scale_log2)
         facts = {
             "banks": [{"name": b, "train_examples": rs.sizes[b]} for b in rs.banks],
             "data_source": "each bank's own file (deployment)", "task": rs.plan.task,
@@ -866,7 +935,8 @@ class DeployServer:
             "standardisation": {"mode": fed.params.aggregation, "aggregate_sha256":
                                 hashlib.sha256(total.tobytes()).hexdigest(),
                                 "moments_total": rs.moments_total,
-                                "target_scale_log2": rs.target_scale_log2},
+                                "target_scale_log2": rs.target_scale_log2,
+                                "noise_multiplier": rs.plan.stats_noise_multiplier},
             "record_noise_multiplier": {b: rs.infos[b].record_noise_multiplier
                                         for b in rs.banks},
         }
@@ -878,8 +948,12 @@ class DeployServer:
 
     def _outcome(self, rs: _Run, done: _Done) -> RoundOutcome:
         """A training round's typed outcome (securefl.engine.RoundOutcome): the release, or the
-        error with the banks still alive (the silent ones are its dropouts)."""
+        error with the banks still alive (the silent ones are its dropouts). The round-0
+        release's ledger drafts (noised statistics) are committed with round 1, as in the
+        simulation."""
         r, participants = done.start.round, tuple(done.start.participants)
+        if r == 1 and rs.stats_drafts:
+            done.drafts = [*rs.stats_drafts, *done.drafts]
         if done.error is not None:
             return RoundOutcome(round=r, participants=participants, error=done.error,
                                 alive=tuple(p for p in participants if p not in rs.silent),
@@ -896,6 +970,26 @@ class DeployServer:
         return RoundOutcome(round=r, participants=participants, release=release,
                             drafts=tuple(done.drafts), noise=done.noise, dim=done.start.dim,
                             clipped=done.clipped, started=done.t0)
+
+    def _round0_release(self, rs: _Run, done: _Done) -> NDArray[np.float64]:
+        """Round 0's released sum in input units. With noised statistics the banks summed their
+        rows' moments in the public ranges (securefl.protocol.round0): unscale them, and draft
+        one record-level ledger event per bank in the sum."""
+        total: NDArray[np.float64] = np.asarray(done.total, dtype=np.float64)
+        z = rs.plan.stats_noise_multiplier
+        if z <= 0:
+            return total
+        from securefl.data.standardize import moments_sensitivity, unscale_moments
+        from securefl.protocol.round0 import stats_drafts, with_target
+
+        ranges, groups = np.asarray(rs.stats_ranges, dtype=np.float64), rs.stats_groups
+        if rs.target_scale_log2 is not None:
+            ranges, groups = with_target(ranges, groups)
+        source = "seeded_chacha20" if self.s.insecure_sim_streams else "os_csprng"
+        rs.stats_drafts = stats_drafts([done.names[i] for i in sorted(done.survivors)], z,
+                                       moments_sensitivity(groups), source)
+        out: NDArray[np.float64] = unscale_moments(total, ranges)
+        return out
 
     def _committer(self, rs: _Run) -> RoundCommitter:
         """The run's round committer (securefl.committer), over the store round 0 created or
