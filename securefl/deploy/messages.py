@@ -22,6 +22,7 @@ from securefl.protocol import wire
 
 __all__ = [
     "BANK_INFO_DOMAIN",
+    "FLOWER_APP",
     "HELLO_DOMAIN",
     "MAX_PAYLOAD_BYTES",
     "MODEL_DOMAIN",
