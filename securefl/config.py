@@ -139,8 +139,9 @@ def _validate(c: RunConfig) -> None:
     _need(0 <= c.noise_multiplier < math.inf, "noise_multiplier", "must be >= 0")
     _need(c.record_epsilon is None or 0 < c.record_epsilon < math.inf, "record_epsilon",
           "must be a positive number")
-    _need(c.stats_noise_multiplier is None or 0 <= c.stats_noise_multiplier < math.inf,
-          "stats_noise_multiplier", "must be a number >= 0 (0: no noise)")
+    _need(c.stats_noise_multiplier is None or c.stats_noise_multiplier == 0
+          or 0.5 <= c.stats_noise_multiplier < math.inf,  # protocol.round0.MIN_NOISED_Z (S7b-1)
+          "stats_noise_multiplier", "must be 0 (no noise) or a number >= 0.5 (a DP release)")
     _need(c.schema is None or c.data is not None, "schema", "a data schema needs --data FILE")
     _need(c.record_noise_multiplier is None or 0 < c.record_noise_multiplier < math.inf,
           "record_noise_multiplier", "must be a positive number")

@@ -87,9 +87,12 @@ def test_s7_2_the_deployed_key_holder_refuses_a_release_below_the_rounds_thresho
         f"the deployed key holder decrypts sums of {floor} contributors while the "
         f"banks calibrated their noise shares for {t_round}: a release with less than the "
         "planned noise is stopped only by the verifiers")
-    # with client sampling the floor follows the round's draw (10 of 20 banks)
-    sampled = msgspec.structs.replace(plan, clients_per_round=0.5)
-    assert KeyHolderNode.release_floor(fed, b"\x01" * 16, 1, sampled) == params.round_threshold(10)
+    # with client sampling the floor follows the manifest's draw (10 of 20 banks), whatever
+    # fraction the server signs into the key holder's plan (S7b-2)
+    sampled_fed = signed_federation(banks, keys, msgspec.structs.replace(
+        params, clients_per_round=0.5))
+    assert KeyHolderNode.release_floor(sampled_fed, b"\x01" * 16, 1, plan) \
+        == params.round_threshold(10)
     # round 0 and a Flower app's plan (its strategy picks the participants): the manifest's floor
     assert KeyHolderNode.release_floor(fed, b"\x01" * 16, 0, plan) == params.threshold
     flower = msgspec.structs.replace(plan, task=FLOWER_APP)

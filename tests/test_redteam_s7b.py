@@ -102,8 +102,15 @@ def test_s7b_2_the_key_holders_floor_does_not_follow_a_plan_fraction_the_banks_w
     forged = msgspec.structs.replace(honest, clients_per_round=0.01)
     node = KeyHolderNode(member="kh", key_path=Path("kh.key"), manifest_path=Path("m.json"))
     hello = Hello(session=b"\x01" * 16, federation=fed.digest, plan=forged, counter=1)
+    # a deployment's key holder refuses a Flower app's plan (its floor would be the manifest's)
+    from securefl.deploy.messages import FLOWER_APP
+
+    flower = Hello(session=b"\x01" * 16, federation=fed.digest,
+                   plan=msgspec.structs.replace(honest, task=FLOWER_APP), counter=1)
+    with pytest.raises(SecureFLError):
+        node._check_plan(flower, fed)
     try:
-        node._check_plan(hello)
+        node._check_plan(hello, fed)
     except SecureFLError:
         return  # refused: the forged fraction never reaches the floor
     floor = KeyHolderNode.release_floor(fed, b"\x01" * 16, 1, forged)
@@ -246,3 +253,16 @@ def test_s7b_5_a_repeated_noised_round0_does_not_average_the_noise_away(tmp_path
     assert np.array_equal(outs[0], outs[1]), (
         "two round-0 releases over the same banks and rows carry independent noise: their "
         "average halves the noise variance (256 sessions: std / 16)")
+
+
+def test_s7b_1_the_config_floor_is_the_protocols() -> None:
+    """securefl.config refuses the same round-0 multipliers the banks refuse (0 < z < 0.5)."""
+    from securefl.config import from_mapping
+    from securefl.errors import ConfigError
+    from securefl.protocol.round0 import MIN_NOISED_Z
+
+    assert MIN_NOISED_Z == 0.5
+    with pytest.raises(ConfigError, match="stats_noise_multiplier"):
+        from_mapping({"stats_noise_multiplier": 0.25})
+    for z in (0.0, 0.5, 4.0):
+        from_mapping({"stats_noise_multiplier": z})

@@ -59,7 +59,13 @@ from msgspec import Meta
 
 from securefl.crypto.secret import RedactedStruct, Secret
 from securefl.crypto.signing import SigningKey, VerifyKey, verify_bound
-from securefl.deploy.common import NodeHandler, Round0Survivors, public_draw, randomness
+from securefl.deploy.common import (
+    NodeHandler,
+    Round0Survivors,
+    ServerFaultError,
+    public_draw,
+    randomness,
+)
 from securefl.deploy.messages import (
     FLOWER_APP,
     HELLO_DOMAIN,
@@ -262,6 +268,12 @@ def bank_step(*, fed: Federation, identity: SigningKey, member: str, context: by
     kind = _peek_type(data)
     if kind == "ckks.commitment_set":
         cs = _decode(data, CommitmentSet, max_commitment_set_bytes(n))
+        if len(cs.entries) < start.threshold:
+            # this bank sized its noise share for T contributions (NoisePlan): a sum of fewer
+            # would carry less noise than planned (red-team finding S7b-4)
+            raise ServerFaultError(
+                f"round {start.round}: a commitment set of {len(cs.entries)} banks, below the "
+                f"plan's threshold {start.threshold}: nothing is revealed")
         client = CKKSClient(cid, identity, public, server_key)
         client.restore_round(saved)
         reveal = client.reveal(cs)  # checks the set's signature and this bank's commitment
@@ -367,6 +379,10 @@ class KeyHolderNode(NodeHandler):
     #: where the round-0 record of each manifest is kept (``state-dir``, default
     #: ``<key>.state``): the contributors of the first round-0 sum it decrypted
     state_dir: Path | None = None
+    #: the node runs inside a Flower app (securefl.flower.mod sets it, never the server): the
+    #: app's strategy picks the participants, so plans of task FLOWER_APP are accepted and keep
+    #: the manifest's release floor; a deployment's key holder refuses them (S7b-2)
+    flower_app: bool = False
 
     @classmethod
     def from_node_config(cls, cfg: Mapping[str, Any]) -> KeyHolderNode:
@@ -502,7 +518,7 @@ class KeyHolderNode(NodeHandler):
             hello: Hello = wire.decode(msg.hello.body, Hello)
             if hello.federation != fed.digest or hello.session != env.session:
                 raise SignatureError("the hello names another federation or session")
-            self._check_plan(hello)
+            self._check_plan(hello, fed)
             memo.hello = msg.hello.body
         for item in msg.protocol:
             if memo.hello is None:
@@ -517,10 +533,28 @@ class KeyHolderNode(NodeHandler):
                 raise RemoteProtocolError(f"unexpected message {kind!r} for the key holder")
         return wire.encode(ClientPayload(protocol=out)), wire.encode(memo)
 
-    def _check_plan(self, hello: Hello) -> None:
+    def _check_plan(self, hello: Hello, fed: Federation) -> None:
+        """Refuse a plan this node would act on wrongly: another aggregation, a round-0 noise
+        multiplier that is neither 0 (no DP) nor a DP release (S7b-1), a sampling fraction
+        other than the manifest's (its release floor follows the public draw, S7b-2), or a
+        Flower app's plan outside a Flower app's node (the floor would drop to the manifest's)."""
+        from securefl.protocol.round0 import check_round0_noise
+
         plan = hello.plan
         if plan.aggregation != "ckks":
             raise ConfigError(f"the plan's aggregation is {plan.aggregation!r}, not ckks")
+        if (plan.task == FLOWER_APP) != self.flower_app:
+            raise ConfigError(
+                f"a plan of task {plan.task!r} for a key holder node "
+                f"{'inside' if self.flower_app else 'outside'} a Flower app: its release floor "
+                "follows the public draw in a deployment only (spec 12.1, S7b-2)")
+        if not self.flower_app:  # a Flower app standardises locally: no round 0, no draw
+            check_round0_noise(plan.stats_noise_multiplier, plan.dp)
+            if plan.clients_per_round != fed.params.clients_per_round:
+                raise ConfigError(
+                    f"the plan samples {plan.clients_per_round:g} of the clients per round, the "
+                    f"manifest {fed.params.clients_per_round:g}: this key holder's release floor "
+                    "follows the manifest's public draw (spec 12.1, S7b-2)")
         if plan.ckks_verifiers < self.verifiers or plan.ckks_verifier_skips > self.verifier_skips:
             raise ConfigError(
                 f"the plan asks for {plan.ckks_verifiers} verifiers with "
@@ -570,7 +604,7 @@ class KeyHolderNode(NodeHandler):
         and the verifiers check the round's T (docs/flower.md 2b)."""
         if round_ == 0 or plan.task == FLOWER_APP:
             return fed.params.threshold
-        n = len(public_draw(fed, session, round_, plan.clients_per_round))
+        n = len(public_draw(fed, session, round_, fed.params.clients_per_round))
         return max(fed.params.threshold, fed.params.round_threshold(n))
 
     def _decrypt(self, fed: Federation, identity: SigningKey, hello: Hello,
@@ -592,7 +626,7 @@ class KeyHolderNode(NodeHandler):
                 # session, also those that cut a victim off (spec 12.1, S6b-1). Checked after
                 # decrypt verified the contributors' signatures; nothing has left the node.
                 Round0Survivors(self.round0_record, fed, "this key holder",
-                                noiseless=hello.plan.stats_noise_multiplier <= 0
+                                noiseless=not hello.plan.dp
                                 ).check_and_record(r, [fed.clients[e.client_id]
                                                        for e in req.manifest.entries])
             usage.decrypted.add((hello.session, r))

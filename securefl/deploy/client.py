@@ -19,6 +19,7 @@ Refusals (typed, logged on the node, and the ClientApp fails so the server sees 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -43,6 +44,7 @@ from securefl.deploy.common import (
     encoding_for,
     fedavg_weights,
     identity_roster,
+    locked_json_update,
     next_attempt,
     public_draw,
     randomness,
@@ -79,6 +81,7 @@ from securefl.errors import (
 from securefl.federation import Federation
 from securefl.protocol import wire
 from securefl.protocol.messages import UnmaskRequest, decode_message, encode_message
+from securefl.protocol.round0 import check_round0_noise
 from securefl.protocol.secagg import SecAggClient, Start
 from securefl.protocol.secagg.limits import round_byte_limits
 from securefl.transport.policy import ByteMeter
@@ -306,10 +309,7 @@ class BankNode(NodeHandler):
         if plan.task == "regression":
             target_log2 = int(np.ceil(np.log2(max(float(np.max(np.abs(y))), 1.0))))
         z0 = plan.stats_noise_multiplier
-        if plan.dp and z0 <= 0:
-            raise ConfigError("the plan trains with DP but releases round 0's statistics without "
-                              "noise (stats_noise_multiplier 0): nothing leaves this bank "
-                              "outside the privacy accounting")
+        check_round0_noise(z0, plan.dp)  # 0 without DP, >= MIN_NOISED_Z with it (S7b-1)
         if z0 > 0:  # a bound from public facts only (securefl.protocol.round0)
             from securefl.protocol.round0 import norm_log2_bound
 
@@ -501,12 +501,36 @@ class BankNode(NodeHandler):
         survivors = min(start.threshold, start.min_survivors)
         std = round0.share_std(z, sens, survivors, fed.params.colluders)
         cid = bank_ids(fed)[self.member]
-        self._charge_round0(hello, start, round0.stats_drafts(
-            [self.member], z, sens, "os_csprng" if self.sim_seed is None else "seeded_chacha20"),
-            noised=True)
-        return round0.noised_moments(
-            cols, ranges, std, randomness(self.sim_seed, hello.session, 0, cid, "stats-noise",
-                                          sim_stream=hello.sim_stream))
+        # A repeat of the same round 0 (same banks by identity key, rows, ranges, groups, noise)
+        # returns the vector this bank sent before, not fresh noise: averaging the releases of
+        # many sessions would otherwise shrink the noise (red-team finding S7b-5). Any change
+        # draws fresh noise and is a new release, charged to this bank's caps.
+        facts = {"v": 1, "banks": sorted(bytes(fed.verify_key(b).raw).hex()
+                                         for b in start.participants),
+                 "rows": hashlib.sha256(np.ascontiguousarray(cols).tobytes()).hexdigest(),
+                 "ranges": ranges.tolist(), "groups": [list(g) for g in groups],
+                 "z": z, "std": std, "target_scale_log2": start.target_scale_log2}
+        key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+        def step(record: dict[str, Any] | None) -> dict[str, Any]:
+            if record is not None and record.get("facts") == facts:
+                return record
+            self._charge_round0(hello, start, round0.stats_drafts(
+                [self.member], z, sens,
+                "os_csprng" if self.sim_seed is None else "seeded_chacha20"), noised=True)
+            vec = round0.noised_moments(
+                cols, ranges, std, randomness(self.sim_seed, hello.session, 0, cid, "stats-noise",
+                                              sim_stream=hello.sim_stream))
+            return {"facts": facts, "vector": np.asarray(vec, dtype="<f8").tobytes().hex()}
+
+        record = locked_json_update(self.session_dir / f"round0-input-{key}.json", step)
+        try:
+            out = np.frombuffer(bytes.fromhex(record["vector"]), dtype="<f8").astype(np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"unreadable round-0 input record in {self.session_dir}") from exc
+        if out.shape != (1 + 2 * len(ranges),):
+            raise ConfigError(f"unreadable round-0 input record in {self.session_dir}")
+        return out
 
     def _charge_round0(self, hello: Hello, start: RoundStart, drafts: list[Draft], *,
                        noised: bool) -> None:
@@ -685,7 +709,7 @@ class BankNode(NodeHandler):
                                verifier_skips=hello.plan.ckks_verifier_skips,
                                round0=Round0Survivors(
                                    self.session_dir, fed,
-                                   noiseless=hello.plan.stats_noise_multiplier <= 0))
+                                   noiseless=not hello.plan.dp))
         if state is None:
             del memo.rounds[item.round]
         else:
@@ -708,7 +732,7 @@ class BankNode(NodeHandler):
             # round-0 release (verified by the machine above: alive = the signed U3)
             names = {i: n for n, i in bank_ids(fed).items()}
             Round0Survivors(self.session_dir, fed,
-                            noiseless=hello.plan.stats_noise_multiplier <= 0).check_and_record(
+                            noiseless=not hello.plan.dp).check_and_record(
                 round_, [names[i] for i in msg.alive])
         if isinstance(msg, UnmaskRequest):
             del memo.rounds[round_]  # the round is over for this bank: forget its secrets

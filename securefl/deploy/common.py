@@ -180,8 +180,10 @@ class Round0Survivors:
     for unchanged data (docs/data.md section 5).
 
     Two records: ``round0-<manifest digest>.json`` (bank names, per manifest) and, for a
-    *noiseless* round 0 (``noiseless``: the plan's stats_noise_multiplier is 0, i.e. a run
-    without DP), ``round0-noiseless.json`` with the banks' identity keys, kept across manifests:
+    *noiseless* round 0 (``noiseless``: a plan without DP; every bank and the key holder refuse
+    a round-0 multiplier other than 0 without DP and below MIN_NOISED_Z with it,
+    securefl.protocol.round0.check_round0_noise, S7b-1), ``round0-noiseless.json`` with the
+    banks' identity keys, kept across manifests:
     members who sign a new manifest (a bank left, a parameter changed) cannot difference two
     exact releases either (S7-1). A noised round 0 is a DP release charged to every bank's
     ledger and caps, so a new manifest may run it over another set."""

@@ -67,6 +67,7 @@ processes than one process would. flwr is imported lazily, inside :func:`securef
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
@@ -551,7 +552,7 @@ def _key_holder_message(msg: Any, ctxt: Any) -> Any:
             msg.metadata.message_type != MessageType.TRAIN:
         raise RemoteProtocolError(f"a {msg.metadata.message_type!r} message for the CKKS key "
                                   "holder: its node answers securefl's TRAIN messages only")
-    node = KeyHolderNode.from_node_config(ctxt.node_config)
+    node = dataclasses.replace(KeyHolderNode.from_node_config(ctxt.node_config), flower_app=True)
     data = msg.content.array_records[RECORD][ARRAY].numpy().tobytes()
     saved = ctxt.state.array_records.get(STATE)
     state = saved[ARRAY].numpy().tobytes() if saved is not None else None

@@ -26,12 +26,39 @@ if TYPE_CHECKING:
     from securefl.crypto.random import RandomSource
     from securefl.dp.ledger import Draft
 
-__all__ = ["NORM_TAIL", "check_groups", "noised_moments", "norm_log2_bound", "share_std",
-           "stats_drafts", "with_target"]
+__all__ = ["MIN_NOISED_Z", "NORM_TAIL", "check_groups", "check_round0_noise", "noised_moments",
+           "norm_log2_bound", "share_std", "stats_drafts", "with_target"]
 
 #: the noise's L2 norm exceeds std * (sqrt(D) + NORM_TAIL) with probability <= exp(-NORM_TAIL^2 / 2)
 #: (Gaussian concentration of a 1-Lipschitz function, E||g|| <= std sqrt(D)): e^-50 here
 NORM_TAIL = 10.0
+
+#: the smallest round-0 noise multiplier that makes a DP release (red-team finding S7b-1): below it
+#: the release is treated as what it nearly is, exact. At z = 0.5 one Gaussian release already costs
+#: epsilon about 10 at delta 1e-5 (sqrt(2 ln(1.25 / delta)) / z, Dwork & Roth 2014, Thm A.1); a
+#: smaller z (1e-9, say) would let a server label a near-exact round 0 "noised" and so escape the
+#: noiseless round-0 rule (securefl.deploy.common.Round0Survivors, S7-1)
+MIN_NOISED_Z = 0.5
+
+
+def check_round0_noise(z: float, dp: bool) -> None:
+    """ConfigError unless round 0's multiplier ``z`` is 0 without DP and at least
+    :data:`MIN_NOISED_Z` with DP: a round 0 is then noiseless exactly when the plan has no DP,
+    and a noised one is a DP release every bank's accounting charges (a bank without DP charges
+    nothing, so its noise would be unaccounted and a server could use it to pass off a near-exact
+    release as noised)."""
+    if not dp and z != 0:
+        raise ConfigError(f"round 0's noise multiplier is {z:g} in a plan without DP: without DP "
+                          "round 0 is exact (stats_noise_multiplier 0) and held to one set of "
+                          "banks (spec 12.1, S7-1, S7b-1)")
+    if dp and z <= 0:
+        raise ConfigError("the plan trains with DP but releases round 0's statistics without "
+                          "noise (stats_noise_multiplier 0): nothing leaves this bank outside "
+                          "the privacy accounting")
+    if dp and z < MIN_NOISED_Z:
+        raise ConfigError(f"the plan trains with DP but round 0's noise multiplier is {z:g}, "
+                          f"below {MIN_NOISED_Z}: a smaller multiplier is no DP release, only a "
+                          "near-exact one (spec 12.1, S7b-1)")
 
 
 def share_std(z: float, sensitivity: float, threshold: int, colluders: int) -> float:
