@@ -257,7 +257,7 @@ def test_deployed_bank_refuses_a_round_past_its_own_cap_across_runs(tmp_path: Pa
     assert capped not in survivors[1] and len(survivors[1]) == 2
     budget = BankBudget(budget_dir, capped, BudgetCaps())
     assert [c.round for c in budget.charges()] == [0, 1]
-    assert 8.0 < budget.spent()["record"] <= 9.0
+    assert 7.9 < budget.spent()["record"] <= 8.0  # the first run only: calibrated to 8
 
 
 @pytest.mark.parametrize(("caps", "record_noise", "client_noise", "level"), [
