@@ -4,6 +4,7 @@ the round-trip count, and the refusals (typed and logged)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,10 @@ def test_a_crashed_server_resumes_after_its_last_committed_round(tmp_path: Path)
     assert [r.round for r in store.records[1:]] == [1, 2]
     sim = Engine(RunConfig(**run, out=str(tmp_path / "sim"))).run()
     assert res["model_sha256"] == sim.model_sha256
+    # round 0's events (committed with round 1, before the crash) are in the ledger once
+    round0 = [[x for x in d.joinpath("ledger.jsonl").read_text().splitlines()
+               if json.loads(x)["round"] == 0] for d in (run_dir, tmp_path / "sim")]
+    assert len(round0[0]) == len(f.banks) and round0[0] == round0[1]
     # a finished run is not resumed
     with pytest.raises(ConfigError, match="finished"):
         DeployServer(ServerSettings(**{**vars(cfg), "resume": True})).run(

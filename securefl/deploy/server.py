@@ -235,10 +235,13 @@ class _Run:
     target_scale_log2: int | None = None
     target: Any = None
     #: round 0 with noised statistics: the features' public ranges and groups (signed into its
-    #: plan), and the release's ledger drafts (committed with round 1, as ``securefl run`` does)
+    #: plan), the release's ledger drafts (committed with round 1, as ``securefl run`` does) and
+    #: what re-derives them on resume (the run store's facts: the banks in the sum, the
+    #: sensitivity, the noise source)
     stats_ranges: Any = None
     stats_groups: tuple[tuple[int, ...], ...] = ()
     stats_drafts: list[Any] = field(default_factory=list)
+    stats_ledger: dict[str, Any] | None = None
 
 
 class DeployServer:
@@ -894,6 +897,8 @@ class DeployServer:
             raise ConfigError(f"{run_dir}: the stored standardisation sum does not match its "
                               "digest")
         rs.moments_total = [float(v) for v in moments]
+        rs.ledger = Ledger.from_bytes(L.read_bytes(run_dir, L.LEDGER))
+        rs.stats_drafts = self._round0_drafts(std, rs.ledger, rs.banks, run_dir)
         if std.get("target_scale_log2") != rs.target_scale_log2:
             raise ConfigError(f"{run_dir}: the stored target scale differs from this run's")
         _, rs.target = split_standardisation(moments, rs.target_scale_log2)
@@ -901,7 +906,6 @@ class DeployServer:
         server = TorchServerModel(rs.model, rs.server_opt)
         server.restore(store.model_bytes(store.last_round))
         rs.w = server.weights
-        rs.ledger = Ledger.from_bytes(L.read_bytes(run_dir, L.LEDGER))
         rs.store, rs.first_round = store, store.last_round + 1
         log.info("resuming %s after round %d", run_dir, store.last_round)
 
@@ -936,7 +940,8 @@ class DeployServer:
                                 hashlib.sha256(total.tobytes()).hexdigest(),
                                 "moments_total": rs.moments_total,
                                 "target_scale_log2": rs.target_scale_log2,
-                                "noise_multiplier": rs.plan.stats_noise_multiplier},
+                                "noise_multiplier": rs.plan.stats_noise_multiplier,
+                                **({"ledger": rs.stats_ledger} if rs.stats_ledger else {})},
             "record_noise_multiplier": {b: rs.infos[b].record_noise_multiplier
                                         for b in rs.banks},
         }
@@ -985,11 +990,46 @@ class DeployServer:
         ranges, groups = np.asarray(rs.stats_ranges, dtype=np.float64), rs.stats_groups
         if rs.target_scale_log2 is not None:
             ranges, groups = with_target(ranges, groups)
-        source = "seeded_chacha20" if self.s.insecure_sim_streams else "os_csprng"
-        rs.stats_drafts = stats_drafts([done.names[i] for i in sorted(done.survivors)], z,
-                                       moments_sensitivity(groups), source)
+        rs.stats_ledger = {
+            "banks": [done.names[i] for i in sorted(done.survivors)],
+            "sensitivity": moments_sensitivity(groups),
+            "noise_source": "seeded_chacha20" if self.s.insecure_sim_streams else "os_csprng"}
+        rs.stats_drafts = stats_drafts(z=z, **rs.stats_ledger)
         out: NDArray[np.float64] = unscale_moments(total, ranges)
         return out
+
+    @staticmethod
+    def _round0_drafts(std: Mapping[str, Any], ledger: Ledger, banks: list[str], run_dir: Path
+                       ) -> list[Any]:
+        """On resume, round 0's ledger drafts again if its release is noised and no round has
+        committed them yet (the server died, or was stopped, before round 1's commit): re-derived
+        from the run store's facts (``standardisation``: z, and the banks in the sum, the
+        sensitivity and the noise source :meth:`_round0_release` recorded), so the finished
+        ledger holds round 0's events exactly once."""
+        from typing import get_args
+
+        from securefl.dp.ledger import NoiseSource
+        from securefl.protocol.round0 import stats_drafts
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < np.inf
+
+        z: Any = std.get("noise_multiplier")
+        if not number(z) or any(e.round == 0 for e in ledger.entries):
+            return []
+        facts = std.get("ledger")
+        if not isinstance(facts, dict) or set(facts) != {"banks", "sensitivity", "noise_source"} \
+                or not isinstance(facts["banks"], list) or not facts["banks"] \
+                or len(set(facts["banks"])) != len(facts["banks"]) \
+                or not all(isinstance(b, str) and b in banks for b in facts["banks"]) \
+                or not number(facts["sensitivity"]) \
+                or facts["noise_source"] not in get_args(NoiseSource):
+            raise ConfigError(f"{run_dir}: round 0's release is noised but the run store's facts "
+                              "do not say what it spent (the banks in the sum, the sensitivity, "
+                              "the noise source): its ledger events cannot be re-derived",
+                              hint="start the run again in a new run directory")
+        return stats_drafts(facts["banks"], float(z), float(facts["sensitivity"]),
+                            facts["noise_source"])
 
     def _committer(self, rs: _Run) -> RoundCommitter:
         """The run's round committer (securefl.committer), over the store round 0 created or
