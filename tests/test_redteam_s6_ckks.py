@@ -213,6 +213,7 @@ def test_deployed_bank_caps_are_not_skipped_by_a_plan_that_says_dp_false(tmp_pat
     from securefl.deploy.local import LocalLink
     from securefl.deploy.server import DeployServer, ServerSettings
     from securefl.dp.bank_budget import BUDGET_FILE
+    from securefl.errors import AuditError
 
     f = make_federation(tmp_path / "fed", {"rounds": 1, "seed": 3})  # manifest: DP on
     capped = f.banks[0]
@@ -224,13 +225,18 @@ def test_deployed_bank_caps_are_not_skipped_by_a_plan_that_says_dp_false(tmp_pat
              for i, b in enumerate(f.banks)}
     class Evil(DeployServer):  # the signed plan says dp = False; the round noise stays z
         def plan(self) -> Any:
-            return msgspec.structs.replace(super().plan(), dp=False)
+            # without DP round 0 is exact (S7b-1: every bank refuses a round-0 multiplier other
+            # than 0 without DP), so the forged plan says that too, and only the caps can refuse
+            return msgspec.structs.replace(super().plan(), dp=False, stats_noise_multiplier=0.0)
 
     srv = Evil(ServerSettings.load(f.server_file(tmp_path / "run")))
     link = LocalLink(banks, srv.fed.digest)
     with contextlib.suppress(Exception):  # an abort is fine: the question is what bank 0 did
         srv.run(link, link.names())
-    recs = RunStore.open(tmp_path / "run").records
+    try:
+        recs = RunStore.open(tmp_path / "run").records
+    except AuditError:  # the capped bank refused the exact round 0: no run store, nobody joined
+        recs = []
     joined = [i for i, rec in enumerate(recs)
               if i >= 1 and capped in (getattr(rec, "survivors", None) or [])]
     charged = (budget_dir / BUDGET_FILE).read_text().splitlines() \
