@@ -19,7 +19,6 @@ Refusals (typed, logged on the node, and the ClientApp fails so the server sees 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -44,7 +43,6 @@ from securefl.deploy.common import (
     encoding_for,
     fedavg_weights,
     identity_roster,
-    locked_json_update,
     next_attempt,
     public_draw,
     randomness,
@@ -501,36 +499,16 @@ class BankNode(NodeHandler):
         survivors = min(start.threshold, start.min_survivors)
         std = round0.share_std(z, sens, survivors, fed.params.colluders)
         cid = bank_ids(fed)[self.member]
-        # A repeat of the same round 0 (same banks by identity key, rows, ranges, groups, noise)
-        # returns the vector this bank sent before, not fresh noise: averaging the releases of
-        # many sessions would otherwise shrink the noise (red-team finding S7b-5). Any change
-        # draws fresh noise and is a new release, charged to this bank's caps.
-        facts = {"v": 1, "banks": sorted(bytes(fed.verify_key(b).raw).hex()
-                                         for b in start.participants),
-                 "rows": hashlib.sha256(np.ascontiguousarray(cols).tobytes()).hexdigest(),
-                 "ranges": ranges.tolist(), "groups": [list(g) for g in groups],
-                 "z": z, "std": std, "target_scale_log2": start.target_scale_log2}
-        key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
-
-        def step(record: dict[str, Any] | None) -> dict[str, Any]:
-            if record is not None and record.get("facts") == facts:
-                return record
-            self._charge_round0(hello, start, round0.stats_drafts(
-                [self.member], z, sens,
-                "os_csprng" if self.sim_seed is None else "seeded_chacha20"), noised=True)
-            vec = round0.noised_moments(
-                cols, ranges, std, randomness(self.sim_seed, hello.session, 0, cid, "stats-noise",
-                                              sim_stream=hello.sim_stream))
-            return {"facts": facts, "vector": np.asarray(vec, dtype="<f8").tobytes().hex()}
-
-        record = locked_json_update(self.session_dir / f"round0-input-{key}.json", step)
-        try:
-            out = np.frombuffer(bytes.fromhex(record["vector"]), dtype="<f8").astype(np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"unreadable round-0 input record in {self.session_dir}") from exc
-        if out.shape != (1 + 2 * len(ranges),):
-            raise ConfigError(f"unreadable round-0 input record in {self.session_dir}")
-        return out
+        # Each noised round 0 draws fresh noise and is a new release, charged to this bank's caps.
+        # Reusing the vector of an earlier identical round 0 was tried (S7b-5) and let other
+        # differences isolate one bank's own noise share (S7c-1, S7c-3): a bank's spending across
+        # sessions is bounded by its caps (spec 12.1).
+        self._charge_round0(hello, start, round0.stats_drafts(
+            [self.member], z, sens, "os_csprng" if self.sim_seed is None else "seeded_chacha20"),
+            noised=True)
+        return round0.noised_moments(
+            cols, ranges, std, randomness(self.sim_seed, hello.session, 0, cid, "stats-noise",
+                                          sim_stream=hello.sim_stream))
 
     def _charge_round0(self, hello: Hello, start: RoundStart, drafts: list[Draft], *,
                        noised: bool) -> None:
