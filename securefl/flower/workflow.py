@@ -578,7 +578,8 @@ class SecureFLWorkflow:
                 data = pl.protocol[0].data if pl.protocol else None
                 out[name] = wire.encode(ServerMsg(
                     stage=stage, protocol=data, plan=signed if stage == "commit" else None,
-                    infos=s.infos if stage == "commit" else []))
+                    infos=s.infos if stage == "commit" else [],
+                    hello=hello if stage == "commit" else None))
                 if stage == "commit":
                     link.extra[nodes[name]] = compat.fitins_to_recorddict(fitins[name], True)
             res = ex.exchange(round_, stage, out)
