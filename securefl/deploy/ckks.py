@@ -7,7 +7,9 @@ Parties (all listed in the signed federation manifest):
 - the aggregation server: the ServerApp (:class:`securefl.deploy.server.DeployServer`);
 - the CKKS key holder (role ``ckks-key-holder``): its own SuperNode, configured with
   ``role="ckks-key-holder"`` (:class:`KeyHolderNode`). It alone holds the secret key; the server and
-  the banks only ever see the public context it signs with its manifest key.
+  the banks only ever see the public context it signs with its manifest key, bound to the one
+signed hello it accepted for the session (red-team finding S7b-6: every bank refuses a context
+bound to another hello than its own, so all banks of a sum act on one plan).
 
 Keys: a fresh CKKS key per round (protocols/ckks/spec.md, "Keys"). The key holder makes round r's
 key when the server asks for it (:class:`KeyRequest`), keeps the secret key sealed in its node
