@@ -155,7 +155,7 @@ def test_s7b6_a_key_holder_keyed_for_the_no_dp_plan_never_gets_the_victims_input
     # the victim refused round 0's key before it encrypted: it answered nothing of round 0
     assert [k for k in nodes[victim].replies if k[1] == 0 and k[0] != "hello"] == []
     if outcome == "released":  # the others' own no-DP sum, which they all agreed to
-        revealed = {wire.decode(decode_client(n.replies[("reveal", 0)]).protocol[0].data,
+        revealed: set[int] = {wire.decode(decode_client(n.replies[("reveal", 0)]).protocol[0].data,
                                 Contribution).client_id
                     for i, n in nodes.items() if i != KH_NODE and ("reveal", 0) in n.replies}
         assert victim not in revealed and revealed
