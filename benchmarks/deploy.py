@@ -142,6 +142,7 @@ def round_key_cost(root: Path, reps: int = 7) -> dict[str, Any]:
         KeyHolderNode,
         bank_round_context,
         contexts_in,
+        hello_digest,
         key_request,
     )
     from securefl.deploy.messages import (
@@ -182,7 +183,8 @@ def round_key_cost(root: Path, reps: int = 7) -> dict[str, Any]:
         cols["reload"].append(time.process_time() - c)
         context = contexts_in(decode_client(reply))[r]
         c = time.process_time()
-        bank_round_context(fed, ProtocolItem(round=r, data=context), session)
+        bank_round_context(fed, ProtocolItem(round=r, data=context), session,
+                           hello_digest(hello.body))
         cols["bank"].append(time.process_time() - c)
         ctx_bytes, state_bytes = len(context), len(state)
     med = {k: float(np.median(v)) for k, v in cols.items()}

@@ -30,6 +30,7 @@ __all__ = [
     "LocalProtocolError",
     "MessageError",
     "OverflowRiskError",
+    "PlanMismatchError",
     "PrivacyError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -142,6 +143,16 @@ class ByteLimitError(MessageError):
 
     code = "SFL308"
     default_hint = "the peer was refused for this round (a dropout); check its version and plan"
+
+
+class PlanMismatchError(RemoteProtocolError):
+    """A round's CKKS key (its signed public context) is bound to another signed training plan
+    (Hello) than the one this party verified: the server showed the parties different plans
+    (red-team finding S7b-6). Nothing of the round leaves the party."""
+
+    code = "SFL309"
+    default_hint = ("the aggregation server showed the parties different signed plans; stop and "
+                    "investigate it")
 
 
 class StateError(LocalProtocolError):

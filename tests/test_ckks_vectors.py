@@ -134,6 +134,13 @@ def test_vectors_recomputed_independently():
         bytes.fromhex(V["round_context_signature"]),
         _bound("securefl/ckks/round-context/v1", session, round_, params + key_digest),
     )
+    # a round key bound to the session's signed plan (S7b-6): the plan's digest is appended
+    plan = hashlib.sha256(b"a signed hello body").digest()
+    assert plan.hex() == V["hello_digest"]
+    holder.verify(
+        bytes.fromhex(V["plan_context_signature"]),
+        _bound("securefl/ckks/round-context-plan/v1", session, round_, params + key_digest + plan),
+    )
 
 
 def test_schemas_in_sync_with_structs():

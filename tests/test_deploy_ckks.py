@@ -171,13 +171,14 @@ def test_a_public_context_not_signed_by_the_manifests_key_holder_or_for_this_rou
         public_context(fed_obj, wire.encode(forged.round_context(session, 1)), session, 1)
     genuine = CKKSKeyHolder(SigningKey.from_pem(fed.keys[KEY_HOLDER].read_bytes()), None, {},
                             params=DEFAULT_PARAMS, min_clients=1, verifiers=1)
-    r1 = wire.encode(genuine.round_context(session, 1))
-    public_context(fed_obj, r1, session, 1)  # accepted for exactly (session, 1)
-    assert bank_round_context(fed_obj, ProtocolItem(round=1, data=r1), session) == r1
+    plan = bytes([7]) * 32  # the digest of the session's signed hello (S7b-6)
+    r1 = wire.encode(genuine.round_context(session, 1, plan))
+    public_context(fed_obj, r1, session, 1, plan)  # accepted for exactly (session, 1)
+    assert bank_round_context(fed_obj, ProtocolItem(round=1, data=r1), session, plan) == r1
     # a bank refuses it for another round (a replay into round 2) or another session
     for s_, r_ in ((session, 2), (other, 1), (session, 0)):
         with pytest.raises(RemoteProtocolError, match="not the key for this round"):
-            bank_round_context(fed_obj, ProtocolItem(round=r_, data=r1), s_)
+            bank_round_context(fed_obj, ProtocolItem(round=r_, data=r1), s_, plan)
     # and a long-lived key (no session, no round) is no round's key
     long_lived = CKKSKeyHolder(SigningKey.from_pem(fed.keys[KEY_HOLDER].read_bytes()),
                                _secret(), {}, min_clients=1, verifiers=1)

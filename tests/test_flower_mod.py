@@ -1047,6 +1047,52 @@ def test_ckks_banks_refuse_a_replayed_round_context_before_their_fit_runs(
     assert recs[-1]["error_code"] == "SFL310"
 
 
+def test_ckks_a_bank_shown_another_signed_hello_refuses_before_its_fit_runs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """S7b-6 on the Flower path: the server shows one bank its own re-signed Hello (another plan
+    than the one the key holder keyed the session for). That bank refuses the round's key, bound
+    to the key holder's Hello, before its fit runs (PlanMismatchError SFL309), and sends nothing."""
+    import msgspec
+
+    from securefl.crypto.signing import SigningKey, sign_bound
+    from securefl.deploy.messages import HELLO_DOMAIN, Hello, Signed
+    from securefl.flower.common import ARRAY, RECORD, decode_server
+    from securefl.protocol import wire
+    from securefl.transport.flower import Envelope
+    from tests.flower_mod_helpers import SERVER
+
+    params = _ckks_params(z=1.0)
+    fed = make_flower_federation(tmp_path / "fed", BANKS, params)
+    server_key = SigningKey.from_pem(fed.keys[SERVER].read_bytes())
+    victim = BANKS[0]
+
+    def tailor(name: str, msg: Any) -> None:
+        if name != victim or RECORD not in msg.content.array_records:
+            return
+        env = wire.decode(msg.content.array_records[RECORD][ARRAY].numpy().tobytes(), Envelope)
+        body = decode_server(env.payload)
+        if body.hello is None:
+            return
+        hello: Hello = wire.decode(body.hello.body, Hello)
+        plan = msgspec.structs.replace(hello.plan, delta=hello.plan.delta / 10)
+        forged = wire.encode(msgspec.structs.replace(hello, plan=plan))
+        signed = Signed(body=forged, signature=sign_bound(
+            server_key, domain=HELLO_DOMAIN, session_id=hello.session, round_=0, message=forged))
+        from flwr.app import Array, ArrayRecord
+
+        data = wire.encode(msgspec.structs.replace(env, payload=wire.encode(
+            msgspec.structs.replace(body, hello=signed))))
+        msg.content.array_records[RECORD] = ArrayRecord(
+            {ARRAY: Array(np.frombuffer(data, dtype=np.uint8))})
+
+    calls: list[str] = []
+    _run(tmp_path, params, fed=fed, tamper=tailor, calls=calls)
+    assert victim not in calls  # its fit never ran
+    refused = [r.getMessage() for r in caplog.records if "SFL309" in r.getMessage()]
+    assert refused and all(m.split()[0] == victim for m in refused)
+    assert all("bound to another signed plan" in m for m in refused)
+
+
 def test_ckks_key_holder_refuses_a_replayed_decryption_request(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The decryption request of a released round, sent to the key holder's node again (a server

@@ -2,11 +2,12 @@
 accounted round 0 in the deployment and, by default, in the simulation). Each test asserts the
 secure behaviour; the ones marked "(fails now)" fail on rt4 at 0aeba14.
 
-S7b-6 (no test here; its fix decides the API): on the CKKS path nothing binds the Hello across
-banks (SecAgg binds its digest into every plan digest; a CKKS Commitment, CommitmentSet, public
-context and co-signature do not), so a server can sign the victim a plan with z = 4 and every other
-bank one with dp False and z = 0 (or z = 1e-9): the victim's round-0 share, sized
-z sqrt(1 + 2g) / sqrt(T - c) for T - c honest shares, is then the only noise in the sum."""
+S7b-6 (fixed; tests in tests/test_redteam_s7b6.py): on the CKKS path nothing bound the Hello
+across banks (SecAgg binds its digest into every plan digest), so a server could sign the victim a
+plan with z = 4 and every other bank one with dp False and z = 0: the victim's round-0 share, sized
+z sqrt(1 + 2g) / sqrt(T - c) for T - c honest shares, was then the only noise in the sum. Now the
+key holder binds the session's one Hello into every round key's signed public context and each
+bank refuses a key bound to another Hello than its own (PlanMismatchError, SFL309)."""
 
 from __future__ import annotations
 
@@ -201,7 +202,8 @@ def test_s7b_4_a_ckks_bank_reveals_round0_only_under_a_set_of_its_planned_thresh
     session, dim = b"\x02" * 16, 7
     holder = CKKSKeyHolder(keys["kh"], None, federation_keys(fed), min_clients=2, verifiers=2,
                            server_key=keys["agg"].verify_key, params=DEFAULT_PARAMS)
-    signed = holder.round_context(session, 0)
+    plan = bytes([3]) * 32  # the digest of the session's signed hello (S7b-6)
+    signed = holder.round_context(session, 0, plan)
     context = wire.encode(signed)
     public = accept_public_context(signed, keys["kh"].verify_key, DEFAULT_PARAMS,
                                    session_id=session, round_=0)
@@ -213,12 +215,13 @@ def test_s7b_4_a_ckks_bank_reveals_round0_only_under_a_set_of_its_planned_thresh
     states = {}
     for b in banks[:2]:
         states[b], item = bank_commit(fed=fed, identity=keys[b], member=b, context=context,
-                                      start=start, values=np.zeros(dim), sim_seed=0)
+                                      hello=plan, start=start, values=np.zeros(dim), sim_seed=0)
         server.receive_commitment(wire.decode(item.data, Commitment))
     cset = server.close_commitments()
     assert len(cset.entries) == 2 < start.threshold
     with pytest.raises(SecureFLError):
-        bank_step(fed=fed, identity=keys["b0"], member="b0", context=context, start=start,
+        bank_step(fed=fed, identity=keys["b0"], member="b0", context=context, hello=plan,
+                  start=start,
                   state=states["b0"], data=wire.encode(cset), verifiers=2, verifier_skips=2,
                   round0=Round0Survivors(tmp_path, fed, noiseless=False))
 

@@ -27,6 +27,7 @@ from securefl.protocol.ckks import (
     DOMAIN_CONTEXT,
     DOMAIN_CONTRIBUTION,
     DOMAIN_COSIGN,
+    DOMAIN_PLAN_CONTEXT,
     DOMAIN_ROUND_CONTEXT,
     commitment_message,
     commitment_set_digest,
@@ -115,6 +116,14 @@ def vectors() -> dict[str, object]:
         round_=7,
         message=context_message(DEFAULT_PARAMS, fake_context),
     )
+    plan_digest = hashlib.sha256(b"a signed hello body").digest()
+    plan_ctx_sig = sign_bound(  # a round key bound to the session's signed plan (S7b-6)
+        holder,
+        domain=DOMAIN_PLAN_CONTEXT,
+        session_id=session,
+        round_=7,
+        message=context_message(DEFAULT_PARAMS, fake_context, plan_digest),
+    )
     ctx_sig = sign_bound(
         holder,
         domain=DOMAIN_CONTEXT,
@@ -158,6 +167,8 @@ def vectors() -> dict[str, object]:
         "context_signature": ctx_sig.hex(),
         "key_digest": key_digest.hex(),
         "round_context_signature": round_ctx_sig.hex(),
+        "hello_digest": plan_digest.hex(),
+        "plan_context_signature": plan_ctx_sig.hex(),
     }
 
 

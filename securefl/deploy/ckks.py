@@ -7,7 +7,9 @@ Parties (all listed in the signed federation manifest):
 - the aggregation server: the ServerApp (:class:`securefl.deploy.server.DeployServer`);
 - the CKKS key holder (role ``ckks-key-holder``): its own SuperNode, configured with
   ``role="ckks-key-holder"`` (:class:`KeyHolderNode`). It alone holds the secret key; the server and
-  the banks only ever see the public context it signs with its manifest key.
+  the banks only ever see the public context it signs with its manifest key, bound to the one
+signed hello it accepted for the session (red-team finding S7b-6: every bank refuses a context
+bound to another hello than its own, so all banks of a sum act on one plan).
 
 Keys: a fresh CKKS key per round (protocols/ckks/spec.md, "Keys"). The key holder makes round r's
 key when the server asks for it (:class:`KeyRequest`), keeps the secret key sealed in its node
@@ -44,6 +46,7 @@ restarted key holder node can go on. A bank that does not answer a trip is a dro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -82,6 +85,7 @@ from securefl.errors import (
     AggregationAbortedError,
     ConfigError,
     MessageError,
+    PlanMismatchError,
     RemoteProtocolError,
     SecureFLError,
     SignatureError,
@@ -135,6 +139,7 @@ __all__ = [
     "bank_round_context",
     "bank_step",
     "contexts_in",
+    "hello_digest",
     "key_request",
     "public_context",
     "run_ckks_round",
@@ -184,13 +189,22 @@ def key_holder_key(fed: Federation) -> VerifyKey:
     return fed.verify_key(fed.key_holder)
 
 
-def public_context(fed: Federation, signed: bytes, session: bytes, round_: int) -> PublicContext:
+def public_context(fed: Federation, signed: bytes, session: bytes, round_: int,
+                   hello: bytes | None = None) -> PublicContext:
     """The key holder's public context of (session, round): signed by the manifest's key holder
     for exactly that (session, round), with the agreed parameters and no secret key; a context of
-    another round or session (a replay) is refused (RemoteProtocolError)."""
+    another round or session (a replay) is refused (RemoteProtocolError). With ``hello`` (a
+    bank: the :func:`hello_digest` of the Hello it verified), only a context the key holder bound
+    to that same signed plan (PlanMismatchError otherwise, S7b-6)."""
     msg = _decode(signed, SignedPublicContext, _MAX_CONTEXT_BYTES)
     return accept_public_context(msg, key_holder_key(fed), DEFAULT_PARAMS, session_id=session,
-                                 round_=round_)
+                                 round_=round_, hello_digest=hello)
+
+
+def hello_digest(hello_body: bytes) -> bytes:
+    """SHA-256 of a signed Hello's body: the plan a CKKS round key is bound to (S7b-6; SecAgg
+    binds the same digest into every plan digest)."""
+    return hashlib.sha256(hello_body).digest()
 
 
 class KeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
@@ -220,25 +234,31 @@ def contexts_in(reply: ClientPayload | None) -> dict[int, bytes]:
 
 
 # --- bank ------------------------------------------------------------------------------------------
-def bank_round_context(fed: Federation, item: ProtocolItem, session: bytes) -> bytes | None:
+def bank_round_context(fed: Federation, item: ProtocolItem, session: bytes, hello: bytes
+                       ) -> bytes | None:
     """A bank's check of a CKKS item from the server: the key holder's public context signed for
-    (this session, the item's round) is returned (the bank keeps it for that round's plan); any
-    other CKKS message gives None. A context signed for another session or round is refused."""
+    (this session, the item's round) and bound to this bank's verified plan (``hello``: the
+    :func:`hello_digest` of its Hello) is returned (the bank keeps it for that round's plan); any
+    other CKKS message gives None. A context signed for another session or round is refused, one
+    bound to another plan too (PlanMismatchError, S7b-6)."""
     if _peek_type(item.data) != _CONTEXT_TAG:
         return None
-    public_context(fed, item.data, session, item.round)
+    public_context(fed, item.data, session, item.round, hello)
     return item.data
 
 
 def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: bytes,
-                start: RoundStart, values: NDArray[np.float64], sim_seed: int | None
-                ) -> tuple[bytes, ProtocolItem]:
+                hello: bytes, start: RoundStart, values: NDArray[np.float64],
+                sim_seed: int | None) -> tuple[bytes, ProtocolItem]:
     """Noise, check overflow, encrypt and commit this bank's clipped, weighted input. Returns the
-    round state to keep on the node (it holds the unrevealed ciphertext) and the Commitment."""
+    round state to keep on the node (it holds the unrevealed ciphertext) and the Commitment.
+    ``hello``: the :func:`hello_digest` of the signed plan this bank verified."""
     cid = fed.clients.index(member)
-    # encrypt only under the key signed for the (session, round) of this plan (a replayed context
-    # of an earlier round is refused here)
-    client = CKKSClient(cid, identity, public_context(fed, context, start.session, start.round),
+    # encrypt only under the key signed for the (session, round) of this plan and bound to this
+    # bank's signed plan (a replayed context of an earlier round, or a key the key holder made
+    # for another plan, is refused here: S7b-6)
+    client = CKKSClient(cid, identity,
+                        public_context(fed, context, start.session, start.round, hello),
                         fed.verify_key(fed.server))
     com = client.commit(session_id=start.session, round_=start.round,
                         values=np.asarray(values, dtype=np.float64), clip_norm=start.clip_norm,
@@ -252,15 +272,16 @@ def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: 
 
 
 def bank_step(*, fed: Federation, identity: SigningKey, member: str, context: bytes,
-              start: RoundStart, state: bytes, data: bytes, verifiers: int, verifier_skips: int,
-              round0: Round0Survivors | None = None) -> tuple[bytes | None, list[ProtocolItem]]:
+              hello: bytes, start: RoundStart, state: bytes, data: bytes, verifiers: int,
+              verifier_skips: int, round0: Round0Survivors | None = None
+              ) -> tuple[bytes | None, list[ProtocolItem]]:
     """Answer the server's CommitmentSet (reveal) or VerifyRequest (recompute and co-sign).
     Returns the new round state (None once the round is over for this bank) and the reply.
     Round 0 (task "moments", no noise) with this bank's ``round0`` record: the ciphertext is
     revealed only under the closed commitment set of this manifest's first round 0 (red-team
     finding S6b-1; ServerFaultError otherwise, and nothing leaves)."""
     cid = fed.clients.index(member)
-    public = public_context(fed, context, start.session, start.round)
+    public = public_context(fed, context, start.session, start.round, hello)
     server_key = fed.verify_key(fed.server)
     saved: ClientRoundState = _decode(state, ClientRoundState, MAX_PAYLOAD_BYTES)
     chunk_bytes, chunks = _chunk_limits(slots_of(start))
@@ -324,6 +345,8 @@ class KeyHolderMemo(msgspec.Struct, forbid_unknown_fields=True):
     key erases every earlier round's, since each round runs once, in order)."""
 
     hello: bytes | None = None
+    #: per session (hex): the SHA-256 (hex) of the one signed plan accepted for it (S7b-6)
+    hellos: dict[str, str] = {}
     keys: dict[int, RoundKeyMemo] = {}
     #: per session (hex): the last round this node keyed, and the last round it released; the
     #: usage file must never be behind these marks (a deleted or rolled-back file is refused)
@@ -519,6 +542,11 @@ class KeyHolderNode(NodeHandler):
             if hello.federation != fed.digest or hello.session != env.session:
                 raise SignatureError("the hello names another federation or session")
             self._check_plan(hello, fed)
+            # one signed plan per session: every round key is bound to it (S7b-6)
+            digest, sid = hello_digest(msg.hello.body).hex(), hello.session.hex()
+            if memo.hellos.setdefault(sid, digest) != digest:
+                raise PlanMismatchError("a second, different signed plan for this session: the "
+                                        "key holder keys a session for one plan only")
             memo.hello = msg.hello.body
         for item in msg.protocol:
             if memo.hello is None:
@@ -582,7 +610,10 @@ class KeyHolderNode(NodeHandler):
                 usage.keyed[hello.session] = r
                 self._write_usage(usage)  # durable before the context leaves the node
                 memo.keyed[hello.session.hex()] = r
-        signed = holder.round_context(hello.session, r)
+        if memo.hello is None:
+            raise StateError("a key request before a verified hello")
+        # the key is bound to the session's one signed plan: every bank checks it (S7b-6)
+        signed = holder.round_context(hello.session, r, hello_digest(memo.hello))
         if r not in memo.keys:
             secret, _ = holder.export_round_key(hello.session, r)
             # earlier rounds' keys are erased: a round runs once, in order

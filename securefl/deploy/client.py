@@ -528,7 +528,7 @@ class BankNode(NodeHandler):
         rm = memo.rounds[round_]
         start: RoundStart = wire.decode(rm.start, RoundStart)
         if hello.plan.aggregation == "ckks":
-            from securefl.deploy.ckks import bank_commit
+            from securefl.deploy.ckks import bank_commit, hello_digest
 
             if memo.ckks_context is None:
                 raise StateError("no public CKKS context from the key holder yet")
@@ -536,7 +536,9 @@ class BankNode(NodeHandler):
                 raise ConfigError(f"round {round_}: input of length {x.size}, plan says "
                                   f"{start.dim}")
             rm.ckks, item = bank_commit(fed=fed, identity=identity, member=self.member,
-                                        context=memo.ckks_context, start=start, values=x,
+                                        context=memo.ckks_context,
+                                        hello=hello_digest(_hello_body(memo)), start=start,
+                                        values=x,
                                         sim_seed=self.sim_seed)
             return [item]
         rm.field_input = self._encode(fed, hello, start, x)
@@ -669,9 +671,11 @@ class BankNode(NodeHandler):
         for that round's plan: a bank encrypts only under the context of the round it answers),
         a CommitmentSet (reveal) or a VerifyRequest (recompute the sum and co-sign; the round is
         then over here)."""
-        from securefl.deploy.ckks import bank_round_context, bank_step
+        from securefl.deploy.ckks import bank_round_context, bank_step, hello_digest
 
-        context = bank_round_context(fed, item, hello.session)  # refuses another round's
+        # refuses another round's, and a key bound to another signed plan than this bank's
+        mine = hello_digest(_hello_body(memo))
+        context = bank_round_context(fed, item, hello.session, mine)
         if context is not None:
             memo.ckks_context = context
             return []
@@ -682,7 +686,8 @@ class BankNode(NodeHandler):
             raise StateError(f"a CKKS message for round {item.round}, not committed here")
         start: RoundStart = wire.decode(rm.start, RoundStart)
         state, out = bank_step(fed=fed, identity=identity, member=self.member,
-                               context=memo.ckks_context, start=start, state=rm.ckks,
+                               context=memo.ckks_context, hello=mine, start=start,
+                               state=rm.ckks,
                                data=item.data, verifiers=hello.plan.ckks_verifiers,
                                verifier_skips=hello.plan.ckks_verifier_skips,
                                round0=Round0Survivors(

@@ -133,6 +133,9 @@ class ServerMsg(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     plan: Signed | None = None
     infos: list[BankInfo] = []
     protocol: bytes | None = None
+    #: ckks ``commit``: the signed hello the key holder keys the session for; the bank checks
+    #: the key holder bound the round's context to it and that it matches the plan (S7b-6)
+    hello: Signed | None = None
 
 
 class ClientMsg(msgspec.Struct, frozen=True, forbid_unknown_fields=True,

@@ -94,9 +94,11 @@ from securefl.deploy.common import (
     secagg_config,
     session_id,
 )
+from securefl.deploy.messages import FLOWER_APP, HELLO_DOMAIN, Hello, Signed
 from securefl.dp.bank_budget import caps_from_node_config
 from securefl.errors import (
     ConfigError,
+    PlanMismatchError,
     RemoteProtocolError,
     SignatureError,
     StateError,
@@ -181,6 +183,8 @@ class _Memo(msgspec.Struct, forbid_unknown_fields=True):
     #: earlier rounds of this session that took this bank's keys and never unmasked (whatever
     #: their model: at most MAX_ATTEMPTS, securefl.deploy.common.check_pending)
     pending: list[int] = []
+    #: ckks: SHA-256 of the session's signed hello, to which every round key must be bound
+    hello: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -357,18 +361,26 @@ class FlowerBank(NodeHandler):
         the user's fit runs), then the fit, the update's clip, FedAvg weight and Gaussian noise
         share, encrypted and committed to (securefl.deploy.ckks.bank_commit: the deployment's
         bank does the same)."""
-        from securefl.deploy.ckks import bank_commit, public_context
+        from securefl.deploy.ckks import bank_commit, hello_digest, public_context
 
-        if msg.protocol is None:
-            raise RemoteProtocolError("a CKKS commit message without the key holder's context")
+        if msg.protocol is None or msg.hello is None:
+            raise RemoteProtocolError("a CKKS commit message without the key holder's context "
+                                      "or the signed hello")
+        hello = _ckks_hello(fed, env, msg.hello)
+        mine = hello_digest(msg.hello.body)
+        if env.session == memo.session and memo.hello not in (b"", mine):
+            raise PlanMismatchError("a second, different signed hello in this session")
         # before the plan is charged to the bank's caps (_accept_plan checks that the plan names
-        # the envelope's session and round)
-        public_context(fed, msg.protocol, env.session, env.round)
+        # the envelope's session and round): the key holder's key for this (session, round),
+        # bound to this hello (S7b-6)
+        public_context(fed, msg.protocol, env.session, env.round, mine)
         plan, body = self._accept_plan(fed, memo, env, msg)
+        _check_plan_against_hello(fed, plan, hello)
+        memo.hello = mine
         rm = memo.current = _RoundMemo(plan=body, seed=None, context=msg.protocol)
         update, drafts, clipped = self._fit_update(rm)
         rm.ckks, item = bank_commit(fed=fed, identity=identity, member=self.member,
-                                    context=msg.protocol, start=round_start(plan),
+                                    context=msg.protocol, hello=mine, start=round_start(plan),
                                     values=update, sim_seed=self.sim_seed)
         return ClientMsg(stage="commit", protocol=[item.data], drafts=drafts, clipped=clipped)
 
@@ -387,7 +399,8 @@ class FlowerBank(NodeHandler):
             raise RemoteProtocolError(f"a {msg.stage!r} message without a protocol message")
         plan: FlowerPlan = wire.decode(rm.plan, FlowerPlan)
         state, out = bank_step(fed=fed, identity=identity, member=self.member,
-                               context=rm.context, start=round_start(plan), state=rm.ckks,
+                               context=rm.context, hello=memo.hello,
+                               start=round_start(plan), state=rm.ckks,
                                data=msg.protocol, verifiers=plan.verifiers,
                                verifier_skips=plan.verifier_skips)
         if state is None:
@@ -535,6 +548,30 @@ def _check_plain_message(message_type: str, cfg: Mapping[str, Any]) -> None:
     raise RemoteProtocolError(
         f"a plain Flower {message_type!r} message: this bank answers it only with "
         f"{key}=true in its node config (its answer leaves the bank unprotected)")
+
+
+def _ckks_hello(fed: Federation, env: Envelope, signed: Signed) -> Hello:
+    """The signed hello of a CKKS Flower session (the workflow's, which the key holder keys the
+    session for): the manifest server's signature for (session, 0), this manifest and session, a
+    CKKS plan of a Flower app."""
+    verify_bound(fed.verify_key(fed.server), signed.signature, domain=HELLO_DOMAIN,
+                 session_id=env.session, round_=0, message=signed.body)
+    hello: Hello = wire.decode(signed.body, Hello)
+    if hello.federation != fed.digest or hello.session != env.session:
+        raise SignatureError("the hello names another federation or session")
+    if hello.plan.aggregation != "ckks" or hello.plan.task != FLOWER_APP:
+        raise RemoteProtocolError("the hello is not a CKKS plan of a Flower app")
+    return hello
+
+
+def _check_plan_against_hello(fed: Federation, plan: FlowerPlan, hello: Hello) -> None:
+    """The round's plan within the session's hello (the key holder's view of the session): the
+    same verifier policy, a round the hello keys, and DP exactly when the manifest has noise."""
+    hp = hello.plan
+    if (plan.verifiers, plan.verifier_skips) != (hp.ckks_verifiers, hp.ckks_verifier_skips) or \
+            plan.round > hp.rounds or hp.dp != (fed.params.noise_multiplier > 0):
+        raise PlanMismatchError(f"round {plan.round}: the plan does not match the session's "
+                                "signed hello")
 
 
 def _key_holder_message(msg: Any, ctxt: Any) -> Any:

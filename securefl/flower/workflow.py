@@ -37,8 +37,10 @@ securefl.deploy.ckks.KeyHolderNode). The rounds are the deployment's
 
   key          (key holder alone, first round or after a round that released nothing) the signed
                hello + KeyRequest(session, r) -> the round key's public context, signed for (s, r)
-  commit       signed plan + every bank's signed size + that context + the strategy's FitIns ->
-               the bank checks the context is the key holder's for this (session, round), runs
+               and bound to the hello's SHA-256 (the key holder keys a session for one hello)
+  commit       signed plan + every bank's signed size + that context + the signed hello + the
+               strategy's FitIns -> the bank checks the context is the key holder's for this
+               (session, round) and bound to this hello, and the plan against the hello, runs
                the user's fit, clips, weights, adds its Gaussian noise share, encrypts -> Commitment
   reveal       the server-signed CommitmentSet -> Contribution (the ciphertext)
   verify       VerifyRequest to the ranked verifier window -> CoSignature
@@ -578,7 +580,8 @@ class SecureFLWorkflow:
                 data = pl.protocol[0].data if pl.protocol else None
                 out[name] = wire.encode(ServerMsg(
                     stage=stage, protocol=data, plan=signed if stage == "commit" else None,
-                    infos=s.infos if stage == "commit" else []))
+                    infos=s.infos if stage == "commit" else [],
+                    hello=hello if stage == "commit" else None))
                 if stage == "commit":
                     link.extra[nodes[name]] = compat.fitins_to_recorddict(fitins[name], True)
             res = ex.exchange(round_, stage, out)

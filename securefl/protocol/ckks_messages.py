@@ -62,7 +62,10 @@ class _Msg(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=
 class SignedPublicContext(_Msg, tag="ckks.public_context", frozen=True, forbid_unknown_fields=True):
     """The key holder's public CKKS context and parameters, signed. A round key (fresh for one
     round) names its ``session_id`` and ``round`` and is signed for them (domain
-    ckks/round-context); a long-lived key leaves both None (domain ckks/public-context)."""
+    ckks/round-context); a long-lived key leaves both None (domain ckks/public-context). A round
+    key made for a deployment's session also names ``hello_digest``, the SHA-256 of the signed
+    training plan (Hello body) the key holder accepted for the session, and is signed with it
+    (domain ckks/round-context-plan): every bank checks it against its own Hello (S7b-6)."""
 
     poly_modulus_degree: Annotated[int, Meta(ge=1024, le=32768)]
     coeff_mod_bit_sizes: Annotated[
@@ -75,6 +78,7 @@ class SignedPublicContext(_Msg, tag="ckks.public_context", frozen=True, forbid_u
     session_id: SessionId | None = None
     round: Round | None = None
     version: Version = PROTOCOL_VERSION
+    hello_digest: Digest | None = None
 
 
 class Commitment(_Msg, tag="ckks.commitment", frozen=True, forbid_unknown_fields=True):

@@ -26,8 +26,15 @@ __all__ = [
 ]
 
 
-def context_message(params: CKKSParams, context: bytes) -> bytes:
-    return params.canonical_bytes() + hashlib.sha256(context).digest()
+def context_message(params: CKKSParams, context: bytes, hello_digest: bytes | None = None
+                    ) -> bytes:
+    """What the key holder signs over a public context: the parameters' canonical bytes and
+    SHA-256(context), then, for a round key bound to a signed plan (domain ckks/round-context-plan,
+    S7b-6), the plan's 32-byte digest."""
+    if hello_digest is not None and len(hello_digest) != 32:
+        raise LocalProtocolError("hello_digest must be 32 bytes")
+    return (params.canonical_bytes() + hashlib.sha256(context).digest()
+            + (hello_digest if hello_digest is not None else b""))
 
 
 def key_id_for(context: bytes) -> bytes:

@@ -6,7 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from securefl.crypto.signing import VerifyKey, verify_bound
-from securefl.errors import CryptoError, IntegrityError, RemoteProtocolError, SignatureError
+from securefl.errors import (
+    CryptoError,
+    IntegrityError,
+    PlanMismatchError,
+    RemoteProtocolError,
+    SignatureError,
+)
 from securefl.he.context import PublicContext, load_public_context
 from securefl.he.params import CKKSParams
 from securefl.protocol.ckks.canonical import (
@@ -24,6 +30,7 @@ from securefl.protocol.ckks.config import (
     DOMAIN_CONTEXT,
     DOMAIN_CONTRIBUTION,
     DOMAIN_COSIGN,
+    DOMAIN_PLAN_CONTEXT,
     DOMAIN_ROUND_CONTEXT,
     DecryptionRefusedError,
     IdentityKeys,
@@ -34,6 +41,7 @@ __all__ = [
     "accept_public_context",
     "check_commitment_set",
     "check_entries",
+    "context_binding",
     "verify_cosignature",
     "verify_set_signature",
 ]
@@ -56,6 +64,19 @@ def verify_cosignature(federation: Mapping[int, VerifyKey], cs: CoSignature, mdi
 
 
 
+def context_binding(key_id: bytes, slot: tuple[bytes, int] | None, hello_digest: bytes | None
+                    ) -> tuple[str, bytes, int]:
+    """(domain, session, round) a public context is signed under: a long-lived key's
+    (ckks/public-context, bound to its key id and round 0), a round key's (ckks/round-context,
+    its session and round) or a round key bound to a signed plan (ckks/round-context-plan, S7b-6).
+    A long-lived key serves every session, so it cannot be bound to one session's plan."""
+    if slot is None:
+        if hello_digest is not None:
+            raise RemoteProtocolError("a long-lived key cannot be bound to one session's plan")
+        return DOMAIN_CONTEXT, key_id, 0
+    return (DOMAIN_ROUND_CONTEXT if hello_digest is None else DOMAIN_PLAN_CONTEXT), *slot
+
+
 def accept_public_context(
     msg: SignedPublicContext,
     key_holder: VerifyKey,
@@ -63,10 +84,14 @@ def accept_public_context(
     *,
     session_id: bytes | None = None,
     round_: int | None = None,
+    hello_digest: bytes | None = None,
 ) -> PublicContext:
     """Verify the key holder's signature and parameters; reject a context carrying the secret
     key. With ``session_id`` and ``round_``, accept only a round key signed for exactly that
-    (session, round) (fresh per round, spec.md "Keys"); without them, only a long-lived key."""
+    (session, round) (fresh per round, spec.md "Keys"); without them, only a long-lived key.
+    With ``hello_digest`` (a deployment's bank: the SHA-256 of the Hello body it verified), accept
+    only a round key the key holder bound to exactly that plan (PlanMismatchError otherwise:
+    the server showed the parties different plans, S7b-6)."""
     got = CKKSParams(msg.poly_modulus_degree, tuple(msg.coeff_mod_bit_sizes), msg.scale_bits)
     if got != params:
         raise CryptoError("the published CKKS parameters differ from the agreed ones")
@@ -78,17 +103,22 @@ def accept_public_context(
             if session_id is not None
             else "a round key was offered where the long-lived key is expected"
         )
-    if msg.session_id is not None and msg.round is not None:
-        domain, bound_session, bound_round = DOMAIN_ROUND_CONTEXT, msg.session_id, msg.round
-    else:
-        domain, bound_session, bound_round = DOMAIN_CONTEXT, msg.key_id, 0
+    if hello_digest is not None and msg.hello_digest != hello_digest:
+        raise PlanMismatchError(
+            "the round's key is bound to another signed plan than this party's"
+            if msg.hello_digest is not None
+            else "the round's key is bound to no signed plan"
+        )
+    slot = (msg.session_id, msg.round) if msg.session_id is not None and msg.round is not None \
+        else None
+    domain, bound_session, bound_round = context_binding(msg.key_id, slot, msg.hello_digest)
     verify_bound(
         key_holder,
         msg.signature,
         domain=domain,
         session_id=bound_session,
         round_=bound_round,
-        message=context_message(params, msg.context),
+        message=context_message(params, msg.context, msg.hello_digest),
     )
     return load_public_context(msg.context, params)
 

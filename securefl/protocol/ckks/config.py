@@ -15,6 +15,7 @@ __all__ = [
     "DOMAIN_CONTEXT",
     "DOMAIN_CONTRIBUTION",
     "DOMAIN_COSIGN",
+    "DOMAIN_PLAN_CONTEXT",
     "DOMAIN_RELEASE",
     "DOMAIN_ROUND_CONTEXT",
     "DecryptionRefusedError",
@@ -23,6 +24,8 @@ __all__ = [
 
 DOMAIN_CONTEXT = "securefl/ckks/public-context/v1"
 DOMAIN_ROUND_CONTEXT = "securefl/ckks/round-context/v1"
+#: a round key bound to the signed training plan (Hello) it was made for (S7b-6)
+DOMAIN_PLAN_CONTEXT = "securefl/ckks/round-context-plan/v1"
 DOMAIN_COMMITMENT = "securefl/ckks/commitment/v1"
 DOMAIN_COMMITMENT_SET = "securefl/ckks/commitment-set/v1"
 DOMAIN_CONTRIBUTION = "securefl/ckks/contribution/v2"

@@ -20,7 +20,7 @@ import numpy as np
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey, VerifyKey, sign_bound
 from securefl.dp.noise import gaussian
-from securefl.errors import ConfigError, StateError
+from securefl.errors import ConfigError, PlanMismatchError, StateError
 from securefl.he.context import SecretContext, generate_context
 from securefl.he.flooding import (
     DEFAULT_MAX_QUERIES,
@@ -37,12 +37,10 @@ from securefl.protocol.ckks.canonical import (
     manifest_digest,
     release_message,
 )
-from securefl.protocol.ckks.checks import check_entries, verify_cosignature
+from securefl.protocol.ckks.checks import check_entries, context_binding, verify_cosignature
 from securefl.protocol.ckks.config import (
     DEFAULT_VERIFIER_SKIPS,
-    DOMAIN_CONTEXT,
     DOMAIN_RELEASE,
-    DOMAIN_ROUND_CONTEXT,
     DecryptionRefusedError,
     IdentityKeys,
 )
@@ -78,10 +76,12 @@ class KeyHolderState(Enum):
 
 @dataclass(frozen=True)
 class RoundKeyRequest:
-    """Local event: make (or return) the round key of (session, round)."""
+    """Local event: make (or return) the round key of (session, round), bound to the signed
+    plan of digest ``hello_digest`` when one is given (S7b-6)."""
 
     session_id: bytes
     round: int
+    hello_digest: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -207,19 +207,18 @@ class CKKSKeyHolder:
             self._slots[slot] = Released()
 
     def _signed_context(
-        self, secret: SecretContext, slot: tuple[bytes, int] | None
+        self, secret: SecretContext, slot: tuple[bytes, int] | None,
+        hello_digest: bytes | None = None,
     ) -> SignedPublicContext:
         context = secret.public_bytes()
         kid = key_id_for(context)
-        domain, session, round_ = (
-            (DOMAIN_CONTEXT, kid, 0) if slot is None else (DOMAIN_ROUND_CONTEXT, *slot)
-        )
+        domain, session, round_ = context_binding(kid, slot, hello_digest)
         sig = sign_bound(
             self._key,
             domain=domain,
             session_id=session,
             round_=round_,
-            message=context_message(secret.params, context),
+            message=context_message(secret.params, context, hello_digest),
         )
         return SignedPublicContext(
             poly_modulus_degree=secret.params.poly_modulus_degree,
@@ -230,6 +229,7 @@ class CKKSKeyHolder:
             signature=sig,
             session_id=None if slot is None else slot[0],
             round=None if slot is None else slot[1],
+            hello_digest=hello_digest,
         )
 
     def public_context_message(self) -> SignedPublicContext:
@@ -238,11 +238,14 @@ class CKKSKeyHolder:
             raise ConfigError("this key holder has no long-lived key; use round_context")
         return self._signed_context(self._ctx, None)
 
-    def round_context(self, session_id: bytes, round_: int) -> SignedPublicContext:
+    def round_context(self, session_id: bytes, round_: int, hello_digest: bytes | None = None
+                      ) -> SignedPublicContext:
         """Fresh CKKS keys for one round (made on the first call, the same message after), their
-        public context signed for (session, round). Refused for a round already decrypted."""
+        public context signed for (session, round) and, given ``hello_digest`` (a deployment: the
+        SHA-256 of the session's signed plan), bound to that plan. Refused for a round already
+        decrypted, and for a round keyed for another plan (PlanMismatchError, S7b-6)."""
         out: SignedPublicContext = self._step((session_id, round_),
-                                              RoundKeyRequest(session_id, round_))
+                                              RoundKeyRequest(session_id, round_, hello_digest))
         return out
 
     def export_round_key(self, session_id: bytes, round_: int) -> tuple[Secret, SignedPublicContext]:
@@ -272,7 +275,7 @@ class CKKSKeyHolder:
     def _make_round_key(self, ev: RoundKeyRequest) -> SignedPublicContext:
         slot = (ev.session_id, ev.round)
         secret = self._keygen(self.params)
-        key = RoundKey(secret, self._signed_context(secret, slot))
+        key = RoundKey(secret, self._signed_context(secret, slot, ev.hello_digest))
         self._slots[slot] = key
         return key.signed
 
@@ -280,6 +283,8 @@ class CKKSKeyHolder:
         key = self._slots[(ev.session_id, ev.round)]
         if not isinstance(key, RoundKey):  # unreachable: the table routes KEYED only here
             raise StateError("no round key for this round")
+        if key.signed.hello_digest != ev.hello_digest:
+            raise PlanMismatchError("this round's key was made for another signed plan")
         return key.signed
 
     def decrypt(self, req: DecryptionRequest, random: RandomSource) -> DecryptionResult:
