@@ -1,10 +1,12 @@
 """The round engine (issue 15, item 1): the one loop every driver runs, whatever moves its bytes.
 
-A driver is a :class:`RoundTransport`: it plans each round (participants, the public
+A driver is a :class:`RoundTransport`: it picks each round's participants, plans the round
+with the one planner (:class:`~securefl.protocol.plan.RoundPlanner`: the public
 :class:`~securefl.protocol.plan.RoundSpec` and its :class:`~securefl.protocol.plan.NoisePlan`),
-runs it over its transport (in process: securefl.aggregators; a deployment: Flower round trips)
-and yields one typed :class:`RoundOutcome` per round: the release (the survivors' sum) or the
-error that aborted the round, with the per-client facts the ledger and audit record need.
+runs it over its transport (in process: securefl.aggregators; a deployment or a Flower app:
+Flower round trips) and yields one typed :class:`RoundOutcome` per round: the release (the
+survivors' sum) or the error that aborted the round, with the per-client facts the ledger and
+audit record need.
 :class:`RoundEngine` does the rest, the same way for every driver:
 
 - the abort policy: how many rounds in a row may abort (each an attempt at the same global model,
@@ -16,8 +18,11 @@ error that aborted the round, with the per-client facts the ledger and audit rec
 - the round report (:class:`RoundReport`), the history and the progress callbacks;
 - resume: the rounds a run directory already committed (:meth:`RoundEngine.resumed`).
 
-``securefl run`` / :func:`securefl.train` (securefl.runtime) and a deployment's server
-(securefl.deploy.server) drive it; they differ only in their transport.
+``securefl run`` / :func:`securefl.train` (securefl.runtime), a deployment's server
+(securefl.deploy.server) and the Flower workflow (securefl.flower.SecureFLWorkflow) drive it;
+they differ only in their transport. Where the host owns the loop (Flower's DefaultWorkflow calls
+the workflow once per round), :meth:`RoundEngine.steps` runs the same loop one settled round per
+call.
 """
 
 from __future__ import annotations
@@ -229,6 +234,13 @@ class RoundEngine:
     def run(self, transport: RoundTransport, first: int, last: int) -> list[RoundReport]:
         """Rounds ``first`` .. ``last`` over ``transport``, each outcome settled as it comes;
         returns the whole history (with the rounds committed before a resume)."""
-        for outcome in transport.rounds(self, first, last):
-            self.settle(outcome)
+        for _ in self.steps(transport, first, last):
+            pass
         return self.history
+
+    def steps(self, transport: RoundTransport, first: int, last: int) -> Iterator[RoundReport]:
+        """:meth:`run`, one settled round per ``next()``: for a host that owns the loop and calls
+        in once per round (Flower's DefaultWorkflow calls securefl.flower.SecureFLWorkflow), the
+        transport yields that round's outcome and the engine settles it before returning."""
+        for outcome in transport.rounds(self, first, last):
+            yield self.settle(outcome)

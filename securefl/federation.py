@@ -31,6 +31,7 @@ from securefl.crypto.signing import SigningKey, VerifyKey, sign_bound, verify_bo
 from securefl.errors import ConfigError, MessageError, SignatureError
 
 if TYPE_CHECKING:
+    from securefl.protocol.plan import RoundPlanner
     from securefl.protocol.secagg.bounds import Assumptions
 
 __all__ = [
@@ -153,9 +154,25 @@ class ProtocolParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         has no choice of T and hence of the SecAgg+ degree k and neighbour threshold t that
         follow from it: one graph per (session, round), as :attr:`lifetime_graphs` counts
         (protocols/secagg/spec.md section 12.1, red-team finding S6b-4)."""
-        from securefl.protocol.secagg.bounds import threshold_for
+        from securefl.protocol.plan import round_threshold
 
-        return min(n, max(self.threshold, threshold_for(n, self.assumptions())))
+        return round_threshold(n, self.assumptions(), floor=self.threshold)
+
+    def planner(self, session: bytes, *, clip_norm: float | None = None,
+                noise_multiplier: float | None = None, degree: int | None = None
+                ) -> RoundPlanner:
+        """The round planner (securefl.protocol.plan.RoundPlanner) of a session under these
+        parameters: the manifest's assumptions, threshold floor and SecAgg+ degree, with the
+        clip, noise multiplier and degree a plan signs (default: the manifest's)."""
+        from securefl.protocol.plan import RoundPlanner
+
+        return RoundPlanner(
+            session_id=session,
+            clip_norm=self.clip_norm if clip_norm is None else clip_norm,
+            noise_multiplier=(self.noise_multiplier if noise_multiplier is None
+                              else noise_multiplier),
+            aggregation=self.aggregation, assumptions=self.assumptions(),
+            degree=self.neighbours if degree is None else degree, floor=self.threshold)
 
     @property
     def lifetime_graphs(self) -> int:

@@ -30,8 +30,7 @@ from securefl.engine import (
     RoundReport,
 )
 from securefl.errors import BudgetExceededError, ConfigError, DataError
-from securefl.protocol.plan import NoisePlan, RoundSpec
-from securefl.protocol.secagg.bounds import default_threshold
+from securefl.protocol.plan import NoisePlan, RoundPlanner
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -294,9 +293,7 @@ class Engine:
             aggregator = make_aggregator("secagg",
                                          precision_bits=moments_precision_bits(len(moments)))
         bound = float(2.0 ** (max(norm_log2.values()) + 1))  # the same rule as a deployment
-        spec = RoundSpec(session_id=self.session_id, round=0,
-                         participants=tuple(moments), clip_norm=bound,
-                         threshold=len(moments), noise=None)
+        spec = self.planner.exact(bound).spec(0, tuple(moments))
         outcome = aggregator.aggregate(spec, moments, random=self.random.factory(0))
         total = unscale_moments(outcome.total, fed.bounds) if z > 0 else outcome.total
         return fed.prepared(total), outcome.digests.get("aggregate", "")
@@ -449,27 +446,33 @@ class Engine:
 
             agg = cast(SecAggAggregator, make_aggregator("secagg", neighbours=c.neighbours,
                                                           colluders=c.colluders))
-            encoding = agg.encoding_for(RoundSpec(
-                session_id=self.session_id, round=round_, participants=tuple(range(n_participants)),
-                clip_norm=c.clip_norm, threshold=threshold, noise=plan), dim)
+            encoding = agg.encoding_for(self.planner.spec(
+                round_, tuple(range(n_participants)), threshold=threshold), dim)
         events = planned_client_events(plan, n_participants, encoding=encoding, dim=dim)
         return [self._client_events().draft(round_, n_participants, plan.min_survivors, ev,
                                             plan.colluders) for ev in events]
 
-    def _noise_plan(self, n_participants: int, threshold: int) -> NoisePlan | None:
-        """The round's client-level noise plan: each share sized so that the smallest honest set
-        whose sum can be revealed under the stated colluders (NoisePlan.honest_floor: T - c, or
-        SecAgg+'s isolatable honest set from the bounds) still carries z * C; None without it."""
+    @property
+    def planner(self) -> RoundPlanner:
+        """The run's round planner (securefl.protocol.plan.RoundPlanner): the session, clip C,
+        client-level z (0 without DP), the threshold (``--threshold``, or the smallest the
+        active-security bounds allow for the stated colluders) and SecAgg+'s degree; each
+        round's RoundSpec and NoisePlan follow from it and the round's participants."""
+        from securefl.protocol.secagg.bounds import Assumptions
+
         c = self.config
-        if not (c.dp and c.noise_multiplier > 0):
-            return None
-        isolatable = None
-        if c.aggregation == "secagg":
-            isolatable = make_aggregator("secagg", neighbours=c.neighbours,
-                                         colluders=c.colluders
-                                         ).isolatable_honest(n_participants, threshold)
-        return NoisePlan(c.noise_multiplier, threshold, colluders=c.colluders,
-                         isolatable_honest=isolatable)
+        return RoundPlanner(session_id=self.session_id, clip_norm=c.clip_norm,
+                            noise_multiplier=c.noise_multiplier if c.dp else 0.0,
+                            aggregation=c.aggregation,
+                            assumptions=Assumptions(colluders=c.colluders),
+                            degree=c.neighbours, threshold=c.threshold or None)
+
+    def _noise_plan(self, n_participants: int, threshold: int) -> NoisePlan | None:
+        """The round's client-level noise plan (RoundPlanner.noise): each share sized so that the
+        smallest honest set whose sum can be revealed under the stated colluders
+        (NoisePlan.honest_floor: T - c, or SecAgg+'s isolatable honest set) still carries z * C;
+        None without it."""
+        return self.planner.noise(n_participants, threshold)
 
     def _check_secagg_plan(self, n_banks: int) -> None:
         """Refuse, before anything runs, a threshold or degree below the SecAgg bounds for the
@@ -481,8 +484,7 @@ class Engine:
 
         k = len(self._sample(1, n_banks))
         derive(k, Assumptions(colluders=c.colluders),
-               threshold=min(c.threshold or default_threshold(k, c.colluders), k),
-               degree=c.neighbours)
+               threshold=self.planner.threshold_for(k), degree=c.neighbours)
 
     def _check_budget_before_start(self, n_banks: int, model: Any) -> None:
         """Refuse a plan whose rounds, each charged what it will record (the worst admissible
@@ -497,7 +499,7 @@ class Engine:
                 "a client-level target epsilon needs client-level noise (--dp with "
                 "--noise-multiplier > 0); without it epsilon is infinite")
         k = len(self._sample(1, n_banks))
-        threshold = min(c.threshold or default_threshold(k, c.colluders), k)
+        threshold = self.planner.threshold_for(k)
         dim = sum(int(p.numel()) for p in model.parameters())
         drafts = self._planned_client_drafts(1, k, threshold, dim)
         check_plan([d.event for d in drafts], c.rounds, c.target_epsilon, c.delta)
@@ -656,12 +658,12 @@ class Engine:
 
         c, on, server = self.config, self._on, self.server
         aggregator, names, public_weight = self.aggregator, self.names, self.public_weight
+        planner = self.planner
         for round_ in range(first, last + 1):
             t0 = _now()
             engine.check_attempts(round_)
             participants = self._sample(round_, len(self.setup.banks))
-            threshold = min(c.threshold or default_threshold(len(participants), c.colluders),
-                            len(participants))
+            threshold = planner.threshold_for(len(participants))
             if c.target_epsilon is not None:
                 from securefl.dp.budget import would_exceed
 
@@ -685,12 +687,11 @@ class Engine:
                              if r == round_ and b not in dropouts})
             if round_ == 1:  # the round-0 release is committed with the first round
                 drafts = [*self._stats_drafts, *drafts]
-            noise = self._noise_plan(len(participants), threshold)
-            spec = RoundSpec(session_id=self.session_id, round=round_, participants=participants,
-                             clip_norm=c.clip_norm, threshold=threshold, noise=noise,
-                             weights=tuple(public_weight[i] for i in participants),
-                             model_digest=hashlib.sha256(
-                                 np.ascontiguousarray(weights).tobytes()).digest())
+            spec = planner.spec(round_, participants,
+                                weights=tuple(public_weight[i] for i in participants),
+                                model_digest=hashlib.sha256(
+                                    np.ascontiguousarray(weights).tobytes()).digest())
+            noise = spec.noise
             who = tuple(names[i] for i in participants)
             on(round_, "protecting + aggregating",
                f"{aggregator.name}, {len(participants)} banks")

@@ -13,7 +13,7 @@ from securefl.aggregators import MODES, RandomFactory, make_aggregator
 from securefl.crypto.random import RandomSource, SeededRandomSource, SystemRandomSource
 from securefl.crypto.secret import Secret
 from securefl.errors import ConfigError
-from securefl.protocol.plan import RoundSpec
+from securefl.protocol.plan import RoundPlanner
 
 __all__ = ["SecureSumResult", "simulate_secure_sum"]
 
@@ -67,13 +67,8 @@ def simulate_secure_sum(
     if clip_norm is None:
         clip_norm = max(float(np.linalg.norm(v)) for v in arrays.values()) or 1.0
     random, session = _random_factory(seed)
-    spec = RoundSpec(
-        session_id=session,
-        round=0,
-        participants=tuple(sorted(arrays)),
-        clip_norm=clip_norm,
-        threshold=threshold if threshold is not None else n // 2 + 1,
-    )
+    spec = RoundPlanner(session_id=session, clip_norm=clip_norm).spec(
+        0, tuple(sorted(arrays)), threshold=threshold if threshold is not None else n // 2 + 1)
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; use 'secagg', 'ckks' or 'plain'")
     outcome = make_aggregator(mode, neighbours=neighbours).aggregate(

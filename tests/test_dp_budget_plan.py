@@ -19,7 +19,8 @@ from securefl.dp.events import DistributedDiscreteGaussianEvent, GaussianEvent
 from securefl.dp.ledger import Ledger
 from securefl.errors import AggregationAbortedError, BudgetExceededError
 from securefl.protocol.plan import NoisePlan, RoundSpec
-from securefl.runtime import Engine, default_threshold, run
+from securefl.protocol.secagg.bounds import default_threshold
+from securefl.runtime import Engine, run
 
 
 def test_issue_target_is_refused_before_any_round(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,8 @@ from securefl.dp.noise import gaussian
 from securefl.errors import ConfigError
 from securefl.protocol.plan import NoisePlan, RoundSpec
 from securefl.protocol.secagg import Assumptions, derive
-from securefl.runtime import Engine, default_threshold
+from securefl.protocol.secagg.bounds import default_threshold
+from securefl.runtime import Engine
 
 DIM = 20_000
 N, C = 4, 1  # four banks, bank 0 colludes with the server

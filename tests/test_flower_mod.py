@@ -180,11 +180,45 @@ def test_noise_shares_are_sized_for_the_manifests_colluders(tmp_path: Path) -> N
 def test_attempts_at_one_global_model_are_bounded(tmp_path: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     """bank-c never signs the survivor set, so every round aborts and the next one retries the
-    same global model with new keys and a new graph: the banks make keys for at most 3 plans in a
-    row naming one model (securefl.deploy.common.MAX_ATTEMPTS) and refuse the fourth (SFL307)."""
+    same global model with new keys and a new graph. The workflow's round engine starts at most
+    3 attempts in a row (RoundEngine.max_aborted = securefl.deploy.common.MAX_ATTEMPTS, as a
+    deployment's server): rounds 4 and 5 are recorded as aborted by the engine's bound and no bank
+    hears of them."""
     params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
                             noise_multiplier=0.0)
-    final, run_dir, grid = _run(tmp_path, params, rounds=4, silent={"bank-c": "consistency"})
+    final, run_dir, grid = _run(tmp_path, params, rounds=5, silent={"bank-c": "consistency"})
+    assert np.array_equal(_flat(final), _flat(_initial()))
+    records = _records(run_dir)
+    assert [r["status"] for r in records] == ["aborted"] * 5
+    assert [r["error_code"] for r in records[3:]] == ["SFL310"] * 2
+    bound = [r.getMessage() for r in caplog.records if "refuse more than 3 attempts" in
+             r.getMessage()]
+    assert len(bound) == 2 and "round 4" in bound[0] and "round 5" in bound[1]
+    assert not any("SFL307" in r.getMessage() for r in caplog.records)  # no bank refused
+    from tests.flower_mod_helpers import stage_index
+
+    groups = {m.metadata.group_id for m in grid.sent}
+    assert "4" not in groups and "5" not in groups
+    last = {g: max(stage_index(m) for m in grid.sent if m.metadata.group_id == g)
+            for g in ("1", "2", "3")}
+    assert last == {"1": 3, "2": 3, "3": 3}  # each got as far as the consistency stage
+
+
+def test_without_the_servers_bound_the_banks_refuse_a_fourth_attempt(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server without the engine's bound (max_aborted = None, as a malicious server would
+    run) still gets no fourth attempt: each bank's own guard, the mod's pending-unmask rule
+    (securefl.deploy.common.check_pending), refuses the 4th plan after 3 that took its keys and
+    were never unmasked (SFL307)."""
+    from securefl.flower import SecureFLWorkflow
+
+    class Unbounded(SecureFLWorkflow):
+        max_aborted = None
+
+    params = ProtocolParams(aggregation="secagg", threshold=2, clip_norm=CLIP,
+                            noise_multiplier=0.0)
+    final, run_dir, grid = _run(tmp_path, params, rounds=4, silent={"bank-c": "consistency"},
+                                workflow_cls=Unbounded)
     assert np.array_equal(_flat(final), _flat(_initial()))
     assert [r["status"] for r in _records(run_dir)] == ["aborted"] * 4
     refusals = [r.getMessage() for r in caplog.records if "SFL307" in r.getMessage()]

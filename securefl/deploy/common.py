@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -19,7 +20,7 @@ from securefl.crypto.random import SeededRandomSource, SimulationRandomness, Sys
 from securefl.crypto.secret import Secret
 from securefl.errors import ConfigError, RemoteProtocolError, SecureFLError, SignatureError
 from securefl.federation import Federation, ProtocolParams
-from securefl.protocol.plan import NoisePlan, RoundSpec
+from securefl.protocol.plan import RoundPlanner, RoundSpec
 from securefl.protocol.quantize import Encoding
 from securefl.protocol.secagg import IdentityRoster, SecAggConfig
 
@@ -50,8 +51,8 @@ __all__ = [
     "identity_roster",
     "locked_json_update",
     "next_attempt",
-    "noise_plan",
     "plan_threshold",
+    "planner_for",
     "public_draw",
     "randomness",
     "round0_fills",
@@ -362,7 +363,6 @@ def round_spec(start: RoundStart, ids: dict[str, int], context: bytes = bytes(32
         raise ConfigError(f"round {start.round}: the plan gives FedAvg weights to banks that are "
                           "not its participants (the weights are signed into every bank's SecAgg "
                           "plan)")
-    noise = noise_plan(start, params)
     order = sorted(start.participants, key=lambda p: ids[p])
     # a drawn bank without a signed size (the server did not forward its BankInfo) has weight 0:
     # it contributes nothing (it refuses the round) and stays in the graph as a dropout
@@ -371,27 +371,20 @@ def round_spec(start: RoundStart, ids: dict[str, int], context: bytes = bytes(32
     # the weights and the training plan enter the SecAgg plan digest (a weight or plan tailored to
     # one bank is caught before unmasking); the global model is the consistency message's input
     # binding (it arrives after the keys)
-    return RoundSpec(session_id=start.session, round=start.round,
-                     participants=tuple(ids[p] for p in order),
-                     clip_norm=start.clip_norm, threshold=start.threshold, noise=noise,
-                     weights=weights, context_digest=context)
+    return planner_for(start, params).spec(
+        start.round, tuple(ids[p] for p in order), weights=weights, context_digest=context,
+        threshold=start.threshold, min_survivors=start.min_survivors)
 
 
-def noise_plan(start: RoundStart, params: ProtocolParams | None) -> NoisePlan | None:
-    """The round's client-level noise plan (see :func:`round_spec`); None without noise."""
-    if start.noise_multiplier <= 0:
-        return None
+def planner_for(start: RoundStart, params: ProtocolParams | None) -> RoundPlanner:
+    """The round planner of a signed plan (securefl.protocol.plan.RoundPlanner): the manifest's
+    ``params`` (assumptions, threshold rule) with the clip, noise multiplier and degree ``start``
+    signs; without ``params`` no colluders and no SecAgg+ graph are assumed."""
     if params is None:
-        return NoisePlan(start.noise_multiplier, start.min_survivors)
-    isolatable = None
-    if params.aggregation == "secagg":
-        from securefl.protocol.secagg import SecAggEncoder
-
-        isolatable = SecAggEncoder(degree=start.degree, assumptions=params.assumptions()
-                                   ).isolatable_honest(len(start.participants),
-                                                       start.min_survivors)
-    return NoisePlan(start.noise_multiplier, start.min_survivors, colluders=params.colluders,
-                     isolatable_honest=isolatable)
+        return RoundPlanner(session_id=start.session, clip_norm=start.clip_norm,
+                            noise_multiplier=start.noise_multiplier)
+    return replace(params.planner(start.session, clip_norm=start.clip_norm,
+                                  noise_multiplier=start.noise_multiplier), degree=start.degree)
 
 
 def encoding_for(start: RoundStart, spec: RoundSpec) -> tuple[Encoding, int]:

@@ -89,6 +89,7 @@ from securefl.protocol.secagg import (
     Deadline,
     SecAggServer,
     advertise_message,
+    check_release,
     plan_digest,
 )
 from securefl.protocol.secagg.limits import round_byte_limits
@@ -98,7 +99,7 @@ from securefl.transport.policy import ByteMeter
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-    from securefl.protocol.plan import RoundSpec
+    from securefl.protocol.plan import RoundPlanner, RoundSpec
     from securefl.protocol.quantize import Encoding
 
 __all__ = ["TRIPS_PER_ROUND", "DeployServer", "ServerSettings", "trips_for"]
@@ -493,11 +494,20 @@ class DeployServer:
             ranges, groups = embedded_inputs(self.config.label or "default")
         return ranges, groups
 
+    @property
+    def planner(self) -> RoundPlanner:
+        """The session's round planner (securefl.protocol.plan.RoundPlanner): the manifest's
+        assumptions and threshold rule, the run's clip and client-level noise multiplier (0
+        without DP). Every bank derives the same RoundSpec from the signed plan
+        (securefl.deploy.common.round_spec)."""
+        c = self.config
+        return self.fed.params.planner(self.session, clip_norm=c.clip_norm,
+                                       noise_multiplier=c.noise_multiplier if c.dp else 0.0)
+
     def _start(self, round_: int, participants: list[str], dim: int, *, clip: float,
                weights: dict[str, float], target_scale_log2: int | None = None,
                round0_threshold: int | None = None, stats: Any = None,
                stats_groups: tuple[tuple[int, ...], ...] = ()) -> tuple[RoundStart, Signed]:
-        c = self.config
         k = len(participants)
         if round_ == 0:  # standardisation needs every bank that sent a signed size
             t0 = round0_threshold or k
@@ -512,12 +522,13 @@ class DeployServer:
                                stats_groups=[list(g) for g in stats_groups])
         else:
             # the manifest fixes T for n = k; every bank checks it (spec 12.1, S6b-4)
-            threshold = self.fed.params.round_threshold(k)
-            z = c.noise_multiplier if c.dp else 0.0
+            planner = self.planner
+            threshold = planner.threshold_for(k)
             start = RoundStart(session=self.session, round=round_, task="train",
                                participants=participants, threshold=threshold,
-                               clip_norm=c.clip_norm, noise_multiplier=z,
-                               min_survivors=threshold, degree=self.fed.params.neighbours,
+                               clip_norm=planner.clip_norm,
+                               noise_multiplier=planner.noise_multiplier,
+                               min_survivors=threshold, degree=planner.degree,
                                precision_bits=self.fed.params.precision_bits,
                                dim=dim, weights={p: weights[p] for p in participants
                                                  if p in weights},
@@ -540,11 +551,7 @@ class DeployServer:
         res = fl.machine.result
         if res is None:
             raise AggregationAbortedError(f"round {fl.start.round} ended without a result")
-        noise = fl.spec.noise
-        if noise is not None and noise.noise_multiplier > 0 and \
-                len(res.survivors) < noise.min_survivors:
-            raise AggregationAbortedError(
-                f"{len(res.survivors)} survivors carry less than the planned noise")
+        check_release(fl.spec, len(res.survivors))
         total = quantize.from_field(res.field_sum, fl.enc.bits).astype(np.float64) * fl.enc.gamma
         return total, res.survivors, dict(res.dropped_at)
 

@@ -18,6 +18,11 @@ A run adds one "hello" trip before its first round (each bank's size, signed by 
 the public FedAvg weights n_i / max n). The released sum divided by the survivors' public weights
 is the FedAvg mean update; global + mean update is handed to the strategy as every survivor's
 FitRes parameters, so ``aggregate_fit`` (FedAvg) returns it (as Flower's SecAgg+ workflow does).
+The workflow is a round-engine transport (securefl.engine.RoundTransport,
+:meth:`SecureFLWorkflow.rounds`): each Flower call steps the engine one round
+(RoundEngine.steps), which settles the round's typed outcome and bounds the aborted rounds in a
+row (``max_aborted``, securefl.deploy.common.MAX_ATTEMPTS); each round's plan comes from the
+manifest's round planner (securefl.protocol.plan.RoundPlanner).
 Every round, completed or aborted, is committed to ``run_dir``: the audit log (RFC 9162 Merkle
 tree, signed checkpoints, securefl.audit.store.RunStore) and the privacy ledger (the client-level
 distributed discrete Gaussian event, and any record-level DP-SGD a bank declared, recorded as
@@ -57,7 +62,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -67,6 +72,7 @@ import numpy as np
 from securefl.committer import ClientEvents, Release, RoundCommitter
 from securefl.crypto.signing import SigningKey, sign_bound, verify_bound
 from securefl.deploy.common import (
+    MAX_ATTEMPTS,
     SessionCounter,
     bank_ids,
     encoding_for,
@@ -84,7 +90,7 @@ from securefl.deploy.messages import (
     Signed,
     TrainPlan,
 )
-from securefl.engine import RoundEngine
+from securefl.engine import RoundEngine, RoundReport
 from securefl.engine import RoundOutcome as Settled
 from securefl.errors import (
     AggregationAbortedError,
@@ -187,8 +193,9 @@ class _Session:
     infos: list[BankInfo]
     committer: RoundCommitter
     model: _StrategyModel
-    #: the round engine (securefl.engine): Flower's loop calls the workflow once per round, and
-    #: each round's typed outcome is settled by the engine (commit or abort, report)
+    #: the round engine (securefl.engine): Flower's loop calls the workflow once per round, the
+    #: workflow's transport (SecureFLWorkflow.rounds) yields that round's typed outcome and the
+    #: engine settles it (commit or abort, report, the abort bound)
     engine: RoundEngine
     #: the current round's declared drafts so far (recorded even if the round then aborts)
     drafts: list[Draft] = field(default_factory=list)
@@ -277,18 +284,67 @@ class SecureFLWorkflow:
                           else self.server_key.with_name(self.server_key.name + ".state"))
         self.timeout = float("inf") if timeout is None else float(timeout)
         self._s: _Session | None = None
+        #: the round engine and its steps over :meth:`rounds` (made at the first Flower call)
+        self._engine: RoundEngine | None = None
+        self._steps: Iterator[RoundReport] | None = None
+        #: the current Flower call: (grid, context, round)
+        self._call: tuple[Any, Any, int] | None = None
+
+    #: the round engine's abort bound (securefl.engine.RoundEngine.max_aborted): after this many
+    #: rounds in a row aborted, each an attempt at the same global model, the server starts no
+    #: other attempt (the later rounds are recorded as aborted without a message to any bank),
+    #: as securefl's own deployment (securefl.deploy.common.MAX_ATTEMPTS). Each bank's own guard
+    #: stays the mod's pending-unmask rule (securefl.deploy.common.check_pending).
+    max_aborted: int | None = MAX_ATTEMPTS
 
     # -- Flower's entry point -----------------------------------------------------------------------
     def __call__(self, grid: Any, context: Any) -> None:
-        """One fit round (DefaultWorkflow calls it once per round)."""
-        from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-        from flwr.compat.common import recorddict_compat as compat
+        """One fit round (DefaultWorkflow calls it once per round): the round engine
+        (securefl.engine.RoundEngine.steps over :meth:`rounds`) runs this round through the
+        workflow's transport and settles it (commit or abort, report); after the last round,
+        result.json."""
         from flwr.server.compat.legacy_context import LegacyContext
-        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+        from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
 
         if not isinstance(context, LegacyContext):
             raise TypeError(f"Expect a LegacyContext, but get {type(context).__name__}.")
         r = int(cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]))
+        last = int(context.config.num_rounds)
+        self._call = (grid, context, r)
+        if self._steps is None:
+            self._engine = RoundEngine(lambda: self._committed().committer,
+                                       max_aborted=self.max_aborted)
+            self._steps = self._engine.steps(self, r, last)
+        try:
+            next(self._steps)
+        except StopIteration:
+            raise ConfigError(f"Flower round {r}: this workflow's rounds are over (it runs one "
+                              "Flower run)") from None
+        self._finish_if_last(self._committed(), r, context)
+
+    def rounds(self, engine: RoundEngine, first: int, last: int) -> Iterator[Settled]:
+        """The Flower path as the round engine's transport (securefl.engine.RoundTransport):
+        rounds ``first`` .. ``last``, each run when Flower calls the workflow for it
+        (:meth:`__call__` hands in its grid and context), each yielding its typed outcome. A
+        round starts only within the engine's abort bound (:attr:`max_aborted`); a round that
+        cannot release is yielded as aborted (nothing released, the model unchanged)."""
+        for r in range(first, last + 1):
+            if self._call is None:
+                raise ConfigError("the workflow's rounds run only inside Flower's calls")
+            grid, context, called = self._call
+            if called != r:
+                raise ConfigError(f"Flower round {called}, the workflow's next round is {r}: "
+                                  "the workflow must see every round of the run")
+            yield self._round(engine, grid, context, r)
+
+    def _round(self, engine: RoundEngine, grid: Any, context: Any, r: int) -> Settled:
+        """Flower round ``r``: the strategy's ``configure_fit`` picks the nodes, then SecAgg's
+        (or CKKS's) stages run over them; the outcome hands the strategy's ``aggregate_fit`` to
+        the committer's server update (securefl.committer.RoundCommitter)."""
+        from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+        from flwr.compat.common import recorddict_compat as compat
+        from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
         parameters = compat.arrayrecord_to_parameters(
             context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
         global_arrays = parameters_to_ndarrays(parameters)
@@ -305,18 +361,17 @@ class SecureFLWorkflow:
             log.error("round %d: nodes %s are not named after a manifest client: left out", r,
                       refused[:5])
         s.model.arrays, s.model.aggregate, s.drafts = global_arrays, None, []
+        self._check_round(s, r)
         run_round = self.run_ckks_round if s.holder is not None else self.run_round
         try:
+            engine.check_attempts(r)  # the abort bound: no bank hears of this round
             out = run_round(grid, s, r, {n: nodes[n] for n in chosen},
                             {n: ins for n, (_, ins) in chosen.items()}, global_arrays)
         except SecureFLError as err:
             log.error("round %d aborted: %s %s", r, err.code, err.message)
-            self._check_round(s, r)
             # nothing released, the model unchanged: no one "survived" into a sum, no one dropped
-            s.engine.settle(Settled(round=r, participants=tuple(chosen), error=err,
-                                    alive=tuple(chosen), drafts=tuple(s.drafts)))
-            self._finish_if_last(s, r, context)
-            return
+            return Settled(round=r, participants=tuple(chosen), error=err, alive=tuple(chosen),
+                           drafts=tuple(s.drafts))
 
         def aggregate(new: list[NDArray[Any]]) -> list[NDArray[Any]]:
             """The strategy's aggregate_fit over the survivors, each reporting the new model."""
@@ -336,11 +391,14 @@ class SecureFLWorkflow:
             return parameters_to_ndarrays(aggregated)
 
         s.model.aggregate = aggregate
-        self._check_round(s, r)
-        s.engine.settle(Settled(round=r, participants=tuple(out.participants),
-                                release=out.release, drafts=tuple(out.drafts),
-                                noise=out.noise, dim=out.dim))
-        self._finish_if_last(s, r, context)
+        return Settled(round=r, participants=tuple(out.participants), release=out.release,
+                       drafts=tuple(out.drafts), noise=out.noise, dim=out.dim)
+
+    def _committed(self) -> _Session:
+        """The session (ConfigError before the first round opened it)."""
+        if self._s is None:
+            raise ConfigError("the workflow has no session before its first round")
+        return self._s
 
     # -- the session ----------------------------------------------------------------------------------
     def _session(self, grid: Any, nodes: Mapping[str, int],
@@ -404,9 +462,10 @@ class SecureFLWorkflow:
         committer = RoundCommitter(store, Ledger(), model, session_id=session,
                                    aggregation=fed.params.aggregation,
                                    events=ClientEvents(clip_norm=fed.params.clip_norm))
+        engine = self._engine if self._engine is not None else RoundEngine(
+            lambda: committer, max_aborted=self.max_aborted)
         self._s = _Session(fed=fed, key=key, counter=counter, session=session, infos=infos,
-                           committer=committer, model=model,
-                           engine=RoundEngine(lambda: committer))
+                           committer=committer, model=model, engine=engine)
         if holder is not None:
             self._s.holder, self._s.holder_node = holder, nodes[holder]
             self._s.num_rounds = num_rounds
@@ -436,18 +495,20 @@ class SecureFLWorkflow:
     def plan(self, s: _Session, r: int, participants: list[str], fit_config: Mapping[str, Any],
              global_arrays: list[NDArray[Any]]) -> FlowerPlan:
         """Round ``r``'s plan: the manifest's clip, noise, precision and degree, and the threshold
-        it fixes for this many participants (ProtocolParams.round_threshold; banks check it)."""
+        it fixes for this many participants (the manifest's round planner,
+        securefl.protocol.plan.RoundPlanner; banks check it)."""
         p = s.fed.params
         k = len(participants)
         if k < max(2, p.threshold):
             raise AggregationAbortedError(f"round {r}: {k} participants with a signed size, fewer "
                                           f"than the manifest's threshold {p.threshold}")
-        threshold = p.round_threshold(k)
+        planner = p.planner(s.session)  # both sides derive the RoundSpec from it (round_spec_for)
+        threshold = planner.threshold_for(k)
         w = fedavg_weights(s.infos)
         plan = FlowerPlan(session=s.session, counter=s.counter, round=r,
                           participants=participants, threshold=threshold,
-                          clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
-                          min_survivors=threshold, degree=p.neighbours,
+                          clip_norm=planner.clip_norm, noise_multiplier=planner.noise_multiplier,
+                          min_survivors=threshold, degree=planner.degree,
                           precision_bits=p.precision_bits,
                           dim=int(flatten(global_arrays).size),
                           weights={b: w[b] for b in participants},

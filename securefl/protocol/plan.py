@@ -1,17 +1,25 @@
 """The public plan of one aggregation round, whatever the mode and transport: :class:`RoundSpec`
 (what every party agrees on and binds into its signatures) and its client-level noise plan
 :class:`NoisePlan` (how each bank's noise share is sized so the honest shares of any sum the
-protocol can reveal carry the planned noise; DESIGN.md section 6)."""
+protocol can reveal carry the planned noise; DESIGN.md section 6). :class:`RoundPlanner` is the
+one place that turns a run's public parameters and a round's participants into both, for every
+driver: ``securefl run`` / :func:`securefl.train` (securefl.runtime), a deployment's server and
+banks (securefl.deploy) and the Flower workflow and mod (securefl.flower)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from securefl.errors import AggregationAbortedError, ConfigError
 
-__all__ = ["NoisePlan", "RoundSpec", "check_release", "min_survivors"]
+if TYPE_CHECKING:
+    from securefl.protocol.secagg.bounds import Assumptions
+
+__all__ = ["NoisePlan", "RoundPlanner", "RoundSpec", "check_release", "min_survivors",
+           "round_threshold"]
 
 
 @dataclass(frozen=True)
@@ -177,3 +185,100 @@ def check_release(spec: RoundSpec, survivors: int) -> None:
         raise AggregationAbortedError(
             f"{survivors} survivors carry less than the planned noise (min_survivors = "
             f"{noise.min_survivors}); nothing is released")
+
+
+#: a fixed threshold above any participant count: T = n (every input in the sum)
+MAX_THRESHOLD = 1 << 30
+
+
+def round_threshold(n: int, assumptions: Assumptions | None = None, *, floor: int = 0,
+                    fixed: int | None = None) -> int:
+    """The threshold T of a round over ``n`` participants: ``fixed`` (a run's explicit
+    threshold) capped at n, or else the stated assumptions' rule for n
+    (protocol.secagg.bounds.threshold_for: the smallest T of the active-security bounds 2T > n + c
+    and T - c >= 2, or n - floor(f n) with a stated dropout fraction f), never below ``floor`` (a
+    manifest's threshold), at most n. A deployment's banks check the signed T against it
+    (securefl.federation.ProtocolParams.round_threshold, spec section 12.1)."""
+    if n < 1:
+        raise ConfigError("a round needs at least one participant")
+    if fixed is not None:
+        return min(fixed, n)
+    from securefl.protocol.secagg.bounds import Assumptions as _Assumptions
+    from securefl.protocol.secagg.bounds import threshold_for
+
+    return min(n, max(floor, threshold_for(n, assumptions or _Assumptions())))
+
+
+@dataclass(frozen=True)
+class RoundPlanner:
+    """A run's public parameters, from which every round's :class:`RoundSpec` and
+    :class:`NoisePlan` follow (issue 15: one planner behind every transport). The participants,
+    their FedAvg weights and the digests are the round's; everything else is the run's:
+
+    - ``session_id``, ``clip_norm`` C, ``noise_multiplier`` z (0: no client-level noise);
+    - the threshold rule (:func:`round_threshold`): ``threshold`` (a fixed T, capped at n), or
+      else the ``assumptions``' rule (colluders c, dropout fraction) never below ``floor``;
+    - ``aggregation`` and SecAgg+'s ``degree`` (None: derived from the bounds): with "secagg"
+      the noise shares are sized for the minimum honest set a sparse graph can isolate
+      (SecAggEncoder.isolatable_honest), otherwise for min_survivors - c.
+
+    A deployment's banks derive the same spec from the signed plan (its T, min_survivors and z
+    as signed, each checked against the manifest's rule), so both sides call :meth:`spec`."""
+
+    session_id: bytes
+    clip_norm: float
+    noise_multiplier: float = 0.0
+    aggregation: str | None = None
+    assumptions: Assumptions | None = None
+    degree: int | None = None
+    threshold: int | None = None
+    floor: int = 0
+
+    @property
+    def colluders(self) -> int:
+        """The banks assumed to collude with the server (the assumptions', else 0)."""
+        return self.assumptions.colluders if self.assumptions is not None else 0
+
+    def threshold_for(self, n: int) -> int:
+        """T for a round over ``n`` participants (:func:`round_threshold`)."""
+        return round_threshold(n, self.assumptions, floor=self.floor, fixed=self.threshold)
+
+    def noise(self, n: int, min_survivors: int | None = None) -> NoisePlan | None:
+        """The client-level noise plan of a round over ``n`` participants that releases only
+        with at least ``min_survivors`` survivors (default: T): each share sized so that the
+        smallest honest set whose sum can be revealed (T - c, or SecAgg+'s isolatable honest set)
+        still carries z C; None without client-level noise."""
+        if not self.noise_multiplier > 0:
+            return None
+        m = self.threshold_for(n) if min_survivors is None else min_survivors
+        isolatable = None
+        if self.aggregation == "secagg":
+            from securefl.protocol.secagg.encoding import SecAggEncoder
+
+            isolatable = SecAggEncoder(degree=self.degree, assumptions=self.assumptions
+                                       ).isolatable_honest(n, m)
+        return NoisePlan(self.noise_multiplier, m, colluders=self.colluders,
+                         isolatable_honest=isolatable)
+
+    def spec(self, round_: int, participants: tuple[int, ...], *,
+             weights: tuple[float, ...] | None = None, model_digest: bytes = bytes(32),
+             context_digest: bytes = bytes(32), threshold: int | None = None,
+             min_survivors: int | None = None) -> RoundSpec:
+        """Round ``round_``'s public plan over ``participants`` (SecAgg client ids): T from the
+        threshold rule unless a signed ``threshold`` is given, the noise plan for
+        ``min_survivors`` (default T), the participants' public FedAvg ``weights`` (in their
+        order), the digests of the global model and of the training plan."""
+        t = self.threshold_for(len(participants)) if threshold is None else threshold
+        return RoundSpec(session_id=self.session_id, round=round_, participants=participants,
+                         clip_norm=self.clip_norm, threshold=t,
+                         noise=self.noise(len(participants),
+                                          t if min_survivors is None else min_survivors),
+                         weights=weights, model_digest=model_digest,
+                         context_digest=context_digest)
+
+    def exact(self, clip_norm: float) -> RoundPlanner:
+        """The same session's planner for an exact sum of every input (round 0's moments: clip
+        ``clip_norm``, no client-level noise, T = the participants unless given)."""
+        return replace(self, clip_norm=clip_norm, noise_multiplier=0.0,
+                       threshold=MAX_THRESHOLD)
+
