@@ -12,7 +12,10 @@ carries the victim's update (norm <= C) with only the victim's own noise share z
 instead of z C sqrt(s / T) -- the S7b-6 outcome through a field outside the Hello digest.
 
 S8-1 (High): the deployment (`test_s8_1_...`); S8-1b: the same on the Flower path's plan checks.
-Each test asserts the secure behaviour and FAILS on the code under review."""
+Each test asserts the secure behaviour and FAILS on the code under review. Same root cause, a
+smaller, data-dependent lever (no separate test; the same fix closes it): round 0's per-bank
+``stats_groups`` (a one-hot group claimed to the banks whose rows satisfy it and not to the victim
+lowers their sensitivity sqrt(1 + 2 groups), hence their shares, below the victim's)."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from deploy_helpers import KEY_HOLDER, SERVER, Fed, make_federation
+from deploy_helpers import SERVER, Fed, make_federation
 
 from securefl.crypto.signing import SigningKey, sign_bound
 from securefl.deploy.ckks import KeyHolderNode, noise_share_std
@@ -71,11 +74,13 @@ class Tailoring:
 
     def handle(self, env: Envelope, state: bytes | None) -> tuple[bytes, bytes]:
         msg = decode_server(env.payload)
-        if msg.start is not None:
+        signed = msg.start
+        if signed is not None:
             if self.shrink:
-                msg = msgspec.structs.replace(msg, start=_shrunk(self.f, msg.start))
+                signed = _shrunk(self.f, signed)
+                msg = msgspec.structs.replace(msg, start=signed)
                 env = msgspec.structs.replace(env, payload=wire.encode(msg))
-            start: RoundStart = wire.decode(msg.start.body, RoundStart)
+            start: RoundStart = wire.decode(signed.body, RoundStart)
             self.starts[start.round] = start
         out: tuple[bytes, bytes] = self.node.handle(env, state)
         self.replies[(env.stage, env.round)] = out[0]
