@@ -130,7 +130,7 @@ def _commit(world, client, round_=0, values=None):
         clip_norm=1.0,
         num_participants=len(IDS),
         noise_std=0.0,
-        random=_rand(f"{client.client_id}"),
+        plan_digest=bytes(32), random=_rand(f"{client.client_id}"),
     )
 
 
@@ -352,7 +352,7 @@ def test_overflow_prone_inputs_refused(world):
             clip_norm=2.0**57,
             num_participants=4,
             noise_std=0.0,
-            random=_rand("x"),
+            plan_digest=bytes(32), random=_rand("x"),
         )
     with pytest.raises(OverflowRiskError):  # input not clipped
         client.commit(
@@ -362,7 +362,7 @@ def test_overflow_prone_inputs_refused(world):
             clip_norm=1.0,
             num_participants=4,
             noise_std=0.0,
-            random=_rand("x"),
+            plan_digest=bytes(32), random=_rand("x"),
         )
 
 
@@ -370,7 +370,8 @@ def test_overflow_prone_inputs_refused(world):
 def _signed_set(world, commitments, key=None, round_=0):
     """A commitment set as a (possibly colluding) server would sign it."""
     entries = [
-        CommitmentEntry(client_id=c.client_id, commitment=c.commitment, signature=c.signature)
+        CommitmentEntry(client_id=c.client_id, commitment=c.commitment,
+                        plan_digest=c.plan_digest, signature=c.signature)
         for c in sorted(commitments, key=lambda c: c.client_id)
     ]
     unsigned = CommitmentSet(
@@ -496,13 +497,14 @@ def test_rogue_negation_after_seeing_ct_b_is_refused(world):
         client_id=a,
         num_values=D,
         commitment=rogue_commitment,
+        plan_digest=bytes(32),
         signature=sign_bound(
             world["keys"][a],
             domain=DOMAIN_COMMITMENT,
             session_id=SESSION,
             round_=0,
             message=commitment_message(
-                a, D, rogue_commitment
+                a, D, rogue_commitment, bytes(32)
             ),
         ),
     )
@@ -734,12 +736,13 @@ def test_large_round_malformed_reveal_refused_and_not_summed(world):
             client_id=4,
             num_values=D_BIG,
             commitment=commitment,
+            plan_digest=bytes(32),
             signature=sign_bound(
                 world["keys"][4],
                 domain=DOMAIN_COMMITMENT,
                 session_id=SESSION,
                 round_=5,
-                message=commitment_message(4, D_BIG, commitment),
+                message=commitment_message(4, D_BIG, commitment, bytes(32)),
             ),
         )
     )
@@ -823,10 +826,14 @@ def test_a_message_of_another_protocol_version_is_refused():
 
     good = {"type": "ckks.commitment", "version": PROTOCOL_VERSION, "session_id": SESSION,
             "round": 1, "client_id": 2, "num_values": 10, "commitment": b"\x01" * 32,
-            "signature": b"\x02" * 64}
+            "plan_digest": b"\x03" * 32, "signature": b"\x02" * 64}
     assert wire.decode(msgspec.msgpack.encode(good), Commitment).client_id == 2
     with pytest.raises(MessageError):
         wire.decode(msgspec.msgpack.encode({**good, "version": 2}), Commitment)
+    # a version-4 peer (no round-plan digest in its commitment, S8-1) is refused too
+    v4 = {k: v for k, v in good.items() if k != "plan_digest"}
+    with pytest.raises(MessageError):
+        wire.decode(msgspec.msgpack.encode({**v4, "version": 4}), Commitment)
 
 
 # --- round keys (protocol version 4) ---------------------------------------------------------------
@@ -898,7 +905,7 @@ def test_round_keys_are_fresh_signed_for_their_round_and_bound_into_the_round(wo
             session_id=SESSION, round_=2)
     bank = CKKSClient(1, world["keys"][1], p2, world["server_key"].verify_key)
     bank.commit(session_id=SESSION, round_=2, values=world["inputs"][1], clip_norm=1.0,
-                num_participants=len(IDS), noise_std=0.0, random=_rand("1"))
+                num_participants=len(IDS), noise_std=0.0, plan_digest=bytes(32), random=_rand("1"))
     with pytest.raises(RemoteProtocolError, match="another CKKS key"):
         bank.reveal(msgspec.structs.replace(cset, entries=[
             e if e.client_id != 1 else msgspec.structs.replace(

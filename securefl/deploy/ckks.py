@@ -46,6 +46,7 @@ restarted key holder node can go on. A bank that does not answer a trip is a dro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -66,8 +67,10 @@ from securefl.deploy.common import (
     NodeHandler,
     Round0Survivors,
     ServerFaultError,
+    bank_ids,
     public_draw,
     randomness,
+    round_spec,
 )
 from securefl.deploy.messages import (
     FLOWER_APP,
@@ -104,6 +107,7 @@ from securefl.protocol.ckks import (
     CKKSVerifier,
     ClientRoundState,
     accept_public_context,
+    round_plan_digest,
     split_weight_slot,
 )
 from securefl.protocol.ckks_messages import (
@@ -247,12 +251,25 @@ def bank_round_context(fed: Federation, item: ProtocolItem, session: bytes, hell
     return item.data
 
 
+def bank_plan_digest(fed: Federation, hello: bytes, start: RoundStart, signed_plan: bytes,
+                     model_digest: bytes) -> bytes:
+    """The round-plan digest a bank signs into its commitment (S8-1): the round's
+    :class:`RoundSpec` as this bank received it (``hello``: the :func:`hello_digest` of its signed
+    training plan; ``model_digest``: SHA-256 of the signed global model it trained from, zeros
+    where none, e.g. round 0 or the Flower path, whose plan carries it) and ``signed_plan``, the
+    signed body of the round's plan every bank receives alike (a RoundStart, a FlowerPlan)."""
+    spec = round_spec(start, bank_ids(fed), hello, fed.params)
+    return round_plan_digest(dataclasses.replace(spec, model_digest=model_digest), signed_plan)
+
+
 def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: bytes,
                 hello: bytes, start: RoundStart, values: NDArray[np.float64],
-                sim_seed: int | None) -> tuple[bytes, ProtocolItem]:
+                sim_seed: int | None, signed_plan: bytes,
+                model_digest: bytes = bytes(32)) -> tuple[bytes, ProtocolItem]:
     """Noise, check overflow, encrypt and commit this bank's clipped, weighted input. Returns the
     round state to keep on the node (it holds the unrevealed ciphertext) and the Commitment.
-    ``hello``: the :func:`hello_digest` of the signed plan this bank verified."""
+    ``hello``: the :func:`hello_digest` of the signed plan this bank verified; ``signed_plan`` and
+    ``model_digest``: see :func:`bank_plan_digest` (signed into the commitment, S8-1)."""
     cid = fed.clients.index(member)
     # encrypt only under the key signed for the (session, round) of this plan and bound to this
     # bank's signed plan (a replayed context of an earlier round, or a key the key holder made
@@ -266,6 +283,8 @@ def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: 
                         noise_std=noise_share_std(start),
                         random=randomness(sim_seed, start.session, start.round, cid, "noise",
                                           sim_stream=start.sim_stream),
+                        plan_digest=bank_plan_digest(fed, hello, start, signed_plan,
+                                                     model_digest),
                         weight=start.weights[member] if start.task == "train" else None)
     state = wire.encode(client.export_round(start.session, start.round))
     return state, ProtocolItem(round=start.round, data=wire.encode(com))
