@@ -11,9 +11,16 @@ every other bank C * 1e-6: the others' updates and noise shares shrink to ~0 and
 carries the victim's update (norm <= C) with only the victim's own noise share z C / sqrt(T)
 instead of z C sqrt(s / T) -- the S7b-6 outcome through a field outside the Hello digest.
 
-S8-1 (High): the deployment (`test_s8_1_...`); S8-1b: the same on the Flower path's plan checks.
-Each test asserts the secure behaviour and FAILS on the code under review. Same root cause, a
-smaller, data-dependent lever (no separate test; the same fix closes it): round 0's per-bank
+S8-1 (High): the deployment (`test_s8_1_...`); S8-1b: the same on the Flower path (in-process
+Flower). Each test asserts the secure behaviour and FAILED on the code under review (f8's base).
+Fixed (f8): each CKKS bank signs a round-plan digest into its commitment
+(securefl.protocol.ckks.canonical.round_plan_digest: RoundSpec.plan_digest() -- model digest,
+Hello digest, clip norm, threshold, noise plan, FedAvg weights -- and the signed RoundStart or
+FlowerPlan body, round 0's stats ranges and groups included), the closed CommitmentSet carries
+each entry's digest, and a bank reveals, a verifier co-signs and the key holder decrypts only a
+set in which every entry names the same digest (the bank: its own; PlanMismatchError SFL309).
+Same root cause, a smaller, data-dependent lever (the same fix closes it: round 0's RoundStart
+body is in the digest, see tests/test_ckks_protocol.py's S8-1 test): round 0's per-bank
 ``stats_groups`` (a one-hot group claimed to the banks whose rows satisfy it and not to the victim
 lowers their sensitivity sqrt(1 + 2 groups), hence their shares, below the victim's)."""
 
@@ -25,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 from deploy_helpers import SERVER, Fed, make_federation
 
@@ -143,48 +151,120 @@ def test_s8_1_banks_given_different_clip_norms_release_nothing(
         f"round 1 was released ({outcome}); noise std per bank {shares}: the sum carries the "
         f"victim's update with ~{shares[victim]:.3g} noise instead of "
         f"~{shares[victim] * len(shares) ** 0.5:.3g}")
+    # ... because every bank refused to reveal under a set of commitments made under two plans
+    assert "stage reveal: SFL309" in caplog.text, outcome
 
 
-def test_s8_1b_flower_ckks_bank_accepts_a_clip_norm_below_the_manifest(fed: Fed) -> None:
-    """S8-1b (High, the Flower path): a CKKS bank behind the mod checks each round's signed
-    FlowerPlan with check_plan (clip norm only bounded above) and _check_plan_against_hello
-    (verifiers, round, DP on/off): nothing compares its clip norm (nor anything else of the round
-    plan) across banks, so the same per-bank shrink works. Secure behaviour asserted here: a
-    CKKS bank's plan checks refuse a clip norm (hence a noise share) other than the manifest's,
-    the quantity every other bank of the sum uses. FAILS today (the plan is accepted).
-    (A fix that instead binds the round plan's digest across banks, e.g. in the key holder's
-    signed context or in every Commitment checked by the key holder, should replace this test
-    by a Flower end-to-end one.)"""
-    from securefl.deploy.messages import FLOWER_APP, Hello, TrainPlan
+def test_s8_1b_flower_banks_given_different_clip_norms_release_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """S8-1b (High, the Flower path), in-process Flower (tests/test_flower_mod.py's harness):
+    the server re-signs every bank but the victim the round's FlowerPlan with the clip norm
+    shrunk 1e-6 times (check_plan bounds it above only, so each bank accepts its plan and runs
+    its fit). Fix under test: each bank signs the digest of the round plan it received into its
+    CKKS commitment, and a bank shown a CommitmentSet naming another plan digest than its own
+    refuses to reveal (PlanMismatchError SFL309): the round aborts, the key holder decrypts
+    nothing and the model stays."""
+    import msgspec
+    from flwr.app import Array, ArrayRecord
+
+    from securefl.flower.common import ARRAY, PLAN_DOMAIN, RECORD, FlowerPlan, decode_server
+    from tests.flower_mod_helpers import SERVER as FLOWER_SERVER
+    from tests.flower_mod_helpers import make_flower_federation
+    from tests.test_flower_mod import (
+        BANKS,
+        _ckks_params,
+        _flat,
+        _holder_usage,
+        _initial,
+        _records,
+        _run,
+    )
+
+    params = _ckks_params(z=1.0)
+    flower_fed = make_flower_federation(tmp_path / "fed", BANKS, params)
+    key = SigningKey.from_pem(flower_fed.keys[FLOWER_SERVER].read_bytes())
+    victim = BANKS[0]
+    clips: dict[str, float] = {}
+
+    def tailor(name: str, msg: Any) -> None:
+        if RECORD not in msg.content.array_records:
+            return
+        env = wire.decode(msg.content.array_records[RECORD][ARRAY].numpy().tobytes(), Envelope)
+        if env.stage != "commit":
+            return
+        body = decode_server(env.payload)
+        assert body.plan is not None
+        plan: FlowerPlan = wire.decode(body.plan.body, FlowerPlan)
+        if name != victim:
+            plan = msgspec.structs.replace(plan, clip_norm=plan.clip_norm * SHRINK)
+            signed_body = wire.encode(plan)
+            signed = Signed(body=signed_body, signature=sign_bound(
+                key, domain=PLAN_DOMAIN, session_id=env.session, round_=env.round,
+                message=signed_body))
+            data = wire.encode(msgspec.structs.replace(env, payload=wire.encode(
+                msgspec.structs.replace(body, plan=signed))))
+            msg.content.array_records[RECORD] = ArrayRecord(
+                {ARRAY: Array(np.frombuffer(data, dtype=np.uint8))})
+        clips[name] = plan.clip_norm
+
+    calls: list[str] = []
+    with caplog.at_level(logging.WARNING):
+        final, _, _ = _run(tmp_path, params, fed=flower_fed, tamper=tailor, calls=calls)
+    # the attack's premise: every bank accepted its plan and ran its fit (so committed), the
+    # others under a clip norm (hence a noise share) 1e-6 of the victim's
+    assert sorted(calls) == sorted(BANKS)
+    assert all(clips[b] <= clips[victim] * SHRINK * 1.0001 for b in BANKS if b != victim)
+    # secure behaviour: no bank reveals under a set of two plans, nothing is decrypted
+    refused = [r.getMessage() for r in caplog.records if "SFL309" in r.getMessage()]
+    assert sorted({m.split()[0] for m in refused}) == BANKS, refused
+    assert all("stage reveal" in m for m in refused), refused
+    assert [r["status"] for r in _records(tmp_path / "run")] == ["aborted"]
+    assert _holder_usage(tmp_path / "fed").get("decrypted", []) == []
+    assert np.array_equal(_flat(final), _flat(_initial()))
+
+
+def test_s8_low_the_key_holder_keeps_hellos_only_for_sessions_the_manifest_allows(
+        fed: Fed, tmp_path: Path) -> None:
+    """Low (the key holder's per-session Hello record, KeyHolderMemo.hellos, grew without
+    bound): the key holder accepts a signed Hello only for a session id derived from a counter in
+    1..max_sessions (ServerFaultError otherwise, nothing recorded), so the record holds at most
+    max_sessions sessions. Control: the honest Hello (counter 1) is accepted and recorded."""
+    from securefl.deploy.ckks import KeyHolderMemo, key_request
+    from securefl.deploy.common import ServerFaultError, session_id
+    from securefl.deploy.messages import HELLO_DOMAIN, Hello, ServerPayload
     from securefl.federation import load_manifest, verify_manifest
-    from securefl.flower.common import BankInfo, FlowerPlan, check_plan
-    from securefl.flower.mod import _check_plan_against_hello
+    from securefl.transport.flower import Envelope as Env
 
-    f = verify_manifest(load_manifest(fed.manifest))
-    p = f.params
-    assert p.aggregation == "ckks" and p.noise_multiplier > 0
-    members = list(f.clients)
-    infos = [BankInfo(member=m, n_examples=100, signature=bytes(64)) for m in members]
-    n = len(members)
-    from securefl.deploy.common import plan_threshold
+    manifest = verify_manifest(load_manifest(fed.manifest))
+    limit = manifest.params.max_sessions
+    srv = DeployServer(ServerSettings.load(fed.server_file(tmp_path / "srv")))
+    key = SigningKey.from_pem(fed.keys[SERVER].read_bytes())
 
-    t = plan_threshold(p, "train", members, ())
-    session = bytes(range(16))
-    plan = FlowerPlan(session=session, counter=1, round=1, participants=members, threshold=t,
-                      clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
-                      min_survivors=t, degree=p.neighbours, precision_bits=p.precision_bits,
-                      dim=8, weights={m: 1.0 for m in members}, model_digest=bytes(32),
-                      config_digest=bytes(32), verifiers=2, verifier_skips=2)
-    tp = TrainPlan(model="logreg", hidden=[], task=FLOWER_APP, loss="bce", local_epochs=1,
-                   batch_size=32, lr=0.1, optimizer="sgd", prox_mu=0.0, rounds=1, dp=True,
-                   record_epsilon=0.0, record_noise_multiplier=None, record_clip=1.0, delta=1e-5,
-                   aggregation="ckks", ckks_verifiers=2, ckks_verifier_skips=2)
-    hello = Hello(session=session, federation=f.digest, plan=tp, counter=1)
-    assert n >= t
-    # control: the honest plan (the manifest's clip norm) passes both checks
-    check_plan(f, plan, infos)
-    _check_plan_against_hello(f, plan, hello)
-    shrunk = msgspec.structs.replace(plan, clip_norm=p.clip_norm * SHRINK)
-    with pytest.raises(SecureFLError):
-        check_plan(f, shrunk, infos)
-        _check_plan_against_hello(f, shrunk, hello)
+    def env_for(counter: int, session: bytes, request: bool = True) -> Env:
+        body = wire.encode(Hello(session=session, federation=srv.fed.digest, plan=srv.plan(),
+                                 counter=counter))
+        hello = Signed(body=body, signature=sign_bound(key, domain=HELLO_DOMAIN,
+                                                       session_id=session, round_=0,
+                                                       message=body))
+        payload = ServerPayload(hello=hello,
+                                protocol=[key_request(session, 0)] if request else [])
+        return Env(federation=srv.fed.digest, session=session, round=0, stage="key",
+                   sender=SERVER, receiver="keyholder", payload=wire.encode(payload))
+
+    kh = KeyHolderNode.from_node_config({**fed.key_holder_config(sim_seed=None),
+                                         "usage-file": str(tmp_path / "usage.json"),
+                                         "state-dir": str(tmp_path / "kh")})
+    first = session_id(srv.fed.digest, 1)
+    # the node's unsealed memo (NodeHandler.handle seals it around _handle)
+    _, state = kh._handle(env_for(1, first), None)
+    memo: KeyHolderMemo = wire.decode(state, KeyHolderMemo)
+    assert list(memo.hellos) == [first.hex()]
+    # a counter above max_sessions (its session id correctly derived): refused
+    with pytest.raises(ServerFaultError, match="the manifest allows counters"):
+        kh._handle(env_for(limit + 1, session_id(srv.fed.digest, limit + 1)), state)
+    # a session id not derived from its counter (any 16 bytes): refused
+    with pytest.raises(ServerFaultError, match="derived"):
+        kh._handle(env_for(2, bytes(range(16))), state)
+    # a second honest session (counter 2, its hello alone) is accepted: the record grows by one
+    _, state = kh._handle(env_for(2, session_id(srv.fed.digest, 2), request=False), state)
+    assert len(wire.decode(state, KeyHolderMemo).hellos) == 2

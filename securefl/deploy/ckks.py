@@ -71,6 +71,7 @@ from securefl.deploy.common import (
     public_draw,
     randomness,
     round_spec,
+    session_id,
 )
 from securefl.deploy.messages import (
     FLOWER_APP,
@@ -364,7 +365,8 @@ class KeyHolderMemo(msgspec.Struct, forbid_unknown_fields=True):
     key erases every earlier round's, since each round runs once, in order)."""
 
     hello: bytes | None = None
-    #: per session (hex): the SHA-256 (hex) of the one signed plan accepted for it (S7b-6)
+    #: per session (hex): the SHA-256 (hex) of the one signed plan accepted for it (S7b-6); only
+    #: sessions derived from a counter the manifest's max_sessions allows: at most that many
     hellos: dict[str, str] = {}
     keys: dict[int, RoundKeyMemo] = {}
     #: per session (hex): the last round this node keyed, and the last round it released; the
@@ -561,6 +563,13 @@ class KeyHolderNode(NodeHandler):
             if hello.federation != fed.digest or hello.session != env.session:
                 raise SignatureError("the hello names another federation or session")
             self._check_plan(hello, fed)
+            # a session the manifest allows (its id derived from a counter <= max_sessions), so
+            # the per-session record below holds at most max_sessions entries (S8-1, Low)
+            if not 1 <= hello.counter <= fed.params.max_sessions or \
+                    hello.session != session_id(fed.digest, hello.counter):
+                raise ServerFaultError(
+                    f"a hello for session counter {hello.counter}: the manifest allows counters "
+                    f"1..{fed.params.max_sessions}, each session id derived from its counter")
             # one signed plan per session: every round key is bound to it (S7b-6)
             digest, sid = hello_digest(msg.hello.body).hex(), hello.session.hex()
             if memo.hellos.setdefault(sid, digest) != digest:
