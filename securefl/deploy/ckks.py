@@ -29,8 +29,10 @@ Round trips of one aggregation round (``TRIPS_PER_ROUND``):
 
   "commit":  signed RoundStart + the key holder's public context signed for this round (+ the
              signed global model) -> each bank: Commitment (it trained, clipped, weighted, noised
-             and encrypted; the ciphertext stays on the bank until the set is closed)
-  "reveal":  the server-signed CommitmentSet -> Contribution (the ciphertext)
+             and encrypted; the ciphertext stays on the bank until the set is closed), signed
+             with its round-plan digest (:func:`bank_plan_digest`, S8-1)
+  "reveal":  the server-signed CommitmentSet -> Contribution (the ciphertext), only if every
+             entry of the set names this bank's round-plan digest
   "verify":  VerifyRequest to the first ``verifiers + verifier_skips`` contributors ranked by the
              closed set -> CoSignature
   "decrypt": DecryptionRequest (the aggregate, never an individual ciphertext) + the KeyRequest of
