@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +72,34 @@ def _shrunk(f: Fed, signed: Signed) -> Signed:
                                                   message=body))
 
 
-class Tailoring:
-    """A bank's node behind the malicious server (``shrink``: its training RoundStart carries the
-    shrunk clip norm). Keeps every RoundStart the node accepted and its replies."""
+def _ungrouped(f: Fed, signed: Signed) -> Signed:
+    """The malicious server's own round-0 RoundStart for one bank: the honest one with its last
+    one-hot stats group of several inputs split into single inputs (a bank accepts it: the groups
+    still partition the inputs and a single input claims nothing; the bank's sensitivity
+    sqrt(1 + 2 groups) and share differ from a bank that got the group), re-signed with the
+    server's manifest key."""
+    start: RoundStart = wire.decode(signed.body, RoundStart)
+    if start.task != "moments":
+        return signed
+    k = max(i for i, g in enumerate(start.stats_groups) if len(g) > 1)
+    split = [*start.stats_groups[:k], *[[x] for x in start.stats_groups[k]],
+             *start.stats_groups[k + 1:]]
+    body = wire.encode(msgspec.structs.replace(start, stats_groups=split))
+    key = SigningKey.from_pem(f.keys[SERVER].read_bytes())
+    return Signed(body=body, signature=sign_bound(key, domain=START_DOMAIN,
+                                                  session_id=start.session, round_=start.round,
+                                                  message=body))
 
-    def __init__(self, f: Fed, node: Any, shrink: bool) -> None:
+
+class Tailoring:
+    """A bank's node behind the malicious server (``shrink``: its RoundStarts are replaced by
+    ``tailor``'s, by default the training RoundStart with the shrunk clip norm). Keeps every
+    RoundStart the node accepted and its replies."""
+
+    def __init__(self, f: Fed, node: Any, shrink: bool,
+                 tailor: Callable[[Fed, Signed], Signed] = _shrunk) -> None:
         self.f, self.node, self.member, self.shrink = f, node, node.member, shrink
+        self.tailor = tailor
         self.starts: dict[int, RoundStart] = {}
         self.replies: dict[tuple[str, int], bytes] = {}
 
@@ -85,7 +108,7 @@ class Tailoring:
         signed = msg.start
         if signed is not None:
             if self.shrink:
-                signed = _shrunk(self.f, signed)
+                signed = self.tailor(self.f, signed)
                 msg = msgspec.structs.replace(msg, start=signed)
                 env = msgspec.structs.replace(env, payload=wire.encode(msg))
             start: RoundStart = wire.decode(signed.body, RoundStart)
@@ -95,14 +118,15 @@ class Tailoring:
         return out
 
 
-def _deploy(f: Fed, tmp: Path, victim: int, caplog: pytest.LogCaptureFixture
+def _deploy(f: Fed, tmp: Path, victim: int, caplog: pytest.LogCaptureFixture,
+            tailor: Callable[[Fed, Signed], Signed] = _shrunk
             ) -> tuple[str, dict[int, Tailoring], Path]:
     srv = DeployServer(ServerSettings.load(f.server_file(tmp / "run")))
     usage = tmp / "usage.json"
     nodes: dict[int, Any] = {
         i: Tailoring(f, BankNode.from_node_config({**f.node_config(b, sim_seed=None),
                                                    "state-dir": str(tmp / "banks" / b)}),
-                     shrink=victim >= 0 and i != victim)
+                     shrink=victim >= 0 and i != victim, tailor=tailor)
         for i, b in enumerate(f.banks)}
     nodes[KH_NODE] = KeyHolderNode.from_node_config(
         {**f.key_holder_config(sim_seed=None), "usage-file": str(usage),
@@ -152,6 +176,26 @@ def test_s8_1_banks_given_different_clip_norms_release_nothing(
         f"victim's update with ~{shares[victim]:.3g} noise instead of "
         f"~{shares[victim] * len(shares) ** 0.5:.3g}")
     # ... because every bank refused to reveal under a set of commitments made under two plans
+    assert "stage reveal: SFL309" in caplog.text, outcome
+
+
+def test_s8_1_banks_given_different_round0_stats_groups_release_no_round0(
+        fed: Fed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """S8-1, round 0: the server signs every bank but the victim a round-0 RoundStart with one
+    one-hot stats group split up (the red team's stats_groups lever; each bank accepts its
+    own). The
+    round-plan digest covers
+    the signed RoundStart body, so the commitment set names two plans and no bank reveals its
+    round-0 moments: the key holder decrypts no round 0 (SFL309 at every bank's reveal)."""
+    victim = 1
+    outcome, nodes, usage = _deploy(fed, tmp_path, victim, caplog, tailor=_ungrouped)
+    banks = {i: n for i, n in nodes.items() if i != KH_NODE}
+    # the premise: every bank accepted its round-0 plan, the others more (smaller) groups
+    assert all(0 in n.starts for n in banks.values())
+    groups = len(banks[victim].starts[0].stats_groups)
+    assert all(len(n.starts[0].stats_groups) > groups for i, n in banks.items() if i != victim)
+    released = _released_rounds(usage) if usage.exists() else set()
+    assert 0 not in released, outcome
     assert "stage reveal: SFL309" in caplog.text, outcome
 
 
