@@ -20,7 +20,7 @@ FlowerPlan body, round 0's stats ranges and groups included), the closed Commitm
 each entry's digest, and a bank reveals, a verifier co-signs and the key holder decrypts only a
 set in which every entry names the same digest (the bank: its own; PlanMismatchError SFL309).
 Same root cause, a smaller, data-dependent lever (the same fix closes it: round 0's RoundStart
-body is in the digest, see tests/test_ckks_protocol.py's S8-1 test): round 0's per-bank
+body is in the digest; `test_s8_1_banks_given_different_round0_stats_groups_...`): round 0's per-bank
 ``stats_groups`` (a one-hot group claimed to the banks whose rows satisfy it and not to the victim
 lowers their sensitivity sqrt(1 + 2 groups), hence their shares, below the victim's)."""
 
