@@ -158,7 +158,7 @@ def run_one(
             clip_norm=1.0,
             num_participants=n,
             noise_std=0.0,
-            random=SeededRandomSource(Secret(b"\x01" * 32), f"{i}"),
+            plan_digest=bytes(32), random=SeededRandomSource(Secret(b"\x01" * 32), f"{i}"),
         )
         ours_enc.append(time.perf_counter() - t)
         commit_bytes += len(wire.encode(com))

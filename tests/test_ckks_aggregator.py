@@ -252,7 +252,7 @@ def test_weight_outside_unit_interval_is_refused():
     client = CKKSClient(0, SigningKey.generate(), ctx, SigningKey.generate().verify_key)
     with pytest.raises(LocalProtocolError, match=r"\(0, 1\]"):
         client.commit(session_id=b"V" * 16, round_=1, values=inputs[0], clip_norm=1.0,
-                      num_participants=3, noise_std=0.0, random=_factory()(0, "noise"),
+                      num_participants=3, noise_std=0.0, plan_digest=bytes(32), random=_factory()(0, "noise"),
                       weight=2.0)
 
 

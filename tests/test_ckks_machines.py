@@ -62,7 +62,7 @@ def _dummy(typ: type) -> object:
                         aggregate_digest=z32, commitment_set=cset)
     return {
         Commitment: Commitment(session_id=SESSION, round=0, client_id=1, num_values=D,
-                               commitment=z32, signature=z64),
+                               commitment=z32, plan_digest=z32, signature=z64),
         CommitmentSet: cset,
         Contribution: Contribution(session_id=SESSION, round=0, client_id=1, num_values=D,
                                    chunks=[b"x"], commitment_set_digest=z32, signature=z64),
@@ -76,7 +76,8 @@ def _dummy(typ: type) -> object:
         CloseCommitments: CloseCommitments(),
         CloseReveals: CloseReveals(),
         RoundKeyRequest: RoundKeyRequest(SESSION, 0),
-        CommitRequest: CommitRequest(SESSION, 0, np.zeros(D), 1.0, 3, 0.0, _rand("c"), None),
+        CommitRequest: CommitRequest(SESSION, 0, np.zeros(D), 1.0, 3, 0.0, _rand("c"), None,
+                                     z32),
     }[typ]
 
 
@@ -100,7 +101,7 @@ def _client(world, i: int) -> CKKSClient:
 def _commit(client: CKKSClient) -> Commitment:
     v = np.full(D, 0.1)
     return client.commit(session_id=SESSION, round_=0, values=v, clip_norm=1.0,
-                         num_participants=len(IDS), noise_std=0.0, random=_rand("n"))
+                         num_participants=len(IDS), noise_std=0.0, plan_digest=bytes(32), random=_rand("n"))
 
 
 def _server_in(world, state: ServerState):

@@ -270,16 +270,18 @@ def _round(world, holder: CKKSKeyHolder, *, log2_scale: int, noise_std: float, t
     for i, client in honest.items():
         server.receive_commitment(client.commit(
             session_id=SESSION, round_=0, values=world["inputs"][i], clip_norm=CLIP,
-            num_participants=3, noise_std=noise_std, random=_rand(f"noise-{i}")))
+            num_participants=3, noise_std=noise_std, plan_digest=bytes(32), random=_rand(f"noise-{i}")))
     # the attacker commits to its malformed ciphertext like any bank
     bad = malformed_ciphertext(public, world["inputs"][ATTACKER], log2_scale, tmp)
     digest = ciphertext_digest(bad)
     com = commitment_value(SESSION, 0, ATTACKER, D, digest, public.digest)
     server.receive_commitment(wire.decode(wire.encode(Commitment(
         session_id=SESSION, round=0, client_id=ATTACKER, num_values=D, commitment=com,
+        plan_digest=bytes(32),
         signature=sign_bound(world["keys"][ATTACKER], domain=DOMAIN_COMMITMENT,
                              session_id=SESSION, round_=0,
-                             message=commitment_message(ATTACKER, D, com)))), Commitment))
+                             message=commitment_message(ATTACKER, D, com, bytes(32))))),
+        Commitment))
     cset = wire.decode(wire.encode(server.close_commitments()), CommitmentSet)
     set_digest = commitment_set_digest(cset)
     server.receive_contribution(wire.decode(wire.encode(Contribution(
@@ -353,8 +355,10 @@ def _signed_commit_and_reveal(world, cid: int, round_: int, chunks: list[bytes],
     com = commitment_value(SESSION, round_, cid, D, digest, public.digest)
     commitment = Commitment(
         session_id=SESSION, round=round_, client_id=cid, num_values=D, commitment=com,
+        plan_digest=bytes(32),
         signature=sign_bound(world["keys"][cid], domain=DOMAIN_COMMITMENT, session_id=SESSION,
-                             round_=round_, message=commitment_message(cid, D, com)))
+                             round_=round_,
+                             message=commitment_message(cid, D, com, bytes(32))))
 
     def reveal(set_digest: bytes) -> Contribution:
         return Contribution(
@@ -381,7 +385,7 @@ def _replay_round(world, holder: CKKSKeyHolder, round_: int, honest: dict[int, n
     for i, client in clients.items():
         server.receive_commitment(client.commit(
             session_id=SESSION, round_=round_, values=honest[i], clip_norm=CLIP,
-            num_participants=len(ids), noise_std=0.0, random=_rand(f"r{round_}-{i}")))
+            num_participants=len(ids), noise_std=0.0, plan_digest=bytes(32), random=_rand(f"r{round_}-{i}")))
     reveals = {}
     for i, build in rogue.items():
         commitment, reveals[i] = _signed_commit_and_reveal(world, i, round_, build(public), public)
@@ -468,7 +472,7 @@ def test_a_recovered_round_key_opens_that_round_only(world, tmp_path):
     assert public1.digest != public0.digest and len(made) == 2
     bank_b = CKKSClient(B, world["keys"][B], public1, world["server_key"].verify_key)
     bank_b.commit(session_id=SESSION, round_=1, values=world["inputs"][B], clip_norm=CLIP,
-                  num_participants=3, noise_std=0.0, random=_rand("b1"))
+                  num_participants=3, noise_std=0.0, plan_digest=bytes(32), random=_rand("b1"))
     ct_b1 = bank_b.export_round(SESSION, 1).chunks
     assert ct_b1 is not None
     # the round-1 key (ground truth) decrypts it; the recovered round-0 key gives noise

@@ -106,7 +106,7 @@ def honest_request():
                 clip_norm=1.0,
                 num_participants=4,
                 noise_std=0.0,
-                random=_rf(i, "noise"),
+                plan_digest=bytes(32), random=_rf(i, "noise"),
             )
         )
     cset = server.close_commitments()

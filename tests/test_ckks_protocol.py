@@ -122,7 +122,7 @@ def _client(world, i):
     return CKKSClient(i, world["keys"][i], world["public"], world["server_key"].verify_key)
 
 
-def _commit(world, client, round_=0, values=None):
+def _commit(world, client, round_=0, values=None, plan=bytes(32)):
     return client.commit(
         session_id=SESSION,
         round_=round_,
@@ -130,6 +130,7 @@ def _commit(world, client, round_=0, values=None):
         clip_norm=1.0,
         num_participants=len(IDS),
         noise_std=0.0,
+        plan_digest=plan,
         random=_rand(f"{client.client_id}"),
     )
 
@@ -352,7 +353,7 @@ def test_overflow_prone_inputs_refused(world):
             clip_norm=2.0**57,
             num_participants=4,
             noise_std=0.0,
-            random=_rand("x"),
+            plan_digest=bytes(32), random=_rand("x"),
         )
     with pytest.raises(OverflowRiskError):  # input not clipped
         client.commit(
@@ -362,7 +363,7 @@ def test_overflow_prone_inputs_refused(world):
             clip_norm=1.0,
             num_participants=4,
             noise_std=0.0,
-            random=_rand("x"),
+            plan_digest=bytes(32), random=_rand("x"),
         )
 
 
@@ -370,7 +371,8 @@ def test_overflow_prone_inputs_refused(world):
 def _signed_set(world, commitments, key=None, round_=0):
     """A commitment set as a (possibly colluding) server would sign it."""
     entries = [
-        CommitmentEntry(client_id=c.client_id, commitment=c.commitment, signature=c.signature)
+        CommitmentEntry(client_id=c.client_id, commitment=c.commitment,
+                        plan_digest=c.plan_digest, signature=c.signature)
         for c in sorted(commitments, key=lambda c: c.client_id)
     ]
     unsigned = CommitmentSet(
@@ -496,13 +498,14 @@ def test_rogue_negation_after_seeing_ct_b_is_refused(world):
         client_id=a,
         num_values=D,
         commitment=rogue_commitment,
+        plan_digest=bytes(32),
         signature=sign_bound(
             world["keys"][a],
             domain=DOMAIN_COMMITMENT,
             session_id=SESSION,
             round_=0,
             message=commitment_message(
-                a, D, rogue_commitment
+                a, D, rogue_commitment, bytes(32)
             ),
         ),
     )
@@ -734,12 +737,13 @@ def test_large_round_malformed_reveal_refused_and_not_summed(world):
             client_id=4,
             num_values=D_BIG,
             commitment=commitment,
+            plan_digest=bytes(32),
             signature=sign_bound(
                 world["keys"][4],
                 domain=DOMAIN_COMMITMENT,
                 session_id=SESSION,
                 round_=5,
-                message=commitment_message(4, D_BIG, commitment),
+                message=commitment_message(4, D_BIG, commitment, bytes(32)),
             ),
         )
     )
@@ -823,10 +827,14 @@ def test_a_message_of_another_protocol_version_is_refused():
 
     good = {"type": "ckks.commitment", "version": PROTOCOL_VERSION, "session_id": SESSION,
             "round": 1, "client_id": 2, "num_values": 10, "commitment": b"\x01" * 32,
-            "signature": b"\x02" * 64}
+            "plan_digest": b"\x03" * 32, "signature": b"\x02" * 64}
     assert wire.decode(msgspec.msgpack.encode(good), Commitment).client_id == 2
     with pytest.raises(MessageError):
         wire.decode(msgspec.msgpack.encode({**good, "version": 2}), Commitment)
+    # a version-4 peer (no round-plan digest in its commitment, S8-1) is refused too
+    v4 = {k: v for k, v in good.items() if k != "plan_digest"}
+    with pytest.raises(MessageError):
+        wire.decode(msgspec.msgpack.encode({**v4, "version": 4}), Commitment)
 
 
 # --- round keys (protocol version 4) ---------------------------------------------------------------
@@ -898,7 +906,7 @@ def test_round_keys_are_fresh_signed_for_their_round_and_bound_into_the_round(wo
             session_id=SESSION, round_=2)
     bank = CKKSClient(1, world["keys"][1], p2, world["server_key"].verify_key)
     bank.commit(session_id=SESSION, round_=2, values=world["inputs"][1], clip_norm=1.0,
-                num_participants=len(IDS), noise_std=0.0, random=_rand("1"))
+                num_participants=len(IDS), noise_std=0.0, plan_digest=bytes(32), random=_rand("1"))
     with pytest.raises(RemoteProtocolError, match="another CKKS key"):
         bank.reveal(msgspec.structs.replace(cset, entries=[
             e if e.client_id != 1 else msgspec.structs.replace(
@@ -911,3 +919,56 @@ def test_round_keys_are_fresh_signed_for_their_round_and_bound_into_the_round(wo
     with pytest.raises(StateError):
         holder.round_context(SESSION, 1)  # no key for a released round
     assert holder.queries_used == 0  # the long-lived budget is untouched
+
+
+# --- round plans (protocol version 5, red-team finding S8-1) ----------------------------------------
+def test_s8_1_a_set_under_two_round_plans_is_refused_by_every_bank_verifier_and_key_holder(world):
+    """S8-1: the server signs bank 1 the plan with clip norm 1.0 and banks 2 and 3 one with clip
+    norm 1e-6 (their noise shares shrink with it). Each bank signs its own round-plan digest into
+    its commitment, so the closed set shows two plans: every bank refuses to reveal under it
+    (PlanMismatchError SFL309), and the key holder's and a verifier's checks of the set refuse it
+    too. Control: the same banks under one plan reveal."""
+    from dataclasses import replace
+
+    from securefl.errors import PlanMismatchError
+    from securefl.protocol.ckks import ClientState, round_plan_digest
+    from securefl.protocol.ckks.checks import check_commitment_set, check_entries
+    from securefl.protocol.ckks_messages import ContributionEntry, Manifest
+    from securefl.protocol.plan import NoisePlan, RoundSpec
+
+    spec = RoundSpec(session_id=SESSION, round=3, participants=(1, 2, 3), clip_norm=1.0,
+                     threshold=3, noise=NoisePlan(1.0, 3))
+    honest = round_plan_digest(spec, b"round plan body")
+    shrunk = round_plan_digest(replace(spec, clip_norm=1e-6), b"round plan body")
+    assert honest != shrunk
+    # so is a plan that differs only in the signed body (round 0's stats ranges or groups)
+    assert round_plan_digest(spec, b"other round plan body") != honest
+
+    clients = {i: _client(world, i) for i in (1, 2, 3)}
+    plans = {1: honest, 2: shrunk, 3: shrunk}
+    commits = [_commit(world, c, round_=3, plan=plans[i]) for i, c in clients.items()]
+    cset = _signed_set(world, commits, round_=3)
+    assert {e.plan_digest for e in cset.entries} == {honest, shrunk}
+    for client in clients.values():
+        with pytest.raises(PlanMismatchError) as info:
+            client.reveal(cset)
+        assert info.value.code == "SFL309"
+        assert client.state(SESSION, 3) is ClientState.COMMITTED  # nothing revealed
+    with pytest.raises(PlanMismatchError):
+        check_commitment_set(cset, world["fed"], world["server_key"].verify_key)
+    manifest = Manifest(session_id=SESSION, round=3, num_values=D,
+                        entries=[ContributionEntry(client_id=1, digest=bytes(32),
+                                                   signature=bytes(64))],
+                        aggregate_digest=bytes(32), commitment_set=cset)
+    # the key holder's and every verifier's check of a manifest's set
+    with pytest.raises(PlanMismatchError):
+        check_entries(manifest, world["fed"], world["server_key"].verify_key, 1,
+                      world["public"].digest)
+    # control: one plan for all, the set passes the key holder's check and every bank reveals
+    same = {i: _client(world, i) for i in (1, 2, 3)}
+    one = _signed_set(world, [_commit(world, c, round_=4, plan=honest) for c in same.values()],
+                      round_=4)
+    assert len(check_commitment_set(one, world["fed"], world["server_key"].verify_key)) == 32
+    for c in same.values():
+        assert c.reveal(one).client_id == c.client_id
+        assert c.state(SESSION, 4) is ClientState.REVEALED

@@ -58,23 +58,38 @@ def test_vectors_recomputed_independently():
         + digest
     ).digest()
     assert commitment.hex() == V["commitment"]
+    # the round plan the commitment is made under (S8-1): RoundSpec.plan_digest (model digest,
+    # hello digest, clip 1.0, T 1, z 1.1, min_survivors 1, one weight 1.0) and a signed plan body
+    spec_digest = hashlib.sha256(
+        b"securefl/round-plan/v2\x00"
+        + hashlib.sha256(b"a global model").digest()
+        + hashlib.sha256(b"a signed hello body").digest()
+        + struct.pack(">dIdII1d", 1.0, 1, 1.1, 1, 1, 1.0)
+    ).digest()
+    round_plan = hashlib.sha256(
+        b"securefl-ckks-round-plan-v1\x00"
+        + spec_digest
+        + hashlib.sha256(b"a signed round plan body").digest()
+    ).digest()
+    assert round_plan.hex() == V["round_plan_digest"]
     commit_sig = priv.sign(
         _bound(
-            "securefl/ckks/commitment/v1",
+            "securefl/ckks/commitment/v2",
             session,
             round_,
-            struct.pack(">QQ", cid, d) + commitment,
+            struct.pack(">QQ", cid, d) + commitment + round_plan,
         )
     )
     assert commit_sig.hex() == V["commitment_signature"]
     set_digest = hashlib.sha256(
-        b"securefl-ckks-commitment-set-v2"
+        b"securefl-ckks-commitment-set-v3"
         + session
         + struct.pack(">QQ", round_, d)
         + key_digest
         + struct.pack(">I", 1)
         + struct.pack(">Q", cid)
         + commitment
+        + round_plan
         + commit_sig
     ).digest()
     assert set_digest.hex() == V["commitment_set_digest"]

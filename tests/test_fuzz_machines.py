@@ -262,7 +262,7 @@ def _ckks_world() -> dict[str, Any]:
     clients = {i: CKKSClient(i, keys[i], public, server_key.verify_key) for i in IDS}
     commits = [c.commit(session_id=SESSION, round_=0, values=np.full(D, 0.1 * i), clip_norm=1.0,
                         num_participants=len(IDS), noise_std=0.0,
-                        random=SeededRandomSource(Secret(b"\x73" * 32), f"noise/{i}"))
+                        plan_digest=bytes(32), random=SeededRandomSource(Secret(b"\x73" * 32), f"noise/{i}"))
                for i, c in clients.items()]
     server = _ckks_server(world)
     for c in commits:

@@ -82,6 +82,13 @@ def _fed_obj(f: Any) -> Any:
     return verify_manifest(load_manifest(f.manifest))
 
 
+def _session(f: Any, counter: int) -> bytes:
+    """The session id of ``counter`` under the manifest (securefl.deploy.common.session_id)."""
+    from securefl.deploy.common import session_id
+
+    return session_id(_fed_obj(f).digest, counter)
+
+
 def _hello(f: Any, session: bytes, rounds: int = 4) -> Any:
     """The server's signed hello for ``session`` (a malicious server signs any session)."""
     from deploy_helpers import SERVER
@@ -94,8 +101,10 @@ def _hello(f: Any, session: bytes, rounds: int = 4) -> Any:
                      local_epochs=1, batch_size=32, lr=0.1, optimizer="sgd", prox_mu=0.0,
                      rounds=rounds, dp=False, record_epsilon=0.0, record_noise_multiplier=None,
                      record_clip=1.0, delta=1e-5, aggregation="ckks")
+    # the key holder accepts a session derived from a counter the manifest allows (S8-1, Low)
+    counter = next(c for c in range(1, 9) if _session(f, c) == session)
     body = wire.encode(Hello(session=session, federation=_fed_obj(f).digest, plan=plan,
-                             counter=1))
+                             counter=counter))
     key = SigningKey.from_pem(f.keys[SERVER].read_bytes())
     return Signed(body=body, signature=sign_bound(key, domain=HELLO_DOMAIN, session_id=session,
                                                   round_=0, message=body))
@@ -143,7 +152,7 @@ def test_key_holder_never_signs_a_second_key_for_a_round_after_its_usage_file_is
 
     usage = tmp_path / "usage.json"
     kh = _kh(ckfed, usage)
-    session = bytes(range(16))
+    session = _session(ckfed, 1)
     reply0, state = kh.handle(_key_env(ckfed, session, 0), None)
     first = _context_of(reply0, 0)
     _, state = kh.handle(_key_env(ckfed, session, 1), state)
@@ -178,7 +187,7 @@ def test_key_holder_usage_updates_are_not_lost_by_concurrent_sessions(
 
     usage = tmp_path / "usage.json"
     a, b = _kh(ckfed, usage), _kh(ckfed, usage)
-    sa, sb = b"A" * 16, b"B" * 16
+    sa, sb = _session(ckfed, 1), _session(ckfed, 2)
     real_write = KeyHolderNode._write_usage
     fired: list[bool] = []
 
@@ -344,7 +353,7 @@ def test_key_holder_refuses_a_usage_file_rolled_back_behind_its_node_state(
 
     usage = tmp_path / "usage.json"
     kh = _kh(ckfed, usage)
-    session = bytes(range(1, 17))
+    session = _session(ckfed, 3)
     _, state = kh.handle(_key_env(ckfed, session, 0), None)
     assert usage.exists()
     old = usage.read_bytes()

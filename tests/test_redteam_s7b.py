@@ -215,7 +215,8 @@ def test_s7b_4_a_ckks_bank_reveals_round0_only_under_a_set_of_its_planned_thresh
     states = {}
     for b in banks[:2]:
         states[b], item = bank_commit(fed=fed, identity=keys[b], member=b, context=context,
-                                      hello=plan, start=start, values=np.zeros(dim), sim_seed=0)
+                                      hello=plan, start=start, values=np.zeros(dim), sim_seed=0,
+                                      signed_plan=wire.encode(start))
         server.receive_commitment(wire.decode(item.data, Commitment))
     cset = server.close_commitments()
     assert len(cset.entries) == 2 < start.threshold

@@ -491,7 +491,7 @@ def test_a_ckks_client_that_gave_up_accepts_nothing_more() -> None:
     server = SigningKey.generate()
     client = CKKSClient(1, SigningKey.generate(), public, server.verify_key)
     client.commit(session_id=sid, round_=0, values=np.full(4, 0.1), clip_norm=1.0,
-                  num_participants=3, noise_std=0.0, random=_ckks_random()(1, "noise"))
+                  num_participants=3, noise_std=0.0, plan_digest=bytes(32), random=_ckks_random()(1, "noise"))
     client.give_up(sid, 0)
     assert client.state(sid, 0) is ClientState.FAILED
     from securefl.protocol.ckks_messages import CommitmentSet
@@ -504,7 +504,8 @@ def test_a_ckks_client_that_gave_up_accepts_nothing_more() -> None:
         client.export_round(sid, 0)
     with pytest.raises(StateError, match="cannot accept CommitRequest"):
         client.commit(session_id=sid, round_=0, values=np.full(4, 0.1), clip_norm=1.0,
-                      num_participants=3, noise_std=0.0, random=_ckks_random()(1, "noise"))
+                      num_participants=3, noise_std=0.0, plan_digest=bytes(32),
+                      random=_ckks_random()(1, "noise"))
 
 
 def test_ckks_too_many_late_banks_abort_before_anything_is_decrypted() -> None:

@@ -37,6 +37,7 @@ from securefl.protocol.ckks import (
     cosign_message,
     key_id_for,
     manifest_digest,
+    round_plan_digest,
     verifier_ranking,
 )
 from securefl.protocol.ckks_messages import (
@@ -46,6 +47,7 @@ from securefl.protocol.ckks_messages import (
     ContributionEntry,
     Manifest,
 )
+from securefl.protocol.plan import NoisePlan, RoundSpec
 from securefl.schema import json_schema, render
 
 HERE = Path(__file__).parent
@@ -70,19 +72,26 @@ def vectors() -> dict[str, object]:
     fake_context = b"public-context-bytes"
     key_digest = hashlib.sha256(fake_context).digest()
     commitment = commitment_value(session, 7, 5, 9000, digest, key_digest)
+    # the round plan the client committed under (S8-1): a RoundSpec and a signed plan body
+    spec = RoundSpec(session_id=session, round=7, participants=(5,), clip_norm=1.0, threshold=1,
+                     noise=NoisePlan(1.1, 1), weights=(1.0,),
+                     model_digest=hashlib.sha256(b"a global model").digest(),
+                     context_digest=hashlib.sha256(b"a signed hello body").digest())
+    round_plan = round_plan_digest(spec, b"a signed round plan body")
     commit_sig = sign_bound(
         client,
         domain=DOMAIN_COMMITMENT,
         session_id=session,
         round_=7,
-        message=commitment_message(5, 9000, commitment),
+        message=commitment_message(5, 9000, commitment, round_plan),
     )
     unsigned = CommitmentSet(
         session_id=session,
         round=7,
         num_values=9000,
         key_digest=key_digest,
-        entries=[CommitmentEntry(client_id=5, commitment=commitment, signature=commit_sig)],
+        entries=[CommitmentEntry(client_id=5, commitment=commitment, plan_digest=round_plan,
+                                 signature=commit_sig)],
         signature=bytes(64),
     )
     set_digest = commitment_set_digest(unsigned)
@@ -150,6 +159,7 @@ def vectors() -> dict[str, object]:
             "count": len(large),
             "ciphertext_digest": ciphertext_digest(large).hex(),
         },
+        "round_plan_digest": round_plan.hex(),
         "commitment": commitment.hex(),
         "commitment_signature": commit_sig.hex(),
         "commitment_set_digest": set_digest.hex(),

@@ -65,6 +65,7 @@ from securefl.protocol.ckks import (
     CKKSVerifier,
     accept_public_context,
     commitment_set_digest,
+    round_plan_digest,
     split_weight_slot,
 )
 from securefl.protocol.ckks_messages import (
@@ -226,6 +227,8 @@ class CKKSAggregator(Aggregator):
             verifiers=self.verifiers,
         )
         stage = {c: dropouts[c] if dropouts[c] in self.stages else "contribution" for c in dropouts}
+        # the round plan every bank signs into its commitment (S8-1): here all share one spec
+        plan = round_plan_digest(spec)
         # 1. commit: no ciphertext leaves a client before the commitment set is closed
         clients: dict[int, CKKSClient] = {}
         for cid in ids:
@@ -241,6 +244,7 @@ class CKKSAggregator(Aggregator):
                 num_participants=len(ids),
                 noise_std=share_std,
                 random=random(cid, "noise"),
+                plan_digest=plan,
                 weight=spec.weight_of(cid) if spec.weights is not None else None,
             )
             msg, size = link.reply("contribution", cid, commitment, Commitment,

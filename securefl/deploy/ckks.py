@@ -29,8 +29,10 @@ Round trips of one aggregation round (``TRIPS_PER_ROUND``):
 
   "commit":  signed RoundStart + the key holder's public context signed for this round (+ the
              signed global model) -> each bank: Commitment (it trained, clipped, weighted, noised
-             and encrypted; the ciphertext stays on the bank until the set is closed)
-  "reveal":  the server-signed CommitmentSet -> Contribution (the ciphertext)
+             and encrypted; the ciphertext stays on the bank until the set is closed), signed
+             with its round-plan digest (:func:`bank_plan_digest`, S8-1)
+  "reveal":  the server-signed CommitmentSet -> Contribution (the ciphertext), only if every
+             entry of the set names this bank's round-plan digest
   "verify":  VerifyRequest to the first ``verifiers + verifier_skips`` contributors ranked by the
              closed set -> CoSignature
   "decrypt": DecryptionRequest (the aggregate, never an individual ciphertext) + the KeyRequest of
@@ -46,6 +48,7 @@ restarted key holder node can go on. A bank that does not answer a trip is a dro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -66,8 +69,11 @@ from securefl.deploy.common import (
     NodeHandler,
     Round0Survivors,
     ServerFaultError,
+    bank_ids,
     public_draw,
     randomness,
+    round_spec,
+    session_id,
 )
 from securefl.deploy.messages import (
     FLOWER_APP,
@@ -104,6 +110,7 @@ from securefl.protocol.ckks import (
     CKKSVerifier,
     ClientRoundState,
     accept_public_context,
+    round_plan_digest,
     split_weight_slot,
 )
 from securefl.protocol.ckks_messages import (
@@ -247,12 +254,25 @@ def bank_round_context(fed: Federation, item: ProtocolItem, session: bytes, hell
     return item.data
 
 
+def bank_plan_digest(fed: Federation, hello: bytes, start: RoundStart, signed_plan: bytes,
+                     model_digest: bytes) -> bytes:
+    """The round-plan digest a bank signs into its commitment (S8-1): the round's
+    :class:`RoundSpec` as this bank received it (``hello``: the :func:`hello_digest` of its signed
+    training plan; ``model_digest``: SHA-256 of the signed global model it trained from, zeros
+    where none, e.g. round 0 or the Flower path, whose plan carries it) and ``signed_plan``, the
+    signed body of the round's plan every bank receives alike (a RoundStart, a FlowerPlan)."""
+    spec = round_spec(start, bank_ids(fed), hello, fed.params)
+    return round_plan_digest(dataclasses.replace(spec, model_digest=model_digest), signed_plan)
+
+
 def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: bytes,
                 hello: bytes, start: RoundStart, values: NDArray[np.float64],
-                sim_seed: int | None) -> tuple[bytes, ProtocolItem]:
+                sim_seed: int | None, signed_plan: bytes,
+                model_digest: bytes = bytes(32)) -> tuple[bytes, ProtocolItem]:
     """Noise, check overflow, encrypt and commit this bank's clipped, weighted input. Returns the
     round state to keep on the node (it holds the unrevealed ciphertext) and the Commitment.
-    ``hello``: the :func:`hello_digest` of the signed plan this bank verified."""
+    ``hello``: the :func:`hello_digest` of the signed plan this bank verified; ``signed_plan`` and
+    ``model_digest``: see :func:`bank_plan_digest` (signed into the commitment, S8-1)."""
     cid = fed.clients.index(member)
     # encrypt only under the key signed for the (session, round) of this plan and bound to this
     # bank's signed plan (a replayed context of an earlier round, or a key the key holder made
@@ -266,6 +286,8 @@ def bank_commit(*, fed: Federation, identity: SigningKey, member: str, context: 
                         noise_std=noise_share_std(start),
                         random=randomness(sim_seed, start.session, start.round, cid, "noise",
                                           sim_stream=start.sim_stream),
+                        plan_digest=bank_plan_digest(fed, hello, start, signed_plan,
+                                                     model_digest),
                         weight=start.weights[member] if start.task == "train" else None)
     state = wire.encode(client.export_round(start.session, start.round))
     return state, ProtocolItem(round=start.round, data=wire.encode(com))
@@ -345,7 +367,8 @@ class KeyHolderMemo(msgspec.Struct, forbid_unknown_fields=True):
     key erases every earlier round's, since each round runs once, in order)."""
 
     hello: bytes | None = None
-    #: per session (hex): the SHA-256 (hex) of the one signed plan accepted for it (S7b-6)
+    #: per session (hex): the SHA-256 (hex) of the one signed plan accepted for it (S7b-6); only
+    #: sessions derived from a counter the manifest's max_sessions allows: at most that many
     hellos: dict[str, str] = {}
     keys: dict[int, RoundKeyMemo] = {}
     #: per session (hex): the last round this node keyed, and the last round it released; the
@@ -542,6 +565,13 @@ class KeyHolderNode(NodeHandler):
             if hello.federation != fed.digest or hello.session != env.session:
                 raise SignatureError("the hello names another federation or session")
             self._check_plan(hello, fed)
+            # a session the manifest allows (its id derived from a counter <= max_sessions), so
+            # the per-session record below holds at most max_sessions entries (S8-1, Low)
+            if not 1 <= hello.counter <= fed.params.max_sessions or \
+                    hello.session != session_id(fed.digest, hello.counter):
+                raise ServerFaultError(
+                    f"a hello for session counter {hello.counter}: the manifest allows counters "
+                    f"1..{fed.params.max_sessions}, each session id derived from its counter")
             # one signed plan per session: every round key is bound to it (S7b-6)
             digest, sid = hello_digest(msg.hello.body).hex(), hello.session.hex()
             if memo.hellos.setdefault(sid, digest) != digest:

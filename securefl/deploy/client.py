@@ -539,7 +539,11 @@ class BankNode(NodeHandler):
                                         context=memo.ckks_context,
                                         hello=hello_digest(_hello_body(memo)), start=start,
                                         values=x,
-                                        sim_seed=self.sim_seed)
+                                        sim_seed=self.sim_seed,
+                                        # the RoundStart body every bank verified alike (round
+                                        # 0's stats ranges and groups too) and the signed model
+                                        # this bank trained from (S8-1)
+                                        signed_plan=rm.start, model_digest=rm.model_digest)
             return [item]
         rm.field_input = self._encode(fed, hello, start, x)
         return self._step(fed, identity, memo, hello, round_)  # the roster waited for the input

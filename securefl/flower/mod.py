@@ -381,7 +381,10 @@ class FlowerBank(NodeHandler):
         update, drafts, clipped = self._fit_update(rm)
         rm.ckks, item = bank_commit(fed=fed, identity=identity, member=self.member,
                                     context=msg.protocol, hello=mine, start=round_start(plan),
-                                    values=update, sim_seed=self.sim_seed)
+                                    values=update, sim_seed=self.sim_seed,
+                                    # the signed FlowerPlan (its model and config digests too),
+                                    # alike for every bank of the round (S8-1)
+                                    signed_plan=body)
         return ClientMsg(stage="commit", protocol=[item.data], drafts=drafts, clipped=clipped)
 
     def _ckks_step(self, fed: Federation, identity: SigningKey, memo: _Memo, env: Envelope,

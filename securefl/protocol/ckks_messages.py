@@ -33,10 +33,12 @@ __all__ = [
 #: 2: commit phase (Commitment, CommitmentSet) before the ciphertexts are revealed;
 #: 3: the ciphertext digest is a hash list ("securefl-ckks-ct-v2") and training rounds carry the
 #: FedAvg weight slot; 4: the public context's key digest is bound into every commitment and the
-#: commitment set, and a round key's public context is signed for its (session, round).
+#: commitment set, and a round key's public context is signed for its (session, round); 5: every
+#: commitment (and its commitment-set entry) carries the bank's round-plan digest, signed with it
+#: (domain ckks/commitment v2, S8-1).
 #: Decoding refuses any other version (the field is a Literal).
-PROTOCOL_VERSION: Final = 4
-Version = Literal[4]
+PROTOCOL_VERSION: Final = 5
+Version = Literal[5]
 #: serialized chunk: at most N=32768 with 3 data limbs, uncompressed (2 * 32768 * 3 * 8 + slack)
 MAX_CHUNK_BYTES = 2 * 1024 * 1024
 #: at most 2^16 chunks (2^28 parameters at N=8192)
@@ -84,22 +86,27 @@ class SignedPublicContext(_Msg, tag="ckks.public_context", frozen=True, forbid_u
 class Commitment(_Msg, tag="ckks.commitment", frozen=True, forbid_unknown_fields=True):
     """Client -> server, before any ciphertext is revealed: a hash commitment to its ciphertext
     (``commitment_value``: sha256 of the ciphertext digest bound to session, round, client id and
-    size), signed (domain ckks/commitment)."""
+    size) and ``plan_digest``, the round plan the bank sized its input and noise share by
+    (:func:`securefl.protocol.ckks.canonical.round_plan_digest`), both signed (domain
+    ckks/commitment v2, S8-1)."""
 
     session_id: SessionId
     round: Round
     client_id: ClientId
     num_values: NumValues
     commitment: Digest
+    plan_digest: Digest
     signature: Sig
     version: Version = PROTOCOL_VERSION
 
 
 class CommitmentEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One line of the closed commitment set: a client's commitment and its signature on it."""
+    """One line of the closed commitment set: a client's commitment, the round-plan digest it
+    committed under and its signature on both."""
 
     client_id: ClientId
     commitment: Digest
+    plan_digest: Digest
     signature: Sig
 
 
@@ -228,4 +235,4 @@ def max_message_bytes(chunk_bytes: int, num_chunks: int, num_clients: int = 1) -
 
 def max_commitment_set_bytes(num_clients: int) -> int:
     """Size limit for a Commitment or CommitmentSet message with ``num_clients`` entries."""
-    return num_clients * 160 + 4096
+    return num_clients * 208 + 4096

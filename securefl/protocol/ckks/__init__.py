@@ -54,6 +54,7 @@ from securefl.protocol.ckks.canonical import (
     key_id_for,
     manifest_digest,
     release_message,
+    round_plan_digest,
     verifier_ranking,
 )
 from securefl.protocol.ckks.checks import accept_public_context, verify_cosignature
@@ -120,6 +121,7 @@ __all__ = [
     "manifest_digest",
     "noise_bound",
     "release_message",
+    "round_plan_digest",
     "split_weight_slot",
     "verifier_ranking",
     "verify_cosignature",

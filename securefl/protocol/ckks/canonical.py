@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from securefl.errors import LocalProtocolError
 from securefl.he.params import CKKSParams
 from securefl.protocol.ckks_messages import CommitmentSet, Manifest
+from securefl.protocol.plan import RoundSpec
 
 __all__ = [
     "commitment_message",
@@ -22,6 +23,7 @@ __all__ = [
     "key_id_for",
     "manifest_digest",
     "release_message",
+    "round_plan_digest",
     "verifier_ranking",
 ]
 
@@ -66,17 +68,38 @@ def commitment_value(
     ).digest()
 
 
-def commitment_message(client_id: int, num_values: int, commitment: bytes) -> bytes:
-    return struct.pack(">QQ", client_id, num_values) + commitment
+def commitment_message(client_id: int, num_values: int, commitment: bytes, plan_digest: bytes
+                       ) -> bytes:
+    """What a commitment signs (domain ckks/commitment v2): u64 id || u64 d || commitment ||
+    plan_digest (the bank's :func:`round_plan_digest`, S8-1)."""
+    if len(plan_digest) != 32:
+        raise LocalProtocolError("plan_digest must be 32 bytes")
+    return struct.pack(">QQ", client_id, num_values) + commitment + plan_digest
+
+
+def round_plan_digest(spec: RoundSpec, signed_plan: bytes = b"") -> bytes:
+    """The round plan a CKKS bank commits under (red-team finding S8-1, the CKKS analogue of
+    SecAgg's plan digest): SHA-256("securefl-ckks-round-plan-v1" 0x00 || spec.plan_digest() ||
+    SHA-256(signed_plan)). ``spec`` is the round's :class:`RoundSpec` as this party received it
+    (model digest, training-plan digest, clip norm, threshold, noise plan, FedAvg weights: what
+    sizes its input and its noise share); ``signed_plan`` the body of the round's plan the server
+    signed for every bank alike (a deployment's RoundStart, with round 0's stats ranges and
+    groups; the Flower path's FlowerPlan), empty in process. Every bank signs it into its
+    commitment; a bank reveals, a verifier co-signs and the key holder decrypts only a set in
+    which every commitment names the same digest."""
+    return hashlib.sha256(
+        b"securefl-ckks-round-plan-v1\x00" + spec.plan_digest()
+        + hashlib.sha256(signed_plan).digest()
+    ).digest()
 
 
 def commitment_set_digest(cs: CommitmentSet) -> bytes:
     """SHA-256 over the closed commitment set (without the server's signature over it)."""
-    h = hashlib.sha256(b"securefl-ckks-commitment-set-v2")
+    h = hashlib.sha256(b"securefl-ckks-commitment-set-v3")
     h.update(cs.session_id + struct.pack(">QQ", cs.round, cs.num_values) + cs.key_digest)
     h.update(struct.pack(">I", len(cs.entries)))
     for e in cs.entries:
-        h.update(struct.pack(">Q", e.client_id) + e.commitment + e.signature)
+        h.update(struct.pack(">Q", e.client_id) + e.commitment + e.plan_digest + e.signature)
     return h.digest()
 
 

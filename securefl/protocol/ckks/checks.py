@@ -41,6 +41,7 @@ __all__ = [
     "accept_public_context",
     "check_commitment_set",
     "check_entries",
+    "check_one_plan",
     "context_binding",
     "verify_cosignature",
     "verify_set_signature",
@@ -143,24 +144,41 @@ def verify_set_signature(cs: CommitmentSet, server_key: VerifyKey) -> bytes:
 def check_commitment_set(
     cs: CommitmentSet, federation: IdentityKeys, server_key: VerifyKey
 ) -> bytes:
-    """Server signature, entries sorted and distinct, enrolled, each commitment signature valid.
-    Returns the set's digest."""
+    """Server signature, entries sorted and distinct, enrolled, each commitment signature valid
+    and every commitment made under the same round plan (PlanMismatchError otherwise: the server
+    gave the banks different plans, S8-1). Returns the set's digest."""
     digest = verify_set_signature(cs, server_key)
+    check_one_plan(cs)
     for e in cs.entries:
         verify_commitment(federation, e.client_id, cs.session_id, cs.round, cs.num_values,
-                          e.commitment, e.signature)
+                          e.commitment, e.plan_digest, e.signature)
     return digest
 
 
+def check_one_plan(cs: CommitmentSet, plan_digest: bytes | None = None) -> None:
+    """Every entry of ``cs`` names the same round-plan digest (``plan_digest``, this party's own,
+    when given): PlanMismatchError otherwise. The server signed the banks of the set different
+    round plans (e.g. a clip norm, hence a noise share, shrunk for all but one bank), and their sum
+    would not carry the noise every bank planned for (red-team finding S8-1)."""
+    plans = {e.plan_digest for e in cs.entries}
+    if len(plans) != 1 or (plan_digest is not None and plans != {plan_digest}):
+        raise PlanMismatchError(
+            f"round {cs.round}: the commitment set holds commitments made under "
+            f"{len(plans)} round plan(s)"
+            + ("" if plan_digest is None or plan_digest in plans else ", none of them this one's")
+            + ": the banks were given different plans; nothing is revealed or decrypted")
+
+
 def verify_commitment(federation: Mapping[int, VerifyKey], client_id: int, session_id: bytes,
-                      round_: int, num_values: int, commitment: bytes, signature: bytes) -> None:
-    """``signature`` is the enrolled client's signature of its commitment for this round
-    (SignatureError otherwise, also for a client outside the federation)."""
+                      round_: int, num_values: int, commitment: bytes, plan_digest: bytes,
+                      signature: bytes) -> None:
+    """``signature`` is the enrolled client's signature of its commitment and round-plan digest
+    for this round (SignatureError otherwise, also for a client outside the federation)."""
     key = federation.get(client_id)
     if key is None:
         raise SignatureError(f"client {client_id} is not enrolled in the federation")
     verify_bound(key, signature, domain=DOMAIN_COMMITMENT, session_id=session_id, round_=round_,
-                 message=commitment_message(client_id, num_values, commitment))
+                 message=commitment_message(client_id, num_values, commitment, plan_digest))
 
 
 def check_entries(

@@ -28,7 +28,7 @@ from securefl.protocol.ckks.canonical import (
     commitment_value,
     contribution_message,
 )
-from securefl.protocol.ckks.checks import verify_set_signature
+from securefl.protocol.ckks.checks import check_one_plan, verify_set_signature
 from securefl.protocol.ckks.config import DOMAIN_COMMITMENT, DOMAIN_CONTRIBUTION
 from securefl.protocol.ckks.encoding import noise_bound
 from securefl.protocol.ckks.machine import Transition, transition
@@ -75,6 +75,7 @@ class CommitRequest:
     noise_std: float
     random: Any  # RandomSource
     weight: float | None
+    plan_digest: bytes
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,14 @@ class GiveUp:
 
 @dataclass(frozen=True)
 class Committed:
-    """COMMITTED: the ciphertext (kept until the set closes), its digest, the commitment, d."""
+    """COMMITTED: the ciphertext (kept until the set closes), its digest, the commitment, d and
+    the round-plan digest it was committed under."""
 
     chunks: list[bytes]
     digest: bytes
     commitment: bytes
     num_values: int
+    plan_digest: bytes
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class Revealed:
     commitment: bytes
     num_values: int
     revealed_under: bytes
+    plan_digest: bytes
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,8 @@ class ClientRoundState(RedactedStruct, msgspec.Struct, frozen=True, forbid_unkno
     num_values: int
     digest: bytes
     commitment: bytes
+    #: the round-plan digest the commitment was signed with (the reveal checks the set against it)
+    plan_digest: bytes
     chunks: list[bytes] | None = None
     revealed_under: bytes | None = None
 
@@ -184,6 +190,7 @@ class CKKSClient:
         num_participants: int,
         noise_std: float,
         random: RandomSource,
+        plan_digest: bytes,
         weight: float | None = None,
     ) -> Commitment:
         """Encrypt w_i clip(delta_i) (+ N(0, noise_std^2) per coordinate), keep the ciphertext and
@@ -194,15 +201,20 @@ class CKKSClient:
         the client's weight w_i = n_i / max_j n_j in (0, 1], encrypted beside the update in one
         extra last slot without noise, so the decrypted sum carries sum_i w_i over exactly the
         contributions in it and the weighted mean is sum[:-1] / sum[-1] (spec.md "Weight slot").
+        ``plan_digest``: the round plan this input and noise share were sized by
+        (:func:`securefl.protocol.ckks.canonical.round_plan_digest`), signed into the commitment;
+        the reveal refuses a set with a commitment under another plan (S8-1).
         Raises OverflowRiskError when num_participants * B * scale could wrap the modulus,
         B = max(clip_norm + noise tail bound, 1).
         """
         req = CommitRequest(session_id, round_, values, clip_norm, num_participants, noise_std,
-                            random, weight)
+                            random, weight, plan_digest)
         out: Commitment = self._step((session_id, round_), req)
         return out
 
     def _commit(self, req: CommitRequest) -> Commitment:
+        if len(req.plan_digest) != 32:
+            raise LocalProtocolError("plan_digest must be 32 bytes")
         x = np.asarray(req.values, dtype=np.float64)
         if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
             raise LocalProtocolError("values must be a non-empty finite 1-D vector")
@@ -235,13 +247,14 @@ class CKKSClient:
         commitment = commitment_value(
             req.session_id, req.round, self.client_id, x.size, digest, self.context.digest
         )
-        self._rounds[(req.session_id, req.round)] = Committed(chunks, digest, commitment, x.size)
+        self._rounds[(req.session_id, req.round)] = Committed(chunks, digest, commitment, x.size,
+                                                              req.plan_digest)
         sig = sign_bound(
             self._key,
             domain=DOMAIN_COMMITMENT,
             session_id=req.session_id,
             round_=req.round,
-            message=commitment_message(self.client_id, x.size, commitment),
+            message=commitment_message(self.client_id, x.size, commitment, req.plan_digest),
         )
         return Commitment(
             session_id=req.session_id,
@@ -249,6 +262,7 @@ class CKKSClient:
             client_id=self.client_id,
             num_values=x.size,
             commitment=commitment,
+            plan_digest=req.plan_digest,
             signature=sig,
         )
 
@@ -272,9 +286,11 @@ class CKKSClient:
         if isinstance(data, Committed):
             return ClientRoundState(session_id=session_id, round=round_,
                                     num_values=data.num_values, digest=data.digest,
-                                    commitment=data.commitment, chunks=list(data.chunks))
+                                    commitment=data.commitment,
+                                    plan_digest=data.plan_digest, chunks=list(data.chunks))
         return ClientRoundState(session_id=session_id, round=round_, num_values=data.num_values,
                                 digest=data.digest, commitment=data.commitment,
+                                plan_digest=data.plan_digest,
                                 revealed_under=data.revealed_under)
 
     def restore_round(self, state: ClientRoundState) -> None:
@@ -285,15 +301,17 @@ class CKKSClient:
         chunks, under = state.chunks, state.revealed_under
         if chunks is not None and under is None:
             self._rounds[slot] = Committed(list(chunks), state.digest, state.commitment,
-                                           state.num_values)
+                                           state.num_values, state.plan_digest)
         elif chunks is None and under is not None:
-            self._rounds[slot] = Revealed(state.digest, state.commitment, state.num_values, under)
+            self._rounds[slot] = Revealed(state.digest, state.commitment, state.num_values, under,
+                                          state.plan_digest)
         else:
             raise StateError("a round state is either pending (chunks) or revealed, not both")
 
     def reveal(self, cs: CommitmentSet) -> Contribution:
         """Check the server-signed closed commitment set (this client's own commitment is in it,
-        unchanged, under this client's key) and reveal the committed ciphertext, signed over its
+        unchanged, under this client's key; every commitment under this client's round plan,
+        PlanMismatchError otherwise) and reveal the committed ciphertext, signed over its
         digest and the set's digest. Reveals at most once: a second set for the same round is
         refused."""
         out: Contribution = self._step((cs.session_id, cs.round), cs)
@@ -312,6 +330,9 @@ class CKKSClient:
         if len(mine) != 1 or mine[0].commitment != pending.commitment:
             raise RemoteProtocolError("the commitment set does not carry this client's commitment")
         set_digest = verify_set_signature(cs, self.server_key)
+        # every commitment in the set was signed under this client's own round plan (S8-1): the
+        # others' inputs and noise shares were sized as this client's
+        check_one_plan(cs, pending.plan_digest)
         sig = sign_bound(
             self._key,
             domain=DOMAIN_CONTRIBUTION,
@@ -321,7 +342,7 @@ class CKKSClient:
                                          set_digest),
         )
         self._rounds[slot] = Revealed(pending.digest, pending.commitment, pending.num_values,
-                                      set_digest)
+                                      set_digest, pending.plan_digest)
         return Contribution(
             session_id=cs.session_id,
             round=cs.round,

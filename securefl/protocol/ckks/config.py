@@ -26,7 +26,8 @@ DOMAIN_CONTEXT = "securefl/ckks/public-context/v1"
 DOMAIN_ROUND_CONTEXT = "securefl/ckks/round-context/v1"
 #: a round key bound to the signed training plan (Hello) it was made for (S7b-6)
 DOMAIN_PLAN_CONTEXT = "securefl/ckks/round-context-plan/v1"
-DOMAIN_COMMITMENT = "securefl/ckks/commitment/v1"
+#: v2: the commitment and the round-plan digest it was made under (S8-1)
+DOMAIN_COMMITMENT = "securefl/ckks/commitment/v2"
 DOMAIN_COMMITMENT_SET = "securefl/ckks/commitment-set/v1"
 DOMAIN_CONTRIBUTION = "securefl/ckks/contribution/v2"
 DOMAIN_COSIGN = "securefl/ckks/aggregate-cosign/v1"

@@ -198,7 +198,7 @@ class CKKSServer:
         if c.num_values != self.num_values:
             raise RemoteProtocolError("commitment has the wrong number of values")
         verify_commitment(self.federation, c.client_id, c.session_id, c.round, c.num_values,
-                          c.commitment, c.signature)
+                          c.commitment, c.plan_digest, c.signature)
         data.commitments[c.client_id] = c
 
     def close_commitments(self) -> CommitmentSet:
@@ -219,6 +219,7 @@ class CKKSServer:
             CommitmentEntry(
                 client_id=i,
                 commitment=data.commitments[i].commitment,
+                plan_digest=data.commitments[i].plan_digest,
                 signature=data.commitments[i].signature,
             )
             for i in sorted(data.commitments)
