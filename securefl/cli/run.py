@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from securefl.config import FIELD_TYPES, resolve
@@ -33,7 +34,7 @@ def run_command(args: argparse.Namespace) -> int:
         result = _run_with_progress(config, label, resume=args.resume)
     else:
         result = run(config, resume=args.resume)
-    report = _write_report(result.run_dir) if args.report else None
+    report = _write_report(Path(result.run_dir)) if args.report else None
     if args.json:
         from securefl.cli.main import print_json
 
