@@ -52,9 +52,11 @@ def test_matches_simulation_with_a_dropout_and_verifies(fed: Fed, tmp_path: Path
     rec = RunStore.open(tmp_path / "run").records[1]
     assert rec.dropouts == {fed.banks[2]: "masked"}
     assert sorted(rec.survivors) == sorted(fed.banks[:2])
-    verify_run_dir(tmp_path / "run")
-    # result.json: the one schema (protocols/audit/result.schema.json), and what run() returned
-    assert check_result_json(tmp_path / "run") == res
+    checked = verify_run_dir(tmp_path / "run").claims_checked
+    # result.json: the one schema (protocols/audit/result.schema.json), and what run() returned;
+    # with DP the deployment states its privacy report too, re-derived from the ledger
+    assert check_result_json(tmp_path / "run") == res and res["dp"] and res["privacy"]
+    assert {"final_metrics", "history", "rounds_completed", "privacy"} <= set(checked)
     assert (res["transport"], res["manifest_sha256"], res["round_trips"]) == (
         "flower", srv.fed.digest, len(res["trips"]))
     report = (tmp_path / "run" / "report.html").read_text()  # written by the server (issue 20)
