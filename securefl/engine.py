@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from securefl.result import RoundReport
+from securefl.result import MAX_TEXT, RoundReport
 
 if TYPE_CHECKING:
     from securefl.committer import Release, RoundCommitter
@@ -192,7 +192,7 @@ class RoundEngine:
             dropouts=done.dropouts, metrics=done.metrics, update_norms_clipped=outcome.clipped,
             seconds=round(time.perf_counter() - outcome.started, 4), epsilon=epsilon,
             aborted=done.error.code if done.error is not None else None,
-            error=done.error.message if done.error is not None else None)
+            error=done.error.message[:MAX_TEXT] if done.error is not None else None)
         self.history.append(report)
         if self.progress is not None:
             self.progress(report)

@@ -49,6 +49,7 @@ from securefl.schema import (
 )
 
 __all__ = [
+    "MAX_TEXT",
     "TRANSPORTS",
     "RoundReport",
     "RunResult",
@@ -60,8 +61,9 @@ __all__ = [
 #: who wrote a result.json: securefl run / securefl.train, a deployment, the Flower workflow
 TRANSPORTS = ("in-process", "flower", "flower-app")
 Transport = Literal["in-process", "flower", "flower-app"]
-#: free text a result carries (an error's message, a drop or refusal reason), bounded
-Text = Annotated[str, msgspec.Meta(max_length=2048)]
+#: the longest free text a result carries (an error's message, a drop or refusal reason)
+MAX_TEXT = 2048
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**9)]
 Seconds = Annotated[float, msgspec.Meta(ge=0.0)]
 #: lists long enough for any run (max_rounds is at most 10**6 rounds; trips are a few per round)
