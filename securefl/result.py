@@ -31,6 +31,7 @@ field                 when it is empty
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -138,9 +139,22 @@ class RunResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
     def to_dict(self) -> dict[str, Any]:
         """result.json's ``result`` object (JSON types only: lists, not tuples)."""
+        _check_finite(msgspec.to_builtins(self), "result")  # JSON would turn NaN/inf into null
         out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))
-        decode_result(out)  # what is written is what an auditor decodes (NaN/inf would be null)
+        decode_result(out)  # what is written is what an auditor decodes
         return out
+
+
+def _check_finite(node: Any, where: str) -> None:
+    if isinstance(node, float) and not math.isfinite(node):
+        raise AuditError(f"{where}: {node} has no JSON encoding",
+                         hint="a metric or epsilon of the run is not finite")
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{where}[{i}]")
 
 
 def decode_result(obj: Any) -> RunResult:

@@ -70,6 +70,15 @@ def test_a_result_round_trips_and_is_valid() -> None:
     assert doc["history"][0]["clipped"] == 1  # the wire name of update_norms_clipped
 
 
+def test_a_result_with_a_non_finite_number_is_refused_before_it_is_written() -> None:
+    """JSON has no NaN or infinity (msgspec would write null): to_dict refuses, naming where."""
+    import msgspec
+
+    bad = msgspec.structs.replace(_sample(), privacy={"federation": {"epsilon": float("inf")}})
+    with pytest.raises(AuditError, match=r"result\.privacy\.federation\.epsilon: inf"):
+        bad.to_dict()
+
+
 def _paths(node: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     out = [at] if at else []
     if isinstance(node, dict):
