@@ -22,11 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import securefl
 from securefl.audit.log import AuditLog
 from securefl.audit.merkle import MerkleTree
 from securefl.audit.store import RunStore, prove, verify_run_dir
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey
+from securefl.result import RunResult
 
 ORIGIN = "bench.securefl/run"
 CLIENTS = [f"bank{i}" for i in range(8)]
@@ -94,7 +96,13 @@ def bench_run_dir(n: int, root: Path) -> dict[str, float]:
                                 initial_model=b"m0" * 64, federation={"clients": CLIENTS})
         for r in range(1, n + 1):
             store.commit_round(**_inputs(r))
-        store.finish({"accuracy": 0.7})
+        store.finish(RunResult(
+            securefl_version=securefl.__version__, transport="in-process",
+            session_id=_inputs(n)["record_fields"]["session_id"], aggregation="secagg+",
+            insecure=False, dp=False, task=None, manifest_sha256=None, run_dir=str(d),
+            rounds_completed=n, final_metrics=_inputs(n)["metrics"], history=[], baselines={},
+            privacy={}, model_sha256=store.model_sha256(n), seconds=None, stopped_early=None,
+            round_trips=None, round_trips_per_round=None, trips=None, refused={}))
         t_write = time.perf_counter() - t0
     finally:
         os.fsync = real_fsync

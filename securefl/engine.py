@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from securefl.result import MAX_TEXT, RoundReport
+
 if TYPE_CHECKING:
     from securefl.committer import Release, RoundCommitter
     from securefl.dp.ledger import Draft
@@ -62,37 +64,6 @@ def _no_phase(round_: int, what: str, detail: str) -> None:
 
 #: the phase callback that does nothing
 NO_PHASE: PhaseCallback = _no_phase
-
-
-@dataclass(frozen=True)
-class RoundReport:
-    """What one round released and measured (also a line of metrics.jsonl)."""
-
-    round: int
-    participants: tuple[str, ...]
-    survivors: tuple[str, ...]
-    dropouts: dict[str, str]
-    metrics: dict[str, float]
-    update_norms_clipped: int  # how many banks' updates were clipped
-    seconds: float
-    epsilon: dict[str, float] = field(default_factory=dict)
-    #: the error code/message when the round aborted (nothing released, model unchanged)
-    aborted: str | None = None
-    #: the aborted round's error (None: released, or a round read back from the audit log)
-    error: SecureFLError | None = field(default=None, compare=False, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "participants": list(self.participants),
-            "survivors": list(self.survivors),
-            "dropouts": dict(self.dropouts),
-            "metrics": dict(self.metrics),
-            "clipped": self.update_norms_clipped,
-            "seconds": round(self.seconds, 4),
-            "epsilon": dict(self.epsilon),
-            "aborted": self.aborted,
-        }
 
 
 ProgressCallback = Callable[[RoundReport], None]
@@ -170,6 +141,7 @@ class RoundEngine:
         return [RoundReport(round=rec.round, participants=tuple(rec.participants),
                             survivors=tuple(rec.survivors), dropouts=dict(rec.dropouts),
                             metrics=dict(rec.metrics), update_norms_clipped=0, seconds=0.0,
+                            epsilon={}, error=None,
                             aborted=rec.error_code if rec.status == "aborted" else None)
                 for rec in store.records[1:]]
 
@@ -223,8 +195,9 @@ class RoundEngine:
         report = RoundReport(
             round=r, participants=done.participants, survivors=done.survivors,
             dropouts=done.dropouts, metrics=done.metrics, update_norms_clipped=outcome.clipped,
-            seconds=time.perf_counter() - outcome.started, epsilon=epsilon,
-            aborted=done.error.message if done.error is not None else None, error=done.error)
+            seconds=round(time.perf_counter() - outcome.started, 4), epsilon=epsilon,
+            aborted=done.error.code if done.error is not None else None,
+            error=done.error.message[:MAX_TEXT] if done.error is not None else None)
         self.history.append(report)
         if self.progress is not None:
             self.progress(report)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,10 +27,10 @@ from securefl.engine import (
     ProgressCallback,
     RoundEngine,
     RoundOutcome,
-    RoundReport,
 )
 from securefl.errors import BudgetExceededError, ConfigError, DataError
 from securefl.protocol.plan import NoisePlan, RoundPlanner
+from securefl.result import RoundReport, RunResult
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -48,41 +48,6 @@ __all__ = [
     "stream_id_for",
     "train",
 ]
-
-@dataclass
-class RunResult:
-    """The outcome of :func:`run` (also written to ``result.json`` in the run directory)."""
-
-    run_dir: Path
-    config: dict[str, Any]
-    task: str
-    rounds_completed: int
-    final_metrics: dict[str, float]
-    history: list[RoundReport]
-    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
-    privacy: dict[str, Any] = field(default_factory=dict)
-    model_sha256: str = ""
-    seconds: float = 0.0
-    stopped_early: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_dir": str(self.run_dir),
-            "securefl_version": __version__,
-            "task": self.task,
-            "aggregation": self.config.get("aggregation"),
-            "insecure": self.config.get("aggregation") == "plain",
-            "dp": self.config.get("dp"),
-            "rounds_completed": self.rounds_completed,
-            "final_metrics": self.final_metrics,
-            "baselines": self.baselines,
-            "privacy": self.privacy,
-            "model_sha256": self.model_sha256,
-            "seconds": round(self.seconds, 3),
-            "stopped_early": self.stopped_early,
-            "history": [r.to_dict() for r in self.history],
-        }
-
 
 class _Randomness(SimulationRandomness):
     """The simulation's streams (see :class:`securefl.crypto.random.SimulationRandomness`), plus the
@@ -638,14 +603,18 @@ class Engine:
             on(0, "accounting", "privacy report")
             privacy = privacy_report(ledger, c.delta, "rdp")
         result = RunResult(
-            run_dir=store.run_dir, config=c.to_dict(), task=setup.task,
+            securefl_version=__version__, transport="in-process",
+            session_id=self.session_id.hex(), aggregation=c.aggregation,
+            insecure=c.aggregation == "plain", dp=c.dp, task=setup.task, manifest_sha256=None,
+            run_dir=str(store.run_dir),
             rounds_completed=sum(1 for h in history if h.aborted is None),
             final_metrics=history[-1].metrics if history else setup.evaluate(model),
             history=history, baselines=baselines, privacy=privacy,
-            model_sha256=store.model_sha256(store.last_round), seconds=_now() - t_start,
-            stopped_early=engine.stopped)
+            model_sha256=store.model_sha256(store.last_round),
+            seconds=round(_now() - t_start, 3), stopped_early=engine.stopped,
+            round_trips=None, round_trips_per_round=None, trips=None, refused={})
         on(0, "committing", "result")
-        store.finish(result.to_dict())
+        store.finish(result)
         return result
 
     def rounds(self, engine: RoundEngine, first: int, last: int) -> Iterator[RoundOutcome]:

@@ -12,11 +12,41 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
-__all__ = ["json_schema", "normalise", "render"]
+__all__ = [
+    "ClientId",
+    "ErrorCode",
+    "MetricName",
+    "Mode",
+    "SessionId",
+    "Sha256Hex",
+    "Stage",
+    "Version",
+    "json_schema",
+    "normalise",
+    "render",
+]
+
+# -- the field types every committed schema shares (audit records, result.json) ----------------------
+Sha256Hex = Annotated[
+    str, msgspec.Meta(pattern="^[0-9a-f]{64}$", description="lowercase hex SHA-256")
+]
+ClientId = Annotated[
+    str, msgspec.Meta(pattern="^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$", description="client id")
+]
+SessionId = Annotated[
+    str, msgspec.Meta(pattern="^([0-9a-f]{2}){1,64}$", description="lowercase hex")
+]
+Stage = Annotated[str, msgspec.Meta(pattern="^[a-z][a-z0-9_]{0,63}$", description="protocol stage")]
+Mode = Annotated[
+    str, msgspec.Meta(pattern="^[a-z][a-z0-9+_-]{0,31}$", description="aggregation mode")
+]
+MetricName = Annotated[str, msgspec.Meta(pattern="^[A-Za-z][A-Za-z0-9_./-]{0,63}$")]
+Version = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern="^[0-9A-Za-z.+_-]+$")]
+ErrorCode = Annotated[str, msgspec.Meta(pattern="^SFL[0-9]{3}$")]
 
 
 def normalise(node: Any) -> Any:

@@ -3,6 +3,7 @@
 - :func:`server_key` a fixed Ed25519 key (from a constant seed) so runs are byte-reproducible;
 - :func:`round_inputs` deterministic fake inputs for round r (model bytes, ledger lines, metrics);
 - :func:`make_run` creates a run directory with ``rounds`` committed rounds;
+- :func:`fake_result` a result (securefl.result.RunResult) consistent with a store's log;
 - :func:`snapshot` maps every file of a directory (relative posix path) to its bytes;
 - :func:`resign_result`, :func:`rewrite_commit`, :func:`resign_everything`: the tampering an
   attacker with (or without) a signing key can do, for tests/test_audit_claims.py;
@@ -29,6 +30,7 @@ from securefl.audit.records import RoundRecord, canonical_json
 from securefl.audit.store import CALLER_FIELDS, RunStore
 from securefl.crypto.secret import Secret
 from securefl.crypto.signing import SigningKey
+from securefl.result import RunResult, decode_result
 
 ORIGIN = "securefl.test/run-0001"
 CONFIG: dict[str, Any] = {"rounds": 5, "mode": "secagg+", "dp": {"clip": 1.0, "sigma": 0.8}}
@@ -89,8 +91,24 @@ def make_run(run_dir: Path, rounds: int, *, finish: bool = True) -> RunStore:
     for r in range(1, rounds + 1):
         store.commit_round(**round_inputs(r))
     if finish:
-        store.finish({"accuracy": 0.81, "rounds": rounds})
+        store.finish(fake_result(store))
     return store
+
+
+def fake_result(store: RunStore, **fields: Any) -> RunResult:
+    """A result.json a driver could write for ``store``'s log: its last model and metrics, the
+    number of committed rounds, no history and no privacy claim; ``fields`` replace any of it."""
+    last = store.records[-1]
+    base = RunResult(
+        securefl_version="0.0.test", transport="in-process", session_id="ab",
+        aggregation="secagg+", insecure=False, dp=False, task=None, manifest_sha256=None,
+        run_dir="run", final_metrics=dict(last.metrics) if isinstance(last, RoundRecord) else {},
+        rounds_completed=sum(1 for r in store.records[1:]
+                             if isinstance(r, RoundRecord) and r.status != "aborted"),
+        history=[], baselines={}, privacy={}, model_sha256=store.model_sha256(store.last_round),
+        seconds=None, stopped_early=None, round_trips=None, round_trips_per_round=None,
+        trips=None, refused={})
+    return msgspec.structs.replace(base, **fields)
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -143,7 +161,7 @@ def resign_everything(src: Path, dst: Path, key: SigningKey) -> None:
                            model=old.model_bytes(rec.round), ledger_lines=lines,
                            metrics=rec.metrics)
     if (src / "result.json").exists():
-        store.finish(json.loads((src / "result.json").read_bytes())["body"]["result"])
+        store.finish(decode_result(json.loads((src / "result.json").read_bytes())["body"]["result"]))
 
 
 def run_child(run_dir: Path, rounds: int) -> None:
@@ -159,7 +177,7 @@ def run_child(run_dir: Path, rounds: int) -> None:
         store.commit_round(**round_inputs(r))
         print(r, flush=True)
     if not (run_dir / "result.json").exists():
-        store.finish({"accuracy": 0.81, "rounds": rounds})
+        store.finish(fake_result(store))
     print("done", flush=True)
 
 

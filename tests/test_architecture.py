@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"crypto", "config", "data", "fl", "schema", "storage"},
     {"he", "dp"},
     {"protocol"},
-    {"transport", "federation"},
+    {"transport", "federation", "result"},
     {"aggregators", "keyholder", "audit", "bank", "committer", "engine"},
     {"runtime", "simulate", "privacy", "report"},
     {"deploy"},

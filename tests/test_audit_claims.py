@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from audit_helpers import (
+    fake_result,
     make_run,
     resign_everything,
     resign_result,
@@ -39,6 +40,7 @@ from securefl.audit.verify import verify_run_dir
 from securefl.cli.main import main
 from securefl.crypto.signing import SigningKey
 from securefl.errors import AuditError, AuditFormatError, StateError
+from securefl.result import RoundReport
 
 SIM: dict[str, Any] = {"rounds": 2, "model": "logreg", "dp": True, "aggregation": "plain",
                        "seed": 5}
@@ -79,7 +81,7 @@ def test_simulation_run_verifies_with_every_claim_checked(sim_run: Path) -> None
     report = verify_run_dir(sim_run)
     assert report.has_result
     assert set(report.claims_checked) == {"final_metrics", "model_sha256", "history",
-                                          "history.epsilon", "privacy"}
+                                          "history.epsilon", "rounds_completed", "privacy"}
     assert report.claims_unchecked == []
 
 
@@ -192,25 +194,42 @@ def test_any_other_final_metric_value_is_refused(metric: str, value: float) -> N
     want = dict(last.metrics)
     claimed = {**want, metric: value}
     if value == want[metric]:
-        assert check_result_claims({"final_metrics": claimed}, store.records, [], {}).checked
+        assert check_result_claims(fake_result(store, final_metrics=claimed), store.records, [],
+                                   {}).checked
     else:
         with pytest.raises(AuditError, match=rf"final_metrics: {metric} ="):
-            check_result_claims({"final_metrics": claimed}, store.records, [], {})
+            check_result_claims(fake_result(store, final_metrics=claimed), store.records, [], {})
+
+
+def _report(r: int, aborted: str | None, metrics: dict[str, float]) -> RoundReport:
+    return RoundReport(round=r, participants=(), survivors=(), dropouts={}, metrics=metrics,
+                       update_norms_clipped=0, seconds=0.0, epsilon={}, aborted=aborted,
+                       error=None)
 
 
 def test_model_aborted_and_unknown_claims_on_the_fake_run() -> None:
-    """model_sha256, history[i].aborted, a claim naming no committed round, and final_metrics of a
-    run with no committed round (not checkable: reported, not refused)."""
+    """model_sha256, history[i].aborted (the record's status and error code), a claim naming no
+    committed round, rounds_completed, and final_metrics of a run with no committed round (not
+    checkable: reported, not refused)."""
     store = _fake_store()
-    recs = store.records  # round 3 of make_run is aborted
+    recs = store.records  # round 3 of make_run is aborted (SFL310)
+    m3 = dict(recs[3].metrics)
     with pytest.raises(AuditError, match="claim model_sha256: is not the last round's model"):
-        check_result_claims({"model_sha256": "0" * 64}, recs, [], {})
+        check_result_claims(fake_result(store, model_sha256="0" * 64), recs, [], {})
     with pytest.raises(AuditError, match=r"claim history\[0\]\.aborted: round 3 is aborted"):
-        check_result_claims({"history": [{"round": 3, "aborted": None}]}, recs, [], {})
+        check_result_claims(fake_result(store, history=[_report(3, None, m3)]), recs, [], {})
+    with pytest.raises(AuditError, match=r"claim history\[0\]\.aborted: SFL311, but round 3's "
+                                         r"record says SFL310"):
+        check_result_claims(fake_result(store, history=[_report(3, "SFL311", m3)]), recs, [], {})
+    assert "history" in check_result_claims(
+        fake_result(store, history=[_report(3, "SFL310", m3)]), recs, [], {}).checked
     with pytest.raises(AuditError, match=r"claim history\[0\]: names no committed round"):
-        check_result_claims({"history": [{"round": 9}]}, recs, [], {})
-    out = check_result_claims({"final_metrics": {"loss": 0.1}}, recs[:1], [], {})
-    assert (out.checked, out.unchecked) == ([], ["final_metrics"])
+        check_result_claims(fake_result(store, history=[_report(9, None, m3)]), recs, [], {})
+    with pytest.raises(AuditError, match=r"claim rounds_completed: 4, but the log holds 3"):
+        check_result_claims(fake_result(store, rounds_completed=4), recs, [], {})
+    out = check_result_claims(fake_result(store, final_metrics={"loss": 0.1}, rounds_completed=0,
+                                          model_sha256=recs[0].model_sha256), recs[:1], [], {})
+    assert "final_metrics" in out.unchecked and "final_metrics" not in out.checked
 
 
 def test_a_privacy_field_the_recomputation_does_not_have_is_refused(sim_copy: Path) -> None:
@@ -249,7 +268,7 @@ def test_result_deleted_and_commit_pointer_nulled_is_refused(tmp_path: Path,
         store.commit_round(round_=1, record_fields={
             "session_id": "ab", "aggregation": "plain", "participants": ["a", "b"],
             "survivors": ["a", "b"]}, model=b"m1", ledger_lines=[], metrics={"loss": 1.0})
-        store.finish({"final_metrics": {"loss": 1.0}})
+        store.finish(fake_result(store))
     assert verify_run_dir(d).has_result
     os.unlink(d / "result.json")
     rewrite_commit(d, None, result_sha256=None)  # no key: the old signature stays
@@ -386,7 +405,8 @@ def test_deployment_run_verifies_pinned_by_its_manifest(
     assert "final_metrics" in doc["claims_checked"]
     # read-only without the key; a resumed server passes its own key
     with pytest.raises(StateError, match="read-only"):
-        RunStore.open(run_dir).finish({})
+        read_only = RunStore.open(run_dir)
+        read_only.finish(fake_result(read_only))
 
 
 def test_deployment_resigned_with_another_key_fails_against_the_manifest(

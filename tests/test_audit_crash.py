@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from audit_helpers import create_run, make_run, round_inputs, snapshot
+from audit_helpers import create_run, fake_result, make_run, round_inputs, snapshot
 
 import securefl.audit.layout as layout
 import securefl.audit.store as store_mod
@@ -24,7 +24,6 @@ from securefl.audit.verify import verify_run_dir
 from securefl.errors import AuditError, StateError
 
 ROUNDS = 4
-RESULT = {"accuracy": 0.81, "rounds": ROUNDS}
 
 
 class Crash(Exception):
@@ -84,7 +83,7 @@ def _finish_run(d: Path) -> None:
     store = RunStore.open(d)
     for r in range(store.last_round + 1, ROUNDS + 1):
         store.commit_round(**round_inputs(r))
-    store.finish(RESULT)
+    store.finish(fake_result(store))
 
 
 @pytest.mark.parametrize("round_", [1, 3, ROUNDS])
@@ -123,7 +122,7 @@ def test_crash_at_every_write_of_commit_round(tmp_path: Path, reference: dict[st
 
 def test_crash_at_every_write_of_finish(tmp_path: Path, reference: dict[str, bytes]) -> None:
     def work(s: RunStore) -> None:
-        s.finish(RESULT)
+        s.finish(fake_result(s))
 
     n_writes = _count_writes(tmp_path, work, ROUNDS)
     assert n_writes == 2  # result.json, COMMIT
@@ -142,7 +141,7 @@ def test_crash_at_every_write_of_finish(tmp_path: Path, reference: dict[str, byt
             report = verify_run_dir(d)
             assert report.has_result == (at == n_writes and not torn)
             if not report.has_result:
-                reopened.finish(RESULT)
+                reopened.finish(fake_result(reopened))
             assert snapshot(d) == reference
 
 

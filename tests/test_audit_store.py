@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from audit_helpers import CONFIG, ORIGIN, create_run, make_run, round_inputs, server_key
+from audit_helpers import (
+    CONFIG,
+    ORIGIN,
+    create_run,
+    fake_result,
+    make_run,
+    round_inputs,
+    server_key,
+)
 
 from securefl.audit.note import NoteVerifier
 from securefl.audit.store import RunStore, prove, show, verify_proof, verify_run_dir
@@ -114,7 +122,7 @@ def test_run_without_key_file(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="read-only"):
         read_only.commit_round(**round_inputs(2))
     with pytest.raises(StateError, match="read-only"):
-        read_only.finish({})
+        read_only.finish(fake_result(read_only))
     with pytest.raises(AuditError, match="does not match"):
         RunStore.open(d, server_key=server_key(b"someone else"))
     assert RunStore.open(d, server_key=server_key()).last_round == 1

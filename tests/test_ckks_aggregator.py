@@ -260,22 +260,20 @@ def test_run_output_states_the_ckks_trust_assumption():
     """`securefl run --aggregation ckks` prints one line with the mode's trust assumption (every
     bank encrypts honestly; one deviating bank may extract the key); other modes do not."""
     from securefl.cli.run import format_result
+    from securefl.result import RunResult
 
-    class _Result:
-        def __init__(self, aggregation: str) -> None:
-            self.aggregation = aggregation
-            self.config = {"task": "classification"}
+    def _result(aggregation: str) -> RunResult:
+        return RunResult(
+            securefl_version="0", transport="in-process", session_id="00", aggregation=aggregation,
+            insecure=False, dp=False, task="classification", manifest_sha256=None, run_dir="r",
+            rounds_completed=1, final_metrics={}, history=[], baselines={}, privacy={},
+            model_sha256="0" * 64, seconds=1.0, stopped_early=None, round_trips=None,
+            round_trips_per_round=None, trips=None, refused={})
 
-        def to_dict(self) -> dict[str, object]:
-            return {"rounds_completed": 1, "task": "classification",
-                    "aggregation": self.aggregation, "insecure": False, "dp": False,
-                    "run_dir": "r", "stopped_early": None, "final_metrics": {},
-                    "baselines": {}, "privacy": {}, "model_sha256": "0" * 64, "seconds": 1.0}
-
-    lines = format_result(_Result("ckks")).splitlines()  # type: ignore[arg-type]
+    lines = format_result(_result("ckks")).splitlines()
     trust = [line for line in lines if line.startswith("trust: ")]
     assert len(trust) == 1
     assert "EVERY bank encrypts honestly" in trust[0] and "use secagg" in trust[0]
     assert "fresh per round" in trust[0]
     assert not any(line.startswith("trust: ")
-                   for line in format_result(_Result("secagg")).splitlines())  # type: ignore[arg-type]
+                   for line in format_result(_result("secagg")).splitlines())

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from deploy_helpers import KEY_HOLDER, Fed, final_weights, make_federation, write_key
+from result_helpers import check_result_json
 
 from securefl.crypto.signing import SigningKey
 from securefl.deploy.ckks import KeyHolderNode, public_context
@@ -95,6 +96,7 @@ def test_ckks_deployment_matches_simulation_verifies_and_refuses_a_replay(
     # request per round (round 0's carried the key request of round 1)
     assert [e.stage for e, _ in kh.seen] == ["hello", "key", "decrypt", "decrypt"]
     verify_run_dir(tmp_path / "run")
+    assert check_result_json(tmp_path / "run") == res  # the one result.json schema
     rec = RunStore.open(tmp_path / "run").records[1]
     assert rec.aggregation == "ckks" and rec.status == "committed"
     assert sorted(rec.survivors) == sorted(fed.banks) and rec.dropouts == {}

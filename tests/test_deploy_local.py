@@ -13,6 +13,7 @@ import pytest
 from deploy_helpers import SERVER, Fed, forget_round0, make_federation, write_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from result_helpers import check_result_json
 
 from securefl.crypto.signing import SigningKey
 from securefl.deploy.client import BankNode
@@ -51,7 +52,13 @@ def test_matches_simulation_with_a_dropout_and_verifies(fed: Fed, tmp_path: Path
     rec = RunStore.open(tmp_path / "run").records[1]
     assert rec.dropouts == {fed.banks[2]: "masked"}
     assert sorted(rec.survivors) == sorted(fed.banks[:2])
-    verify_run_dir(tmp_path / "run")
+    checked = verify_run_dir(tmp_path / "run").claims_checked
+    # result.json: the one schema (protocols/audit/result.schema.json), and what run() returned;
+    # with DP the deployment states its privacy report too, re-derived from the ledger
+    assert check_result_json(tmp_path / "run") == res and res["dp"] and res["privacy"]
+    assert {"final_metrics", "history", "rounds_completed", "privacy"} <= set(checked)
+    assert (res["transport"], res["manifest_sha256"], res["round_trips"]) == (
+        "flower", srv.fed.digest, len(res["trips"]))
     report = (tmp_path / "run" / "report.html").read_text()  # written by the server (issue 20)
     assert 'data-status="verified' in report and 'alt="participation per round"' in report
 
@@ -1168,7 +1175,8 @@ def test_a_bank_over_its_round_byte_limit_is_refused(fed: Fed, tmp_path: Path,
     # its first copy is in the masked sum and it signs nothing more: the round aborts, typed;
     # the round engine scores the unchanged model on the server's test file, as securefl run does
     [h] = res["history"]
-    assert (h["round"], h["aborted"], sorted(h)) == (1, "SFL310", ["aborted", "metrics", "round"])
+    assert (h["round"], h["aborted"], h["epsilon"]) == (1, "SFL310", {})
+    assert bank in h["participants"] and h["error"]  # error: the message, aborted: its code
     assert 0.0 < h["metrics"]["roc_auc"] < 1.0
 
 

@@ -76,7 +76,8 @@ def test_each_outcome_is_settled_before_the_transport_goes_on() -> None:
     assert reports == history and [h.round for h in history] == [1, 2, 3]
     # an aborted round keeps the last metrics; released rounds are scored once each
     assert [h.metrics for h in history] == [{"score": 0.0}, {"score": 0.0}, {"score": 1.0}]
-    assert history[1].aborted == "round 2: too few survivors" and history[1].error is not None
+    assert history[1].aborted == AggregationAbortedError.code
+    assert history[1].error == "round 2: too few survivors"
     assert history[1].survivors == ("a",) and history[1].dropouts == {"b": "masked"}
     assert [h.aborted is None for h in history] == [True, False, True]
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from result_helpers import check_result_json
 
 from securefl.federation import ProtocolParams
 from tests.flower_mod_helpers import (
@@ -152,6 +153,11 @@ def test_dp_on_noise_within_the_bound_it_implies_and_ledgered(tmp_path: Path) ->
     assert abs(float(np.mean(err_sum))) < 0.2 * z * CLIP
     report = verify_run_dir(run_dir)
     assert "privacy" in report.claims_checked  # result.json's epsilons re-derived from the ledger
+    result = check_result_json(run_dir)  # the one result.json schema
+    assert (result["transport"], result["task"], result["seconds"], result["trips"]) == (
+        "flower-app", None, None, None)
+    assert {"final_metrics", "model_sha256", "history", "rounds_completed"} <= set(
+        report.claims_checked)
     entries = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines()]
     client = [e for e in entries if e["level"] == "client"]
     record = [e for e in entries if e["level"] == "record"]
@@ -964,6 +970,7 @@ def test_ckks_dp_on_noise_within_the_bound_it_implies_and_ledgered(tmp_path: Pat
     assert abs(float(np.mean(err_sum))) < 0.2 * z * CLIP
     report = verify_run_dir(run_dir)
     assert "privacy" in report.claims_checked
+    assert check_result_json(run_dir)["aggregation"] == "ckks"  # the one result.json schema
     entries = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines()]
     client = [e for e in entries if e["level"] == "client"]
     record = [e for e in entries if e["level"] == "record"]

@@ -48,7 +48,7 @@ def test_dropouts_and_aborted_rounds_are_recorded(tmp_path: Path) -> None:
     result = run(cfg)
     aborted = [h for h in result.history if h.aborted]
     dropped = [h for h in result.history if h.dropouts and not h.aborted]
-    assert aborted and dropped, [h.to_dict() for h in result.history]
+    assert aborted and dropped, result.to_dict()["history"]
     report = verify_run_dir(tmp_path / "d")
     assert report.rounds_aborted == len(aborted)
     # the ledger records the survivors actually present in each completed round

@@ -339,7 +339,7 @@ def test_train_banks_give_up_on_a_server_that_does_not_answer(tmp_path: Path) ->
         securefl.RunConfig(rounds=1, batch_size=16, out=str(tmp_path / "run"), threshold=3,
                            dp=False, aggregation="secagg"),
         deadlines=securefl.Deadlines(bank_wait_s=5.0, clock=_Ticking(10.0)))
-    assert result.rounds_completed == 0 and "missed a deadline" in str(result.history[0].aborted)
+    assert result.rounds_completed == 0 and "missed a deadline" in str(result.history[0].error)
     verify_run_dir(tmp_path / "run")
     (rec,) = _records(tmp_path / "run")
     assert rec["status"] == "aborted" and rec["error_code"] == "SFL311"
@@ -680,7 +680,7 @@ def test_train_ckks_too_many_late_banks_abort_with_sfl311(
     clock = FakeClock()
     net = _Net(clock, late={0: "reveal", 3: "reveal"})
     result = _ckks_train(tmp_path, monkeypatch, Deadlines(stage_s=5.0, clock=clock), net, dp=True)
-    assert result.rounds_completed == 0 and "missed a deadline" in str(result.history[0].aborted)
+    assert result.rounds_completed == 0 and "missed a deadline" in str(result.history[0].error)
     assert not any(stg == "release" for stg, _, _ in net.log)
     (rec,) = _records(tmp_path / "run")
     assert rec["status"] == "aborted" and rec["error_code"] == "SFL311"
@@ -701,7 +701,7 @@ def test_train_ckks_an_unanswering_server_or_key_holder_aborts_the_round(
     Either way the round aborts with DeadlineError (SFL311 in the record) and the run directory
     verifies."""
     result = _ckks_train(tmp_path, monkeypatch, Deadlines(**{wait: 5.0}, clock=_Ticking(10.0)))
-    assert result.rounds_completed == 0 and reason in str(result.history[0].aborted)
+    assert result.rounds_completed == 0 and reason in str(result.history[0].error)
     (rec,) = _records(tmp_path / "run")
     assert rec["status"] == "aborted" and rec["error_code"] == "SFL311"
     _audit_verify(tmp_path / "run")

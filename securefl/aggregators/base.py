@@ -30,11 +30,13 @@ if TYPE_CHECKING:
     from securefl.crypto.signing import SigningKey
     from securefl.protocol.plan import RoundSpec
 
-__all__ = ["AggregateOutcome", "Aggregator", "RandomFactory", "check_inputs",
+__all__ = ["AggregateOutcome", "Aggregator", "Inputs", "RandomFactory", "check_inputs",
            "participant_identities"]
 
 #: returns the randomness source for (client id, purpose), e.g. (2, "noise") or (2, "rounding").
 RandomFactory = Callable[[int, str], "RandomSource"]
+#: a round's inputs: participant id -> its clipped, weighted float update
+Inputs = Mapping[int, "NDArray[np.float64]"]
 
 
 @dataclass
@@ -97,17 +99,19 @@ class Aggregator(ABC):
         survivors (SecAgg+ overrides it); None: one sum of every survivor is released."""
         return None
 
-    @abstractmethod
-    def aggregate(
-        self,
-        spec: RoundSpec,
-        inputs: Mapping[int, NDArray[np.float64]],
-        *,
-        random: RandomFactory,
-        dropouts: Mapping[int, str] | None = None,
-    ) -> AggregateOutcome:
+    def aggregate(self, spec: RoundSpec, inputs: Inputs, *, random: RandomFactory,
+                  dropouts: Mapping[int, str] | None = None) -> AggregateOutcome:
         """Run one round. ``dropouts`` maps client id -> stage name at which it disappears.
 
-        Raises :class:`~securefl.errors.AggregationAbortedError` if too few survive; nothing is
-        released then.
+        The inputs are checked here, once for every mode (:func:`check_inputs`); the mode's
+        protocol is :meth:`run_round`. Raises :class:`~securefl.errors.AggregationAbortedError` if
+        too few survive; nothing is released then.
         """
+        return self.run_round(spec, inputs, check_inputs(spec, inputs), random=random,
+                              dropouts=dict(dropouts or {}))
+
+    @abstractmethod
+    def run_round(self, spec: RoundSpec, inputs: Inputs, dim: int, *, random: RandomFactory,
+                  dropouts: dict[int, str]) -> AggregateOutcome:
+        """The mode's round over the checked inputs of dimension ``dim``; ``dropouts`` is the
+        caller's map, copied (the mode may extend it)."""

@@ -48,8 +48,8 @@ import numpy as np
 from securefl.aggregators.base import (
     AggregateOutcome,
     Aggregator,
+    Inputs,
     RandomFactory,
-    check_inputs,
     participant_identities,
 )
 from securefl.crypto.secret import Secret
@@ -85,8 +85,6 @@ from securefl.transport.inprocess_ckks import KEY_HOLDER, SERVER, CKKSLink
 from securefl.transport.policy import Deadlines, deadline_abort
 
 if TYPE_CHECKING:
-    from numpy.typing import NDArray
-
     from securefl.protocol.plan import RoundSpec
     from securefl.transport.inprocess import Tamper
 
@@ -171,16 +169,8 @@ class CKKSAggregator(Aggregator):
         self._holder.server_key = server_key
         return self._holder
 
-    def aggregate(
-        self,
-        spec: RoundSpec,
-        inputs: Mapping[int, NDArray[np.float64]],
-        *,
-        random: RandomFactory,
-        dropouts: Mapping[int, str] | None = None,
-    ) -> AggregateOutcome:
-        dropouts = dict(dropouts or {})
-        dim = check_inputs(spec, inputs)
+    def run_round(self, spec: RoundSpec, inputs: Inputs, dim: int, *, random: RandomFactory,
+                  dropouts: dict[int, str]) -> AggregateOutcome:
         ids = sorted(spec.participants)
         keys = self._identities(spec, random)
         federation = {cid: k.verify_key for cid, k in keys.items()}

@@ -4,18 +4,15 @@ comparison only."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from securefl.aggregators.base import AggregateOutcome, Aggregator, RandomFactory, check_inputs
+from securefl.aggregators.base import AggregateOutcome, Aggregator, Inputs, RandomFactory
 from securefl.dp.noise import gaussian
 from securefl.errors import AggregationAbortedError
 
 if TYPE_CHECKING:
-    from numpy.typing import NDArray
-
     from securefl.protocol.plan import RoundSpec
 
 __all__ = ["PlainAggregator"]
@@ -27,16 +24,8 @@ class PlainAggregator(Aggregator):
     name = "plain"
     secure = False
 
-    def aggregate(
-        self,
-        spec: RoundSpec,
-        inputs: Mapping[int, NDArray[np.float64]],
-        *,
-        random: RandomFactory,
-        dropouts: Mapping[int, str] | None = None,
-    ) -> AggregateOutcome:
-        dropouts = dict(dropouts or {})
-        dim = check_inputs(spec, inputs)
+    def run_round(self, spec: RoundSpec, inputs: Inputs, dim: int, *, random: RandomFactory,
+                  dropouts: dict[int, str]) -> AggregateOutcome:
         survivors = tuple(c for c in spec.participants if c not in dropouts)
         if len(survivors) < spec.threshold:
             raise AggregationAbortedError(

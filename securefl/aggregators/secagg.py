@@ -20,8 +20,8 @@ import numpy as np
 from securefl.aggregators.base import (
     AggregateOutcome,
     Aggregator,
+    Inputs,
     RandomFactory,
-    check_inputs,
     participant_identities,
 )
 from securefl.crypto.signing import SigningKey
@@ -95,16 +95,8 @@ class SecAggAggregator(SecAggEncoder, Aggregator):
     def _identities(self, spec: RoundSpec, random: RandomFactory) -> dict[int, SigningKey]:
         return participant_identities(spec, random, self.identities)
 
-    def aggregate(
-        self,
-        spec: RoundSpec,
-        inputs: Mapping[int, NDArray[np.float64]],
-        *,
-        random: RandomFactory,
-        dropouts: Mapping[int, str] | None = None,
-    ) -> SecAggOutcome:
-        dropouts = dict(dropouts or {})
-        dim = check_inputs(spec, inputs)
+    def run_round(self, spec: RoundSpec, inputs: Inputs, dim: int, *, random: RandomFactory,
+                  dropouts: dict[int, str]) -> SecAggOutcome:
         self.check_noise_plan(spec)
         enc = self.encoding_for(spec, dim)
         cfg = SecAggConfig.build(

@@ -8,9 +8,11 @@ result.json that disagrees (protocols/audit/spec.md, "Claims"):
 - ``final_metrics``: equal to the metrics of the last round's record (exactly: both are the same
   floats in shortest round-trip JSON);
 - ``model_sha256``: the last round's model;
-- ``history[i]``: its ``metrics`` equal round ``round``'s record and its ``aborted`` matches the
-  record's status; its running ``epsilon`` (``client``, ``record(max bank)``) equal to RDP
-  accounting of the ledger up to that round (:class:`securefl.dp.budget.RunningAccount`);
+- ``history[i]``: its ``metrics`` equal round ``round``'s record and its ``aborted`` is the
+  record's error code (None for a committed round); its running ``epsilon`` (``client``,
+  ``record(max bank)``) equal to RDP accounting of the ledger up to that round
+  (:class:`securefl.dp.budget.RunningAccount`);
+- ``rounds_completed``: the number of committed (not aborted) rounds in the log;
 - ``privacy``: equal to :func:`securefl.dp.report.privacy_report` recomputed from the ledger at
   config.json's ``delta`` with the claimed accountant. Numbers are compared with a relative
   tolerance of 1e-9 (float formatting and summation order only); everything else exactly.
@@ -21,8 +23,10 @@ the same way, bit for bit. ``baselines`` (the centralized and bank-alone models'
 be re-derived: the log records no baseline and the run directory holds no data; they are returned as
 not checkable (signed by the log key with result.json, nothing more).
 
-A claim that is absent is not made, so it is not checked; the names of the claims checked and of
-those present but not checkable are returned for the report.
+result.json has one schema (securefl.result, protocols/audit/result.schema.json), decoded before
+these checks: every field is present, and an empty one (``privacy`` without DP, ``history`` with no
+round, ``baselines``) makes no claim. The names of the claims checked and of those present but not
+checkable are returned for the report.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securefl.audit import layout as L
 from securefl.audit.records import LeafRecord, RoundRecord
 from securefl.errors import AuditError, SecureFLError
+
+if TYPE_CHECKING:
+    from securefl.result import RoundReport, RunResult
 
 __all__ = ["ClaimsChecked", "check_result_claims"]
 
@@ -111,27 +118,23 @@ def _round_lines(records: Sequence[LeafRecord]) -> dict[int, int]:
     return out
 
 
-def _history(result: dict[str, Any], records: Sequence[LeafRecord], ledger_lines: list[bytes],
+def _history(result: RunResult, records: Sequence[LeafRecord], ledger_lines: list[bytes],
              config: Any, out: ClaimsChecked) -> None:
-    hist = result["history"]
-    if not isinstance(hist, list):
-        raise _fail("history", "is not a list")
     by_round = {r.round: r for r in records[1:] if isinstance(r, RoundRecord)}
-    running: list[tuple[int, dict[str, Any]]] = []
-    for i, h in enumerate(hist):
+    running: list[tuple[int, RoundReport]] = []
+    for i, h in enumerate(result.history):
         claim = f"history[{i}]"
-        if not isinstance(h, dict) or not isinstance(h.get("round"), int) or (
-                h["round"] not in by_round):
+        rec = by_round.get(h.round)
+        if rec is None:
             raise _fail(claim, "names no committed round")
-        rec = by_round[h["round"]]
-        if "metrics" in h:
-            _same_metrics(f"{claim}.metrics", h["metrics"], rec.metrics, f"round {rec.round}'s record")
-        aborted = h.get("aborted")
-        if (aborted is not None) != (rec.status == "aborted"):
+        _same_metrics(f"{claim}.metrics", h.metrics, rec.metrics, f"round {rec.round}'s record")
+        if (h.aborted is not None) != (rec.status == "aborted"):
             raise _fail(f"{claim}.aborted", f"round {rec.round} is {rec.status} in the log")
-        eps = h.get("epsilon")
-        if isinstance(eps, dict) and eps:
-            if not set(eps) <= _RUNNING_KEYS:
+        if h.aborted is not None and h.aborted != rec.error_code:
+            raise _fail(f"{claim}.aborted", f"{h.aborted}, but round {rec.round}'s record says "
+                        f"{rec.error_code}")
+        if h.epsilon:
+            if not set(h.epsilon) <= _RUNNING_KEYS:
                 out.unchecked.append(f"{claim}.epsilon")
             else:
                 running.append((i, h))
@@ -139,9 +142,14 @@ def _history(result: dict[str, Any], records: Sequence[LeafRecord], ledger_lines
     if running:
         _running_epsilons(running, records, ledger_lines, config)
         out.checked.append("history.epsilon")
+    completed = sum(1 for r in by_round.values() if r.status != "aborted")
+    if result.rounds_completed != completed:
+        raise _fail("rounds_completed", f"{result.rounds_completed}, but the log holds "
+                    f"{completed} committed rounds")
+    out.checked.append("rounds_completed")
 
 
-def _running_epsilons(running: list[tuple[int, dict[str, Any]]], records: Sequence[LeafRecord],
+def _running_epsilons(running: list[tuple[int, RoundReport]], records: Sequence[LeafRecord],
                       ledger_lines: list[bytes], config: Any) -> None:
     from securefl.dp.budget import RunningAccount
     from securefl.dp.ledger import Ledger
@@ -150,8 +158,8 @@ def _running_epsilons(running: list[tuple[int, dict[str, Any]]], records: Sequen
     upto = _round_lines(records)
     entries = _ledger(ledger_lines).entries
     grown, account = Ledger(), RunningAccount()
-    for i, h in sorted(running, key=lambda x: int(x[1]["round"])):
-        grown.append(entries[len(grown) : upto[h["round"]]])
+    for i, h in sorted(running, key=lambda x: x[1].round):
+        grown.append(entries[len(grown) : upto[h.round]])
         account.update(grown)
         want: dict[str, float] = {}
         if account.entries("client"):
@@ -160,7 +168,7 @@ def _running_epsilons(running: list[tuple[int, dict[str, Any]]], records: Sequen
         if banks:
             want["record(max bank)"] = max(account.epsilon(delta, level="record", party=p)
                                            for p in banks)
-        _close(f"history[{i}].epsilon", h["epsilon"], want)
+        _close(f"history[{i}].epsilon", dict(h.epsilon), want)
 
 
 def _ledger(ledger_lines: list[bytes]) -> Any:
@@ -186,32 +194,27 @@ def _privacy(claimed: Any, ledger_lines: list[bytes], config: Any) -> None:
     _close("privacy", claimed, want)
 
 
-def check_result_claims(result: Any, records: Sequence[LeafRecord], ledger_lines: list[bytes],
-                        config: Any) -> ClaimsChecked:
-    """Check result.json's ``result`` object against the verified ``records`` (leaf 0 first),
-    ledger lines and parsed config.json; raise :class:`AuditError` naming the first false claim."""
+def check_result_claims(result: RunResult, records: Sequence[LeafRecord],
+                        ledger_lines: list[bytes], config: Any) -> ClaimsChecked:
+    """Check result.json's ``result`` (decoded with securefl.result.decode_result) against the
+    verified ``records`` (leaf 0 first), ledger lines and parsed config.json; raise
+    :class:`AuditError` naming the first false claim."""
     out = ClaimsChecked()
-    if not isinstance(result, dict):
-        raise _fail("result", "is not an object")
     last = records[-1]
-    if "final_metrics" in result:
-        if isinstance(last, RoundRecord):
-            _same_metrics("final_metrics", result["final_metrics"], last.metrics,
-                          f"round {last.round}'s record")
-            out.checked.append("final_metrics")
-        else:
-            out.unchecked.append("final_metrics")  # no round committed: nothing recorded them
-    if "model_sha256" in result:
-        want = last.model_sha256_after if isinstance(last, RoundRecord) else last.model_sha256
-        if result["model_sha256"] != want:
-            raise _fail("model_sha256", "is not the last round's model")
-        out.checked.append("model_sha256")
-    if "history" in result:
-        _history(result, records, ledger_lines, config, out)
-    if result.get("baselines"):
+    if isinstance(last, RoundRecord):
+        _same_metrics("final_metrics", result.final_metrics, last.metrics,
+                      f"round {last.round}'s record")
+        out.checked.append("final_metrics")
+    else:
+        out.unchecked.append("final_metrics")  # no round committed: nothing recorded them
+    want = last.model_sha256_after if isinstance(last, RoundRecord) else last.model_sha256
+    if result.model_sha256 != want:
+        raise _fail("model_sha256", "is not the last round's model")
+    out.checked.append("model_sha256")
+    _history(result, records, ledger_lines, config, out)
+    if result.baselines:
         out.unchecked.append("baselines")  # nothing in the log or ledger to re-derive them from
-    privacy = result.get("privacy")
-    if privacy:  # {} when DP is off: no claim
-        _privacy(privacy, ledger_lines, config)
+    if result.privacy:  # {} when DP is off: no claim
+        _privacy(result.privacy, ledger_lines, config)
         out.checked.append("privacy")
     return out

@@ -20,7 +20,17 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from securefl.errors import AuditError
-from securefl.schema import json_schema
+from securefl.schema import (
+    ClientId,
+    ErrorCode,
+    MetricName,
+    Mode,
+    SessionId,
+    Sha256Hex,
+    Stage,
+    Version,
+    json_schema,
+)
 
 __all__ = [
     "LEAF_TYPE",
@@ -37,22 +47,6 @@ __all__ = [
 
 RECORD_VERSION: Literal[1] = 1
 
-Sha256Hex = Annotated[
-    str, msgspec.Meta(pattern="^[0-9a-f]{64}$", description="lowercase hex SHA-256")
-]
-ClientId = Annotated[
-    str, msgspec.Meta(pattern="^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$", description="client id")
-]
-SessionId = Annotated[
-    str, msgspec.Meta(pattern="^([0-9a-f]{2}){1,64}$", description="lowercase hex")
-]
-Stage = Annotated[str, msgspec.Meta(pattern="^[a-z][a-z0-9_]{0,63}$", description="protocol stage")]
-Mode = Annotated[
-    str, msgspec.Meta(pattern="^[a-z][a-z0-9+_-]{0,31}$", description="aggregation mode")
-]
-MetricName = Annotated[str, msgspec.Meta(pattern="^[A-Za-z][A-Za-z0-9_./-]{0,63}$")]
-Version = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern="^[0-9A-Za-z.+_-]+$")]
-ErrorCode = Annotated[str, msgspec.Meta(pattern="^SFL[0-9]{3}$")]
 
 
 class GenesisRecord(

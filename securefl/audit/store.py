@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -41,6 +41,9 @@ from securefl.audit.verify import VerifyReport, prove, show, verify_proof, verif
 from securefl.crypto.signing import SigningKey
 from securefl.errors import AuditError, StateError
 from securefl.storage import atomic_write_bytes, fsync_dir
+
+if TYPE_CHECKING:
+    from securefl.result import RunResult
 
 __all__ = ["RunStore", "VerifyReport", "prove", "recover", "show", "verify_proof", "verify_run_dir"]
 
@@ -289,13 +292,12 @@ class RunStore:
         self._broken = False
         return self.log.checkpoint()
 
-    def finish(self, result: dict[str, Any]) -> None:
-        """Write result.json atomically: ``result`` bound to the last record and the log root,
-        signed by the server key; then record its sha256 in COMMIT, signed too (the commit point).
-        A later commit_round removes it. The claims verify_run_dir checks (securefl.audit.claims):
-        ``final_metrics`` equal to the last round's recorded metrics, ``privacy`` equal to
-        privacy_report recomputed from the ledger, ``model_sha256``, ``rounds_completed`` and each
-        ``history`` entry's round, metrics and epsilon, whenever they are present."""
+    def finish(self, result: RunResult) -> None:
+        """Write result.json atomically: ``result`` (the one result type every driver builds,
+        securefl.result, protocols/audit/result.schema.json) bound to the last record and the log
+        root, signed by the server key; then record its sha256 in COMMIT, signed too (the commit
+        point). A later commit_round removes it. The claims verify_run_dir re-derives are listed
+        in securefl.audit.claims."""
         key = self._check_writable()
         body = {
             "version": 1,
@@ -303,7 +305,7 @@ class RunStore:
             "model_sha256": self.model_sha256(self.last_round),
             "tree_size": self.log.size,
             "root_hash": b64encode(self.log.tree.root()),
-            "result": result,
+            "result": result.to_dict(),
         }
         body_bytes = canonical_json(body)
         sig = key.sign(L.RESULT_DOMAIN + body_bytes)

@@ -35,6 +35,7 @@ from securefl.audit.note import (
 from securefl.audit.records import GenesisRecord, LeafRecord, RoundRecord, decode_leaf
 from securefl.crypto.signing import SigningKey, VerifyKey
 from securefl.errors import AuditError, CryptoError, SecureFLError
+from securefl.result import RunResult, decode_result
 
 __all__ = ["VerifyReport", "prove", "show", "verify_proof", "verify_run_dir"]
 
@@ -315,8 +316,9 @@ def verify_run_dir(run_dir: Path, *, pubkey: VerifyKey | None = None,
 
 
 def _check_result(run_dir: Path, server: NoteVerifier, last_round: int, model_sha: str,
-                  final: Checkpoint) -> Any:
-    """Check result.json's signature and binding; return its ``result`` object (the claims)."""
+                  final: Checkpoint) -> RunResult:
+    """Check result.json's signature and binding; return its ``result`` object (the claims),
+    decoded with the one result schema (securefl.result.decode_result)."""
     doc = L.decode_json_canonical(L.read_bytes(run_dir, L.RESULT), L.RESULT)
     if not isinstance(doc, dict) or set(doc) != {"body", "signature"}:
         raise AuditError(f"{L.RESULT}: unexpected structure")
@@ -337,7 +339,7 @@ def _check_result(run_dir: Path, server: NoteVerifier, last_round: int, model_sh
     for k, v in want.items():
         if body[k] != v or type(body[k]) is not type(v):
             raise AuditError(f"{L.RESULT}: {k} does not match the last record")
-    return body["result"]
+    return decode_result(body["result"])
 
 
 # ---------------------------------------------------------------------- proofs for third parties

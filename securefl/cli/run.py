@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from securefl.config import FIELD_TYPES, resolve
 
 if TYPE_CHECKING:
-    from securefl.runtime import RoundReport, RunResult
+    from securefl.result import RoundReport, RunResult
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -33,13 +34,13 @@ def run_command(args: argparse.Namespace) -> int:
         result = _run_with_progress(config, label, resume=args.resume)
     else:
         result = run(config, resume=args.resume)
-    report = _write_report(result.run_dir) if args.report else None
+    report = _write_report(Path(result.run_dir)) if args.report else None
     if args.json:
         from securefl.cli.main import print_json
 
         print_json(result.to_dict())
     else:
-        print(format_result(result))
+        print(format_result(result, configured_task=config.task))
         if report is not None:
             print(f"report: {report}  (securefl report RUN_DIR renders it again)")
     return 0
@@ -98,7 +99,7 @@ def _round_line(rep: RoundReport, rounds: int) -> str:
             else f"RMSE {m.get('rmse', float('nan')):.4g}")
     eps = "".join(f"  eps[{k}] {v:.4g}" for k, v in rep.epsilon.items())
     drop = f"  dropped {len(rep.dropouts)}" if rep.dropouts else ""
-    aborted = f"  ABORTED: {rep.aborted}" if rep.aborted else ""
+    aborted = f"  ABORTED: {rep.aborted} {rep.error or ''}".rstrip() if rep.aborted else ""
     return f"round {rep.round}/{rounds}  {main}{eps}{drop}{aborted}  ({rep.seconds:.1f} s)"
 
 
@@ -159,23 +160,24 @@ def _metrics_text(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in headline_metrics(metrics).items())
 
 
-def format_result(result: RunResult) -> str:
-    d = result.to_dict()
-    how = "inferred from the label" if result.config.get("task") == "auto" else "as configured"
-    lines = [f"securefl run: {d['rounds_completed']} rounds, task={d['task']} ({how}), "
-             f"aggregation={d['aggregation']}"
-             + (" (INSECURE: the server saw every update)" if d["insecure"] else "")
-             + (", DP on" if d["dp"] else ", NO DP (comparison only)"),
-             f"run directory: {d['run_dir']}"]
-    if d["aggregation"] == "ckks":
+def format_result(result: RunResult, *, configured_task: str | None = None) -> str:
+    """The run's result for a terminal; ``configured_task`` is the task the configuration asked
+    for (``auto``: inferred from the label)."""
+    how = "inferred from the label" if configured_task == "auto" else "as configured"
+    lines = [f"securefl run: {result.rounds_completed} rounds, task={result.task} ({how}), "
+             f"aggregation={result.aggregation}"
+             + (" (INSECURE: the server saw every update)" if result.insecure else "")
+             + (", DP on" if result.dp else ", NO DP (comparison only)"),
+             f"run directory: {result.run_dir}"]
+    if result.aggregation == "ckks":
         from securefl.aggregators.ckks import TRUST_ASSUMPTION
 
         lines.append(f"trust: {TRUST_ASSUMPTION}")
-    if d["stopped_early"]:
-        lines.append(f"stopped early: {d['stopped_early']}")
-    lines.append("global test: " + _metrics_text(d["final_metrics"]))
-    for name, metrics in d["baselines"].items():
+    if result.stopped_early:
+        lines.append(f"stopped early: {result.stopped_early}")
+    lines.append("global test: " + _metrics_text(result.final_metrics))
+    for name, metrics in result.baselines.items():
         lines.append(f"baseline {name}: " + _metrics_text(metrics))
-    lines += _privacy_lines(d["privacy"])
-    lines.append(f"model sha256: {d['model_sha256']}  ({d['seconds']:.1f} s)")
+    lines += _privacy_lines(result.privacy)
+    lines.append(f"model sha256: {result.model_sha256}  ({result.seconds or 0.0:.1f} s)")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from securefl import __version__
@@ -72,7 +73,7 @@ from securefl.deploy.messages import (
     decode_client,
 )
 from securefl.dp.ledger import Ledger
-from securefl.engine import RoundEngine, RoundOutcome, RoundReport
+from securefl.engine import RoundEngine, RoundOutcome
 from securefl.errors import (
     AggregationAbortedError,
     ByteLimitError,
@@ -93,6 +94,7 @@ from securefl.protocol.secagg import (
     plan_digest,
 )
 from securefl.protocol.secagg.limits import round_byte_limits
+from securefl.result import RunResult, Trip
 from securefl.transport.flower import Link, StageExchange
 from securefl.transport.policy import ByteMeter
 
@@ -275,7 +277,7 @@ class DeployServer:
             from securefl.runtime import stream_id_for
 
             self.sim_stream = stream_id_for(self.config)
-        self.trips: list[dict[str, Any]] = []
+        self.trips: list[Trip] = []
         self.refused: dict[str, str] = {}
         self._hello_digest = bytes(32)
         self._rc: RoundCommitter | None = None
@@ -285,20 +287,6 @@ class DeployServer:
         #: the round engine (securefl.engine): this server is its transport (:meth:`rounds`)
         self.engine = RoundEngine(lambda: self._committer(self._run_state()),
                                   evaluate=self._score, max_aborted=MAX_ATTEMPTS)
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """The rounds of the run so far, as result.json lists them (the engine's reports)."""
-        return [self._entry(h) for h in self.engine.history]
-
-    @staticmethod
-    def _entry(h: RoundReport) -> dict[str, Any]:
-        if h.aborted is not None:
-            return {"round": h.round, "aborted": h.error.code if h.error is not None
-                    else h.aborted, "metrics": h.metrics}
-        return {"round": h.round, "participants": list(h.participants),
-                "survivors": list(h.survivors), "dropouts": h.dropouts, "metrics": h.metrics,
-                "clipped": h.update_norms_clipped, "seconds": round(h.seconds, 3)}
 
     def _run_state(self) -> _Run:
         if self._rs is None:
@@ -328,13 +316,12 @@ class DeployServer:
                 log.error("malformed reply from %s: %s", name, err.code)
         for name, why in res.dropped.items():
             log.warning("round %d stage %s: %s dropped (%s)", round_, stage, name, why)
-        entry = {"round": round_, "stage": stage, "seconds": round(time.monotonic() - t0, 3),
-                 "sent": sorted(payloads), "replied": sorted(replies),
-                 "dropped": dict(res.dropped)}
+        entry = Trip(round=round_, stage=stage, seconds=round(time.monotonic() - t0, 3),
+                     sent=sorted(payloads), replied=sorted(replies), dropped=dict(res.dropped))
         self.trips.append(entry)
         if self.s.progress is not None:
             with self.s.progress.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry) + "\n")
+                fh.write(json.dumps(msgspec.to_builtins(entry)) + "\n")
         return replies
 
     def _feed(self, flight: _Flight, name: str, item: ProtocolItem) -> None:
@@ -556,7 +543,8 @@ class DeployServer:
         return total, res.survivors, dict(res.dropped_at)
 
     def run(self, link: Link, nodes: Mapping[str, int]) -> dict[str, Any]:
-        """The whole run; returns the result written to result.json."""
+        """The whole run; returns the result written to result.json (securefl.result.RunResult's
+        ``to_dict()``, protocols/audit/result.schema.json)."""
         import torch
 
         from securefl.fl.models import build_model
@@ -623,23 +611,28 @@ class DeployServer:
             self._resume(rs)
             self.engine.history = RoundEngine.resumed(rs.store)
         self.engine.run(self, rs.first_round, c.rounds)
-        store = rs.store
-        result = {
-            "securefl_version": __version__, "aggregation": fed.params.aggregation,
-            "transport": "flower", "session_id": self.session.hex(),
-            "manifest_sha256": fed.digest,
-            "rounds_completed": sum(1 for h in self.history if "aborted" not in h),
-            "final_metrics": self.history[-1]["metrics"] if self.history else {},
-            "model_sha256": store.model_sha256(store.last_round),
-            "round_trips": len(self.trips), "round_trips_per_round": self.trips_per_round,
-            "trips": self.trips, "refused": self.refused, "history": self.history,
-            "seconds": round(time.monotonic() - t_run, 3),
-        }
+        store, history = rs.store, self.engine.history
+        privacy: dict[str, Any] = {}
+        if c.dp:
+            from securefl.dp.report import privacy_report
+
+            privacy = privacy_report(rs.ledger, c.delta, "rdp")
+        result = RunResult(
+            securefl_version=__version__, transport="flower", session_id=self.session.hex(),
+            aggregation=fed.params.aggregation, insecure=False,
+            dp=c.dp, task=plan.task, manifest_sha256=fed.digest, run_dir=str(store.run_dir),
+            rounds_completed=sum(1 for h in history if h.aborted is None),
+            final_metrics=history[-1].metrics if history else {},
+            history=history, baselines={}, privacy=privacy,
+            model_sha256=store.model_sha256(store.last_round),
+            seconds=round(time.monotonic() - t_run, 3), stopped_early=self.engine.stopped,
+            round_trips=len(self.trips), round_trips_per_round=self.trips_per_round,
+            trips=self.trips, refused=self.refused)
         store.finish(result)
         from securefl.report import write_report  # the compliance report (issue 20)
 
         write_report(store.run_dir)
-        return result
+        return result.to_dict()
 
     # -- the rounds, per aggregation mode -------------------------------------------------------------
     def rounds(self, engine: RoundEngine, first: int, last: int) -> Iterator[RoundOutcome]:

@@ -749,20 +749,27 @@ class SecureFLWorkflow:
                               "workflow must see every round of the run")
 
     def _finish_if_last(self, s: _Session, r: int, context: Any) -> None:
-        """After the run's last round: result.json, signed and bound to the log."""
+        """After the run's last round: result.json (securefl.result.RunResult), signed and bound
+        to the log. The user's app owns the data and Flower's loop the rounds: no task, no run
+        time, and final metrics only when the engine evaluated them."""
         from securefl import __version__
         from securefl.dp.report import privacy_report
+        from securefl.result import RunResult
 
         if r != context.config.num_rounds:
             return
-        s.store.finish({
-            "privacy": privacy_report(s.ledger, self.delta, "rdp"),
-            "securefl_version": __version__, "aggregation": s.fed.params.aggregation,
-            "transport": FLOWER_APP, "session_id": s.session.hex(),
-            "manifest_sha256": s.fed.digest,
-            "rounds_completed": sum(1 for h in s.engine.history if h.aborted is None),
-            "model_sha256": s.store.model_sha256(s.store.last_round),
-        })
+        p, history = s.fed.params, s.engine.history
+        s.store.finish(RunResult(
+            securefl_version=__version__, transport="flower-app", session_id=s.session.hex(),
+            aggregation=p.aggregation, insecure=False,
+            dp=p.noise_multiplier > 0, task=None, manifest_sha256=s.fed.digest,
+            run_dir=str(s.store.run_dir),
+            rounds_completed=sum(1 for h in history if h.aborted is None),
+            final_metrics=history[-1].metrics if history else {}, history=history, baselines={},
+            privacy=privacy_report(s.ledger, self.delta, "rdp"),
+            model_sha256=s.store.model_sha256(s.store.last_round), seconds=None,
+            stopped_early=None, round_trips=None, round_trips_per_round=None, trips=None,
+            refused={}))
 
 
 def _next(stage: str) -> str:

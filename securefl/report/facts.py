@@ -173,11 +173,12 @@ def _model(facts: RunFacts) -> None:
 
 
 def _baselines(facts: RunFacts, doc: Any) -> None:
-    base = doc["body"]["result"].get("baselines") if isinstance(doc, dict) else None
-    if not isinstance(base, dict):
-        return
-    for name, metrics in base.items():
-        if isinstance(name, str) and isinstance(metrics, dict) and all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                for v in metrics.values()):
-            facts.baselines[name] = {str(k): float(v) for k, v in metrics.items()}
+    """The baselines result.json states (the one result schema, securefl.result; verification
+    decoded it already), kept when every value is finite."""
+    from securefl.result import decode_result
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("body"), dict):
+        raise AuditError("result.json changed while the report was made")
+    for name, metrics in decode_result(doc["body"].get("result")).baselines.items():
+        if all(math.isfinite(v) for v in metrics.values()):
+            facts.baselines[name] = dict(metrics)
