@@ -144,6 +144,23 @@ class Release:
         if len(self.survivor_weights) != len(self.survivors) or not self.survivors:
             raise ConfigError("a release needs one public weight per survivor")
 
+    @classmethod
+    def of(cls, total: NDArray[np.float64], survivors: Sequence[int],
+           names: Mapping[int, str] | Sequence[str], weights: Mapping[str, float], *,
+           dropouts: Mapping[int, str] | None = None,
+           input_digests: Mapping[int, str] | None = None, aggregate_digest: str | None = None,
+           weight_total: float | None = None, encoding: Encoding | None = None) -> Release:
+        """The release of a protocol run that names parties by client id (the SecAgg and CKKS
+        machines, the in-process drivers): ``names`` maps ids to the run directory's bank names,
+        ``weights`` gives each bank's public FedAvg weight. Every driver builds its release
+        here, so the id-to-name rules are written once."""
+        who = tuple(names[i] for i in survivors)
+        return cls(total=total, survivors=who, survivor_weights=tuple(weights[n] for n in who),
+                   dropouts={names[i]: st for i, st in (dropouts or {}).items()},
+                   aggregate_digest=aggregate_digest,
+                   input_digests={names[i]: h for i, h in (input_digests or {}).items()},
+                   weight_total=weight_total, encoding=encoding)
+
     def mean_update(self) -> NDArray[np.float64]:
         """The FedAvg mean update (:func:`weighted_mean_update`)."""
         return weighted_mean_update(self.total, range(len(self.survivors)),

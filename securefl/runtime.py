@@ -677,12 +677,11 @@ class Engine:
                     clipped=clipped, started=t0)
             else:
                 outcome = RoundOutcome(
-                    round=round_, participants=who, release=Release(
-                        total=out.total, survivors=tuple(names[i] for i in out.survivors),
-                        survivor_weights=tuple(public_weight[i] for i in out.survivors),
-                        dropouts={names[i]: st for i, st in out.dropouts.items()},
-                        aggregate_digest=out.digests.get("aggregate"),
-                        input_digests={names[int(k.split("/", 1)[1])]: v
+                    round=round_, participants=who, release=Release.of(
+                        out.total, out.survivors, names,
+                        {names[i]: public_weight[i] for i in participants},
+                        dropouts=out.dropouts, aggregate_digest=out.digests.get("aggregate"),
+                        input_digests={int(k.split("/", 1)[1]): v
                                        for k, v in out.digests.items()
                                        if k.startswith("input/")},
                         weight_total=out.weight_total,

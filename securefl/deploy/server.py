@@ -204,7 +204,7 @@ class _Done:
     survivors: tuple[int, ...] = ()
     dropouts: dict[int, str] = field(default_factory=dict)
     aggregate_digest: str | None = None
-    input_digests: dict[str, str] = field(default_factory=dict)
+    input_digests: dict[int, str] = field(default_factory=dict)  # by client id
     noise: Any = None  # the round's client-level NoisePlan (securefl.protocol.plan), if any
     encoding: Any = None  # secagg: the round's Encoding (the ledger's DDG event needs it)
     weight_total: float | None = None  # ckks: the released sum of the contributors' weights
@@ -778,7 +778,7 @@ class DeployServer:
                 self.refused.update(res.refused)
                 done.total, done.survivors, done.dropouts = res.total, res.survivors, res.dropouts
                 done.weight_total = res.weight_total
-                done.input_digests = {names[i]: h for i, h in res.input_digests.items()}
+                done.input_digests = dict(res.input_digests)
                 done.aggregate_digest = res.aggregate_digest
                 done.noise = round_spec(start, self.ids, params=fed.params).noise
             yield from self._settle(rs, done)
@@ -965,13 +965,11 @@ class DeployServer:
                                 dropouts={p: "silent" for p in participants if p in rs.silent},
                                 drafts=tuple(done.drafts), clipped=done.clipped,
                                 started=done.t0)
-        release = Release(total=done.total, survivors=tuple(done.names[i] for i in done.survivors),
-                          survivor_weights=tuple(rs.weights[done.names[i]]
-                                                 for i in done.survivors),
-                          dropouts={done.names[i]: st for i, st in done.dropouts.items()},
-                          aggregate_digest=done.aggregate_digest,
-                          input_digests=done.input_digests, weight_total=done.weight_total,
-                          encoding=done.encoding)
+        release = Release.of(done.total, done.survivors, done.names, rs.weights,
+                             dropouts=done.dropouts, input_digests=done.input_digests,
+                             aggregate_digest=done.aggregate_digest,
+                             weight_total=done.weight_total, encoding=done.encoding)
+
         return RoundOutcome(round=r, participants=participants, release=release,
                             drafts=tuple(done.drafts), noise=done.noise, dim=done.start.dim,
                             clipped=done.clipped, started=done.t0)

@@ -566,14 +566,13 @@ class SecureFLWorkflow:
         result = machine.result
         if result is None:
             raise AggregationAbortedError(f"round {r} ended without a result")
-        survivors = [names[i] for i in result.survivors]
-        check_release(spec, len(survivors))
+        check_release(spec, len(result.survivors))
         total = decode_sum(result.field_sum, enc)
-        release = Release(total=total, survivors=tuple(survivors),
-                          survivor_weights=tuple(plan.weights[n] for n in survivors),
-                          dropouts={names[i]: st for i, st in result.dropped_at.items()},
-                          aggregate_digest=hashlib.sha256(total.tobytes()).hexdigest(),
-                          encoding=enc)
+        release = Release.of(total, result.survivors, names, plan.weights,
+                             dropouts=result.dropped_at,
+                             aggregate_digest=hashlib.sha256(total.tobytes()).hexdigest(),
+                             encoding=enc)
+        survivors = release.survivors
         return RoundOutcome(participants=participants, release=release, noise=spec.noise,
                             dim=plan.dim,
                             drafts=[d for d in drafts if d.party[len("bank:"):] in survivors],
@@ -689,13 +688,10 @@ class SecureFLWorkflow:
         if res.next_context is not None:
             s.contexts[r + 1] = res.next_context
         names = dict(enumerate(s.fed.clients))
-        survivors = [names[i] for i in res.survivors]
-        release = Release(total=res.total, survivors=tuple(survivors),
-                          survivor_weights=tuple(plan.weights[n] for n in survivors),
-                          dropouts={names[i]: st for i, st in res.dropouts.items()},
-                          aggregate_digest=res.aggregate_digest,
-                          input_digests={names[i]: h for i, h in res.input_digests.items()},
-                          weight_total=res.weight_total)
+        release = Release.of(res.total, res.survivors, names, plan.weights,
+                             dropouts=res.dropouts, input_digests=res.input_digests,
+                             aggregate_digest=res.aggregate_digest, weight_total=res.weight_total)
+        survivors = release.survivors
         return RoundOutcome(participants=participants, release=release,
                             noise=round_spec_for(plan, s.fed).noise, dim=plan.dim,
                             drafts=[d for d in drafts if d.party[len("bank:"):] in survivors],
