@@ -163,3 +163,77 @@ def test_s8b_every_round_start_field_and_the_model_enter_the_bank_plan_digest(fe
     assert same == [], f"RoundStart fields outside the bank's round-plan digest: {same}"
     assert digest(base, h=bytes(32)) != ref, "the Hello digest is outside the round-plan digest"
     assert digest(base, m=bytes(32)) != ref, "the model digest is outside the round-plan digest"
+
+
+# --- a bank checks every entry's signature before it reveals (rt7's informational note 1) ---------
+def test_s8b_a_bank_reveals_only_under_a_set_whose_every_entry_is_signed(tmp_path: Path) -> None:
+    """rt7 noted that a CKKS bank, at reveal, compared the plan digests the other entries name but
+    not their signatures: a server that gave bank b1 another plan (here a clip norm shrunk 1e-6
+    times) could rewrite b1's entry to name b0's plan digest, re-sign the set with its own key, and
+    b0 would reveal (the key holder and the verifiers would refuse the set later). b0 now checks
+    every entry's signature first and reveals nothing; the honest set (control) is revealed."""
+    from deploy_helpers import identity_keys, signed_federation
+
+    from securefl.deploy.ckks import bank_commit, bank_step, federation_keys
+    from securefl.deploy.messages import RoundStart
+    from securefl.federation import ProtocolParams
+    from securefl.he.params import DEFAULT_PARAMS
+    from securefl.protocol.ckks import (
+        DOMAIN_COMMITMENT_SET,
+        CKKSKeyHolder,
+        CKKSServer,
+        accept_public_context,
+        commitment_set_digest,
+    )
+    from securefl.protocol.ckks_messages import Commitment
+
+    banks = ["b0", "b1", "b2"]
+    keys = identity_keys(banks)
+    fed = signed_federation(banks, keys, ProtocolParams(aggregation="ckks", threshold=2,
+                                                        noise_multiplier=0.0))
+    session, dim, hello = b"\x05" * 16, 7, bytes([9]) * 32  # dim + 1 slots: the FedAvg weight
+    holder = CKKSKeyHolder(keys["kh"], None, federation_keys(fed), min_clients=2, verifiers=2,
+                           server_key=keys["agg"].verify_key, params=DEFAULT_PARAMS)
+    signed = holder.round_context(session, 1, hello)
+    context = wire.encode(signed)
+    public = accept_public_context(signed, keys["kh"].verify_key, DEFAULT_PARAMS,
+                                   session_id=session, round_=1)
+    start = RoundStart(session=session, round=1, task="train", participants=banks, threshold=2,
+                       clip_norm=1.0, noise_multiplier=0.0, min_survivors=2, degree=None,
+                       precision_bits=16, dim=dim, weights={b: 1.0 for b in banks})
+    tailored = msgspec.structs.replace(start, clip_norm=1e-6)  # the plan the server signed b1 alone
+
+    def commit_all(plans: dict[str, RoundStart]) -> tuple[dict[str, bytes], Any]:
+        server = CKKSServer(public, federation_keys(fed), keys["agg"], session_id=session,
+                            round_=1, num_values=dim + 1, participants=(0, 1, 2), min_clients=2,
+                            verifiers=2)
+        states = {}
+        for b in banks:
+            states[b], item = bank_commit(fed=fed, identity=keys[b], member=b, context=context,
+                                          hello=hello, start=plans[b], values=np.zeros(dim),
+                                          sim_seed=0, signed_plan=wire.encode(plans[b]))
+            server.receive_commitment(wire.decode(item.data, Commitment))
+        return states, server.close_commitments()
+
+    def reveal_b0(states: dict[str, bytes], cset: Any) -> Any:
+        return bank_step(fed=fed, identity=keys["b0"], member="b0", context=context, hello=hello,
+                         start=start, state=states["b0"], data=wire.encode(cset), verifiers=2,
+                         verifier_skips=1)
+
+    # control: one plan for every bank, the set as the server closed it: b0 reveals
+    states, honest = commit_all({b: start for b in banks})
+    _, out = reveal_b0(states, honest)
+    assert len(out) == 1
+
+    # attack: b1 committed under the tailored plan; the server rewrites b1's entry to name b0's
+    # plan digest and re-signs the set
+    states, cset = commit_all({"b0": start, "b1": tailored, "b2": start})
+    entries = list(cset.entries)
+    assert entries[1].plan_digest != entries[0].plan_digest  # the plans really differ
+    entries[1] = msgspec.structs.replace(entries[1], plan_digest=entries[0].plan_digest)
+    forged = msgspec.structs.replace(cset, entries=entries, signature=bytes(64))
+    sig = sign_bound(keys["agg"], domain=DOMAIN_COMMITMENT_SET, session_id=session, round_=1,
+                     message=commitment_set_digest(forged))
+    forged = msgspec.structs.replace(forged, signature=sig)
+    with pytest.raises(SecureFLError):
+        reveal_b0(states, forged)

@@ -110,6 +110,7 @@ from securefl.protocol.ckks import (
     CKKSVerifier,
     ClientRoundState,
     accept_public_context,
+    check_commitment_set,
     round_plan_digest,
     split_weight_slot,
 )
@@ -317,6 +318,10 @@ def bank_step(*, fed: Federation, identity: SigningKey, member: str, context: by
             raise ServerFaultError(
                 f"round {start.round}: a commitment set of {len(cs.entries)} banks, below the "
                 f"plan's threshold {start.threshold}: nothing is revealed")
+        # every entry's signature, not only the plan digests it names: a server that forged
+        # another bank's entry to name this bank's plan is caught before anything is revealed
+        # (red team s8b; the key holder and the verifiers check the same, later)
+        check_commitment_set(cs, federation_keys(fed), server_key)
         client = CKKSClient(cid, identity, public, server_key)
         client.restore_round(saved)
         reveal = client.reveal(cs)  # checks the set's signature and this bank's commitment

@@ -57,7 +57,11 @@ from securefl.protocol.ckks.canonical import (
     round_plan_digest,
     verifier_ranking,
 )
-from securefl.protocol.ckks.checks import accept_public_context, verify_cosignature
+from securefl.protocol.ckks.checks import (
+    accept_public_context,
+    check_commitment_set,
+    verify_cosignature,
+)
 from securefl.protocol.ckks.client import (
     CLIENT_TRANSITIONS,
     CKKSClient,
@@ -110,6 +114,7 @@ __all__ = [
     "KeyHolderState",
     "ServerState",
     "accept_public_context",
+    "check_commitment_set",
     "commitment_message",
     "commitment_set_digest",
     "commitment_value",
